@@ -1,0 +1,43 @@
+-- enqueue.lua: idempotent enqueue of one email job (wire format v1).
+--
+-- KEYS[1]: dedup marker   mf:{p}:dedup:<idem>   (touched only when ARGV[2] ~= '')
+-- KEYS[2]: lane stream    mf:{p}:tx | mf:{p}:bulk
+-- KEYS[3]: delayed zset   mf:{p}:delayed        (used when ARGV[6] is in the future)
+-- ARGV[1]: job id (UUIDv7, producer-made)
+-- ARGV[2]: idempotency key, or '' for none
+-- ARGV[3]: enqueued_at, unix ms
+-- ARGV[4]: payload (JSON text)
+-- ARGV[5]: dedup TTL, ms
+-- ARGV[6]: due time, unix ms, or '0' to send now
+-- ARGV[7]: lane name ('tx' | 'bulk'), recorded in a delayed member so promote.lua knows its stream
+-- Returns: { id, added } where id is the new job's id, or the first job's id when the idempotency
+--          key was seen within its TTL (added = 0, nothing written).
+--
+-- The dedup check, the write and the marker are one atomic step: two producers racing with one key
+-- can never both add. Time for the due check comes from Redis TIME, never a client clock.
+local id, idem = ARGV[1], ARGV[2]
+if id == '' then return redis.error_reply('enqueue: empty job id') end
+local ttl = tonumber(ARGV[5])
+local due = tonumber(ARGV[6])
+if ttl == nil or ttl <= 0 or due == nil then return redis.error_reply('enqueue: bad ttl or due') end
+
+if idem ~= '' then
+  local prev = redis.call('GET', KEYS[1])
+  if prev then return { prev, 0 } end
+end
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if due > now then
+  local member = cjson.encode({ v = '1', id = id, idem = idem, enqueued_at = ARGV[3],
+                                payload = ARGV[4], lane = ARGV[7] })
+  redis.call('ZADD', KEYS[3], due, member)
+else
+  if idem ~= '' then
+    redis.call('XADD', KEYS[2], '*', 'v', '1', 'id', id, 'idem', idem, 'enqueued_at', ARGV[3], 'payload', ARGV[4])
+  else
+    redis.call('XADD', KEYS[2], '*', 'v', '1', 'id', id, 'enqueued_at', ARGV[3], 'payload', ARGV[4])
+  end
+end
+if idem ~= '' then redis.call('SET', KEYS[1], id, 'PX', ttl) end
+return { id, 1 }

@@ -1,0 +1,37 @@
+-- promote.lua: move due entries from the delayed set back onto their lane streams.
+--
+-- KEYS[1]: delayed zset  mf:{p}:delayed
+-- KEYS[2]: tx stream     mf:{p}:tx
+-- KEYS[3]: bulk stream   mf:{p}:bulk
+-- ARGV[1]: the most entries to move in this call (bounded, so one call never blocks Redis long)
+-- Returns: the number of entries moved.
+--
+-- Any worker may run it at any time: ZRANGEBYSCORE, XADD and ZREM happen in one script, so an
+-- entry is moved exactly once. Time comes from Redis TIME. A member that does not decode is left
+-- in place under a far-future score in the same set (never dropped) and counted by no one.
+local limit = tonumber(ARGV[1])
+if limit == nil or limit <= 0 then return redis.error_reply('promote: bad limit') end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
+local moved = 0
+for _, member in ipairs(due) do
+  local ok, m = pcall(cjson.decode, member)
+  if ok and type(m) == 'table' and type(m.id) == 'string' and type(m.payload) == 'string' then
+    local stream = KEYS[3]
+    if m.lane == 'tx' then stream = KEYS[2] end
+    local fields = { 'v', m.v or '1', 'id', m.id }
+    if type(m.idem) == 'string' and m.idem ~= '' then
+      fields[#fields + 1] = 'idem'; fields[#fields + 1] = m.idem
+    end
+    fields[#fields + 1] = 'enqueued_at'; fields[#fields + 1] = tostring(m.enqueued_at)
+    fields[#fields + 1] = 'payload'; fields[#fields + 1] = m.payload
+    redis.call('XADD', stream, '*', unpack(fields))
+    redis.call('ZREM', KEYS[1], member)
+    moved = moved + 1
+  else
+    -- park it where a person can find it: 2^52 ms is far beyond any real due time
+    redis.call('ZADD', KEYS[1], 4503599627370496, member)
+  end
+end
+return moved

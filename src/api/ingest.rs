@@ -1,0 +1,312 @@
+//! `POST /v1/emails`, `POST /v1/emails/batch`, `GET /v1/emails/{id}`.
+//!
+//! Requests are authorized before their body is read (401), bounded in size (413), validated
+//! field by field with the worker's own parsers (400 with every error), enqueued through the
+//! [`Producer`], and recorded `queued` in Postgres so `GET` and the reconciler know them at once.
+
+use crate::config::Secret;
+use crate::domain::{Lane, Payload, ValidationErrors};
+use crate::metrics::METRICS;
+use crate::producer::{NewJob, Prepared, Producer, ProducerError};
+use crate::store::emails::{self, NewRow};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use std::sync::Arc;
+
+/// Handlers build their error response early and return it; boxing keeps `Result` small.
+type Reject = Box<Response>;
+
+pub const MAX_BATCH: usize = 1000;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub producer: Producer,
+    pub pg: PgPool,
+    /// SHA-256 of each accepted API key: compared in constant time, never kept in clear.
+    key_hashes: Arc<Vec<[u8; 32]>>,
+    pub max_payload: usize,
+}
+
+impl ApiState {
+    pub fn new(producer: Producer, pg: PgPool, keys: &[Secret], max_payload: usize) -> Self {
+        let key_hashes = keys
+            .iter()
+            .filter(|k| !k.is_empty())
+            .map(|k| Sha256::digest(k.expose().as_bytes()).into())
+            .collect();
+        ApiState {
+            producer,
+            pg,
+            key_hashes: Arc::new(key_hashes),
+            max_payload,
+        }
+    }
+}
+
+pub fn router(state: ApiState) -> Router {
+    let single_limit = state.max_payload + 4096;
+    let batch_limit = (state.max_payload + 4096).saturating_mul(8).max(16 << 20);
+    Router::new()
+        .route(
+            "/v1/emails",
+            post(create).layer(DefaultBodyLimit::max(single_limit)),
+        )
+        .route(
+            "/v1/emails/batch",
+            post(create_batch).layer(DefaultBodyLimit::max(batch_limit)),
+        )
+        .route("/v1/emails/{id}", get(show))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .with_state(state)
+}
+
+fn problem(status: StatusCode, error: &str, details: Option<Value>) -> Reject {
+    let mut body = json!({ "error": error });
+    if let Some(d) = details {
+        body["details"] = d;
+    }
+    Box::new((status, Json(body)).into_response())
+}
+
+async fn authorize(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|k| -> [u8; 32] { Sha256::digest(k.trim().as_bytes()).into() });
+    let ok = presented.is_some_and(|p| {
+        // Constant time over every configured key.
+        s.key_hashes.iter().fold(false, |acc, k| {
+            acc | (k.iter().zip(p.iter()).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0)
+        })
+    });
+    if !ok {
+        return *problem(StatusCode::UNAUTHORIZED, "missing or invalid API key", None);
+    }
+    next.run(req).await
+}
+
+#[derive(Serialize)]
+struct Accepted {
+    id: String,
+    duplicate: bool,
+}
+
+fn field_errors(e: ValidationErrors) -> Reject {
+    problem(
+        StatusCode::BAD_REQUEST,
+        "invalid email",
+        Some(serde_json::to_value(e.0).unwrap_or_default()),
+    )
+}
+
+/// Split a request object into (lane, idempotency key, payload). `lane` and `idempotency_key`
+/// sit beside the payload's fields; anything else must be a payload field.
+fn parse_job(mut v: Value, header_idem: Option<&str>) -> Result<NewJob, ValidationErrors> {
+    let obj = v
+        .as_object_mut()
+        .ok_or_else(|| ValidationErrors::single("", "must be a JSON object"))?;
+    let lane = match obj.remove("lane") {
+        None | Some(Value::Null) => Lane::Tx,
+        Some(Value::String(s)) => s.parse().map_err(|e: crate::domain::LaneParseError| {
+            ValidationErrors::single("lane", e.to_string())
+        })?,
+        Some(_) => {
+            return Err(ValidationErrors::single(
+                "lane",
+                "must be \"tx\" or \"bulk\"",
+            ));
+        }
+    };
+    let idem = match obj.remove("idempotency_key") {
+        None | Some(Value::Null) => header_idem.map(str::to_owned),
+        Some(Value::String(s)) => Some(s),
+        Some(_) => {
+            return Err(ValidationErrors::single(
+                "idempotency_key",
+                "must be a string",
+            ));
+        }
+    };
+    let payload: Payload = serde_json::from_value(v)
+        .map_err(|e| ValidationErrors::single("payload", e.to_string()))?;
+    Ok(NewJob {
+        lane,
+        idempotency_key: idem,
+        payload,
+    })
+}
+
+fn row(p: &Prepared) -> NewRow {
+    NewRow {
+        id: p.id.as_uuid(),
+        lane: p.lane.as_str(),
+        partition: p.partition as i16,
+        idempotency_key: p.idempotency_key.clone(),
+        tenant: p.email.tenant.clone(),
+        recipient_domain: p.email.recipient_domain().to_owned(),
+        template: p.email.template_name().map(str::to_owned),
+        payload: p.payload_json.clone(),
+        enqueued_at: chrono::DateTime::from_timestamp_millis(p.enqueued_at_ms)
+            .unwrap_or_else(chrono::Utc::now),
+    }
+}
+
+async fn enqueue(s: &ApiState, prepared: Vec<Prepared>) -> Result<Vec<Accepted>, Reject> {
+    let enq = s.producer.send_prepared(&prepared).await.map_err(|e| {
+        tracing::error!(error.message = %e, "enqueue failed");
+        problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "queue unavailable; retry with the same idempotency key",
+            None,
+        )
+    })?;
+    let rows: Vec<NewRow> = prepared
+        .iter()
+        .zip(&enq)
+        .filter(|(_, e)| e.added)
+        .map(|(p, _)| row(p))
+        .collect();
+    if let Err(e) = emails::insert_queued(&s.pg, &rows).await {
+        // The jobs are on the stream and will be sent; only the early `queued` row is missing.
+        METRICS
+            .store_errors
+            .with_label_values(&["insert_queued"])
+            .inc();
+        tracing::warn!(error.message = %e, "could not record accepted jobs as queued");
+    }
+    Ok(enq
+        .into_iter()
+        .map(|e| Accepted {
+            id: e.id.to_string(),
+            duplicate: !e.added,
+        })
+        .collect())
+}
+
+fn prepare(s: &ApiState, job: NewJob) -> Result<Prepared, Reject> {
+    s.producer.prepare(job).map_err(|e| match e {
+        ProducerError::Invalid(v) => field_errors(v),
+        ProducerError::TooLarge { size, limit } => problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("payload is {size} bytes; the limit is {limit}"),
+            None,
+        ),
+        other => problem(StatusCode::INTERNAL_SERVER_ERROR, &other.to_string(), None),
+    })
+}
+
+fn json_body(body: &Bytes) -> Result<Value, Reject> {
+    serde_json::from_slice(body)
+        .map_err(|e| field_errors(ValidationErrors::single("", format!("not valid JSON: {e}"))))
+}
+
+async fn create(State(s): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+    let idem = headers.get("idempotency-key").and_then(|v| v.to_str().ok());
+    let result = async {
+        let v = json_body(&body)?;
+        let job = parse_job(v, idem).map_err(field_errors)?;
+        let p = prepare(&s, job)?;
+        let mut out = enqueue(&s, vec![p]).await?;
+        out.pop()
+            .ok_or_else(|| problem(StatusCode::INTERNAL_SERVER_ERROR, "no reply", None))
+    }
+    .await;
+    match result {
+        Ok(a) => (StatusCode::ACCEPTED, Json(a)).into_response(),
+        Err(r) => *r,
+    }
+}
+
+async fn create_batch(State(s): State<ApiState>, body: Bytes) -> Response {
+    let result = async {
+        let v = json_body(&body)?;
+        let items = match v {
+            Value::Object(mut o) => match o.remove("emails") {
+                Some(Value::Array(a)) => a,
+                _ => {
+                    return Err(field_errors(ValidationErrors::single(
+                        "emails",
+                        "must be an array",
+                    )));
+                }
+            },
+            Value::Array(a) => a,
+            _ => {
+                return Err(field_errors(ValidationErrors::single(
+                    "emails",
+                    "must be an array",
+                )));
+            }
+        };
+        if items.is_empty() || items.len() > MAX_BATCH {
+            return Err(field_errors(ValidationErrors::single(
+                "emails",
+                format!("must hold 1 to {MAX_BATCH} emails"),
+            )));
+        }
+        let mut prepared = Vec::with_capacity(items.len());
+        let mut errors = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let prefix = format!("emails[{i}].");
+            match parse_job(item, None) {
+                Ok(job) => match s.producer.prepare(job) {
+                    Ok(p) => prepared.push(p),
+                    Err(ProducerError::Invalid(e)) => errors.extend(e.prefixed(&prefix).0),
+                    Err(ProducerError::TooLarge { size, limit }) => {
+                        return Err(problem(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            &format!("emails[{i}]: payload is {size} bytes; the limit is {limit}"),
+                            None,
+                        ));
+                    }
+                    Err(e) => {
+                        return Err(problem(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            &e.to_string(),
+                            None,
+                        ));
+                    }
+                },
+                Err(e) => errors.extend(e.prefixed(&prefix).0),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(field_errors(ValidationErrors(errors)));
+        }
+        enqueue(&s, prepared).await
+    }
+    .await;
+    match result {
+        Ok(a) => (StatusCode::ACCEPTED, Json(json!({ "emails": a }))).into_response(),
+        Err(r) => *r,
+    }
+}
+
+async fn show(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+    let Ok(id) = uuid::Uuid::parse_str(&id) else {
+        return *problem(StatusCode::BAD_REQUEST, "id is not a UUID", None);
+    };
+    match emails::status(&s.pg, id).await {
+        Ok(Some(st)) => Json(st).into_response(),
+        Ok(None) => *problem(StatusCode::NOT_FOUND, "no such email", None),
+        Err(e) => {
+            tracing::error!(error.message = %e, "status lookup failed");
+            *problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database unavailable",
+                None,
+            )
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! One file per subcommand: wiring and printing only, no business logic. `anyhow` lives here
+//! and in main.rs, nowhere else.
+
+pub mod api;
+pub mod migrate;
+pub mod mock;
+pub mod report;
+pub mod send;
+pub mod template;
+pub mod worker;
+
+use crate::config::Global;
+use clap::Subcommand;
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Consume the lanes and send: the process you scale by replica count.
+    Worker(crate::config::WorkerArgs),
+    /// The HTTP ingest API (POST /v1/emails, /v1/emails/batch; GET /v1/emails/{id}).
+    Api(api::ApiArgs),
+    /// Enqueue emails from the shell (flags for one email, or --file jobs.jsonl).
+    Send(send::SendArgs),
+    /// Apply the Postgres migrations.
+    Migrate,
+    /// Store and read named templates.
+    #[command(subcommand)]
+    Template(template::TemplateCmd),
+    /// Run the mock email provider (SendGrid dialect) for development and tests.
+    MockProvider(mock::MockArgs),
+    /// Compare enqueued ids with Postgres and a mock-provider log: sent, lost, duplicates.
+    Report(report::ReportArgs),
+}
+
+pub async fn dispatch(global: Global, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Worker(a) => worker::run(global, a).await,
+        Command::Api(a) => api::run(global, a).await,
+        Command::Send(a) => send::run(global, a).await,
+        Command::Migrate => migrate::run(global).await,
+        Command::Template(c) => template::run(global, c).await,
+        Command::MockProvider(a) => mock::run(a).await,
+        Command::Report(a) => report::run(global, a).await,
+    }
+}
+
+pub(crate) fn redis_pool(g: &Global) -> anyhow::Result<deadpool_redis::Pool> {
+    Ok(crate::stream::pool(
+        g.redis_url.expose(),
+        std::time::Duration::from_millis(g.redis_timeout_ms),
+        32,
+    )?)
+}
+
+pub(crate) fn producer(g: &Global) -> anyhow::Result<crate::Producer> {
+    Ok(crate::Producer::from_pool(
+        redis_pool(g)?,
+        crate::stream::Keys::new(&g.prefix, g.partitions),
+    )
+    .with_dedup_ttl(std::time::Duration::from_secs(g.dedup_ttl_secs))
+    .with_max_payload(g.max_payload_bytes))
+}

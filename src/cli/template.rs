@@ -1,0 +1,93 @@
+use crate::config::Global;
+use crate::store::{self, templates};
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use std::path::PathBuf;
+
+#[derive(Debug, Subcommand)]
+pub enum TemplateCmd {
+    /// Store a new version of a template (minijinja syntax; HTML is auto-escaped).
+    Put {
+        name: String,
+        #[arg(long)]
+        subject: String,
+        #[arg(long, conflicts_with = "html_file")]
+        html: Option<String>,
+        #[arg(long)]
+        html_file: Option<PathBuf>,
+        #[arg(long, conflicts_with = "text_file")]
+        text: Option<String>,
+        #[arg(long)]
+        text_file: Option<PathBuf>,
+    },
+    /// Print a template (latest version unless --version).
+    Get {
+        name: String,
+        #[arg(long)]
+        version: Option<i32>,
+    },
+    /// List the latest version of every template.
+    List,
+}
+
+fn body(inline: Option<String>, file: Option<PathBuf>) -> anyhow::Result<Option<String>> {
+    match (inline, file) {
+        (Some(s), _) => Ok(Some(s)),
+        (None, Some(p)) => Ok(Some(
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?,
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
+pub async fn run(g: Global, c: TemplateCmd) -> anyhow::Result<()> {
+    let pool = store::connect(g.database_url.expose(), 2).await?;
+    store::ensure_migrated(&pool).await?;
+    match c {
+        TemplateCmd::Put {
+            name,
+            subject,
+            html,
+            html_file,
+            text,
+            text_file,
+        } => {
+            let html = body(html, html_file)?;
+            let text = body(text, text_file)?;
+            if html.is_none() && text.is_none() {
+                bail!("give --html/--html-file or --text/--text-file (or both)");
+            }
+            // Compile before storing: a template that does not parse never reaches a worker.
+            let env = minijinja::Environment::new();
+            for (part, src) in [
+                ("subject", Some(&subject)),
+                ("html", html.as_ref()),
+                ("text", text.as_ref()),
+            ] {
+                if let Some(src) = src {
+                    env.template_from_str(src)
+                        .with_context(|| format!("{part} does not compile"))?;
+                }
+            }
+            let t =
+                templates::put(&pool, &name, &subject, html.as_deref(), text.as_deref()).await?;
+            println!("{} version {}", t.name, t.version);
+        }
+        TemplateCmd::Get { name, version } => match templates::get(&pool, &name, version).await? {
+            Some(t) => println!("{}", serde_json::to_string_pretty(&t)?),
+            None => bail!("no template {name:?}"),
+        },
+        TemplateCmd::List => {
+            println!("{:<32} {:>7}  created", "name", "version");
+            for t in templates::list(&pool).await? {
+                println!(
+                    "{:<32} {:>7}  {}",
+                    t.name,
+                    t.version,
+                    t.created_at.to_rfc3339()
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,79 @@
+use crate::config::{Global, WorkerArgs};
+use crate::provider::{Providers, http_client};
+use crate::render::Limits;
+use crate::worker::{self, Deps, Settings};
+use crate::{api, config, shutdown, store, stream};
+use anyhow::Context;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+fn default_consumer() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "worker".into());
+    format!("{host}-{}", std::process::id())
+}
+
+pub async fn run(g: Global, a: WorkerArgs) -> anyhow::Result<()> {
+    let providers = config::providers(g.config.as_deref(), &a.provider)?;
+    let client = http_client(a.send_concurrency)?;
+    let pg = store::connect(g.database_url.expose(), a.pg_pool).await?;
+    let redis = stream::pool(
+        g.redis_url.expose(),
+        Duration::from_millis(g.redis_timeout_ms),
+        16,
+    )?;
+    let settings = Settings {
+        consumer: a.consumer.clone().unwrap_or_else(default_consumer),
+        batch_size: a.batch_size.max(1),
+        max_in_flight: a.max_in_flight,
+        send_concurrency: a.send_concurrency,
+        record_batch: a.record_batch,
+        block_ms: a.block_ms,
+        visibility_timeout_ms: a.visibility_timeout_ms,
+        max_attempts: a.max_attempts.max(1),
+        retry_base_ms: a.retry_base_ms,
+        retry_max_ms: a.retry_max_ms,
+        promote_interval_ms: a.promote_interval_ms,
+        drain_timeout: Duration::from_secs(a.drain_timeout_secs),
+        max_payload: g.max_payload_bytes,
+        render: Limits {
+            fuel: a.render_fuel,
+            recursion: 64,
+            max_output_bytes: a.render_max_bytes,
+        },
+    };
+    let deps = Deps {
+        redis_url: g.redis_url.expose().to_owned(),
+        redis: redis.clone(),
+        pg: pg.clone(),
+        keys: stream::Keys::new(&g.prefix, g.partitions),
+        providers: Arc::new(Providers::from_config(&providers, &client)),
+    };
+    let token = CancellationToken::new();
+    shutdown::cancel_on_signal(token.clone());
+    let running = worker::start(settings, deps, token.clone()).await?;
+    let server = if a.listen.is_empty() {
+        None
+    } else {
+        let listener = tokio::net::TcpListener::bind(&a.listen)
+            .await
+            .with_context(|| format!("binding the worker's metrics address {}", a.listen))?;
+        tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+        let router = api::ops_router(api::Health {
+            redis,
+            pg,
+            draining: running.draining.clone(),
+        });
+        Some(tokio::spawn(api::serve(listener, router, token.clone())))
+    };
+    running.join().await;
+    if let Some(s) = server {
+        let _ = s.await;
+    }
+    Ok(())
+}

@@ -1,0 +1,23 @@
+//! Domain types: what an email job *is*, independent of Redis, Postgres or HTTP.
+//!
+//! Every type here parses instead of validating: an [`Address`] exists only if it is a valid,
+//! header-safe mailbox; an [`Email`] only if every field passed. Producers, the API and the
+//! worker all go through the same parsers, so a job the API accepts is a job the worker can send,
+//! and a job from a foreign producer that would not parse is dead-lettered, never sent.
+//! No I/O happens in this module.
+
+mod address;
+mod email;
+mod job;
+
+pub use address::{Address, AddressError, Mailbox};
+pub use email::{
+    Content, Email, FieldError, HeaderName, MAX_RECIPIENTS, MAX_SUBJECT_LEN, Payload,
+    ValidationErrors,
+};
+pub use job::{JobId, Lane, LaneParseError};
+
+/// True when `s` contains a byte that could split or smuggle a header line.
+pub fn has_header_breaking_char(s: &str) -> bool {
+    s.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
+}

@@ -1,0 +1,25 @@
+//! mailfleet: a Redis-coordinated, horizontally scaled email delivery cluster.
+//!
+//! The library's public surface for app servers is [`Producer`] with [`NewJob`], [`Payload`]
+//! and [`Lane`]; everything else is the machinery of the `mailfleet` binary, public so that the
+//! integration tests and benchmarks drive the same code paths. See ARCHITECTURE.md for the map.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod metrics;
+pub mod mock;
+pub mod producer;
+pub mod provider;
+pub mod render;
+pub mod report;
+pub mod scripts;
+pub mod shutdown;
+pub mod store;
+pub mod stream;
+pub mod telemetry;
+pub mod worker;
+
+pub use domain::{Email, JobId, Lane, Payload};
+pub use producer::{Enqueued, NewJob, Producer, ProducerError};

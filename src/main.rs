@@ -1,0 +1,22 @@
+//! The `mailfleet` binary: parse the command line, install the TLS crypto provider and
+//! telemetry, dispatch to `cli/`.
+
+use clap::Parser;
+use mailfleet::config::Cli;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    // One rustls crypto provider (ring) for reqwest and sqlx alike; without it rustls panics at
+    // the first TLS handshake when more than one provider is compiled in.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    mailfleet::telemetry::init(&cli.global.log_format);
+    match mailfleet::cli::dispatch(cli.global, cli.command).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error.message = %e, error.cause_chain = ?e, "mailfleet failed");
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! [`Producer`]: how Rust app servers enqueue email jobs without the CLI.
+//!
+//! Every job is validated with the same parsers the worker uses before it reaches Redis, placed
+//! in its partition, and written by `lua/enqueue.lua` (idempotency check + XADD, or ZADD to the
+//! delayed set for a future `send_at`, in one atomic step). `send_many` pipelines a whole batch:
+//! one round trip per chunk, not per email.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), mailfleet::producer::ProducerError> {
+//! use mailfleet::{Producer, NewJob, Lane, Payload};
+//! let producer = Producer::connect("redis://127.0.0.1:6379", "mf", 1).await?;
+//! let payload: Payload = serde_json::from_value(serde_json::json!({
+//!     "to": ["ada@example.com"], "from": "shop@example.com",
+//!     "subject": "Your order", "text": "Thanks!"
+//! })).unwrap();
+//! let job = NewJob { lane: Lane::Tx, idempotency_key: Some("order-42".into()), payload };
+//! let enqueued = producer.send(job).await?;
+//! println!("{}", enqueued.id);
+//! # Ok(()) }
+//! ```
+
+use crate::domain::{Email, JobId, Lane, Payload, ValidationErrors};
+use crate::metrics::METRICS;
+use crate::scripts::{self, ENQUEUE};
+use crate::stream::{self, Keys};
+use redis::Value;
+use std::time::Duration;
+
+/// Jobs per pipeline in [`Producer::send_many`].
+const CHUNK: usize = 500;
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
+
+/// A job to enqueue.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub lane: Lane,
+    pub idempotency_key: Option<String>,
+    pub payload: Payload,
+}
+
+/// A job validated and serialized, ready for `enqueue.lua`.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub id: JobId,
+    pub lane: Lane,
+    pub partition: u16,
+    pub idempotency_key: Option<String>,
+    pub payload_json: String,
+    pub enqueued_at_ms: i64,
+    pub due_ms: i64,
+    pub email: Email,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enqueued {
+    /// The new job's id, or the first job's id when the idempotency key was already used.
+    pub id: JobId,
+    /// False when the idempotency key was seen within its TTL and nothing was added.
+    pub added: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProducerError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationErrors),
+    #[error("payload is {size} bytes; the limit is {limit}")]
+    TooLarge { size: usize, limit: usize },
+    #[error("Redis failed while {doing}: {source}")]
+    Redis {
+        doing: &'static str,
+        source: redis::RedisError,
+    },
+    #[error("no Redis connection available: {0}")]
+    Pool(#[from] deadpool_redis::PoolError),
+    #[error("Redis answered enqueue with something unexpected: {0}")]
+    Protocol(String),
+}
+
+#[derive(Clone)]
+pub struct Producer {
+    pool: deadpool_redis::Pool,
+    keys: Keys,
+    dedup_ttl: Duration,
+    max_payload: usize,
+}
+
+impl Producer {
+    pub async fn connect(
+        redis_url: &str,
+        prefix: &str,
+        partitions: u16,
+    ) -> Result<Self, ProducerError> {
+        let pool = stream::pool(redis_url, Duration::from_secs(5), 16).map_err(|source| {
+            ProducerError::Redis {
+                doing: "configuring the pool",
+                source,
+            }
+        })?;
+        Ok(Self::from_pool(pool, Keys::new(prefix, partitions)))
+    }
+
+    pub fn from_pool(pool: deadpool_redis::Pool, keys: Keys) -> Self {
+        Producer {
+            pool,
+            keys,
+            dedup_ttl: Duration::from_secs(86_400),
+            max_payload: 256 * 1024,
+        }
+    }
+
+    pub fn with_dedup_ttl(mut self, ttl: Duration) -> Self {
+        self.dedup_ttl = ttl;
+        self
+    }
+
+    pub fn with_max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = bytes;
+        self
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Validate and serialize a job without touching Redis.
+    pub fn prepare(&self, job: NewJob) -> Result<Prepared, ProducerError> {
+        if let Some(k) = &job.idempotency_key
+            && (k.is_empty()
+                || k.len() > MAX_IDEMPOTENCY_KEY_LEN
+                || k.chars().any(|c| c.is_control() || c.is_whitespace()))
+        {
+            return Err(ValidationErrors::single(
+                "idempotency_key",
+                format!("must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes without spaces or control characters"),
+            )
+            .into());
+        }
+        let payload_json = serde_json::to_string(&job.payload)
+            .map_err(|e| ValidationErrors::single("payload", e.to_string()))?;
+        if payload_json.len() > self.max_payload {
+            return Err(ProducerError::TooLarge {
+                size: payload_json.len(),
+                limit: self.max_payload,
+            });
+        }
+        let email = Email::try_from(job.payload)?;
+        let id = JobId::new();
+        let routing = job
+            .idempotency_key
+            .clone()
+            .unwrap_or_else(|| id.to_string());
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        Ok(Prepared {
+            id,
+            lane: job.lane,
+            partition: self.keys.partition_for(&routing),
+            idempotency_key: job.idempotency_key,
+            due_ms: email.send_at.map(|t| t.timestamp_millis()).unwrap_or(0),
+            payload_json,
+            enqueued_at_ms: now_ms,
+            email,
+        })
+    }
+
+    pub async fn send(&self, job: NewJob) -> Result<Enqueued, ProducerError> {
+        let p = self.prepare(job)?;
+        let mut out = self.send_prepared(std::slice::from_ref(&p)).await?;
+        out.pop()
+            .ok_or_else(|| ProducerError::Protocol("empty reply".into()))
+    }
+
+    /// Validate every job first (errors name the index: `[3].to[0]`), then enqueue them all,
+    /// pipelined. Returns one [`Enqueued`] per job, in order.
+    pub async fn send_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, ProducerError> {
+        let mut prepared = Vec::with_capacity(jobs.len());
+        let mut errors = Vec::new();
+        for (i, job) in jobs.into_iter().enumerate() {
+            match self.prepare(job) {
+                Ok(p) => prepared.push(p),
+                Err(ProducerError::Invalid(e)) => errors.extend(e.prefixed(&format!("[{i}].")).0),
+                Err(ProducerError::TooLarge { size, limit }) => errors.extend(
+                    ValidationErrors::single(
+                        format!("[{i}].payload"),
+                        format!("is {size} bytes; the limit is {limit}"),
+                    )
+                    .0,
+                ),
+                Err(e) => return Err(e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ValidationErrors(errors).into());
+        }
+        self.send_prepared(&prepared).await
+    }
+
+    /// Enqueue already prepared jobs, pipelined in chunks.
+    pub async fn send_prepared(
+        &self,
+        prepared: &[Prepared],
+    ) -> Result<Vec<Enqueued>, ProducerError> {
+        let mut conn = self.pool.get().await?;
+        let mut out = Vec::with_capacity(prepared.len());
+        let ttl_ms = self.dedup_ttl.as_millis().max(1) as u64;
+        for chunk in prepared.chunks(CHUNK) {
+            let cmds = chunk
+                .iter()
+                .map(|p| {
+                    let idem = p.idempotency_key.as_deref().unwrap_or("");
+                    let dedup = self
+                        .keys
+                        .dedup(p.partition, if idem.is_empty() { "-" } else { idem });
+                    let mut c = ENQUEUE.call(&[
+                        &dedup,
+                        &self.keys.lane(p.partition, p.lane),
+                        &self.keys.delayed(p.partition),
+                    ]);
+                    c.arg(p.id.to_string())
+                        .arg(idem)
+                        .arg(p.enqueued_at_ms)
+                        .arg(&p.payload_json)
+                        .arg(ttl_ms)
+                        .arg(p.due_ms)
+                        .arg(p.lane.as_str());
+                    c
+                })
+                .collect();
+            let results = scripts::run_pipeline(&mut *conn, cmds)
+                .await
+                .map_err(|source| ProducerError::Redis {
+                    doing: "enqueueing",
+                    source,
+                })?;
+            for (p, r) in chunk.iter().zip(results) {
+                let v = r.map_err(|source| ProducerError::Redis {
+                    doing: "enqueueing",
+                    source,
+                })?;
+                let e = parse_reply(&v)?;
+                METRICS
+                    .enqueued
+                    .with_label_values(&[
+                        p.lane.as_str(),
+                        if e.added { "added" } else { "duplicate" },
+                    ])
+                    .inc();
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn parse_reply(v: &Value) -> Result<Enqueued, ProducerError> {
+    if let Value::Array(items) = v
+        && let [Value::BulkString(id), Value::Int(added)] = items.as_slice()
+    {
+        let id = std::str::from_utf8(id)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| ProducerError::Protocol("job id is not a UUID".into()))?;
+        return Ok(Enqueued {
+            id,
+            added: *added == 1,
+        });
+    }
+    Err(ProducerError::Protocol(format!("{v:?}")))
+}

@@ -1,0 +1,190 @@
+//! SendGrid v3 `POST /v3/mail/send`: bearer key, JSON body, 202 with `X-Message-Id`.
+//! The job id travels in `custom_args.mailfleet_id`, so events and the mock can name the job.
+
+use super::{Accepted, ErrorClass, Message, Provider, SendError, classify_transport, retry_after};
+use crate::config::{ProviderConfig, Secret};
+use crate::domain::{Address, Mailbox};
+use futures::future::BoxFuture;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+pub struct SendGrid {
+    name: String,
+    url: String,
+    api_key: Secret,
+    timeout: Duration,
+    client: reqwest::Client,
+}
+
+impl SendGrid {
+    pub fn new(c: &ProviderConfig, client: reqwest::Client) -> Self {
+        SendGrid {
+            name: c.name.clone(),
+            url: format!("{}/v3/mail/send", c.base_url.trim_end_matches('/')),
+            api_key: c.api_key.clone(),
+            timeout: Duration::from_millis(c.timeout_ms),
+            client,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Person<'a> {
+    email: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+}
+
+impl<'a> From<&'a Address> for Person<'a> {
+    fn from(a: &'a Address) -> Self {
+        Person {
+            email: a.as_str(),
+            name: None,
+        }
+    }
+}
+impl<'a> From<&'a Mailbox> for Person<'a> {
+    fn from(m: &'a Mailbox) -> Self {
+        Person {
+            email: m.address.as_str(),
+            name: m.name.as_deref(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Personalization<'a> {
+    to: Vec<Person<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    cc: Vec<Person<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    bcc: Vec<Person<'a>>,
+}
+
+#[derive(Serialize)]
+struct Content<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    value: &'a str,
+}
+
+#[derive(Serialize)]
+pub(crate) struct Body<'a> {
+    personalizations: [Personalization<'a>; 1],
+    from: Person<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply_to: Option<Person<'a>>,
+    subject: &'a str,
+    content: Vec<Content<'a>>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    headers: BTreeMap<&'a str, &'a str>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    categories: &'a [String],
+    custom_args: BTreeMap<&'static str, String>,
+}
+
+pub(crate) fn body<'a>(m: &Message<'a>) -> Body<'a> {
+    let e = m.email;
+    let mut content = Vec::with_capacity(2);
+    // SendGrid requires text/plain before text/html.
+    if let Some(t) = &m.rendered.text {
+        content.push(Content {
+            kind: "text/plain",
+            value: t,
+        });
+    }
+    if let Some(h) = &m.rendered.html {
+        content.push(Content {
+            kind: "text/html",
+            value: h,
+        });
+    }
+    Body {
+        personalizations: [Personalization {
+            to: e.to.iter().map(Person::from).collect(),
+            cc: e.cc.iter().map(Person::from).collect(),
+            bcc: e.bcc.iter().map(Person::from).collect(),
+        }],
+        from: Person::from(&e.from),
+        reply_to: e.reply_to.as_ref().map(Person::from),
+        subject: &m.rendered.subject,
+        content,
+        headers: e
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect(),
+        // SendGrid allows at most 10 categories.
+        categories: &e.tags[..e.tags.len().min(10)],
+        custom_args: BTreeMap::from([("mailfleet_id", m.job_id.to_string())]),
+    }
+}
+
+/// Map SendGrid's documented statuses to our classes.
+pub fn classify_status(status: u16) -> ErrorClass {
+    match status {
+        401 | 403 => ErrorClass::QuotaAuth,
+        408 | 429 => ErrorClass::Transient,
+        500..=599 => ErrorClass::Transient,
+        _ => ErrorClass::Permanent,
+    }
+}
+
+impl Provider for SendGrid {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn send<'a>(&'a self, msg: Message<'a>) -> BoxFuture<'a, Result<Accepted, SendError>> {
+        Box::pin(async move {
+            let resp = self
+                .client
+                .post(&self.url)
+                .bearer_auth(self.api_key.expose())
+                .timeout(self.timeout)
+                .json(&body(&msg))
+                .send()
+                .await
+                .map_err(|e| classify_transport(&e))?;
+            let status = resp.status().as_u16();
+            if resp.status().is_success() {
+                let message_id = resp
+                    .headers()
+                    .get("x-message-id")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                return Ok(Accepted {
+                    message_id,
+                    http_status: status,
+                });
+            }
+            let retry = retry_after(resp.headers());
+            // SendGrid's error bodies are {"errors":[{"message":..,"field":..}]}; keep them short.
+            let text = resp.text().await.unwrap_or_default();
+            let detail: String = text.chars().take(300).collect();
+            Err(SendError {
+                class: classify_status(status),
+                message: format!("sendgrid answered {status}: {detail}"),
+                http_status: Some(status),
+                retry_after: retry,
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_sendgrid_statuses() {
+        assert_eq!(classify_status(400), ErrorClass::Permanent);
+        assert_eq!(classify_status(413), ErrorClass::Permanent);
+        assert_eq!(classify_status(401), ErrorClass::QuotaAuth);
+        assert_eq!(classify_status(403), ErrorClass::QuotaAuth);
+        assert_eq!(classify_status(429), ErrorClass::Transient);
+        assert_eq!(classify_status(500), ErrorClass::Transient);
+        assert_eq!(classify_status(503), ErrorClass::Transient);
+    }
+}

@@ -1,0 +1,123 @@
+//! Run summaries from the provider's side and Postgres: what was sent, lost and duplicated.
+//!
+//! `lost` counts enqueued jobs the mock never accepted and Postgres does not hold as
+//! deliberately unsent (`failed`, `dead`, `suppressed`); `duplicates` counts acceptances beyond
+//! the first per job at the mock. Both come from evidence outside the worker, so a worker bug
+//! cannot hide them.
+
+use crate::mock;
+use crate::store::{self, StoreError};
+use sqlx::PgPool;
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("reading {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: not a UUID")]
+    BadId { path: String, line: usize },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub enqueued: usize,
+    pub by_status: BTreeMap<String, i64>,
+    pub lost: usize,
+    pub duplicates: u64,
+    pub seconds: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+impl Report {
+    pub fn count(&self, status: &str) -> i64 {
+        self.by_status.get(status).copied().unwrap_or(0)
+    }
+    pub fn table(&self) -> String {
+        let mut s = format!("{:<12} {:>10}\n", "status", "emails");
+        for (k, v) in &self.by_status {
+            s.push_str(&format!("{k:<12} {v:>10}\n"));
+        }
+        s.push_str(&format!(
+            "{:<12} {:>10}\n{:<12} {:>10}\n{:<12} {:>10}\n",
+            "enqueued", self.enqueued, "lost", self.lost, "duplicates", self.duplicates
+        ));
+        s.push_str(&format!(
+            "latency enqueue->recorded: p50 {:.1} ms, p99 {:.1} ms\n",
+            self.p50_ms, self.p99_ms
+        ));
+        s
+    }
+    pub fn line(&self, label: &str) -> String {
+        let sent = self.count("sent");
+        let failed = self.count("failed") + self.count("dead");
+        let rate = if self.seconds > 0.0 {
+            sent as f64 / self.seconds
+        } else {
+            0.0
+        };
+        format!(
+            "{label}: sent={sent} failed={failed} lost={} duplicates={} seconds={:.1} emails_per_sec={:.0} p99_ms={:.1}",
+            self.lost, self.duplicates, self.seconds, rate, self.p99_ms
+        )
+    }
+}
+
+pub fn read_ids(path: &Path) -> Result<Vec<uuid::Uuid>, ReportError> {
+    let p = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ReportError::Io {
+        path: p.clone(),
+        source,
+    })?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            uuid::Uuid::parse_str(l.trim()).map_err(|_| ReportError::BadId {
+                path: p.clone(),
+                line: i + 1,
+            })
+        })
+        .collect()
+}
+
+pub async fn build(
+    pool: &PgPool,
+    ids_path: &Path,
+    mock_log: &Path,
+    seconds: f64,
+) -> Result<Report, ReportError> {
+    let mut ids = read_ids(ids_path)?;
+    ids.sort();
+    ids.dedup();
+    let seen = mock::read_log(mock_log).map_err(|source| ReportError::Io {
+        path: mock_log.display().to_string(),
+        source,
+    })?;
+    let summary = store::emails::summary(pool, &ids).await?;
+    let unsent: HashSet<uuid::Uuid> =
+        store::emails::ids_with_status(pool, &ids, &["failed", "dead", "suppressed"])
+            .await?
+            .into_iter()
+            .collect();
+    let lost = ids
+        .iter()
+        .filter(|id| !seen.contains_key(&id.to_string()) && !unsent.contains(id))
+        .count();
+    let duplicates = seen.values().map(|&n| u64::from(n.saturating_sub(1))).sum();
+    Ok(Report {
+        enqueued: ids.len(),
+        by_status: summary.by_status.into_iter().collect(),
+        lost,
+        duplicates,
+        seconds,
+        p50_ms: summary.p50_ms,
+        p99_ms: summary.p99_ms,
+    })
+}

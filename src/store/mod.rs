@@ -1,0 +1,98 @@
+//! Postgres, the system of record: the pool, the migration check, and every query.
+//!
+//! Architecture Invariant: only this module writes SQL. Hot-path writes are batched: one
+//! statement claims a whole batch ([`emails::claim`]), one statement records a batch of
+//! outcomes with their attempt rows ([`emails::record`]). Both are single statements, so each is
+//! exactly one transaction and one round trip.
+
+pub mod emails;
+pub mod templates;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+use std::str::FromStr;
+use std::time::Duration;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot reach Postgres at {target}: {source}")]
+    Connect { target: String, source: sqlx::Error },
+    #[error(
+        "the database at {target} is not migrated (missing: {missing}); run `mailfleet migrate`"
+    )]
+    NotMigrated { target: String, missing: String },
+    #[error("migrating the database failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("Postgres query failed while {doing}: {source}")]
+    Query {
+        doing: &'static str,
+        source: sqlx::Error,
+    },
+    #[error("invalid database URL: {0}")]
+    BadUrl(sqlx::Error),
+}
+
+pub(crate) fn q(doing: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Query { doing, source }
+}
+
+/// Host, port and database of a URL, without credentials: safe for errors and logs.
+pub fn redacted_target(opts: &PgConnectOptions) -> String {
+    format!(
+        "{}:{}/{}",
+        opts.get_host(),
+        opts.get_port(),
+        opts.get_database().unwrap_or("")
+    )
+}
+
+/// Open a pool. Statement logging is off: statements carry addresses.
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+    let opts = PgConnectOptions::from_str(url)
+        .map_err(StoreError::BadUrl)?
+        .disable_statement_logging()
+        .application_name("mailfleet");
+    let target = redacted_target(&opts);
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(opts)
+        .await
+        .map_err(|source| StoreError::Connect { target, source })
+}
+
+/// Fail with a clear message unless every migration this binary knows is applied.
+pub async fn ensure_migrated(pool: &PgPool) -> Result<(), StoreError> {
+    let target = redacted_target(&pool.connect_options());
+    let applied: Vec<i64> = match sqlx::query_scalar(
+        "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+    )
+    .fetch_all(pool)
+    .await
+    {
+        Ok(v) => v,
+        // 42P01: undefined_table, i.e. never migrated at all.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => Vec::new(),
+        Err(e) => return Err(q("checking migrations")(e)),
+    };
+    let missing: Vec<String> = MIGRATOR
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration() && !applied.contains(&m.version))
+        .map(|m| format!("{}_{}", m.version, m.description))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::NotMigrated {
+            target,
+            missing: missing.join(", "),
+        })
+    }
+}
+
+pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}

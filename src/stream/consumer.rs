@@ -1,0 +1,224 @@
+//! The consumer side of the streams: group setup, batched reads (tx strictly before bulk), and
+//! the end-of-batch Redis writes (acks, retries, dead letters) as one pipeline.
+//!
+//! Reads: `lua/read.lua` fills a batch from tx first, then bulk, in one round trip; only when
+//! both are empty does the reader block, on a dedicated connection whose response timeout is
+//! off (redis 1.x times responses out after 500 ms by default, shorter than a BLOCK).
+
+use super::{GROUP, Keys, RawEntry, wire};
+use crate::domain::Lane;
+use crate::scripts::{self, DEAD_LETTER, PROMOTE, READ, RETRY};
+use redis::{RedisResult, Value, aio::ConnectionLike};
+use std::collections::BTreeMap;
+
+/// Create the consumer group on every lane stream of every partition (idempotent).
+pub async fn ensure_groups<C: ConnectionLike + Send>(conn: &mut C, keys: &Keys) -> RedisResult<()> {
+    let mut cmds = Vec::new();
+    for p in 0..keys.partitions() {
+        for lane in Lane::ALL {
+            let mut c = redis::cmd("XGROUP");
+            c.arg("CREATE")
+                .arg(keys.lane(p, lane))
+                .arg(GROUP)
+                .arg("0")
+                .arg("MKSTREAM");
+            cmds.push(c);
+        }
+    }
+    for r in scripts::run_pipeline(conn, cmds).await? {
+        if let Err(e) = r
+            && e.code() != Some("BUSYGROUP")
+        {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Non-blocking read of up to `count` entries of partition `p`, tx first.
+pub async fn read_now<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    p: u16,
+    consumer: &str,
+    count: usize,
+) -> RedisResult<Vec<RawEntry>> {
+    let tx = keys.lane(p, Lane::Tx);
+    let bulk = keys.lane(p, Lane::Bulk);
+    let mut cmd = READ.call(&[&tx, &bulk]);
+    cmd.arg(GROUP).arg(consumer).arg(count);
+    let v = scripts::run_one(conn, cmd).await?;
+    let mut out = Vec::new();
+    if let Value::Array(lanes) = v
+        && let [t, b] = lanes.as_slice()
+    {
+        out.extend(wire::parse_entries(t, Lane::Tx, p));
+        out.extend(wire::parse_entries(b, Lane::Bulk, p));
+    }
+    Ok(out)
+}
+
+/// Blocking read on both lanes of partition `p`, for when [`read_now`] found nothing. Must run
+/// on a connection without a response timeout.
+pub async fn read_blocking<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    p: u16,
+    consumer: &str,
+    count: usize,
+    block_ms: u64,
+) -> RedisResult<Vec<RawEntry>> {
+    let tx = keys.lane(p, Lane::Tx);
+    let bulk = keys.lane(p, Lane::Bulk);
+    let v: Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(GROUP)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count)
+        .arg("BLOCK")
+        .arg(block_ms)
+        .arg("STREAMS")
+        .arg(&tx)
+        .arg(&bulk)
+        .arg(">")
+        .arg(">")
+        .query_async(conn)
+        .await?;
+    let mut out = Vec::new();
+    // RESP2: [[key, entries], ...]; RESP3 would be a map of key -> entries.
+    let streams: Vec<(Value, Value)> = match v {
+        Value::Array(items) => items
+            .into_iter()
+            .filter_map(|s| match s {
+                Value::Array(mut kv) if kv.len() == 2 => {
+                    let e = kv.pop()?;
+                    Some((kv.pop()?, e))
+                }
+                _ => None,
+            })
+            .collect(),
+        Value::Map(kv) => kv,
+        _ => Vec::new(),
+    };
+    for (k, entries) in streams {
+        let lane = match &k {
+            Value::BulkString(b) if b.as_slice() == tx.as_bytes() => Lane::Tx,
+            _ => Lane::Bulk,
+        };
+        out.extend(wire::parse_entries(&entries, lane, p));
+    }
+    // Serve tx first even within a blocking read's result.
+    out.sort_by_key(|e| e.lane != Lane::Tx);
+    Ok(out)
+}
+
+/// Move due delayed entries of every partition back to their lanes; returns how many moved.
+pub async fn promote_due<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    limit: usize,
+) -> RedisResult<u64> {
+    let cmds = (0..keys.partitions())
+        .map(|p| {
+            let mut c = PROMOTE.call(&[
+                &keys.delayed(p),
+                &keys.lane(p, Lane::Tx),
+                &keys.lane(p, Lane::Bulk),
+            ]);
+            c.arg(limit);
+            c
+        })
+        .collect();
+    let mut moved = 0;
+    for r in scripts::run_pipeline(conn, cmds).await? {
+        if let Value::Int(n) = r? {
+            moved += n as u64;
+        }
+    }
+    Ok(moved)
+}
+
+/// A dead-letter request: the entry, why, the last error and the attempts so far.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub entry_id: String,
+    pub reason: String,
+    pub error: String,
+    pub attempts: i32,
+}
+
+/// A retry: (stream entry id, due time in unix ms, delayed-set member).
+type Retry = (String, i64, String);
+
+/// The Redis side of finishing a batch, grouped by stream so it goes out as one pipeline with
+/// one command per stream and kind.
+#[derive(Debug, Default)]
+pub struct Finish {
+    acks: BTreeMap<(u16, Lane), Vec<String>>,
+    retries: BTreeMap<(u16, Lane), Vec<Retry>>,
+    dead: BTreeMap<(u16, Lane), Vec<DeadLetter>>,
+}
+
+impl Finish {
+    pub fn ack(&mut self, p: u16, lane: Lane, entry_id: String) {
+        self.acks.entry((p, lane)).or_default().push(entry_id);
+    }
+    pub fn retry(&mut self, p: u16, lane: Lane, entry_id: String, due_ms: i64, member: String) {
+        self.retries
+            .entry((p, lane))
+            .or_default()
+            .push((entry_id, due_ms, member));
+    }
+    pub fn dead_letter(&mut self, p: u16, lane: Lane, d: DeadLetter) {
+        self.dead.entry((p, lane)).or_default().push(d);
+    }
+    pub fn is_empty(&self) -> bool {
+        self.acks.is_empty() && self.retries.is_empty() && self.dead.is_empty()
+    }
+    /// How many entries this finishes.
+    pub fn len(&self) -> usize {
+        self.acks.values().map(Vec::len).sum::<usize>()
+            + self.retries.values().map(Vec::len).sum::<usize>()
+            + self.dead.values().map(Vec::len).sum::<usize>()
+    }
+
+    /// Issue everything in one pipeline. Every command is idempotent (XACK of an acked entry
+    /// is a no-op; a retried member is a set member; a dead letter is only written for an entry
+    /// still pending, see lua/dead_letter.lua and lua/retry.lua), so the caller may repeat a failed `execute`.
+    pub async fn execute<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        keys: &Keys,
+    ) -> RedisResult<()> {
+        let mut cmds = Vec::new();
+        for ((p, lane), ids) in &self.acks {
+            let mut c = redis::cmd("XACK");
+            c.arg(keys.lane(*p, *lane)).arg(GROUP).arg(ids);
+            cmds.push(c);
+        }
+        for ((p, lane), items) in &self.retries {
+            let mut c = RETRY.call(&[&keys.delayed(*p), &keys.lane(*p, *lane)]);
+            c.arg(GROUP);
+            for (id, due, member) in items {
+                c.arg(id).arg(*due).arg(member);
+            }
+            cmds.push(c);
+        }
+        for ((p, lane), items) in &self.dead {
+            let mut c = DEAD_LETTER.call(&[&keys.dead(*p), &keys.lane(*p, *lane)]);
+            c.arg(GROUP).arg(lane.as_str());
+            for d in items {
+                c.arg(&d.entry_id)
+                    .arg(&d.reason)
+                    .arg(&d.error)
+                    .arg(d.attempts);
+            }
+            cmds.push(c);
+        }
+        for r in scripts::run_pipeline(conn, cmds).await? {
+            r?;
+        }
+        Ok(())
+    }
+}

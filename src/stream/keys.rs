@@ -1,0 +1,84 @@
+//! The Redis key layout. Keys are `<prefix>:{<partition>}:<name>`; the braces make the
+//! partition number the Redis Cluster hash tag, so a partition's streams, delayed set,
+//! dead-letter stream and dedup markers share one slot and one Lua script may touch them all.
+
+use crate::domain::Lane;
+
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+    partitions: u16,
+}
+
+impl Keys {
+    /// `partitions` is clamped to at least 1.
+    pub fn new(prefix: impl Into<String>, partitions: u16) -> Self {
+        Keys {
+            prefix: prefix.into(),
+            partitions: partitions.max(1),
+        }
+    }
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+    pub fn partitions(&self) -> u16 {
+        self.partitions
+    }
+    pub fn lane(&self, p: u16, lane: Lane) -> String {
+        format!("{}:{{{p}}}:{}", self.prefix, lane.as_str())
+    }
+    pub fn delayed(&self, p: u16) -> String {
+        format!("{}:{{{p}}}:delayed", self.prefix)
+    }
+    pub fn dead(&self, p: u16) -> String {
+        format!("{}:{{{p}}}:dead", self.prefix)
+    }
+    pub fn dedup(&self, p: u16, idem: &str) -> String {
+        format!("{}:{{{p}}}:dedup:{idem}", self.prefix)
+    }
+    /// Which partition a job lives in: FNV-1a (32-bit) of its idempotency key, or of its id when
+    /// it has none, modulo the partition count. Documented in docs/stream-format.md so producers in
+    /// other languages place jobs identically.
+    pub fn partition_for(&self, routing_key: &str) -> u16 {
+        (fnv1a32(routing_key.as_bytes()) % u32::from(self.partitions)) as u16
+    }
+}
+
+pub fn fnv1a32(bytes: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in bytes {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_of_one_partition_share_a_hash_tag() {
+        let k = Keys::new("mf", 4);
+        let p = k.partition_for("order-42");
+        for key in [
+            k.lane(p, Lane::Tx),
+            k.lane(p, Lane::Bulk),
+            k.delayed(p),
+            k.dead(p),
+            k.dedup(p, "order-42"),
+        ] {
+            assert!(key.starts_with(&format!("mf:{{{p}}}:")), "{key}");
+        }
+    }
+
+    #[test]
+    fn partitioning_is_the_documented_fnv1a() {
+        // Reference values of 32-bit FNV-1a.
+        assert_eq!(fnv1a32(b""), 0x811c9dc5);
+        assert_eq!(fnv1a32(b"a"), 0xe40c292c);
+        assert_eq!(fnv1a32(b"foobar"), 0xbf9cf968);
+        let k = Keys::new("mf", 1);
+        assert_eq!(k.partition_for("anything"), 0);
+    }
+}

@@ -1,0 +1,56 @@
+//! Redis Streams: the key layout, wire format v1, and the consumer's reads and acks.
+//!
+//! Invariants:
+//! - every key one Lua script touches carries the same `{partition}` hash tag (see [`keys`]), so
+//!   the code runs unchanged on Redis Cluster;
+//! - job streams are never trimmed with MAXLEN (that would drop unacked work);
+//! - anything on a stream that does not decode as wire format v1 is dead-lettered with a reason
+//!   by the worker, never dropped and never a crash ([`wire::decode`]).
+//!
+//! Only this module, `scripts.rs` and the producer speak Redis commands.
+
+pub mod consumer;
+pub mod keys;
+pub mod wire;
+
+pub use keys::Keys;
+pub use wire::{DecodeError, Job, RawEntry};
+
+pub const GROUP: &str = "mailfleet";
+
+use std::time::Duration;
+
+/// A pool of multiplexed connections for everything but blocking reads. Commands time out
+/// after `timeout`; a connect attempt after the same.
+pub fn pool(
+    url: &str,
+    timeout: Duration,
+    size: usize,
+) -> Result<deadpool_redis::Pool, redis::RedisError> {
+    let cfg = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(timeout))
+        .set_connection_timeout(Some(timeout));
+    let manager = deadpool_redis::Manager::new_with_config(url, cfg)?;
+    deadpool_redis::Pool::builder(manager)
+        .max_size(size)
+        .runtime(deadpool_redis::Runtime::Tokio1)
+        .build()
+        .map_err(|e| {
+            redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "pool", e.to_string()))
+        })
+}
+
+/// A dedicated connection for blocking reads: no response timeout, since a BLOCK may outlast any
+/// sensible command timeout.
+pub async fn blocking_connection(
+    url: &str,
+    connect_timeout: Duration,
+) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(url)?;
+    let cfg = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(None)
+        .set_connection_timeout(Some(connect_timeout));
+    client
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
+}

@@ -1,0 +1,186 @@
+//! The recorder: commits outcomes to Postgres in batches, then finishes their entries in Redis
+//! (ack, retry, dead letter) in one pipeline, then gives back in-flight room.
+//!
+//! Invariant: the Redis pipeline for a batch is built only from outcomes the Postgres statement
+//! applied, and runs only after that statement committed.
+
+use super::{Shared, lane_label};
+use crate::domain::Lane;
+use crate::metrics::METRICS;
+use crate::store::emails::{self, Outcome};
+use crate::stream::consumer::{DeadLetter, Finish};
+use crate::stream::{Job, RawEntry};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+#[derive(Debug, Clone)]
+pub struct EntryRef {
+    pub partition: u16,
+    pub lane: Lane,
+    pub entry_id: String,
+}
+
+impl EntryRef {
+    pub(super) fn of(r: &RawEntry) -> Self {
+        EntryRef {
+            partition: r.partition,
+            lane: r.lane,
+            entry_id: r.entry_id.clone(),
+        }
+    }
+    pub(super) fn of_job(j: &Job) -> Self {
+        EntryRef {
+            partition: j.partition,
+            lane: j.lane,
+            entry_id: j.entry_id.clone(),
+        }
+    }
+}
+
+/// What to do in Redis once the outcome is committed.
+#[derive(Debug, Clone)]
+pub enum After {
+    Ack,
+    Retry { due_ms: i64, member: String },
+    Dead(DeadLetter),
+}
+
+/// The fate of one entry read (or, for `Abandon`, of several).
+#[derive(Debug)]
+pub enum Item {
+    /// An attempt's outcome: record, then finish the entry as `after` says.
+    Outcome {
+        outcome: Outcome,
+        entry: EntryRef,
+        after: After,
+        enqueued_at_ms: i64,
+    },
+    /// Nothing to record (already final in Postgres, or a repeat in the batch): just ack.
+    Ack(EntryRef),
+    /// Poison: dead-letter it (no Postgres row).
+    Dead(EntryRef, DeadLetter),
+    /// Entries given up on without any write (shutdown during an outage); they stay pending.
+    Abandon(usize),
+}
+
+pub(super) async fn run(shared: Arc<Shared>, mut rx: UnboundedReceiver<Item>) {
+    let max = shared.settings.record_batch.max(1);
+    let mut buf = Vec::with_capacity(max);
+    while let Some(first) = rx.recv().await {
+        buf.push(first);
+        while buf.len() < max {
+            match rx.try_recv() {
+                Ok(i) => buf.push(i),
+                Err(_) => break,
+            }
+        }
+        flush(&shared, &mut buf).await;
+    }
+}
+
+async fn flush(shared: &Shared, items: &mut Vec<Item>) {
+    let outcomes: Vec<Outcome> = items
+        .iter()
+        .filter_map(|i| match i {
+            Item::Outcome { outcome, .. } => Some(outcome.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut wait = Duration::from_millis(50);
+    let applied: HashSet<uuid::Uuid> = loop {
+        match emails::record(&shared.deps.pg, &outcomes).await {
+            Ok(ids) => break ids.into_iter().collect(),
+            Err(e) => {
+                METRICS.store_errors.with_label_values(&["record"]).inc();
+                tracing::warn!(error.message = %e, outcomes = outcomes.len(), retry_in_ms = wait.as_millis() as u64,
+                    "recording outcomes failed; holding their acks");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    if !outcomes.is_empty() {
+        METRICS.record_batch.observe(outcomes.len() as f64);
+    }
+
+    let mut finish = Finish::default();
+    let mut entries = 0usize;
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    for item in items.drain(..) {
+        match item {
+            Item::Outcome {
+                outcome,
+                entry,
+                after,
+                enqueued_at_ms,
+            } => {
+                entries += 1;
+                if !applied.contains(&outcome.id) {
+                    // The claim moved on: a newer attempt owns the job and its entry.
+                    METRICS.stale_outcomes.inc();
+                    continue;
+                }
+                METRICS
+                    .emails
+                    .with_label_values(&[
+                        lane_label(entry.lane),
+                        outcome.provider.as_deref().unwrap_or("none"),
+                        outcome.status,
+                    ])
+                    .inc();
+                METRICS
+                    .end_to_end
+                    .with_label_values(&[lane_label(entry.lane)])
+                    .observe(((now_ms - enqueued_at_ms).max(0) as f64) / 1000.0);
+                match after {
+                    After::Ack => finish.ack(entry.partition, entry.lane, entry.entry_id),
+                    After::Retry { due_ms, member } => {
+                        finish.retry(entry.partition, entry.lane, entry.entry_id, due_ms, member)
+                    }
+                    After::Dead(d) => {
+                        METRICS
+                            .dead_letters
+                            .with_label_values(&[d.reason.as_str()])
+                            .inc();
+                        finish.dead_letter(entry.partition, entry.lane, d)
+                    }
+                }
+            }
+            Item::Ack(entry) => {
+                entries += 1;
+                finish.ack(entry.partition, entry.lane, entry.entry_id);
+            }
+            Item::Dead(entry, d) => {
+                entries += 1;
+                finish.dead_letter(entry.partition, entry.lane, d);
+            }
+            Item::Abandon(n) => entries += n,
+        }
+    }
+    if !finish.is_empty() {
+        let mut wait = Duration::from_millis(50);
+        for attempt in 1..=8 {
+            let r = match shared.deps.redis.get().await {
+                Ok(mut conn) => finish
+                    .execute(&mut *conn, &shared.deps.keys)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match r {
+                Ok(()) => break,
+                Err(e) => {
+                    METRICS.redis_errors.with_label_values(&["finish"]).inc();
+                    // Recorded in Postgres already: if acks never land, the entries are
+                    // reclaimed later, the claim finds them final, and they are acked then.
+                    tracing::warn!(error.message = %e, attempt, entries = finish.len(), "acking failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+    shared.release(entries);
+}
