@@ -14,7 +14,9 @@ async fn main() -> std::process::ExitCode {
     match mailfleet::cli::dispatch(cli.global, cli.command).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error.message = %e, error.cause_chain = ?e, "mailfleet failed");
+            // The chain, not anyhow's Debug: that would append a backtrace under RUST_BACKTRACE.
+            let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
+            tracing::error!(error.message = %e, error.cause_chain = ?chain, "mailfleet failed");
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }

@@ -1,6 +1,6 @@
 //! The email payload (wire format v1's `payload` field) and its validated form.
 
-use super::{Address, AddressError, Mailbox, has_header_breaking_char};
+use super::{AddressError, Mailbox, has_header_breaking_char};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -89,11 +89,19 @@ pub struct FieldError {
 #[error("invalid email: {}", summary(.0))]
 pub struct ValidationErrors(pub Vec<FieldError>);
 
+/// The first few errors, so a batch of a thousand bad lines does not make a megabyte message.
 fn summary(errs: &[FieldError]) -> String {
-    errs.iter()
+    const SHOWN: usize = 5;
+    let mut s = errs
+        .iter()
+        .take(SHOWN)
         .map(|e| format!("{}: {}", e.field, e.message))
         .collect::<Vec<_>>()
-        .join("; ")
+        .join("; ");
+    if errs.len() > SHOWN {
+        s.push_str(&format!("; and {} more", errs.len() - SHOWN));
+    }
+    s
 }
 
 impl ValidationErrors {
@@ -145,9 +153,9 @@ pub enum Content {
 /// A validated email job: every address parsed, every header safe.
 #[derive(Clone)]
 pub struct Email {
-    pub to: Vec<Address>,
-    pub cc: Vec<Address>,
-    pub bcc: Vec<Address>,
+    pub to: Vec<Mailbox>,
+    pub cc: Vec<Mailbox>,
+    pub bcc: Vec<Mailbox>,
     pub from: Mailbox,
     pub reply_to: Option<Mailbox>,
     /// Required for inline content; for templates it overrides the template's subject.
@@ -175,7 +183,7 @@ impl fmt::Debug for Email {
 impl Email {
     /// The first recipient's domain: what we record and log instead of an address.
     pub fn recipient_domain(&self) -> &str {
-        self.to.first().map(|a| a.domain()).unwrap_or("")
+        self.to.first().map(|m| m.address.domain()).unwrap_or("")
     }
     pub fn template_name(&self) -> Option<&str> {
         match &self.content {
@@ -194,10 +202,10 @@ impl Collector {
             message: message.to_string(),
         });
     }
-    fn addresses(&mut self, field: &str, list: &[String]) -> Vec<Address> {
+    fn mailboxes(&mut self, field: &str, list: &[String]) -> Vec<Mailbox> {
         let mut out = Vec::with_capacity(list.len());
         for (i, raw) in list.iter().enumerate() {
-            match Address::parse(raw.trim()) {
+            match Mailbox::parse(raw) {
                 Ok(a) => out.push(a),
                 Err(e) => self.push(format!("{field}[{i}]"), e),
             }
@@ -226,9 +234,9 @@ impl TryFrom<Payload> for Email {
         if p.to.is_empty() {
             c.push("to", "must list at least one recipient");
         }
-        let to = c.addresses("to", &p.to);
-        let cc = c.addresses("cc", &p.cc);
-        let bcc = c.addresses("bcc", &p.bcc);
+        let to = c.mailboxes("to", &p.to);
+        let cc = c.mailboxes("cc", &p.cc);
+        let bcc = c.mailboxes("bcc", &p.bcc);
         let n = p.to.len() + p.cc.len() + p.bcc.len();
         if n > MAX_RECIPIENTS {
             c.push(

@@ -3,7 +3,7 @@
 
 use super::{Accepted, ErrorClass, Message, Provider, SendError, classify_transport, retry_after};
 use crate::config::{ProviderConfig, Secret};
-use crate::domain::{Address, Mailbox};
+use crate::domain::Mailbox;
 use futures::future::BoxFuture;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -36,14 +36,6 @@ struct Person<'a> {
     name: Option<&'a str>,
 }
 
-impl<'a> From<&'a Address> for Person<'a> {
-    fn from(a: &'a Address) -> Self {
-        Person {
-            email: a.as_str(),
-            name: None,
-        }
-    }
-}
 impl<'a> From<&'a Mailbox> for Person<'a> {
     fn from(m: &'a Mailbox) -> Self {
         Person {

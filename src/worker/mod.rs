@@ -206,6 +206,9 @@ pub async fn start(
                 source,
             })?;
     }
+    // Two lanes share a blocking read's batch (half each), so a batch holds at least two.
+    let mut settings = settings;
+    settings.batch_size = settings.batch_size.max(2);
     let shared = Arc::new(Shared {
         renderer: Renderer::new(settings.render),
         templates: Default::default(),

@@ -54,7 +54,8 @@ pub(super) async fn run(
                 }
             }
         };
-        shared.release(s.batch_size - entries.len());
+        debug_assert!(entries.len() <= s.batch_size, "read more entries than permits taken");
+        shared.release(s.batch_size.saturating_sub(entries.len()));
         if entries.is_empty() {
             continue;
         }
