@@ -23,3 +23,9 @@ pub mod worker;
 
 pub use domain::{Email, JobId, Lane, Payload};
 pub use producer::{Enqueued, NewJob, Producer, ProducerError};
+
+/// Install ring as the process's rustls crypto provider (reqwest and sqlx share it). Idempotent;
+/// the binary calls it first thing, and [`provider::http_client`] calls it for library users.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -8,7 +8,7 @@ use mailfleet::config::Cli;
 async fn main() -> std::process::ExitCode {
     // One rustls crypto provider (ring) for reqwest and sqlx alike; without it rustls panics at
     // the first TLS handshake when more than one provider is compiled in.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    mailfleet::install_crypto_provider();
     let cli = Cli::parse();
     mailfleet::telemetry::init(&cli.global.log_format);
     match mailfleet::cli::dispatch(cli.global, cli.command).await {

@@ -149,6 +149,7 @@ impl Providers {
 
 /// The HTTP client every adapter shares: one connection pool per host, reused across sends.
 pub fn http_client(max_idle_per_host: usize) -> reqwest::Result<reqwest::Client> {
+    crate::install_crypto_provider();
     reqwest::Client::builder()
         .pool_max_idle_per_host(max_idle_per_host)
         .pool_idle_timeout(Duration::from_secs(60))

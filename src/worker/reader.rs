@@ -54,7 +54,10 @@ pub(super) async fn run(
                 }
             }
         };
-        debug_assert!(entries.len() <= s.batch_size, "read more entries than permits taken");
+        debug_assert!(
+            entries.len() <= s.batch_size,
+            "read more entries than permits taken"
+        );
         shared.release(s.batch_size.saturating_sub(entries.len()));
         if entries.is_empty() {
             continue;

@@ -1,1 +1,10 @@
+//! Integration tests against real Redis and Postgres: one binary (one link step), one module
+//! per area. Each test gets a fresh database (`#[sqlx::test]`) and its own Redis key prefix.
 
+mod support;
+
+mod api;
+mod cli;
+mod pipeline;
+mod reliability;
+mod scripts;

@@ -1,0 +1,190 @@
+//! The `mailfleet` binary: `send`, `migrate` checks, and a worker process's SIGTERM drain.
+
+use crate::support::*;
+use mailfleet::Lane;
+use mailfleet::mock::MockConfig;
+use sqlx::PgPool;
+use std::process::Stdio;
+use std::time::Duration;
+
+#[sqlx::test]
+async fn a_job_sent_with_the_cli_is_recorded_sent(pg: PgPool) {
+    let redis = TestRedis::new();
+    let out = mailfleet(&pg, &redis)
+        .args([
+            "send",
+            "--to",
+            "Ada <ada@example.com>",
+            "--from",
+            "shop@example.com",
+            "--subject",
+            "Hi {{ n }}",
+            "--text",
+            "Hello {{ n }}",
+            "--vars",
+            r#"{"n": "Ada"}"#,
+            "--lane",
+            "bulk",
+            "--idem",
+            "cli-1",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id: uuid::Uuid = String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+
+    // --file: JSONL with lanes; a bad line fails the whole file before anything is enqueued.
+    let dir = std::env::temp_dir().join(format!("mf-cli-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("jobs.jsonl");
+    std::fs::write(&good, "{\"lane\":\"tx\",\"to\":[\"a@example.com\"],\"from\":\"s@example.com\",\"subject\":\"s\",\"text\":\"t\"}\n\
+                           {\"to\":[\"b@example.com\"],\"from\":\"s@example.com\",\"subject\":\"s\",\"html\":\"<p>t</p>\"}\n").unwrap();
+    let out = mailfleet(&pg, &redis)
+        .args(["send", "--file"])
+        .arg(&good)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids: Vec<uuid::Uuid> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    let bad = dir.join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"to\":[\"bad\"],\"from\":\"s@example.com\",\"subject\":\"s\",\"text\":\"t\"}\n",
+    )
+    .unwrap();
+    let out = mailfleet(&pg, &redis)
+        .args(["send", "--file"])
+        .arg(&bad)
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[0].to[0]"));
+
+    let mock = TestMock::start(MockConfig::default()).await;
+    let worker = TestWorker::start(&pg, &redis, &mock.url, settings()).await;
+    for id in ids.iter().chain([&id]) {
+        eventually("sent", WAIT, || async {
+            (status_of(&pg, *id).await.as_deref() == Some("sent")).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(mock.state.stats().received, 3);
+    worker.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_worker_refuses_to_start_on_an_unmigrated_database(pg: PgPool) {
+    let redis = TestRedis::new();
+    let out = mailfleet(&pg, &redis)
+        .args(["worker", "--listen", ""])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not migrated") && err.contains("mailfleet migrate"),
+        "{err}"
+    );
+
+    let out = mailfleet(&pg, &redis)
+        .arg("migrate")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    mailfleet::store::ensure_migrated(&pg)
+        .await
+        .expect("migrated now");
+}
+
+#[sqlx::test]
+async fn sigterm_drains_a_worker_process_nothing_left_pending_or_sending(pg: PgPool) {
+    let redis = TestRedis::new();
+    let mock = TestMock::start(MockConfig {
+        latency: std::time::Duration::from_millis(300),
+        ..MockConfig::default()
+    })
+    .await;
+    let jobs = (0..300)
+        .map(|i| job(Lane::Bulk, &format!("u{i}@example.com")))
+        .collect();
+    redis.producer().send_many(jobs).await.unwrap();
+    let mut child = mailfleet(&pg, &redis)
+        .args([
+            "worker",
+            "--listen",
+            "",
+            "--block-ms",
+            "100",
+            "--batch-size",
+            "50",
+            "--max-in-flight",
+            "100",
+        ])
+        .env("MAILFLEET_SENDGRID_URL", &mock.url)
+        .env("MAILFLEET_SENDGRID_API_KEY", "k")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until sends are in flight, then ask it to stop.
+    eventually("sends in flight", WAIT, || async {
+        (mock.state.stats().received > 0).then_some(())
+    })
+    .await;
+    let pid = child.id().expect("pid") as i32;
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc_kill(pid, 15) }, 0);
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits in time")
+        .unwrap();
+    assert!(status.success(), "clean exit, got {status:?}");
+    assert_eq!(
+        redis.pending(Lane::Bulk).await,
+        0,
+        "every entry it read was recorded and acked"
+    );
+    assert_eq!(
+        count_status(&pg, "sending").await,
+        0,
+        "no send was abandoned mid-flight"
+    );
+    let sent = count_status(&pg, "sent").await;
+    assert!(sent > 0 && sent < 300, "stopped part-way ({sent} sent)");
+    assert_eq!(
+        mock.state.stats().received as i64,
+        sent,
+        "every provider acceptance is recorded"
+    );
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}

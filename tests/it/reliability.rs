@@ -1,0 +1,306 @@
+//! The guarantees: ack after commit, poison to the dead-letter stream, retries through the
+//! delayed set, claim tokens that fence out stale outcomes.
+
+use crate::support::*;
+use mailfleet::Lane;
+use mailfleet::mock::MockConfig;
+use mailfleet::store::emails::{self, NewRow, Outcome};
+use sqlx::PgPool;
+use std::time::Duration;
+
+#[sqlx::test]
+async fn an_ack_never_precedes_the_commit_of_its_outcome(pg: PgPool) {
+    // Make every outcome write fail until we allow it.
+    sqlx::raw_sql(
+        "CREATE FUNCTION block_outcomes() RETURNS trigger AS $$
+         BEGIN IF NEW.status = 'sent' THEN RAISE EXCEPTION 'outcome writes blocked by the test'; END IF; RETURN NEW; END $$
+         LANGUAGE plpgsql;
+         CREATE TRIGGER block_outcomes BEFORE UPDATE ON emails FOR EACH ROW EXECUTE FUNCTION block_outcomes();",
+    )
+    .execute(&pg)
+    .await
+    .unwrap();
+    let redis = TestRedis::new();
+    let mock = TestMock::start(MockConfig::default()).await;
+    let worker = TestWorker::start(&pg, &redis, &mock.url, settings()).await;
+    redis
+        .producer()
+        .send_many(
+            (0..20)
+                .map(|i| job(Lane::Tx, &format!("u{i}@example.com")))
+                .collect(),
+        )
+        .await
+        .unwrap();
+
+    eventually("the provider accepted them all", WAIT, || async {
+        (mock.state.stats().received == 20).then_some(())
+    })
+    .await;
+    // The outcome cannot commit, so nothing may be acked.
+    for _ in 0..10 {
+        assert_eq!(
+            redis.pending(Lane::Tx).await,
+            20,
+            "an entry was acked before its outcome committed"
+        );
+        assert_eq!(count_status(&pg, "sent").await, 0);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sqlx::query("DROP TRIGGER block_outcomes ON emails")
+        .execute(&pg)
+        .await
+        .unwrap();
+    eventually("recorded, then acked", WAIT, || async {
+        (count_status(&pg, "sent").await == 20 && redis.pending(Lane::Tx).await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        mock.state.stats().duplicates,
+        0,
+        "held acks did not cause resends"
+    );
+    worker.stop().await;
+}
+
+#[sqlx::test]
+async fn malformed_entries_go_to_the_dead_stream_and_the_worker_keeps_going(pg: PgPool) {
+    let redis = TestRedis::new();
+    redis.ensure_groups().await;
+    let lane = redis.keys.lane(0, Lane::Tx);
+    let id = uuid::Uuid::now_v7().to_string();
+    let big = format!(
+        "{{\"to\":[\"a@example.com\"],\"from\":\"b@example.com\",\"subject\":\"s\",\"text\":\"{}\"}}",
+        "x".repeat(300 * 1024)
+    );
+    let entries: Vec<Vec<(&str, Vec<u8>)>> = vec![
+        vec![("hello", b"world".to_vec())],
+        vec![("v", b"2".to_vec()), ("id", id.clone().into_bytes()), ("enqueued_at", b"1".to_vec()), ("payload", b"{}".to_vec())],
+        vec![("v", b"1".to_vec()), ("id", id.clone().into_bytes()), ("enqueued_at", b"1".to_vec()), ("payload", b"{nope".to_vec())],
+        vec![("v", b"1".to_vec()), ("id", id.clone().into_bytes()), ("enqueued_at", b"1".to_vec()), ("payload", vec![0xff, 0xfe, 0x00])],
+        vec![("v", b"1".to_vec()), ("id", id.clone().into_bytes()), ("enqueued_at", b"1".to_vec()), ("payload", big.into_bytes())],
+        vec![("v", b"1".to_vec()), ("id", id.clone().into_bytes()), ("enqueued_at", b"1".to_vec()),
+             ("payload", br#"{"to":["a@example.com"],"from":"b@example.com","subject":"x\r\nBcc: e@evil.com","text":"t"}"#.to_vec())],
+    ];
+    let mut conn = redis.conn().await;
+    for fields in &entries {
+        let mut c = redis::cmd("XADD");
+        c.arg(&lane).arg("*");
+        for (k, v) in fields {
+            c.arg(*k).arg(v.as_slice());
+        }
+        let _: String = c.query_async(&mut *conn).await.unwrap();
+    }
+    drop(conn);
+    let good = redis
+        .producer()
+        .send(job(Lane::Tx, "ok@example.com"))
+        .await
+        .unwrap();
+
+    let mock = TestMock::start(MockConfig::default()).await;
+    let worker = TestWorker::start(&pg, &redis, &mock.url, settings()).await;
+    eventually("the valid job behind the poison is sent", WAIT, || async {
+        (status_of(&pg, good.id.as_uuid()).await.as_deref() == Some("sent")).then_some(())
+    })
+    .await;
+    eventually(
+        "every poison entry dead-lettered and acked",
+        WAIT,
+        || async {
+            (redis.xlen(&redis.keys.dead(0)).await == 6 && redis.pending(Lane::Tx).await == 0)
+                .then_some(())
+        },
+    )
+    .await;
+    let dead: Vec<(String, std::collections::HashMap<String, String>)> = {
+        let v: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(redis.keys.dead(0))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut *redis.conn().await)
+            .await
+            .unwrap();
+        v.ids
+            .into_iter()
+            .map(|e| {
+                let m = e
+                    .map
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        Some((k.clone(), redis::from_redis_value_ref::<String>(v).ok()?))
+                    })
+                    .collect();
+                (e.id, m)
+            })
+            .collect()
+    };
+    let reasons: Vec<&str> = dead.iter().map(|(_, m)| m["reason"].as_str()).collect();
+    assert_eq!(
+        reasons,
+        [
+            "missing_field",
+            "unknown_version",
+            "bad_json",
+            "not_utf8",
+            "too_large",
+            "invalid_email"
+        ]
+    );
+    assert_eq!(
+        dead[0].1.get("orig_hello").map(String::as_str),
+        Some("world"),
+        "the original fields are kept"
+    );
+    assert!(
+        dead[5].1["error"].contains("subject"),
+        "{}",
+        dead[5].1["error"]
+    );
+    assert_eq!(
+        mock.state.stats().received,
+        1,
+        "no poison reached the provider"
+    );
+    worker.stop().await;
+}
+
+#[sqlx::test]
+async fn transient_failures_retry_through_the_delayed_set_then_die_at_max_attempts(pg: PgPool) {
+    let redis = TestRedis::new();
+    let mock = TestMock::start(MockConfig {
+        failure_rate: 1.0,
+        ..MockConfig::default()
+    })
+    .await;
+    let mut s = settings();
+    s.max_attempts = 3;
+    s.retry_base_ms = 20;
+    s.retry_max_ms = 50;
+    let worker = TestWorker::start(&pg, &redis, &mock.url, s).await;
+    let id = redis
+        .producer()
+        .send(job(Lane::Tx, "ada@example.com"))
+        .await
+        .unwrap()
+        .id
+        .as_uuid();
+    eventually("dead after 3 attempts", WAIT, || async {
+        (status_of(&pg, id).await.as_deref() == Some("dead")).then_some(())
+    })
+    .await;
+    let (attempts, err): (i32, String) =
+        sqlx::query_as("SELECT attempts, last_error FROM emails WHERE id = $1")
+            .bind(id)
+            .fetch_one(&pg)
+            .await
+            .unwrap();
+    assert_eq!(attempts, 3);
+    assert!(err.contains("503"), "{err}");
+    let outcomes: Vec<String> = sqlx::query_scalar(
+        "SELECT outcome FROM email_attempts WHERE email_id = $1 ORDER BY attempt",
+    )
+    .bind(id)
+    .fetch_all(&pg)
+    .await
+    .unwrap();
+    assert_eq!(outcomes, ["retrying", "retrying", "dead"]);
+    assert_eq!(mock.state.stats().failed_injected, 3);
+    eventually("dead-lettered with its reason", WAIT, || async {
+        (redis.xlen(&redis.keys.dead(0)).await == 1 && redis.pending(Lane::Tx).await == 0)
+            .then_some(())
+    })
+    .await;
+    let zcard: i64 = redis::cmd("ZCARD")
+        .arg(redis.keys.delayed(0))
+        .query_async(&mut *redis.conn().await)
+        .await
+        .unwrap();
+    assert_eq!(zcard, 0, "nothing left scheduled");
+    worker.stop().await;
+}
+
+fn row(id: uuid::Uuid) -> NewRow {
+    NewRow {
+        id,
+        lane: "tx",
+        partition: 0,
+        idempotency_key: None,
+        tenant: None,
+        recipient_domain: "example.com".into(),
+        template: None,
+        payload: "{}".into(),
+        enqueued_at: chrono::Utc::now(),
+    }
+}
+
+fn outcome(id: uuid::Uuid, token: uuid::Uuid, attempt: i32) -> Outcome {
+    Outcome {
+        id,
+        token,
+        status: "sent",
+        attempt,
+        provider: Some("sendgrid".into()),
+        message_id: Some(format!("m-{attempt}")),
+        error: None,
+        http_status: Some(202),
+        started_at: chrono::Utc::now(),
+        finished_at: chrono::Utc::now(),
+    }
+}
+
+#[sqlx::test]
+async fn a_stale_claim_tokens_outcome_is_rejected(pg: PgPool) {
+    let id = uuid::Uuid::now_v7();
+    let (old, new) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    assert_eq!(
+        emails::claim(&pg, &[row(id)], old, 60_000)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // A live claim is not taken over...
+    assert!(
+        emails::claim(&pg, &[row(id)], new, 60_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // ...an expired one is.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let c = emails::claim(&pg, &[row(id)], new, 10).await.unwrap();
+    assert_eq!(c[0].attempt, 2);
+    // The zombie's outcome changes nothing; the current holder's lands.
+    assert!(
+        emails::record(&pg, &[outcome(id, old, 1)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(status_of(&pg, id).await.as_deref(), Some("sending"));
+    assert_eq!(
+        emails::record(&pg, &[outcome(id, new, 2)]).await.unwrap(),
+        vec![id]
+    );
+    let msg: String = sqlx::query_scalar("SELECT provider_message_id FROM emails WHERE id = $1")
+        .bind(id)
+        .fetch_one(&pg)
+        .await
+        .unwrap();
+    assert_eq!(msg, "m-2");
+    // A final row is never claimed again, however old.
+    assert!(
+        emails::claim(&pg, &[row(id)], uuid::Uuid::now_v7(), 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // And the token holder cannot record twice.
+    assert!(
+        emails::record(&pg, &[outcome(id, new, 2)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

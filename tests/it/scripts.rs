@@ -1,0 +1,310 @@
+//! Each Lua script's guarantee, tested directly against Redis.
+
+use crate::support::*;
+use mailfleet::Lane;
+use mailfleet::scripts::{self, DEAD_LETTER, ENQUEUE, PROMOTE, READ, RETRY};
+use mailfleet::stream::{GROUP, consumer, wire};
+use redis::Value;
+
+async fn xadd(redis: &TestRedis, key: &str, fields: &[(&str, &str)]) -> String {
+    let mut c = redis::cmd("XADD");
+    c.arg(key).arg("*");
+    for (k, v) in fields {
+        c.arg(*k).arg(*v);
+    }
+    c.query_async(&mut *redis.conn().await).await.unwrap()
+}
+
+async fn zcard(redis: &TestRedis, key: &str) -> i64 {
+    redis::cmd("ZCARD")
+        .arg(key)
+        .query_async(&mut *redis.conn().await)
+        .await
+        .unwrap()
+}
+
+fn enqueue_cmd(redis: &TestRedis, id: &str, idem: &str, due_ms: i64) -> redis::Cmd {
+    let k = &redis.keys;
+    let mut c = ENQUEUE.call(&[
+        &k.dedup(0, if idem.is_empty() { "-" } else { idem }),
+        &k.lane(0, Lane::Tx),
+        &k.delayed(0),
+    ]);
+    c.arg(id)
+        .arg(idem)
+        .arg(1)
+        .arg(r#"{"to":["a@example.com"],"from":"b@example.com","subject":"s","text":"t"}"#)
+        .arg(60_000)
+        .arg(due_ms)
+        .arg("tx");
+    c
+}
+
+#[tokio::test]
+async fn enqueue_is_idempotent_per_key_and_parks_future_jobs() {
+    let redis = TestRedis::new();
+    let mut conn = redis.conn().await;
+    let r = scripts::run_pipeline(
+        &mut *conn,
+        vec![
+            enqueue_cmd(&redis, "id-1", "k", 0),
+            enqueue_cmd(&redis, "id-2", "k", 0),
+            enqueue_cmd(&redis, "id-3", "", 0),
+            enqueue_cmd(&redis, "id-4", "", 0),
+        ],
+    )
+    .await
+    .unwrap();
+    let ids: Vec<(String, i64)> = r
+        .into_iter()
+        .map(|v| redis::from_redis_value(v.unwrap()).unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            ("id-1".into(), 1),
+            ("id-1".into(), 0),
+            ("id-3".into(), 1),
+            ("id-4".into(), 1)
+        ]
+    );
+    drop(conn);
+    assert_eq!(redis.xlen(&redis.keys.lane(0, Lane::Tx)).await, 3);
+    let future = chrono::Utc::now().timestamp_millis() + 60_000;
+    scripts::run_one(
+        &mut *redis.conn().await,
+        enqueue_cmd(&redis, "id-5", "", future),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        redis.xlen(&redis.keys.lane(0, Lane::Tx)).await,
+        3,
+        "a future job is not on the lane"
+    );
+    assert_eq!(zcard(&redis, &redis.keys.delayed(0)).await, 1);
+}
+
+#[tokio::test]
+async fn scripts_reload_themselves_after_redis_forgets_them() {
+    let redis = TestRedis::new();
+    let mut conn = redis.conn().await;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut *conn)
+        .await
+        .unwrap();
+    let r = scripts::run_one(&mut *conn, enqueue_cmd(&redis, "id-1", "", 0))
+        .await
+        .unwrap();
+    assert!(matches!(r, Value::Array(_)));
+    drop(conn);
+    assert_eq!(
+        redis.xlen(&redis.keys.lane(0, Lane::Tx)).await,
+        1,
+        "added exactly once"
+    );
+}
+
+#[tokio::test]
+async fn read_serves_tx_strictly_before_bulk() {
+    let redis = TestRedis::new();
+    redis.ensure_groups().await;
+    let (tx, bulk) = (redis.keys.lane(0, Lane::Tx), redis.keys.lane(0, Lane::Bulk));
+    for i in 0..5 {
+        xadd(&redis, &bulk, &[("n", &i.to_string())]).await;
+    }
+    for i in 0..3 {
+        xadd(&redis, &tx, &[("n", &i.to_string())]).await;
+    }
+    let mut conn = redis.conn().await;
+    let first = consumer::read_now(&mut *conn, &redis.keys, 0, "c1", 4)
+        .await
+        .unwrap();
+    let lanes: Vec<Lane> = first.iter().map(|e| e.lane).collect();
+    assert_eq!(
+        lanes,
+        [Lane::Tx, Lane::Tx, Lane::Tx, Lane::Bulk],
+        "tx first, bulk fills the rest"
+    );
+    let second = consumer::read_now(&mut *conn, &redis.keys, 0, "c1", 2)
+        .await
+        .unwrap();
+    assert!(second.iter().all(|e| e.lane == Lane::Bulk) && second.len() == 2);
+    // A malformed batch size is refused before anything is read.
+    let mut bad = READ.call(&[&tx, &bulk]);
+    bad.arg(GROUP).arg("c1").arg(0);
+    assert!(scripts::run_one(&mut *conn, bad).await.is_err());
+}
+
+#[tokio::test]
+async fn retry_schedules_and_acks_atomically_and_a_repeat_is_a_no_op() {
+    let redis = TestRedis::new();
+    redis.ensure_groups().await;
+    let lane = redis.keys.lane(0, Lane::Tx);
+    xadd(&redis, &lane, &[("v", "1")]).await;
+    let mut conn = redis.conn().await;
+    let got = consumer::read_now(&mut *conn, &redis.keys, 0, "c1", 10)
+        .await
+        .unwrap();
+    let entry = &got[0].entry_id;
+    let call = || {
+        let mut c = RETRY.call(&[&redis.keys.delayed(0), &lane]);
+        c.arg(GROUP).arg(entry).arg(5_000).arg("member-1");
+        c
+    };
+    assert_eq!(
+        scripts::run_one(&mut *conn, call()).await.unwrap(),
+        Value::Int(1)
+    );
+    drop(conn);
+    assert_eq!(redis.pending(Lane::Tx).await, 0, "acked");
+    assert_eq!(zcard(&redis, &redis.keys.delayed(0)).await, 1, "scheduled");
+    // Repeating (e.g. after a lost reply) does nothing: the entry is no longer pending.
+    let _: i64 = redis::cmd("ZREM")
+        .arg(redis.keys.delayed(0))
+        .arg("member-1")
+        .query_async(&mut *redis.conn().await)
+        .await
+        .unwrap();
+    assert_eq!(
+        scripts::run_one(&mut *redis.conn().await, call())
+            .await
+            .unwrap(),
+        Value::Int(0)
+    );
+    assert_eq!(
+        zcard(&redis, &redis.keys.delayed(0)).await,
+        0,
+        "a repeat never schedules twice"
+    );
+}
+
+#[tokio::test]
+async fn promote_moves_only_due_entries_and_parks_undecodable_ones() {
+    let redis = TestRedis::new();
+    let k = &redis.keys;
+    let now = chrono::Utc::now().timestamp_millis();
+    let member = |id: &str, lane: &str| {
+        serde_json::json!({"v":"1","id":id,"idem":"","enqueued_at":"7","payload":"{\"x\":1}","lane":lane}).to_string()
+    };
+    let mut conn = redis.conn().await;
+    let _: () = redis::pipe()
+        .cmd("ZADD")
+        .arg(k.delayed(0))
+        .arg(now - 1000)
+        .arg(member("a", "tx"))
+        .ignore()
+        .cmd("ZADD")
+        .arg(k.delayed(0))
+        .arg(now - 1000)
+        .arg(member("b", "bulk"))
+        .ignore()
+        .cmd("ZADD")
+        .arg(k.delayed(0))
+        .arg(now + 600_000)
+        .arg(member("c", "tx"))
+        .ignore()
+        .cmd("ZADD")
+        .arg(k.delayed(0))
+        .arg(now - 1000)
+        .arg("not json")
+        .ignore()
+        .query_async(&mut *conn)
+        .await
+        .unwrap();
+    let mut c = PROMOTE.call(&[&k.delayed(0), &k.lane(0, Lane::Tx), &k.lane(0, Lane::Bulk)]);
+    c.arg(100);
+    assert_eq!(
+        scripts::run_one(&mut *conn, c).await.unwrap(),
+        Value::Int(2)
+    );
+    drop(conn);
+    assert_eq!(redis.xlen(&k.lane(0, Lane::Tx)).await, 1);
+    assert_eq!(redis.xlen(&k.lane(0, Lane::Bulk)).await, 1);
+    let left: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        .arg(k.delayed(0))
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(&mut *redis.conn().await)
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 2, "the future one and the undecodable one stay");
+    assert!(
+        left.iter().any(|(m, s)| m == "not json" && *s > 1e15),
+        "undecodable parked far in the future"
+    );
+    // The promoted entry decodes back into the original fields.
+    let v: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(k.lane(0, Lane::Tx))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut *redis.conn().await)
+        .await
+        .unwrap();
+    let f = &v.ids[0].map;
+    assert_eq!(
+        redis::from_redis_value_ref::<String>(&f["id"]).unwrap(),
+        "a"
+    );
+    assert_eq!(
+        redis::from_redis_value_ref::<String>(&f["enqueued_at"]).unwrap(),
+        "7"
+    );
+    assert!(
+        !f.contains_key("idem"),
+        "an empty idempotency key is not written"
+    );
+    let _ = wire::VERSION;
+}
+
+#[tokio::test]
+async fn dead_letter_keeps_the_original_fields_acks_and_never_doubles() {
+    let redis = TestRedis::new();
+    redis.ensure_groups().await;
+    let lane = redis.keys.lane(0, Lane::Bulk);
+    xadd(&redis, &lane, &[("v", "9"), ("weird", "yes")]).await;
+    let mut conn = redis.conn().await;
+    let got = consumer::read_now(&mut *conn, &redis.keys, 0, "c1", 10)
+        .await
+        .unwrap();
+    let call = || {
+        let mut c = DEAD_LETTER.call(&[&redis.keys.dead(0), &lane]);
+        c.arg(GROUP)
+            .arg("bulk")
+            .arg(&got[0].entry_id)
+            .arg("unknown_version")
+            .arg("v=9")
+            .arg(0);
+        c
+    };
+    assert_eq!(
+        scripts::run_one(&mut *conn, call()).await.unwrap(),
+        Value::Int(1)
+    );
+    assert_eq!(
+        scripts::run_one(&mut *conn, call()).await.unwrap(),
+        Value::Int(0),
+        "a repeat is a no-op"
+    );
+    drop(conn);
+    assert_eq!(redis.pending(Lane::Bulk).await, 0);
+    assert_eq!(redis.xlen(&redis.keys.dead(0)).await, 1);
+    let v: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(redis.keys.dead(0))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut *redis.conn().await)
+        .await
+        .unwrap();
+    let f = &v.ids[0].map;
+    for (k, want) in [
+        ("reason", "unknown_version"),
+        ("orig_v", "9"),
+        ("orig_weird", "yes"),
+        ("lane", "bulk"),
+    ] {
+        assert_eq!(redis::from_redis_value_ref::<String>(&f[k]).unwrap(), want);
+    }
+}

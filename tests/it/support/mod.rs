@@ -1,0 +1,279 @@
+//! Spawn helpers: an in-process mock provider and workers wired to a test's own database and
+//! Redis prefix, plus polling with a deadline (tests never rely on sleeps alone).
+
+#![allow(dead_code)]
+
+use mailfleet::config::{ProviderConfig, ProviderKind, Secret};
+use mailfleet::mock::{self, Mock, MockConfig};
+use mailfleet::provider::{Providers, http_client};
+use mailfleet::stream::{Keys, consumer};
+use mailfleet::worker::{self, Deps, Running, Settings};
+use mailfleet::{Lane, NewJob, Payload, Producer};
+use sqlx::PgPool;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub fn redis_url() -> String {
+    std::env::var("MAILFLEET_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub fn unique_prefix() -> String {
+    format!("t{}", uuid::Uuid::now_v7().simple())
+}
+
+/// A test's Redis: its own prefix on the shared server.
+pub struct TestRedis {
+    pub url: String,
+    pub keys: Keys,
+    pub pool: deadpool_redis::Pool,
+}
+
+impl TestRedis {
+    pub fn new() -> Self {
+        let url = redis_url();
+        let pool = mailfleet::stream::pool(&url, Duration::from_secs(5), 8).expect("redis pool");
+        TestRedis {
+            url,
+            keys: Keys::new(unique_prefix(), 1),
+            pool,
+        }
+    }
+    pub fn producer(&self) -> Producer {
+        Producer::from_pool(self.pool.clone(), self.keys.clone())
+    }
+    pub async fn conn(&self) -> deadpool_redis::Connection {
+        self.pool.get().await.expect("redis connection")
+    }
+    pub async fn ensure_groups(&self) {
+        consumer::ensure_groups(&mut *self.conn().await, &self.keys)
+            .await
+            .expect("groups");
+    }
+    /// Entries pending (read, not acked) on a lane.
+    pub async fn pending(&self, lane: Lane) -> i64 {
+        let v: redis::Value = redis::cmd("XPENDING")
+            .arg(self.keys.lane(0, lane))
+            .arg(mailfleet::stream::GROUP)
+            .query_async(&mut *self.conn().await)
+            .await
+            .expect("xpending");
+        match v {
+            redis::Value::Array(items) => match items.first() {
+                Some(redis::Value::Int(n)) => *n,
+                _ => 0,
+            },
+            _ => 0,
+        }
+    }
+    /// (entries read by the group, entries pending) on a lane, from XINFO GROUPS.
+    pub async fn group_progress(&self, lane: Lane) -> (i64, i64) {
+        let groups: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(self.keys.lane(0, lane))
+            .query_async(&mut *self.conn().await)
+            .await
+            .expect("xinfo groups");
+        let g = groups.into_iter().next().unwrap_or_default();
+        let int = |k: &str| match g.get(k) {
+            Some(redis::Value::Int(n)) => *n,
+            _ => 0,
+        };
+        (int("entries-read"), int("pending"))
+    }
+    pub async fn xlen(&self, key: &str) -> i64 {
+        redis::cmd("XLEN")
+            .arg(key)
+            .query_async(&mut *self.conn().await)
+            .await
+            .expect("xlen")
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        // Best effort: remove this test's keys with a blocking client (no runtime in Drop).
+        if let Ok(client) = redis::Client::open(self.url.as_str())
+            && let Ok(mut c) = client.get_connection()
+        {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}:*", self.keys.prefix()))
+                .query(&mut c)
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut c);
+            }
+        }
+    }
+}
+
+/// An in-process mock provider on a random port.
+pub struct TestMock {
+    pub url: String,
+    pub state: Mock,
+    token: CancellationToken,
+}
+
+impl TestMock {
+    pub async fn start(cfg: MockConfig) -> Self {
+        let server = mock::build(cfg).await.expect("mock");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let token = CancellationToken::new();
+        tokio::spawn(mailfleet::api::serve(
+            listener,
+            server.router,
+            token.clone(),
+        ));
+        TestMock {
+            url,
+            state: server.state,
+            token,
+        }
+    }
+}
+
+impl Drop for TestMock {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+pub fn provider_config(url: &str) -> ProviderConfig {
+    ProviderConfig {
+        name: "sendgrid".into(),
+        kind: ProviderKind::Sendgrid,
+        base_url: url.into(),
+        api_key: Secret::new("test-key"),
+        timeout_ms: 5_000,
+    }
+}
+
+/// Fast-reacting settings for tests.
+pub fn settings() -> Settings {
+    let mut s = Settings::with_consumer(format!("c-{}", uuid::Uuid::now_v7().simple()));
+    s.block_ms = 100;
+    s.promote_interval_ms = 20;
+    s.drain_timeout = Duration::from_secs(10);
+    s
+}
+
+/// A worker running in this process.
+pub struct TestWorker {
+    pub token: CancellationToken,
+    running: Option<Running>,
+}
+
+impl TestWorker {
+    pub async fn start(pg: &PgPool, redis: &TestRedis, mock_url: &str, settings: Settings) -> Self {
+        let client = http_client(64).expect("http client");
+        let deps = Deps {
+            redis_url: redis.url.clone(),
+            redis: redis.pool.clone(),
+            pg: pg.clone(),
+            keys: redis.keys.clone(),
+            providers: Arc::new(Providers::from_config(
+                &[provider_config(mock_url)],
+                &client,
+            )),
+        };
+        let token = CancellationToken::new();
+        let running = worker::start(settings, deps, token.clone())
+            .await
+            .expect("worker starts");
+        TestWorker {
+            token,
+            running: Some(running),
+        }
+    }
+    pub async fn stop(mut self) {
+        self.token.cancel();
+        if let Some(r) = self.running.take() {
+            r.join().await;
+        }
+    }
+}
+
+impl Drop for TestWorker {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// Poll `check` until it returns Some or `within` passes; panics with `what` on timeout.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {within:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+pub fn payload(to: &str) -> Payload {
+    serde_json::from_value(serde_json::json!({
+        "to": [to], "from": "Shop <shop@example.com>", "subject": "Hello", "text": "Hi there"
+    }))
+    .expect("payload")
+}
+
+pub fn job(lane: Lane, to: &str) -> NewJob {
+    NewJob {
+        lane,
+        idempotency_key: None,
+        payload: payload(to),
+    }
+}
+
+pub async fn status_of(pg: &PgPool, id: uuid::Uuid) -> Option<String> {
+    sqlx::query_scalar("SELECT status FROM emails WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pg)
+        .await
+        .expect("status query")
+}
+
+pub async fn count_status(pg: &PgPool, status: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM emails WHERE status = $1")
+        .bind(status)
+        .fetch_one(pg)
+        .await
+        .expect("count query")
+}
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A URL for the test's own database (for spawned `mailfleet` processes).
+pub fn db_url(pg: &PgPool) -> String {
+    let opts = pg.connect_options();
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let (head, _) = base.rsplit_once('/').expect("DATABASE_URL has a database");
+    format!(
+        "{head}/{}",
+        opts.get_database().expect("test database name")
+    )
+}
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_mailfleet");
+
+/// A `mailfleet` command wired to this test's database and Redis prefix.
+pub fn mailfleet(pg: &PgPool, redis: &TestRedis) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(BIN);
+    c.env("MAILFLEET_DATABASE_URL", db_url(pg))
+        .env("MAILFLEET_REDIS_URL", &redis.url)
+        .env("MAILFLEET_PREFIX", redis.keys.prefix())
+        .env("RUST_LOG", "info")
+        .kill_on_drop(true);
+    c
+}
