@@ -140,7 +140,7 @@ async fn the_tx_lane_is_served_before_a_bulk_backlog(pg: PgPool) {
     })
     .await;
     let bulk_before: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM emails WHERE lane = 'bulk' AND status = 'sent'
+        "SELECT count(*) FROM emails WHERE id <> $1 AND status = 'sent'
             AND recorded_at < (SELECT recorded_at FROM emails WHERE id = $1)",
     )
     .bind(tx)
