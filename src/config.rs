@@ -142,6 +142,13 @@ pub struct WorkerArgs {
         default_value_t = 300_000
     )]
     pub visibility_timeout_ms: u64,
+    /// How often each worker looks for entries idle past the visibility timeout, in ms.
+    #[arg(long, env = "MAILFLEET_RECLAIM_INTERVAL_MS", default_value_t = 30_000)]
+    pub reclaim_interval_ms: u64,
+    /// Deliveries without an outcome after which an entry is dead-lettered (a poison entry that
+    /// crashes every worker that reads it).
+    #[arg(long, env = "MAILFLEET_MAX_DELIVERIES", default_value_t = 10)]
+    pub max_deliveries: u32,
     /// Attempts before a transiently failing job is dead-lettered.
     #[arg(long, env = "MAILFLEET_MAX_ATTEMPTS", default_value_t = 8)]
     pub max_attempts: i32,

@@ -19,6 +19,7 @@ pub struct Metrics {
     pub stale_outcomes: IntCounter,
     pub already_final: IntCounter,
     pub promoted: IntCounter,
+    pub reclaimed: IntCounter,
     pub in_flight: IntGauge,
     pub store_errors: IntCounterVec,
     pub redis_errors: IntCounterVec,
@@ -113,12 +114,17 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         already_final: counter(
             &r,
             "mailfleet_already_final_total",
-            "Entries acked without sending because Postgres had the job final or claimed.",
+            "Entries acked without sending because Postgres already had the job final.",
         ),
         promoted: counter(
             &r,
             "mailfleet_promoted_total",
             "Delayed entries promoted back to their lanes.",
+        ),
+        reclaimed: counter(
+            &r,
+            "mailfleet_reclaimed_total",
+            "Entries taken over from a consumer idle past the visibility timeout.",
         ),
         in_flight: {
             let g = IntGauge::new(

@@ -37,11 +37,13 @@ pub static RETRY: LazyLock<Lua> =
     LazyLock::new(|| Lua::new("retry", include_str!("../lua/retry.lua")));
 pub static PROMOTE: LazyLock<Lua> =
     LazyLock::new(|| Lua::new("promote", include_str!("../lua/promote.lua")));
+pub static RECLAIM: LazyLock<Lua> =
+    LazyLock::new(|| Lua::new("reclaim", include_str!("../lua/reclaim.lua")));
 pub static DEAD_LETTER: LazyLock<Lua> =
     LazyLock::new(|| Lua::new("dead_letter", include_str!("../lua/dead_letter.lua")));
 
-fn all() -> [&'static Lua; 5] {
-    [&ENQUEUE, &READ, &RETRY, &PROMOTE, &DEAD_LETTER]
+fn all() -> [&'static Lua; 6] {
+    [&ENQUEUE, &READ, &RETRY, &PROMOTE, &DEAD_LETTER, &RECLAIM]
 }
 
 /// SCRIPT LOAD every script (one pipelined round trip).

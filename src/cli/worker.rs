@@ -35,6 +35,8 @@ pub async fn run(g: Global, a: WorkerArgs) -> anyhow::Result<()> {
         record_batch: a.record_batch,
         block_ms: a.block_ms,
         visibility_timeout_ms: a.visibility_timeout_ms,
+        reclaim_interval_ms: a.reclaim_interval_ms,
+        max_deliveries: a.max_deliveries.max(1),
         max_attempts: a.max_attempts.max(1),
         retry_base_ms: a.retry_base_ms,
         retry_max_ms: a.retry_max_ms,

@@ -58,22 +58,35 @@ impl Columns {
     }
 }
 
+/// The result of claiming a batch.
+#[derive(Debug, Default)]
+pub struct ClaimResult {
+    /// Jobs this worker now owns.
+    pub claimed: Vec<Claimed>,
+    /// Jobs already final (`sent`, `failed`, ...): their entries are acked without a send.
+    pub finished: Vec<Uuid>,
+    // Any other id of the batch is being sent under a live claim: its entry stays pending and
+    // is reclaimed later, when that claim is either final or expired.
+}
+
 /// Claim a batch in one statement. A row is claimable when it is new, `queued`, `retrying`, or
-/// `sending` under a claim older than `visibility_ms` (its worker is presumed dead). Rows that
-/// are final (`sent`, `failed`, ...) or being sent under a live claim are not returned: the
-/// caller acks their entries without sending. `rows` must not repeat an id.
+/// `sending` under a claim older than `visibility_ms` (its worker is presumed dead). `rows` must
+/// not repeat an id.
 pub async fn claim(
     pool: &PgPool,
     rows: &[NewRow],
     token: Uuid,
     visibility_ms: i64,
-) -> Result<Vec<Claimed>, StoreError> {
+) -> Result<ClaimResult, StoreError> {
     if rows.is_empty() {
-        return Ok(Vec::new());
+        return Ok(ClaimResult::default());
     }
     let c = Columns::of(rows);
-    let claimed: Vec<(Uuid, i32)> = sqlx::query_as(
+    // The outer SELECT sees the table as it was before the INSERT (one snapshot per statement),
+    // so it finds exactly the rows that were already final.
+    let rows_out: Vec<(Uuid, i32, bool)> = sqlx::query_as(
         r#"
+        WITH ins AS (
         INSERT INTO emails AS e (id, status, lane, partition, idempotency_key, tenant, recipient_domain,
                                  template, payload, enqueued_at, attempts, claim_token, claimed_at)
         SELECT id, 'sending', lane, partition, idem, tenant, domain, template, payload, enq, 1, $10, now()
@@ -86,6 +99,11 @@ pub async fn claim(
          WHERE e.status IN ('queued', 'retrying')
             OR (e.status = 'sending' AND e.claimed_at < now() - make_interval(secs => $11::float8 / 1000))
         RETURNING e.id, e.attempts
+        )
+        SELECT id, attempts, true FROM ins
+        UNION ALL
+        SELECT id, attempts, false FROM emails
+         WHERE id = ANY($1) AND status IN ('sent', 'failed', 'dead', 'suppressed', 'unknown')
         "#,
     )
     .bind(&c.id)
@@ -102,10 +120,15 @@ pub async fn claim(
     .fetch_all(pool)
     .await
     .map_err(q("claiming a batch"))?;
-    Ok(claimed
-        .into_iter()
-        .map(|(id, attempt)| Claimed { id, attempt })
-        .collect())
+    let mut out = ClaimResult::default();
+    for (id, attempt, mine) in rows_out {
+        if mine {
+            out.claimed.push(Claimed { id, attempt });
+        } else {
+            out.finished.push(id);
+        }
+    }
+    Ok(out)
 }
 
 /// Insert `queued` rows for jobs the API accepted (no-op for rows a worker already wrote).

@@ -7,7 +7,7 @@
 
 use super::{GROUP, Keys, RawEntry, wire};
 use crate::domain::Lane;
-use crate::scripts::{self, DEAD_LETTER, PROMOTE, READ, RETRY};
+use crate::scripts::{self, DEAD_LETTER, PROMOTE, READ, RECLAIM, RETRY};
 use redis::{RedisResult, Value, aio::ConnectionLike};
 use std::collections::BTreeMap;
 
@@ -110,6 +110,59 @@ pub async fn read_blocking<C: ConnectionLike + Send>(
     }
     // Serve tx first even within a blocking read's result.
     out.sort_by_key(|e| e.lane != Lane::Tx);
+    Ok(out)
+}
+
+/// What one reclaim call did.
+#[derive(Debug, Default)]
+pub struct Reclaimed {
+    pub next_cursor: String,
+    pub entries: Vec<RawEntry>,
+    pub dead_lettered: u64,
+    pub deleted: u64,
+}
+
+/// Claim entries of `lane` idle for at least `min_idle_ms` (their consumer is presumed dead),
+/// dead-lettering those delivered more than `max_deliveries` times (lua/reclaim.lua).
+#[allow(clippy::too_many_arguments)]
+pub async fn reclaim<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    p: u16,
+    lane: Lane,
+    consumer: &str,
+    min_idle_ms: u64,
+    cursor: &str,
+    count: usize,
+    max_deliveries: u32,
+) -> RedisResult<Reclaimed> {
+    let mut cmd = RECLAIM.call(&[&keys.lane(p, lane), &keys.dead(p)]);
+    cmd.arg(GROUP)
+        .arg(consumer)
+        .arg(min_idle_ms)
+        .arg(cursor)
+        .arg(count)
+        .arg(max_deliveries)
+        .arg(lane.as_str());
+    let v = scripts::run_one(conn, cmd).await?;
+    let mut out = Reclaimed {
+        next_cursor: "0-0".into(),
+        ..Default::default()
+    };
+    if let Value::Array(items) = v
+        && let [cursor, entries, dead, deleted] = items.as_slice()
+    {
+        if let Value::BulkString(c) = cursor {
+            out.next_cursor = String::from_utf8_lossy(c).into_owned();
+        }
+        out.entries = wire::parse_entries(entries, lane, p);
+        if let Value::Int(n) = dead {
+            out.dead_lettered = *n as u64;
+        }
+        if let Value::Int(n) = deleted {
+            out.deleted = *n as u64;
+        }
+    }
     Ok(out)
 }
 

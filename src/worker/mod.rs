@@ -9,7 +9,9 @@
 //! - one **recorder** ([`recorder`]): takes whatever outcomes are waiting (natural batching: low
 //!   load flushes at once, high load gets big batches), records them in one statement, then
 //!   acks/retries/dead-letters in one Redis pipeline;
-//! - one **promoter**: moves due delayed entries (retries, `send_at`) back to their lanes.
+//! - one **promoter**: moves due delayed entries (retries, `send_at`) back to their lanes;
+//! - one **reclaimer** ([`reclaim`]): takes over entries idle past the visibility timeout (their
+//!   consumer crashed) through `lua/reclaim.lua`, into the same batch pipeline.
 //!
 //! Architecture Invariant: an entry is acked only after the outcome that justifies the ack is
 //! committed in Postgres; an outcome whose claim token lost (the job was reclaimed) is neither
@@ -18,6 +20,7 @@
 
 mod process;
 mod reader;
+mod reclaim;
 mod recorder;
 
 use crate::domain::Lane;
@@ -49,6 +52,10 @@ pub struct Settings {
     pub record_batch: usize,
     pub block_ms: u64,
     pub visibility_timeout_ms: u64,
+    /// How often this worker looks for entries idle past the visibility timeout.
+    pub reclaim_interval_ms: u64,
+    /// Deliveries after which an entry that never got an outcome is dead-lettered.
+    pub max_deliveries: u32,
     pub max_attempts: i32,
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
@@ -68,6 +75,8 @@ impl Settings {
             record_batch: 1024,
             block_ms: 1000,
             visibility_timeout_ms: 300_000,
+            reclaim_interval_ms: 30_000,
+            max_deliveries: 10,
             max_attempts: 8,
             retry_base_ms: 1000,
             retry_max_ms: 300_000,
@@ -241,6 +250,13 @@ async fn supervise(shared: Arc<Shared>, shutdown: CancellationToken, draining: A
             shutdown.child_token(),
         ));
     }
+    // Reclaim feeds the same pipeline, so it drains with the readers.
+    readers.spawn(reclaim::run(
+        shared.clone(),
+        tx.clone(),
+        batches.clone(),
+        shutdown.child_token(),
+    ));
     drop(tx);
     readers.close();
     tracing::info!(consumer = %shared.settings.consumer, partitions = shared.deps.keys.partitions(), "worker started");

@@ -6,7 +6,7 @@ use super::recorder::{After, EntryRef, Item};
 use super::{Shared, backoff};
 use crate::metrics::METRICS;
 use crate::provider::{ErrorClass, Message};
-use crate::store::emails::{self, Claimed, NewRow, Outcome};
+use crate::store::emails::{self, ClaimResult, NewRow, Outcome};
 use crate::stream::consumer::DeadLetter;
 use crate::stream::{Job, RawEntry, wire};
 use chrono::{DateTime, Utc};
@@ -50,7 +50,7 @@ pub(super) async fn batch(shared: Arc<Shared>, entries: Vec<RawEntry>, out: Unbo
 
     let token = Uuid::now_v7();
     let rows: Vec<NewRow> = jobs.iter().map(new_row).collect();
-    let claimed = match claim_with_retry(&shared, &rows, token).await {
+    let result = match claim_with_retry(&shared, &rows, token).await {
         Some(c) => c,
         None => {
             // Shutting down with Postgres unreachable: leave the entries pending for reclaim.
@@ -58,16 +58,24 @@ pub(super) async fn batch(shared: Arc<Shared>, entries: Vec<RawEntry>, out: Unbo
             return;
         }
     };
-    let attempts: HashMap<Uuid, i32> = claimed
-        .iter()
-        .map(|c: &Claimed| (c.id, c.attempt))
-        .collect();
+    let attempts: HashMap<Uuid, i32> = result.claimed.iter().map(|c| (c.id, c.attempt)).collect();
+    let finished: HashSet<Uuid> = result.finished.into_iter().collect();
     let (mine, others): (Vec<Job>, Vec<Job>) = jobs
         .into_iter()
         .partition(|j| attempts.contains_key(&j.id.as_uuid()));
+    let mut busy = 0;
     for j in &others {
-        METRICS.already_final.inc();
-        let _ = out.send(Item::Ack(EntryRef::of_job(j)));
+        if finished.contains(&j.id.as_uuid()) {
+            METRICS.already_final.inc();
+            let _ = out.send(Item::Ack(EntryRef::of_job(j)));
+        } else {
+            // Another live claim is sending this job: leave the entry pending; reclaim revisits
+            // it once that claim is final (then it is acked) or expired (then it is sent).
+            busy += 1;
+        }
+    }
+    if busy > 0 {
+        let _ = out.send(Item::Abandon(busy));
     }
     if mine.is_empty() {
         return;
@@ -127,7 +135,7 @@ fn new_row(j: &Job) -> NewRow {
     }
 }
 
-async fn claim_with_retry(shared: &Shared, rows: &[NewRow], token: Uuid) -> Option<Vec<Claimed>> {
+async fn claim_with_retry(shared: &Shared, rows: &[NewRow], token: Uuid) -> Option<ClaimResult> {
     let mut wait = Duration::from_millis(100);
     loop {
         match emails::claim(

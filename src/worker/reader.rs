@@ -96,12 +96,13 @@ async fn read_once(
     let block = Duration::from_millis(s.block_ms);
     match tokio::time::timeout(
         block + Duration::from_secs(5),
+        // COUNT applies per stream: half each keeps the total within the batch's permits.
         consumer::read_blocking(
             conn,
             &d.keys,
             partition,
             &s.consumer,
-            s.batch_size,
+            (s.batch_size / 2).max(1),
             s.block_ms,
         ),
     )

@@ -253,24 +253,15 @@ fn outcome(id: uuid::Uuid, token: uuid::Uuid, attempt: i32) -> Outcome {
 async fn a_stale_claim_tokens_outcome_is_rejected(pg: PgPool) {
     let id = uuid::Uuid::now_v7();
     let (old, new) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
-    assert_eq!(
-        emails::claim(&pg, &[row(id)], old, 60_000)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
-    // A live claim is not taken over...
-    assert!(
-        emails::claim(&pg, &[row(id)], new, 60_000)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    let first = emails::claim(&pg, &[row(id)], old, 60_000).await.unwrap();
+    assert_eq!(first.claimed.len(), 1);
+    // A live claim is not taken over, and the row is not reported final either...
+    let busy = emails::claim(&pg, &[row(id)], new, 60_000).await.unwrap();
+    assert!(busy.claimed.is_empty() && busy.finished.is_empty());
     // ...an expired one is.
     tokio::time::sleep(Duration::from_millis(20)).await;
     let c = emails::claim(&pg, &[row(id)], new, 10).await.unwrap();
-    assert_eq!(c[0].attempt, 2);
+    assert_eq!(c.claimed[0].attempt, 2);
     // The zombie's outcome changes nothing; the current holder's lands.
     assert!(
         emails::record(&pg, &[outcome(id, old, 1)])
@@ -290,11 +281,14 @@ async fn a_stale_claim_tokens_outcome_is_rejected(pg: PgPool) {
         .unwrap();
     assert_eq!(msg, "m-2");
     // A final row is never claimed again, however old.
-    assert!(
-        emails::claim(&pg, &[row(id)], uuid::Uuid::now_v7(), 0)
-            .await
-            .unwrap()
-            .is_empty()
+    let again = emails::claim(&pg, &[row(id)], uuid::Uuid::now_v7(), 0)
+        .await
+        .unwrap();
+    assert!(again.claimed.is_empty());
+    assert_eq!(
+        again.finished,
+        vec![id],
+        "reported final, so its entry is acked"
     );
     // And the token holder cannot record twice.
     assert!(
@@ -303,4 +297,162 @@ async fn a_stale_claim_tokens_outcome_is_rejected(pg: PgPool) {
             .unwrap()
             .is_empty()
     );
+}
+
+/// Read entries as a consumer that then "dies": they stay pending under its name.
+async fn read_and_die(redis: &TestRedis, lane: Lane, n: usize) -> Vec<String> {
+    let got = mailfleet::stream::consumer::read_now(
+        &mut *redis.conn().await,
+        &redis.keys,
+        0,
+        "crashed-worker",
+        n,
+    )
+    .await
+    .unwrap();
+    got.into_iter()
+        .filter(|e| e.lane == lane)
+        .map(|e| e.entry_id)
+        .collect()
+}
+
+#[sqlx::test]
+async fn reclaims_the_entries_of_a_crashed_worker_and_sends_each_job_once(pg: PgPool) {
+    let redis = TestRedis::new();
+    redis.ensure_groups().await;
+    let jobs = (0..40)
+        .map(|i| job(Lane::Bulk, &format!("u{i}@example.com")))
+        .collect();
+    let ids: Vec<uuid::Uuid> = redis
+        .producer()
+        .send_many(jobs)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id.as_uuid())
+        .collect();
+    assert_eq!(read_and_die(&redis, Lane::Bulk, 100).await.len(), 40);
+    // The crashed worker had claimed job 0 long ago (expired claim) and recorded job 1 as sent.
+    sqlx::query("INSERT INTO emails (id, status, lane, payload, enqueued_at, attempts, claim_token, claimed_at)
+                 VALUES ($1, 'sending', 'bulk', '{}', now(), 1, gen_random_uuid(), now() - interval '1 hour')")
+        .bind(ids[0]).execute(&pg).await.unwrap();
+    sqlx::query("INSERT INTO emails (id, status, lane, payload, enqueued_at, attempts, sent_at) VALUES ($1, 'sent', 'bulk', '{}', now(), 1, now())")
+        .bind(ids[1]).execute(&pg).await.unwrap();
+
+    let mock = TestMock::start(MockConfig::default()).await;
+    let mut s = settings();
+    s.visibility_timeout_ms = 300;
+    s.reclaim_interval_ms = 50;
+    let worker = TestWorker::start(&pg, &redis, &mock.url, s).await;
+    eventually("every reclaimed job final and acked", WAIT, || async {
+        (count_status(&pg, "sent").await == 40 && redis.pending(Lane::Bulk).await == 0)
+            .then_some(())
+    })
+    .await;
+    let counts = mock.state.counts();
+    assert_eq!(counts.len(), 39, "the job already sent was not sent again");
+    assert!(counts.values().all(|&n| n == 1), "no job sent twice");
+    assert!(!counts.contains_key(&ids[1].to_string()));
+    let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM emails WHERE id = $1")
+        .bind(ids[0])
+        .fetch_one(&pg)
+        .await
+        .unwrap();
+    assert_eq!(
+        attempts, 2,
+        "the expired claim's job was claimed again, and the retry is counted"
+    );
+    worker.stop().await;
+}
+
+#[sqlx::test]
+async fn an_entry_whose_job_is_under_a_live_claim_stays_pending_until_that_claim_ends(pg: PgPool) {
+    let redis = TestRedis::new();
+    redis.ensure_groups().await;
+    let id = redis
+        .producer()
+        .send(job(Lane::Tx, "ada@example.com"))
+        .await
+        .unwrap()
+        .id
+        .as_uuid();
+    read_and_die(&redis, Lane::Tx, 10).await;
+    // Another live worker holds a fresh claim on the same job.
+    sqlx::query("INSERT INTO emails (id, status, lane, payload, enqueued_at, attempts, claim_token, claimed_at)
+                 VALUES ($1, 'sending', 'tx', '{}', now(), 1, gen_random_uuid(), now())")
+        .bind(id).execute(&pg).await.unwrap();
+    let mock = TestMock::start(MockConfig::default()).await;
+    let mut s = settings();
+    s.visibility_timeout_ms = 200;
+    s.reclaim_interval_ms = 30;
+    let worker = TestWorker::start(&pg, &redis, &mock.url, s).await;
+    for _ in 0..10 {
+        // The other worker is alive: its claim stays younger than the visibility timeout.
+        sqlx::query("UPDATE emails SET claimed_at = now() WHERE id = $1")
+            .bind(id)
+            .execute(&pg)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            redis.pending(Lane::Tx).await,
+            1,
+            "not acked while another claim may still send it"
+        );
+        assert_eq!(mock.state.stats().received, 0, "not sent twice at once");
+    }
+    // That worker finishes: the next reclaim sees a final row and acks without sending.
+    sqlx::query("UPDATE emails SET status = 'sent' WHERE id = $1")
+        .bind(id)
+        .execute(&pg)
+        .await
+        .unwrap();
+    eventually("acked after the other claim ended", WAIT, || async {
+        (redis.pending(Lane::Tx).await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(mock.state.stats().received, 0);
+    worker.stop().await;
+}
+
+#[sqlx::test]
+async fn an_entry_delivered_more_than_max_deliveries_is_dead_lettered_with_its_history(pg: PgPool) {
+    let redis = TestRedis::new();
+    redis.ensure_groups().await;
+    redis
+        .producer()
+        .send(job(Lane::Tx, "ada@example.com"))
+        .await
+        .unwrap();
+    read_and_die(&redis, Lane::Tx, 10).await;
+    let mock = TestMock::start(MockConfig::default()).await;
+    let mut s = settings();
+    s.visibility_timeout_ms = 100;
+    s.reclaim_interval_ms = 30;
+    s.max_deliveries = 1;
+    let worker = TestWorker::start(&pg, &redis, &mock.url, s).await;
+    eventually("dead-lettered", WAIT, || async {
+        (redis.xlen(&redis.keys.dead(0)).await == 1 && redis.pending(Lane::Tx).await == 0)
+            .then_some(())
+    })
+    .await;
+    let v: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(redis.keys.dead(0))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut *redis.conn().await)
+        .await
+        .unwrap();
+    let f = &v.ids[0].map;
+    assert_eq!(
+        redis::from_redis_value_ref::<String>(&f["reason"]).unwrap(),
+        "max_deliveries"
+    );
+    assert_eq!(
+        redis::from_redis_value_ref::<String>(&f["attempts"]).unwrap(),
+        "2"
+    );
+    assert!(f.contains_key("orig_payload"));
+    assert_eq!(mock.state.stats().received, 0);
+    worker.stop().await;
 }

@@ -1,0 +1,104 @@
+//! Recovery of crashed consumers' work: periodically claim entries pending longer than the
+//! visibility timeout and run them through the normal batch pipeline. The claim in Postgres
+//! then decides: a job already final is acked, a job whose claim expired is sent again (the
+//! crashed worker may have sent it: that is the one legitimate duplicate, counted by the
+//! `attempts` column), a job still sending under a live claim is left pending.
+
+use super::{Item, Shared, process};
+use crate::domain::Lane;
+use crate::metrics::METRICS;
+use crate::stream::consumer;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    out: UnboundedSender<Item>,
+    batches: TaskTracker,
+    token: CancellationToken,
+) {
+    let every = Duration::from_millis(shared.settings.reclaim_interval_ms.max(10));
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        for p in 0..shared.deps.keys.partitions() {
+            for lane in Lane::ALL {
+                if !sweep(&shared, p, lane, &out, &batches, &token).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One pass over a lane's pending entries. Returns false when shutting down.
+async fn sweep(
+    shared: &Arc<Shared>,
+    p: u16,
+    lane: Lane,
+    out: &UnboundedSender<Item>,
+    batches: &TaskTracker,
+    token: &CancellationToken,
+) -> bool {
+    let s = &shared.settings;
+    let mut cursor = "0-0".to_owned();
+    loop {
+        let permit = tokio::select! {
+            _ = token.cancelled() => return false,
+            p = shared.in_flight.clone().acquire_many_owned(s.batch_size as u32) => match p {
+                Ok(p) => p,
+                Err(_) => return false,
+            },
+        };
+        permit.forget();
+        METRICS.in_flight.add(s.batch_size as i64);
+        let r = match shared.deps.redis.get().await {
+            Ok(mut conn) => consumer::reclaim(
+                &mut *conn,
+                &shared.deps.keys,
+                p,
+                lane,
+                &s.consumer,
+                s.visibility_timeout_ms,
+                &cursor,
+                s.batch_size,
+                s.max_deliveries,
+            )
+            .await
+            .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                shared.release(s.batch_size);
+                METRICS.redis_errors.with_label_values(&["reclaim"]).inc();
+                tracing::warn!(partition = p, lane = %lane, error.message = %e, "reclaim failed");
+                return true;
+            }
+        };
+        shared.release(s.batch_size.saturating_sub(r.entries.len()));
+        if r.dead_lettered > 0 {
+            METRICS
+                .dead_letters
+                .with_label_values(&["max_deliveries"])
+                .inc_by(r.dead_lettered);
+            tracing::warn!(partition = p, lane = %lane, count = r.dead_lettered, "dead-lettered entries over max deliveries");
+        }
+        if !r.entries.is_empty() {
+            METRICS.reclaimed.inc_by(r.entries.len() as u64);
+            tracing::info!(partition = p, lane = %lane, count = r.entries.len(), "reclaimed entries idle past the visibility timeout");
+            let (shared, out) = (shared.clone(), out.clone());
+            batches.spawn(async move { process::batch(shared, r.entries, out).await });
+        }
+        if r.next_cursor == "0-0" {
+            return true;
+        }
+        cursor = r.next_cursor;
+    }
+}
