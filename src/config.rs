@@ -218,6 +218,8 @@ pub struct ProviderConfig {
     pub base_url: String,
     pub api_key: Secret,
     pub timeout_ms: u64,
+    /// Per-worker cap on requests per second to this provider (smoothing; None = no cap).
+    pub rate_per_sec: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -234,6 +236,8 @@ struct FileProvider {
     api_key_file: Option<PathBuf>,
     #[serde(default = "default_timeout")]
     timeout_ms: u64,
+    #[serde(default)]
+    rate_per_sec: Option<u32>,
 }
 
 fn default_timeout() -> u64 {
@@ -288,6 +292,7 @@ pub fn providers(
             base_url: default.sendgrid_url.clone(),
             api_key: default.sendgrid_api_key.clone(),
             timeout_ms: default.provider_timeout_ms,
+            rate_per_sec: None,
         }]);
     }
     parsed
@@ -323,6 +328,7 @@ pub fn providers(
                 base_url: p.base_url,
                 api_key,
                 timeout_ms: p.timeout_ms,
+                rate_per_sec: p.rate_per_sec,
             })
         })
         .collect()
@@ -342,6 +348,7 @@ mod tests {
             base_url: "http://x".into(),
             api_key: s,
             timeout_ms: 1,
+            rate_per_sec: None,
         };
         assert!(!format!("{p:?}").contains("hunter2"));
     }

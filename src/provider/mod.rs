@@ -108,10 +108,23 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
+/// A per-worker smoothing limiter (governor): spreads this worker's requests to one provider
+/// evenly instead of in bursts. The cluster-wide limit is a separate, shared window.
+pub type Smoother = governor::DefaultDirectRateLimiter;
+
+/// Build a smoother for `per_sec` requests per second (burst of one second's worth).
+pub fn smoother(per_sec: u32) -> Option<Smoother> {
+    let n = std::num::NonZeroU32::new(per_sec)?;
+    Some(governor::RateLimiter::direct(governor::Quota::per_second(
+        n,
+    )))
+}
+
 /// The configured providers, in preference order.
 pub struct Providers {
     ordered: Vec<Arc<dyn Provider>>,
     by_name: HashMap<String, Arc<dyn Provider>>,
+    smoothers: HashMap<String, Arc<Smoother>>,
 }
 
 impl Providers {
@@ -124,7 +137,12 @@ impl Providers {
                 }
             })
             .collect();
-        Self::new(ordered)
+        let mut providers = Self::new(ordered);
+        providers.smoothers = configs
+            .iter()
+            .filter_map(|c| Some((c.name.clone(), Arc::new(smoother(c.rate_per_sec?)?))))
+            .collect();
+        providers
     }
 
     pub fn new(ordered: Vec<Arc<dyn Provider>>) -> Self {
@@ -132,7 +150,18 @@ impl Providers {
             .iter()
             .map(|p| (p.name().to_owned(), p.clone()))
             .collect();
-        Providers { ordered, by_name }
+        Providers {
+            ordered,
+            by_name,
+            smoothers: HashMap::new(),
+        }
+    }
+
+    /// Wait until this worker may send one more request to `provider`.
+    pub async fn smooth(&self, provider: &str) {
+        if let Some(s) = self.smoothers.get(provider) {
+            s.until_ready().await;
+        }
     }
 
     /// The provider the job asked for if it is configured, else the first one.
@@ -157,4 +186,20 @@ pub fn http_client(max_idle_per_host: usize) -> reqwest::Result<reqwest::Client>
         .tcp_nodelay(true)
         .user_agent(concat!("mailfleet/", env!("CARGO_PKG_VERSION")))
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_smoother_admits_one_seconds_worth_then_holds() {
+        let s = smoother(5).expect("a limiter");
+        assert!((0..5).all(|_| s.check().is_ok()));
+        assert!(
+            s.check().is_err(),
+            "the sixth request in the same instant waits"
+        );
+        assert!(smoother(0).is_none(), "0 means no cap");
+    }
 }

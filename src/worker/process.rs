@@ -216,6 +216,7 @@ async fn send_one(
     };
 
     let result = {
+        shared.deps.providers.smooth(provider.name()).await;
         let _permit = shared.sends.acquire().await;
         let t0 = std::time::Instant::now();
         let r = provider

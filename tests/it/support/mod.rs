@@ -149,6 +149,7 @@ pub fn provider_config(url: &str) -> ProviderConfig {
         base_url: url.into(),
         api_key: Secret::new("test-key"),
         timeout_ms: 5_000,
+        rate_per_sec: None,
     }
 }
 
