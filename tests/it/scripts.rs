@@ -236,27 +236,14 @@ async fn promote_moves_only_due_entries_and_parks_undecodable_ones() {
         "undecodable parked far in the future"
     );
     // The promoted entry decodes back into the original fields.
-    let v: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(k.lane(0, Lane::Tx))
-        .arg("-")
-        .arg("+")
-        .query_async(&mut *redis.conn().await)
-        .await
-        .unwrap();
-    let f = &v.ids[0].map;
-    assert_eq!(
-        redis::from_redis_value_ref::<String>(&f["id"]).unwrap(),
-        "a"
-    );
-    assert_eq!(
-        redis::from_redis_value_ref::<String>(&f["enqueued_at"]).unwrap(),
-        "7"
-    );
+    let f = &redis.entries(&k.lane(0, Lane::Tx)).await[0];
+    assert_eq!(f["id"], "a");
+    assert_eq!(f["enqueued_at"], "7");
+    assert_eq!(f["v"], wire::VERSION);
     assert!(
         !f.contains_key("idem"),
         "an empty idempotency key is not written"
     );
-    let _ = wire::VERSION;
 }
 
 #[tokio::test]
@@ -291,20 +278,13 @@ async fn dead_letter_keeps_the_original_fields_acks_and_never_doubles() {
     drop(conn);
     assert_eq!(redis.pending(Lane::Bulk).await, 0);
     assert_eq!(redis.xlen(&redis.keys.dead(0)).await, 1);
-    let v: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(redis.keys.dead(0))
-        .arg("-")
-        .arg("+")
-        .query_async(&mut *redis.conn().await)
-        .await
-        .unwrap();
-    let f = &v.ids[0].map;
+    let f = &redis.dead_entries().await[0];
     for (k, want) in [
         ("reason", "unknown_version"),
         ("orig_v", "9"),
         ("orig_weird", "yes"),
         ("lane", "bulk"),
     ] {
-        assert_eq!(redis::from_redis_value_ref::<String>(&f[k]).unwrap(), want);
+        assert_eq!(f[k], want);
     }
 }

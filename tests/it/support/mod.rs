@@ -82,6 +82,31 @@ impl TestRedis {
         };
         (int("entries-read"), int("pending"))
     }
+    /// The dead-letter stream of partition 0, each entry's fields as strings.
+    pub async fn dead_entries(&self) -> Vec<std::collections::HashMap<String, String>> {
+        self.entries(&self.keys.dead(0)).await
+    }
+    /// Every entry of a stream, its fields as strings.
+    pub async fn entries(&self, key: &str) -> Vec<std::collections::HashMap<String, String>> {
+        let v: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(key)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut *self.conn().await)
+            .await
+            .expect("xrange dead");
+        v.ids
+            .into_iter()
+            .map(|e| {
+                e.map
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        Some((k.clone(), redis::from_redis_value_ref::<String>(v).ok()?))
+                    })
+                    .collect()
+            })
+            .collect()
+    }
     pub async fn xlen(&self, key: &str) -> i64 {
         redis::cmd("XLEN")
             .arg(key)
