@@ -23,7 +23,6 @@ mod reader;
 mod reclaim;
 mod recorder;
 
-use crate::domain::Lane;
 use crate::metrics::METRICS;
 use crate::provider::Providers;
 use crate::render::{Limits, Renderer};
@@ -125,7 +124,8 @@ pub(crate) struct Shared {
     /// Room for entries read but not yet finished (acked, retried or abandoned).
     pub in_flight: Arc<Semaphore>,
     pub sends: Arc<Semaphore>,
-    pub draining: AtomicBool,
+    /// Set once shutdown begins; also what `/readyz` reports.
+    pub draining: Arc<AtomicBool>,
 }
 
 impl Shared {
@@ -225,16 +225,16 @@ pub async fn start(
             settings.max_in_flight.max(settings.batch_size),
         )),
         sends: Arc::new(Semaphore::new(settings.send_concurrency.max(1))),
-        draining: AtomicBool::new(false),
+        draining: Arc::new(AtomicBool::new(false)),
         settings,
         deps,
     });
-    let draining = Arc::new(AtomicBool::new(false));
-    let join = tokio::spawn(supervise(shared, shutdown, draining.clone()));
+    let draining = shared.draining.clone();
+    let join = tokio::spawn(supervise(shared, shutdown));
     Ok(Running { draining, join })
 }
 
-async fn supervise(shared: Arc<Shared>, shutdown: CancellationToken, draining: Arc<AtomicBool>) {
+async fn supervise(shared: Arc<Shared>, shutdown: CancellationToken) {
     let (tx, rx) = mpsc::unbounded_channel::<Item>();
     let batches = TaskTracker::new();
     let readers = TaskTracker::new();
@@ -262,7 +262,6 @@ async fn supervise(shared: Arc<Shared>, shutdown: CancellationToken, draining: A
     tracing::info!(consumer = %shared.settings.consumer, partitions = shared.deps.keys.partitions(), "worker started");
 
     shutdown.cancelled().await;
-    draining.store(true, Ordering::SeqCst);
     shared.draining.store(true, Ordering::SeqCst);
     let deadline = tokio::time::Instant::now() + shared.settings.drain_timeout;
     readers.wait().await;
@@ -320,11 +319,6 @@ pub fn backoff(attempt: i32, base_ms: u64, max_ms: u64, retry_after: Option<Dura
     let jittered = rand::random_range(0..=ceiling);
     let floor = retry_after.map(|d| d.as_millis() as u64).unwrap_or(0);
     Duration::from_millis(jittered.max(floor))
-}
-
-/// Lane as a metric label.
-pub(crate) fn lane_label(l: Lane) -> &'static str {
-    l.as_str()
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! Invariant: the Redis pipeline for a batch is built only from outcomes the Postgres statement
 //! applied, and runs only after that statement committed.
 
-use super::{Shared, lane_label};
+use super::Shared;
 use crate::domain::Lane;
 use crate::metrics::METRICS;
 use crate::store::emails::{self, Outcome};
@@ -125,14 +125,14 @@ async fn flush(shared: &Shared, items: &mut Vec<Item>) {
                 METRICS
                     .emails
                     .with_label_values(&[
-                        lane_label(entry.lane),
+                        entry.lane.as_str(),
                         outcome.provider.as_deref().unwrap_or("none"),
                         outcome.status,
                     ])
                     .inc();
                 METRICS
                     .end_to_end
-                    .with_label_values(&[lane_label(entry.lane)])
+                    .with_label_values(&[entry.lane.as_str()])
                     .observe(((now_ms - enqueued_at_ms).max(0) as f64) / 1000.0);
                 match after {
                     After::Ack => finish.ack(entry.partition, entry.lane, entry.entry_id),
