@@ -167,6 +167,23 @@ pub struct WorkerArgs {
     /// On SIGTERM/SIGINT, how long in-flight sends may take to finish and be recorded, in s.
     #[arg(long, env = "MAILFLEET_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
     pub drain_timeout_secs: u64,
+    /// A send whose outcome cannot be known (timeout or reset after the request left): `resend`
+    /// it later (at-least-once, the attempt is logged `unknown` and counted) or `hold` it as a
+    /// final `unknown` for an operator.
+    #[arg(long, env = "MAILFLEET_AMBIGUOUS", value_enum, default_value_t = crate::worker::AmbiguousPolicy::Resend)]
+    pub ambiguous: crate::worker::AmbiguousPolicy,
+    /// Re-enqueue a job whose row stays `queued`, `sending` or `retrying` this long past when it
+    /// was due (Redis lost its entry), in s. Must exceed the visibility timeout; 0 turns the
+    /// reconciler off.
+    #[arg(long, env = "MAILFLEET_RECONCILE_AFTER_SECS", default_value_t = 900)]
+    pub reconcile_after_secs: u64,
+    /// How often this worker runs a reconciler pass, in ms.
+    #[arg(
+        long,
+        env = "MAILFLEET_RECONCILE_INTERVAL_MS",
+        default_value_t = 60_000
+    )]
+    pub reconcile_interval_ms: u64,
     /// Postgres connections per worker.
     #[arg(long, env = "MAILFLEET_PG_POOL", default_value_t = 8)]
     pub pg_pool: u32,

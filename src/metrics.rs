@@ -17,9 +17,11 @@ pub struct Metrics {
     pub end_to_end: HistogramVec,
     pub record_batch: Histogram,
     pub stale_outcomes: IntCounter,
+    pub ambiguous: IntCounterVec,
     pub already_final: IntCounter,
     pub promoted: IntCounter,
     pub reclaimed: IntCounter,
+    pub reenqueued: IntCounter,
     pub in_flight: IntGauge,
     pub store_errors: IntCounterVec,
     pub redis_errors: IntCounterVec,
@@ -111,6 +113,14 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "mailfleet_stale_outcomes_total",
             "Outcomes rejected because the job's claim moved to another attempt.",
         ),
+        ambiguous: counter_vec(
+            &r,
+            "mailfleet_ambiguous_total",
+            "Attempts whose outcome cannot be known and that are sent again, so may duplicate: \
+             expired_claim (a worker stopped after claiming), no_response (the request left, no \
+             answer came back).",
+            &["reason"],
+        ),
         already_final: counter(
             &r,
             "mailfleet_already_final_total",
@@ -125,6 +135,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "mailfleet_reclaimed_total",
             "Entries taken over from a consumer idle past the visibility timeout.",
+        ),
+        reenqueued: counter(
+            &r,
+            "mailfleet_reenqueued_total",
+            "Jobs the reconciler put back on their stream because their row stayed non-final long past due.",
         ),
         in_flight: {
             let g = IntGauge::new(

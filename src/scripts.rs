@@ -42,8 +42,19 @@ pub static RECLAIM: LazyLock<Lua> =
 pub static DEAD_LETTER: LazyLock<Lua> =
     LazyLock::new(|| Lua::new("dead_letter", include_str!("../lua/dead_letter.lua")));
 
-fn all() -> [&'static Lua; 6] {
-    [&ENQUEUE, &READ, &RETRY, &PROMOTE, &DEAD_LETTER, &RECLAIM]
+pub static TOUCH: LazyLock<Lua> =
+    LazyLock::new(|| Lua::new("touch", include_str!("../lua/touch.lua")));
+
+fn all() -> [&'static Lua; 7] {
+    [
+        &ENQUEUE,
+        &READ,
+        &RETRY,
+        &PROMOTE,
+        &DEAD_LETTER,
+        &RECLAIM,
+        &TOUCH,
+    ]
 }
 
 /// SCRIPT LOAD every script (one pipelined round trip).

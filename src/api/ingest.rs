@@ -159,6 +159,7 @@ fn row(p: &Prepared) -> NewRow {
         payload: p.payload_json.clone(),
         enqueued_at: chrono::DateTime::from_timestamp_millis(p.enqueued_at_ms)
             .unwrap_or_else(chrono::Utc::now),
+        due_at: p.email.send_at,
     }
 }
 

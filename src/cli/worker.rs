@@ -48,6 +48,9 @@ pub async fn run(g: Global, a: WorkerArgs) -> anyhow::Result<()> {
             recursion: 64,
             max_output_bytes: a.render_max_bytes,
         },
+        ambiguous: a.ambiguous,
+        reconcile_after: Duration::from_secs(a.reconcile_after_secs),
+        reconcile_interval_ms: a.reconcile_interval_ms,
     };
     let deps = Deps {
         redis_url: g.redis_url.expose().to_owned(),

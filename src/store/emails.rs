@@ -18,6 +18,8 @@ pub struct NewRow {
     pub template: Option<String>,
     pub payload: String,
     pub enqueued_at: DateTime<Utc>,
+    /// A future `send_at`, if any: the reconciler leaves the row alone until then.
+    pub due_at: Option<DateTime<Utc>>,
 }
 
 /// A job this worker now owns: it may send it, and only it may record the outcome.
@@ -25,6 +27,10 @@ pub struct NewRow {
 pub struct Claimed {
     pub id: Uuid,
     pub attempt: i32,
+    /// The job was taken over from a claim that expired while `sending`: the earlier attempt
+    /// may have reached the provider, so this one may duplicate it. The claim statement logs
+    /// that earlier attempt as `unknown`.
+    pub takeover: bool,
 }
 
 #[derive(Default)]
@@ -38,6 +44,7 @@ struct Columns {
     template: Vec<Option<String>>,
     payload: Vec<String>,
     enqueued_at: Vec<DateTime<Utc>>,
+    due_at: Vec<Option<DateTime<Utc>>>,
 }
 
 impl Columns {
@@ -53,6 +60,7 @@ impl Columns {
             c.template.push(r.template.clone());
             c.payload.push(r.payload.clone());
             c.enqueued_at.push(r.enqueued_at);
+            c.due_at.push(r.due_at);
         }
         c
     }
@@ -82,28 +90,41 @@ pub async fn claim(
         return Ok(ClaimResult::default());
     }
     let c = Columns::of(rows);
-    // The outer SELECT sees the table as it was before the INSERT (one snapshot per statement),
-    // so it finds exactly the rows that were already final.
-    let rows_out: Vec<(Uuid, i32, bool)> = sqlx::query_as(
+    // Every CTE sees the table as it was before the INSERT (one snapshot per statement), so
+    // `prev` holds each row's state before this claim and the final SELECT finds exactly the
+    // rows that were already final. ON CONFLICT re-checks its WHERE against the latest row
+    // version, so of two racing claims only one wins, and a claim that wins over a `sending`
+    // row really took over an expired claim.
+    let rows_out: Vec<(Uuid, i32, bool, bool)> = sqlx::query_as(
         r#"
-        WITH ins AS (
+        WITH prev AS (
+            SELECT id, status, attempts, provider, claimed_at FROM emails WHERE id = ANY($1)
+        ), ins AS (
         INSERT INTO emails AS e (id, status, lane, partition, idempotency_key, tenant, recipient_domain,
-                                 template, payload, enqueued_at, attempts, claim_token, claimed_at)
-        SELECT id, 'sending', lane, partition, idem, tenant, domain, template, payload, enq, 1, $10, now()
+                                 template, payload, enqueued_at, due_at, attempts, claim_token, claimed_at)
+        SELECT id, 'sending', lane, partition, idem, tenant, domain, template, payload, enq, due, 1, $10, now()
         FROM UNNEST($1::uuid[], $2::text[], $3::int2[], $4::text[], $5::text[], $6::text[], $7::text[],
-                    $8::text[], $9::timestamptz[])
-             AS t(id, lane, partition, idem, tenant, domain, template, payload, enq)
+                    $8::text[], $9::timestamptz[], $12::timestamptz[])
+             AS t(id, lane, partition, idem, tenant, domain, template, payload, enq, due)
         ON CONFLICT (id) DO UPDATE
            SET status = 'sending', attempts = e.attempts + 1, claim_token = EXCLUDED.claim_token,
                claimed_at = now(), updated_at = now()
          WHERE e.status IN ('queued', 'retrying')
             OR (e.status = 'sending' AND e.claimed_at < now() - make_interval(secs => $11::float8 / 1000))
         RETURNING e.id, e.attempts
+        ), takeover AS (
+            INSERT INTO email_attempts (email_id, attempt, provider, outcome, error, started_at, finished_at)
+            SELECT prev.id, prev.attempts, prev.provider, 'unknown',
+                   'claim expired: the worker stopped before recording an outcome', prev.claimed_at, now()
+              FROM ins JOIN prev USING (id)
+             WHERE prev.status = 'sending'
+            RETURNING email_id
         )
-        SELECT id, attempts, true FROM ins
+        SELECT ins.id, ins.attempts, true, prev.status IS NOT DISTINCT FROM 'sending'
+          FROM ins LEFT JOIN prev USING (id)
         UNION ALL
-        SELECT id, attempts, false FROM emails
-         WHERE id = ANY($1) AND status IN ('sent', 'failed', 'dead', 'suppressed', 'unknown')
+        SELECT id, attempts, false, false FROM prev
+         WHERE status IN ('sent', 'failed', 'dead', 'suppressed', 'unknown')
         "#,
     )
     .bind(&c.id)
@@ -117,13 +138,18 @@ pub async fn claim(
     .bind(&c.enqueued_at)
     .bind(token)
     .bind(visibility_ms as f64)
+    .bind(&c.due_at)
     .fetch_all(pool)
     .await
     .map_err(q("claiming a batch"))?;
     let mut out = ClaimResult::default();
-    for (id, attempt, mine) in rows_out {
+    for (id, attempt, mine, takeover) in rows_out {
         if mine {
-            out.claimed.push(Claimed { id, attempt });
+            out.claimed.push(Claimed {
+                id,
+                attempt,
+                takeover,
+            });
         } else {
             out.finished.push(id);
         }
@@ -140,11 +166,11 @@ pub async fn insert_queued(pool: &PgPool, rows: &[NewRow]) -> Result<(), StoreEr
     sqlx::query(
         r#"
         INSERT INTO emails (id, status, lane, partition, idempotency_key, tenant, recipient_domain,
-                            template, payload, enqueued_at)
-        SELECT id, 'queued', lane, partition, idem, tenant, domain, template, payload, enq
+                            template, payload, enqueued_at, due_at)
+        SELECT id, 'queued', lane, partition, idem, tenant, domain, template, payload, enq, due
         FROM UNNEST($1::uuid[], $2::text[], $3::int2[], $4::text[], $5::text[], $6::text[], $7::text[],
-                    $8::text[], $9::timestamptz[])
-             AS t(id, lane, partition, idem, tenant, domain, template, payload, enq)
+                    $8::text[], $9::timestamptz[], $10::timestamptz[])
+             AS t(id, lane, partition, idem, tenant, domain, template, payload, enq, due)
         ON CONFLICT (id) DO NOTHING
         "#,
     )
@@ -157,6 +183,7 @@ pub async fn insert_queued(pool: &PgPool, rows: &[NewRow]) -> Result<(), StoreEr
     .bind(&c.template)
     .bind(&c.payload)
     .bind(&c.enqueued_at)
+    .bind(&c.due_at)
     .execute(pool)
     .await
     .map_err(q("recording accepted jobs"))?;
@@ -177,6 +204,11 @@ pub struct Outcome {
     pub http_status: Option<i32>,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
+    /// For `retrying`: when the retry is due.
+    pub due_at: Option<DateTime<Utc>>,
+    /// What the attempt log says happened when it differs from `status`: a retry after an
+    /// ambiguous failure is logged `unknown` while the job becomes `retrying`.
+    pub attempt_outcome: Option<&'static str>,
 }
 
 /// Record a batch of outcomes and their attempt rows in one statement (one transaction).
@@ -193,6 +225,7 @@ pub async fn record(pool: &PgPool, outcomes: &[Outcome]) -> Result<Vec<Uuid>, St
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
+    let (mut due, mut logged) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let (mut provider, mut msg, mut error, mut http, mut started, mut finished) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -212,19 +245,24 @@ pub async fn record(pool: &PgPool, outcomes: &[Outcome]) -> Result<Vec<Uuid>, St
         http.push(o.http_status);
         started.push(o.started_at);
         finished.push(o.finished_at);
+        due.push(o.due_at);
+        logged.push(o.attempt_outcome.unwrap_or(o.status));
     }
     sqlx::query_scalar(
         r#"
         WITH o AS (
             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int4[], $5::text[], $6::text[],
-                                 $7::text[], $8::int4[], $9::timestamptz[], $10::timestamptz[])
-                AS o(id, token, status, attempt, provider, message_id, error, http_status, started_at, finished_at)
+                                 $7::text[], $8::int4[], $9::timestamptz[], $10::timestamptz[],
+                                 $11::timestamptz[], $12::text[])
+                AS o(id, token, status, attempt, provider, message_id, error, http_status, started_at,
+                     finished_at, due_at, logged)
         ), upd AS (
             UPDATE emails e
                SET status = o.status, provider = COALESCE(o.provider, e.provider),
                    provider_message_id = COALESCE(o.message_id, e.provider_message_id),
                    last_error = o.error,
                    sent_at = CASE WHEN o.status = 'sent' THEN o.finished_at ELSE e.sent_at END,
+                   due_at = o.due_at,
                    recorded_at = now(), updated_at = now()
               FROM o
              WHERE e.id = o.id AND e.claim_token = o.token AND e.status = 'sending'
@@ -232,7 +270,7 @@ pub async fn record(pool: &PgPool, outcomes: &[Outcome]) -> Result<Vec<Uuid>, St
         ), log AS (
             INSERT INTO email_attempts (email_id, attempt, provider, outcome, http_status, error,
                                         started_at, finished_at)
-            SELECT id, attempt, provider, status, http_status, error, started_at, finished_at FROM o
+            SELECT id, attempt, provider, logged, http_status, error, started_at, finished_at FROM o
         )
         SELECT id FROM upd
         "#,
@@ -247,6 +285,8 @@ pub async fn record(pool: &PgPool, outcomes: &[Outcome]) -> Result<Vec<Uuid>, St
     .bind(&http)
     .bind(&started)
     .bind(&finished)
+    .bind(&due)
+    .bind(&logged)
     .fetch_all(pool)
     .await
     .map_err(q("recording outcomes"))
@@ -323,4 +363,72 @@ pub async fn ids_with_status(
         .fetch_all(pool)
         .await
         .map_err(q("selecting emails by status"))
+}
+
+/// Keep live claims fresh: a send still in progress after most of the visibility timeout must
+/// not look abandoned. Refreshes `claimed_at` only where `(id, token)` still holds the claim.
+/// Returns how many rows were refreshed.
+pub async fn touch_claims(pool: &PgPool, claims: &[(Uuid, Uuid)]) -> Result<u64, StoreError> {
+    if claims.is_empty() {
+        return Ok(0);
+    }
+    let (ids, tokens): (Vec<Uuid>, Vec<Uuid>) = claims.iter().copied().unzip();
+    let r = sqlx::query(
+        "UPDATE emails e SET claimed_at = now(), updated_at = now()
+           FROM UNNEST($1::uuid[], $2::uuid[]) AS t(id, token)
+          WHERE e.id = t.id AND e.claim_token = t.token AND e.status = 'sending'",
+    )
+    .bind(&ids)
+    .bind(&tokens)
+    .execute(pool)
+    .await
+    .map_err(q("refreshing live claims"))?;
+    Ok(r.rows_affected())
+}
+
+/// A job the reconciler puts back on its stream.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Overdue {
+    pub id: Uuid,
+    pub lane: String,
+    pub partition: i16,
+    pub idempotency_key: Option<String>,
+    pub payload: String,
+    pub enqueued_at: DateTime<Utc>,
+}
+
+/// Take up to `limit` jobs that should have progressed long ago: `queued` or `retrying` rows
+/// untouched for `after` and overdue by `after`, and `sending` rows whose claim expired
+/// (`visibility_ms`) and that are untouched for `after`. Marks each one re-enqueued
+/// (`reenqueued + 1`, `updated_at = now()`), so concurrent reconcilers on other workers skip
+/// it (row locks, SKIP LOCKED) and the next pass leaves it alone for another `after`.
+pub async fn take_overdue(
+    pool: &PgPool,
+    after: std::time::Duration,
+    visibility_ms: i64,
+    limit: i64,
+) -> Result<Vec<Overdue>, StoreError> {
+    sqlx::query_as(
+        r#"
+        WITH stuck AS (
+            SELECT id FROM emails
+             WHERE status IN ('queued', 'sending', 'retrying')
+               AND updated_at < now() - make_interval(secs => $1)
+               AND (due_at IS NULL OR due_at < now() - make_interval(secs => $1))
+               AND (status <> 'sending' OR claimed_at < now() - make_interval(secs => $2::float8 / 1000))
+             ORDER BY updated_at
+             LIMIT $3
+             FOR UPDATE SKIP LOCKED
+        )
+        UPDATE emails e SET updated_at = now(), reenqueued = e.reenqueued + 1
+          FROM stuck WHERE e.id = stuck.id
+        RETURNING e.id, e.lane, e.partition, e.idempotency_key, e.payload, e.enqueued_at
+        "#,
+    )
+    .bind(after.as_secs_f64())
+    .bind(visibility_ms as f64)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(q("taking overdue jobs"))
 }

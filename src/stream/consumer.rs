@@ -7,7 +7,7 @@
 
 use super::{GROUP, Keys, RawEntry, wire};
 use crate::domain::Lane;
-use crate::scripts::{self, DEAD_LETTER, PROMOTE, READ, RECLAIM, RETRY};
+use crate::scripts::{self, DEAD_LETTER, PROMOTE, READ, RECLAIM, RETRY, TOUCH};
 use redis::{RedisResult, Value, aio::ConnectionLike};
 use std::collections::BTreeMap;
 
@@ -190,6 +190,65 @@ pub async fn promote_due<C: ConnectionLike + Send>(
         }
     }
     Ok(moved)
+}
+
+/// Reset the idle time of entries this consumer is still working on (lua/touch.lua), one
+/// command per stream in one pipeline. Returns how many entries were still this consumer's.
+pub async fn touch<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    consumer: &str,
+    entries: &BTreeMap<(u16, Lane), Vec<String>>,
+) -> RedisResult<u64> {
+    let cmds = entries
+        .iter()
+        .filter(|(_, ids)| !ids.is_empty())
+        .map(|((p, lane), ids)| {
+            let mut c = TOUCH.call(&[&keys.lane(*p, *lane)]);
+            c.arg(GROUP).arg(consumer).arg(ids);
+            c
+        })
+        .collect();
+    let mut n = 0;
+    for r in scripts::run_pipeline(conn, cmds).await? {
+        if let Value::Int(k) = r? {
+            n += k as u64;
+        }
+    }
+    Ok(n)
+}
+
+/// A job to put back on its lane as a fresh entry (same id, same payload).
+#[derive(Debug, Clone)]
+pub struct Requeue {
+    pub partition: u16,
+    pub lane: Lane,
+    pub id: crate::domain::JobId,
+    pub idem: Option<String>,
+    pub enqueued_at_ms: i64,
+    pub payload: String,
+}
+
+/// XADD each job to its lane, pipelined. No dedup check: the Postgres claim makes a second
+/// entry for a job harmless (it is acked without a send once the job is final).
+pub async fn requeue<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    jobs: &[Requeue],
+) -> RedisResult<()> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let mut p = redis::pipe();
+    for j in jobs {
+        let fields = wire::encode_fields(j.id, j.idem.as_deref(), j.enqueued_at_ms, &j.payload);
+        p.cmd("XADD")
+            .arg(keys.lane(j.partition, j.lane))
+            .arg("*")
+            .arg(&fields)
+            .ignore();
+    }
+    p.query_async::<()>(conn).await
 }
 
 /// A dead-letter request: the entry, why, the last error and the attempts so far.

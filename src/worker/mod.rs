@@ -11,16 +11,22 @@
 //!   acks/retries/dead-letters in one Redis pipeline;
 //! - one **promoter**: moves due delayed entries (retries, `send_at`) back to their lanes;
 //! - one **reclaimer** ([`reclaim`]): takes over entries idle past the visibility timeout (their
-//!   consumer crashed) through `lua/reclaim.lua`, into the same batch pipeline.
+//!   consumer crashed) through `lua/reclaim.lua`, into the same batch pipeline;
+//! - one **heartbeat** ([`heartbeat`]): keeps the entries and claims of long sends fresh, so a
+//!   slow live send is never taken for a crashed one;
+//! - one **reconciler** ([`reconcile`]): re-enqueues jobs whose Postgres row stays non-final
+//!   long past due (Redis lost their entry).
 //!
 //! Architecture Invariant: an entry is acked only after the outcome that justifies the ack is
 //! committed in Postgres; an outcome whose claim token lost (the job was reclaimed) is neither
 //! recorded nor acked. Drain on shutdown: readers stop, batch tasks finish their sends, the
 //! recorder flushes and acks, then the worker exits, all within `drain_timeout`.
 
+mod heartbeat;
 mod process;
 mod reader;
 mod reclaim;
+mod reconcile;
 mod recorder;
 
 use crate::metrics::METRICS;
@@ -62,6 +68,24 @@ pub struct Settings {
     pub drain_timeout: Duration,
     pub max_payload: usize,
     pub render: Limits,
+    /// What to do when a request left and no answer came back.
+    pub ambiguous: AmbiguousPolicy,
+    /// A non-final job this overdue is re-enqueued by the reconciler; zero turns it off.
+    pub reconcile_after: Duration,
+    pub reconcile_interval_ms: u64,
+}
+
+/// What a worker does with a send whose outcome cannot be known (a timeout or reset after the
+/// request left): the provider may or may not have taken the email.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum AmbiguousPolicy {
+    /// Send again later (at-least-once). The attempt is logged `unknown`, and a duplicate it
+    /// causes is counted by `mailfleet_ambiguous_total`.
+    #[default]
+    Resend,
+    /// Record the job `unknown` and never send it again automatically (at-most-once for
+    /// ambiguous sends).
+    Hold,
 }
 
 impl Settings {
@@ -83,6 +107,9 @@ impl Settings {
             drain_timeout: Duration::from_secs(30),
             max_payload: 256 * 1024,
             render: Limits::default(),
+            ambiguous: AmbiguousPolicy::Resend,
+            reconcile_after: Duration::from_secs(900),
+            reconcile_interval_ms: 60_000,
         }
     }
 }
@@ -126,6 +153,8 @@ pub(crate) struct Shared {
     pub sends: Arc<Semaphore>,
     /// Set once shutdown begins; also what `/readyz` reports.
     pub draining: Arc<AtomicBool>,
+    /// Claimed jobs whose outcome is not recorded yet, kept fresh by the heartbeat.
+    pub live: heartbeat::Live,
 }
 
 impl Shared {
@@ -226,6 +255,7 @@ pub async fn start(
         )),
         sends: Arc::new(Semaphore::new(settings.send_concurrency.max(1))),
         draining: Arc::new(AtomicBool::new(false)),
+        live: Default::default(),
         settings,
         deps,
     });
@@ -241,6 +271,10 @@ async fn supervise(shared: Arc<Shared>, shutdown: CancellationToken) {
     // The recorder stops only when every sender is gone: after readers and batch tasks.
     let recorder = tokio::spawn(recorder::run(shared.clone(), rx));
     let promoter = tokio::spawn(promote_loop(shared.clone(), shutdown.child_token()));
+    let reconciler = tokio::spawn(reconcile::run(shared.clone(), shutdown.child_token()));
+    // The heartbeat outlives the drain: sends finishing during it must stay fresh.
+    let beat_stop = CancellationToken::new();
+    let beat = tokio::spawn(heartbeat::run(shared.clone(), beat_stop.clone()));
     for p in 0..shared.deps.keys.partitions() {
         readers.spawn(reader::run(
             shared.clone(),
@@ -280,7 +314,8 @@ async fn supervise(shared: Arc<Shared>, shutdown: CancellationToken) {
             tracing::warn!("drain deadline passed while recording; unrecorded entries stay pending")
         }
     }
-    let _ = promoter.await;
+    beat_stop.cancel();
+    let _ = tokio::join!(promoter, reconciler, beat);
 }
 
 async fn promote_loop(shared: Arc<Shared>, token: CancellationToken) {

@@ -3,7 +3,7 @@
 //! recorder can account for (ack or abandon) all of them.
 
 use super::recorder::{After, EntryRef, Item};
-use super::{Shared, backoff};
+use super::{AmbiguousPolicy, Shared, backoff};
 use crate::metrics::METRICS;
 use crate::provider::{ErrorClass, Message};
 use crate::store::emails::{self, ClaimResult, NewRow, Outcome};
@@ -58,6 +58,18 @@ pub(super) async fn batch(shared: Arc<Shared>, entries: Vec<RawEntry>, out: Unbo
             return;
         }
     };
+    let takeovers = result.claimed.iter().filter(|c| c.takeover).count();
+    if takeovers > 0 {
+        // The earlier attempt may have reached the provider: a legitimate, counted duplicate.
+        METRICS
+            .ambiguous
+            .with_label_values(&["expired_claim"])
+            .inc_by(takeovers as u64);
+        tracing::warn!(
+            count = takeovers,
+            "took over jobs whose claim expired while sending; resending (each may duplicate)"
+        );
+    }
     let attempts: HashMap<Uuid, i32> = result.claimed.iter().map(|c| (c.id, c.attempt)).collect();
     let finished: HashSet<Uuid> = result.finished.into_iter().collect();
     let (mine, others): (Vec<Job>, Vec<Job>) = jobs
@@ -80,6 +92,10 @@ pub(super) async fn batch(shared: Arc<Shared>, entries: Vec<RawEntry>, out: Unbo
     if mine.is_empty() {
         return;
     }
+    shared.live.add(
+        token,
+        mine.iter().map(|j| (j.id.as_uuid(), EntryRef::of_job(j))),
+    );
 
     let names: Vec<&str> = mine
         .iter()
@@ -132,6 +148,7 @@ fn new_row(j: &Job) -> NewRow {
         template: j.email.template_name().map(str::to_owned),
         payload: j.payload_json.clone(),
         enqueued_at: DateTime::from_timestamp_millis(j.enqueued_at_ms).unwrap_or_else(Utc::now),
+        due_at: j.email.send_at,
     }
 }
 
@@ -186,12 +203,27 @@ async fn send_one(
         http_status: http.map(i32::from),
         started_at: started,
         finished_at: Utc::now(),
+        due_at: None,
+        attempt_outcome: None,
     };
     let finish = |o: Outcome, after: After| Item::Outcome {
         outcome: o,
         entry: entry.clone(),
         after,
         enqueued_at_ms: job.enqueued_at_ms,
+    };
+
+    let retry = |mut o: Outcome, attempt: i32, retry_after: Option<Duration>| {
+        let delay = backoff(attempt, s.retry_base_ms, s.retry_max_ms, retry_after);
+        let due_ms = Utc::now().timestamp_millis() + delay.as_millis() as i64;
+        o.due_at = DateTime::from_timestamp_millis(due_ms);
+        finish(
+            o,
+            After::Retry {
+                due_ms,
+                member: wire::delayed_member(job),
+            },
+        )
     };
 
     let template = job
@@ -245,10 +277,22 @@ async fn send_one(
                     outcome("failed", Some(e.message), e.http_status, None),
                     After::Ack,
                 ),
-                ErrorClass::Ambiguous => finish(
-                    outcome("unknown", Some(e.message), e.http_status, None),
-                    After::Ack,
-                ),
+                ErrorClass::Ambiguous => {
+                    METRICS.ambiguous.with_label_values(&["no_response"]).inc();
+                    if s.ambiguous == AmbiguousPolicy::Hold || attempt >= s.max_attempts {
+                        // Final `unknown`: an operator decides (the attempt log has the error).
+                        finish(
+                            outcome("unknown", Some(e.message), e.http_status, None),
+                            After::Ack,
+                        )
+                    } else {
+                        // At-least-once: send again later; the attempt is logged `unknown`, so
+                        // a duplicate it may cause is counted.
+                        let mut o = outcome("retrying", Some(e.message), e.http_status, None);
+                        o.attempt_outcome = Some("unknown");
+                        retry(o, attempt, None)
+                    }
+                }
                 ErrorClass::Transient | ErrorClass::QuotaAuth if attempt >= s.max_attempts => {
                     let dl = DeadLetter {
                         entry_id: job.entry_id.clone(),
@@ -261,17 +305,11 @@ async fn send_one(
                         After::Dead(dl),
                     )
                 }
-                ErrorClass::Transient | ErrorClass::QuotaAuth => {
-                    let delay = backoff(attempt, s.retry_base_ms, s.retry_max_ms, e.retry_after);
-                    let due_ms = Utc::now().timestamp_millis() + delay.as_millis() as i64;
-                    finish(
-                        outcome("retrying", Some(e.message), e.http_status, None),
-                        After::Retry {
-                            due_ms,
-                            member: wire::delayed_member(job),
-                        },
-                    )
-                }
+                ErrorClass::Transient | ErrorClass::QuotaAuth => retry(
+                    outcome("retrying", Some(e.message), e.http_status, None),
+                    attempt,
+                    e.retry_after,
+                ),
             }
         }
     }

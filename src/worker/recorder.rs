@@ -103,6 +103,7 @@ async fn flush(shared: &Shared, items: &mut Vec<Item>) {
     };
     if !outcomes.is_empty() {
         METRICS.record_batch.observe(outcomes.len() as f64);
+        shared.live.remove(outcomes.iter().map(|o| o.id));
     }
 
     let mut finish = Finish::default();

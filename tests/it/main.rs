@@ -6,5 +6,6 @@ mod support;
 mod api;
 mod cli;
 mod pipeline;
+mod recovery;
 mod reliability;
 mod scripts;

@@ -206,6 +206,7 @@ fn row(id: uuid::Uuid) -> NewRow {
         template: None,
         payload: "{}".into(),
         enqueued_at: chrono::Utc::now(),
+        due_at: None,
     }
 }
 
@@ -221,6 +222,8 @@ fn outcome(id: uuid::Uuid, token: uuid::Uuid, attempt: i32) -> Outcome {
         http_status: Some(202),
         started_at: chrono::Utc::now(),
         finished_at: chrono::Utc::now(),
+        due_at: None,
+        attempt_outcome: None,
     }
 }
 
@@ -230,6 +233,7 @@ async fn a_stale_claim_tokens_outcome_is_rejected(pg: PgPool) {
     let (old, new) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
     let first = emails::claim(&pg, &[row(id)], old, 60_000).await.unwrap();
     assert_eq!(first.claimed.len(), 1);
+    assert!(!first.claimed[0].takeover, "a first claim is no takeover");
     // A live claim is not taken over, and the row is not reported final either...
     let busy = emails::claim(&pg, &[row(id)], new, 60_000).await.unwrap();
     assert!(busy.claimed.is_empty() && busy.finished.is_empty());
@@ -237,6 +241,19 @@ async fn a_stale_claim_tokens_outcome_is_rejected(pg: PgPool) {
     tokio::time::sleep(Duration::from_millis(20)).await;
     let c = emails::claim(&pg, &[row(id)], new, 10).await.unwrap();
     assert_eq!(c.claimed[0].attempt, 2);
+    assert!(
+        c.claimed[0].takeover,
+        "taking over an expired claim is flagged"
+    );
+    // The first attempt's fate is unknown (it may have reached the provider): logged and counted.
+    let unknown: Vec<i32> = sqlx::query_scalar(
+        "SELECT attempt FROM email_attempts WHERE email_id = $1 AND outcome = 'unknown'",
+    )
+    .bind(id)
+    .fetch_all(&pg)
+    .await
+    .unwrap();
+    assert_eq!(unknown, vec![1]);
     // The zombie's outcome changes nothing; the current holder's lands.
     assert!(
         emails::record(&pg, &[outcome(id, old, 1)])

@@ -5,6 +5,7 @@ use mailfleet::Lane;
 use mailfleet::scripts::{self, DEAD_LETTER, ENQUEUE, PROMOTE, READ, RETRY};
 use mailfleet::stream::{GROUP, consumer, wire};
 use redis::Value;
+use std::time::Duration;
 
 async fn xadd(redis: &TestRedis, key: &str, fields: &[(&str, &str)]) -> String {
     let mut c = redis::cmd("XADD");
@@ -287,4 +288,59 @@ async fn dead_letter_keeps_the_original_fields_acks_and_never_doubles() {
     ] {
         assert_eq!(f[k], want);
     }
+}
+
+async fn pending_detail(redis: &TestRedis, key: &str) -> Vec<(String, String, i64, i64)> {
+    let v: Vec<(String, String, i64, i64)> = redis::cmd("XPENDING")
+        .arg(key)
+        .arg(mailfleet::stream::GROUP)
+        .arg("-")
+        .arg("+")
+        .arg(100)
+        .query_async(&mut *redis.conn().await)
+        .await
+        .unwrap();
+    v
+}
+
+#[tokio::test]
+async fn touch_refreshes_only_this_consumers_entries_without_counting_a_delivery() {
+    let redis = TestRedis::new();
+    redis.ensure_groups().await;
+    let key = redis.keys.lane(0, Lane::Tx);
+    for i in 0..3 {
+        xadd(&redis, &key, &[("v", "1"), ("n", &i.to_string())]).await;
+    }
+    let mut conn = redis.conn().await;
+    let read = consumer::read_now(&mut *conn, &redis.keys, 0, "alive", 10)
+        .await
+        .unwrap();
+    let ids: Vec<String> = read.iter().map(|e| e.entry_id.clone()).collect();
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let mut entries = std::collections::BTreeMap::new();
+    entries.insert((0u16, Lane::Tx), ids.clone());
+    // Another consumer cannot touch (and so cannot steal) them.
+    let n = consumer::touch(&mut *conn, &redis.keys, "intruder", &entries)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    let before = pending_detail(&redis, &key).await;
+    assert!(
+        before
+            .iter()
+            .all(|(_, c, idle, _)| c == "alive" && *idle >= 100)
+    );
+    // The owner resets their idle time; the delivery count stays 1.
+    let n = consumer::touch(&mut *conn, &redis.keys, "alive", &entries)
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+    let after = pending_detail(&redis, &key).await;
+    assert_eq!(after.len(), 3);
+    assert!(
+        after
+            .iter()
+            .all(|(_, c, idle, deliveries)| c == "alive" && *idle < 100 && *deliveries == 1),
+        "{after:?}"
+    );
 }

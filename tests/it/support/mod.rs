@@ -195,16 +195,21 @@ pub struct TestWorker {
 
 impl TestWorker {
     pub async fn start(pg: &PgPool, redis: &TestRedis, mock_url: &str, settings: Settings) -> Self {
+        Self::start_with(pg, redis, provider_config(mock_url), settings).await
+    }
+    pub async fn start_with(
+        pg: &PgPool,
+        redis: &TestRedis,
+        provider: ProviderConfig,
+        settings: Settings,
+    ) -> Self {
         let client = http_client(64).expect("http client");
         let deps = Deps {
             redis_url: redis.url.clone(),
             redis: redis.pool.clone(),
             pg: pg.clone(),
             keys: redis.keys.clone(),
-            providers: Arc::new(Providers::from_config(
-                &[provider_config(mock_url)],
-                &client,
-            )),
+            providers: Arc::new(Providers::from_config(&[provider], &client)),
         };
         let token = CancellationToken::new();
         let running = worker::start(settings, deps, token.clone())

@@ -1,0 +1,97 @@
+//! Long sends keep their entries: every quarter of the visibility timeout, the worker refreshes
+//! what it is still working on, in Redis (the entries' idle time, lua/touch.lua) and in Postgres
+//! (the claims' `claimed_at`), so neither another worker's reclaim nor its claim treats a slow
+//! but live send as abandoned. Entries are registered when claimed and deregistered when their
+//! outcome is recorded.
+
+use super::Shared;
+use super::recorder::EntryRef;
+use crate::domain::Lane;
+use crate::metrics::METRICS;
+use crate::store::emails;
+use crate::stream::consumer;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Jobs claimed by this worker whose outcome is not recorded yet: job id → (claim token, entry).
+#[derive(Default)]
+pub struct Live(std::sync::Mutex<HashMap<Uuid, (Uuid, EntryRef)>>);
+
+impl Live {
+    pub fn add(&self, token: Uuid, jobs: impl IntoIterator<Item = (Uuid, EntryRef)>) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, e) in jobs {
+            m.insert(id, (token, e));
+        }
+    }
+    pub fn remove(&self, ids: impl IntoIterator<Item = Uuid>) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for id in ids {
+            m.remove(&id);
+        }
+    }
+    fn snapshot(&self) -> (Vec<(Uuid, Uuid)>, BTreeMap<(u16, Lane), Vec<String>>) {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut claims = Vec::with_capacity(m.len());
+        let mut entries: BTreeMap<(u16, Lane), Vec<String>> = BTreeMap::new();
+        for (id, (token, e)) in m.iter() {
+            claims.push((*id, *token));
+            entries
+                .entry((e.partition, e.lane))
+                .or_default()
+                .push(e.entry_id.clone());
+        }
+        (claims, entries)
+    }
+}
+
+/// The heartbeat period for a visibility timeout: a quarter of it, so three beats can fail
+/// before a live send looks abandoned.
+pub fn period(visibility_timeout_ms: u64) -> Duration {
+    Duration::from_millis((visibility_timeout_ms / 4).max(50))
+}
+
+pub(super) async fn run(shared: Arc<Shared>, token: CancellationToken) {
+    let every = period(shared.settings.visibility_timeout_ms);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        beat(&shared).await;
+    }
+}
+
+async fn beat(shared: &Shared) {
+    let (claims, entries) = shared.live.snapshot();
+    if claims.is_empty() {
+        return;
+    }
+    let redis = match shared.deps.redis.get().await {
+        Ok(mut conn) => {
+            consumer::touch(
+                &mut *conn,
+                &shared.deps.keys,
+                &shared.settings.consumer,
+                &entries,
+            )
+            .await
+        }
+        Err(e) => Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "no Redis connection",
+            e.to_string(),
+        ))),
+    };
+    if let Err(e) = redis {
+        METRICS.redis_errors.with_label_values(&["heartbeat"]).inc();
+        tracing::warn!(error.message = %e, entries = claims.len(), "heartbeat: refreshing entries failed");
+    }
+    if let Err(e) = emails::touch_claims(&shared.deps.pg, &claims).await {
+        METRICS.store_errors.with_label_values(&["heartbeat"]).inc();
+        tracing::warn!(error.message = %e, claims = claims.len(), "heartbeat: refreshing claims failed");
+    }
+}

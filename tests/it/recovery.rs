@@ -1,0 +1,234 @@
+//! Recovery paths: long sends keep their entries (heartbeat), ambiguous sends are logged and
+//! counted, and the reconciler re-enqueues jobs whose entries Redis lost.
+
+use crate::support::*;
+use mailfleet::Lane;
+use mailfleet::mock::MockConfig;
+use mailfleet::store::emails::{self, NewRow};
+use mailfleet::worker::AmbiguousPolicy;
+use sqlx::PgPool;
+use std::time::Duration;
+
+#[sqlx::test]
+async fn a_send_longer_than_the_visibility_timeout_is_not_taken_over(pg: PgPool) {
+    let redis = TestRedis::new();
+    redis.ensure_groups().await;
+    // Each send takes 1.5 s; the visibility timeout is 400 ms and two workers reclaim every
+    // 50 ms. Without the heartbeat the other worker would take over every send and repeat it.
+    let mock = TestMock::start(MockConfig {
+        latency: Duration::from_millis(1500),
+        ..Default::default()
+    })
+    .await;
+    let ids: Vec<uuid::Uuid> = redis
+        .producer()
+        .send_many(
+            (0..6)
+                .map(|i| job(Lane::Tx, &format!("slow{i}@example.com")))
+                .collect(),
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id.as_uuid())
+        .collect();
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let mut s = settings();
+        s.visibility_timeout_ms = 400;
+        s.reclaim_interval_ms = 50;
+        workers.push(TestWorker::start(&pg, &redis, &mock.url, s).await);
+    }
+    eventually("every slow job sent and acked", WAIT, || async {
+        (count_status(&pg, "sent").await == 6 && redis.pending(Lane::Tx).await == 0).then_some(())
+    })
+    .await;
+    let counts = mock.state.counts();
+    assert_eq!(counts.len(), 6);
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "a live slow send was repeated: {counts:?}"
+    );
+    let attempts: Vec<i32> = sqlx::query_scalar("SELECT attempts FROM emails WHERE id = ANY($1)")
+        .bind(&ids)
+        .fetch_all(&pg)
+        .await
+        .unwrap();
+    assert!(
+        attempts.iter().all(|&a| a == 1),
+        "claims taken over: {attempts:?}"
+    );
+    for w in workers {
+        w.stop().await;
+    }
+}
+
+async fn unknown_attempts(pg: &PgPool, id: uuid::Uuid) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM email_attempts WHERE email_id = $1 AND outcome = 'unknown'",
+    )
+    .bind(id)
+    .fetch_one(pg)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test]
+async fn a_timeout_after_the_request_left_is_logged_unknown_and_resent_then_held(pg: PgPool) {
+    let redis = TestRedis::new();
+    redis.ensure_groups().await;
+    let mock = TestMock::start(MockConfig {
+        latency: Duration::from_millis(2000),
+        ..Default::default()
+    })
+    .await;
+    let mut provider = provider_config(&mock.url);
+    provider.timeout_ms = 150;
+    let id = redis
+        .producer()
+        .send(job(Lane::Tx, "timeout@example.com"))
+        .await
+        .unwrap()
+        .id
+        .as_uuid();
+    let mut s = settings();
+    s.max_attempts = 2;
+    s.retry_base_ms = 10;
+    s.retry_max_ms = 20;
+    let worker = TestWorker::start_with(&pg, &redis, provider.clone(), s).await;
+    // Resend (the default): the first timeout is retried, the second is the last attempt and
+    // leaves the job `unknown`. Both attempts are logged `unknown`.
+    eventually("the job ends unknown", WAIT, || async {
+        (status_of(&pg, id).await.as_deref() == Some("unknown")).then_some(())
+    })
+    .await;
+    assert_eq!(unknown_attempts(&pg, id).await, 2);
+    worker.stop().await;
+
+    // Hold: one ambiguous attempt and the job is left `unknown` for an operator.
+    let id = redis
+        .producer()
+        .send(job(Lane::Tx, "held@example.com"))
+        .await
+        .unwrap()
+        .id
+        .as_uuid();
+    let mut s = settings();
+    s.ambiguous = AmbiguousPolicy::Hold;
+    let worker = TestWorker::start_with(&pg, &redis, provider, s).await;
+    eventually("the held job ends unknown", WAIT, || async {
+        (status_of(&pg, id).await.as_deref() == Some("unknown")).then_some(())
+    })
+    .await;
+    assert_eq!(unknown_attempts(&pg, id).await, 1);
+    let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM emails WHERE id = $1")
+        .bind(id)
+        .fetch_one(&pg)
+        .await
+        .unwrap();
+    assert_eq!(attempts, 1, "a held job is not sent again");
+    worker.stop().await;
+}
+
+fn queued_row(i: usize, due_at: Option<chrono::DateTime<chrono::Utc>>) -> NewRow {
+    let payload = serde_json::to_string(&payload(&format!("lost{i}@example.com"))).unwrap();
+    NewRow {
+        id: uuid::Uuid::now_v7(),
+        lane: "bulk",
+        partition: 0,
+        idempotency_key: None,
+        tenant: None,
+        recipient_domain: "example.com".into(),
+        template: None,
+        payload,
+        enqueued_at: chrono::Utc::now(),
+        due_at,
+    }
+}
+
+#[sqlx::test]
+async fn the_reconciler_reenqueues_jobs_redis_lost_and_leaves_future_ones(pg: PgPool) {
+    let redis = TestRedis::new();
+    redis.ensure_groups().await;
+    // Ten jobs the API accepted (rows `queued`) whose entries Redis then lost, and one due in an hour.
+    let lost: Vec<NewRow> = (0..10).map(|i| queued_row(i, None)).collect();
+    let future = queued_row(99, Some(chrono::Utc::now() + chrono::Duration::hours(1)));
+    emails::insert_queued(&pg, &lost).await.unwrap();
+    emails::insert_queued(&pg, std::slice::from_ref(&future))
+        .await
+        .unwrap();
+    // One job mid-retry whose delayed member vanished.
+    let retrying = queued_row(50, None);
+    emails::insert_queued(&pg, std::slice::from_ref(&retrying))
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE emails SET status = 'retrying', attempts = 1, due_at = now() WHERE id = $1",
+    )
+    .bind(retrying.id)
+    .execute(&pg)
+    .await
+    .unwrap();
+
+    let mock = TestMock::start(MockConfig::default()).await;
+    let mut s = settings();
+    s.reconcile_after = Duration::from_millis(300);
+    s.reconcile_interval_ms = 50;
+    let worker = TestWorker::start(&pg, &redis, &mock.url, s).await;
+    eventually("every lost job sent", WAIT, || async {
+        (count_status(&pg, "sent").await == 11).then_some(())
+    })
+    .await;
+    let counts = mock.state.counts();
+    assert_eq!(counts.len(), 11);
+    assert!(counts.values().all(|&n| n == 1));
+    assert_eq!(status_of(&pg, future.id).await.as_deref(), Some("queued"));
+    assert!(!counts.contains_key(&future.id.to_string()));
+    let reenqueued: i32 = sqlx::query_scalar("SELECT reenqueued FROM emails WHERE id = $1")
+        .bind(retrying.id)
+        .fetch_one(&pg)
+        .await
+        .unwrap();
+    assert_eq!(reenqueued, 1, "re-enqueued once, then sent");
+    worker.stop().await;
+}
+
+#[sqlx::test]
+async fn a_reenqueued_job_whose_old_entry_survived_is_sent_once(pg: PgPool) {
+    let redis = TestRedis::new();
+    redis.ensure_groups().await;
+    // The entry was only slow, not lost: both it and the reconciler's copy reach a worker.
+    let id = redis
+        .producer()
+        .send(job(Lane::Bulk, "slow-not-lost@example.com"))
+        .await
+        .unwrap()
+        .id
+        .as_uuid();
+    let payload = serde_json::to_string(&payload("slow-not-lost@example.com")).unwrap();
+    let mut row = queued_row(0, None);
+    row.id = id;
+    row.payload = payload;
+    emails::insert_queued(&pg, &[row]).await.unwrap();
+    sqlx::query("UPDATE emails SET updated_at = now() - interval '1 hour' WHERE id = $1")
+        .bind(id)
+        .execute(&pg)
+        .await
+        .unwrap();
+    let mock = TestMock::start(MockConfig::default()).await;
+    let mut s = settings();
+    s.reconcile_after = Duration::from_millis(100);
+    s.reconcile_interval_ms = 10;
+    let worker = TestWorker::start(&pg, &redis, &mock.url, s).await;
+    eventually("sent and both entries acked", WAIT, || async {
+        let entries = redis.xlen(&redis.keys.lane(0, Lane::Bulk)).await;
+        (status_of(&pg, id).await.as_deref() == Some("sent")
+            && entries >= 1
+            && redis.pending(Lane::Bulk).await == 0)
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(mock.state.counts().get(&id.to_string()), Some(&1));
+    worker.stop().await;
+}
