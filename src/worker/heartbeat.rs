@@ -16,6 +16,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+type EntriesByStream = BTreeMap<(u16, Lane), Vec<String>>;
+
 /// Jobs claimed by this worker whose outcome is not recorded yet: job id → (claim token, entry).
 #[derive(Default)]
 pub struct Live(std::sync::Mutex<HashMap<Uuid, (Uuid, EntryRef)>>);
@@ -33,7 +35,8 @@ impl Live {
             m.remove(&id);
         }
     }
-    fn snapshot(&self) -> (Vec<(Uuid, Uuid)>, BTreeMap<(u16, Lane), Vec<String>>) {
+    /// The live claims as (job id, token) pairs, and their entries grouped by stream.
+    fn snapshot(&self) -> (Vec<(Uuid, Uuid)>, EntriesByStream) {
         let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let mut claims = Vec::with_capacity(m.len());
         let mut entries: BTreeMap<(u16, Lane), Vec<String>> = BTreeMap::new();
