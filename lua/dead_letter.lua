@@ -4,7 +4,7 @@
 -- KEYS[2]: lane stream         mf:{p}:tx | mf:{p}:bulk (the stream the entries were read from)
 -- ARGV[1]: consumer group
 -- ARGV[2]: lane name, recorded with each dead entry
--- ARGV[3..]: quadruples of (stream entry id, reason, last error, attempts)
+-- ARGV[3..]: quintuples of (stream entry id, reason, error class, last error, attempts)
 -- Returns: the number of entries dead-lettered.
 --
 -- The original fields are copied from the lane stream (XRANGE of the one id), so a malformed
@@ -12,14 +12,14 @@
 -- atomic step: an entry is never acked without landing in the dead stream. An entry that is no
 -- longer pending in the group is skipped, so a repeated call never dead-letters twice.
 local group, lane = ARGV[1], ARGV[2]
-if (#ARGV - 2) % 4 ~= 0 then return redis.error_reply('dead_letter: arguments must be quadruples') end
+if (#ARGV - 2) % 5 ~= 0 then return redis.error_reply('dead_letter: arguments must be quintuples') end
 local n = 0
-for i = 3, #ARGV, 4 do
+for i = 3, #ARGV, 5 do
   local id = ARGV[i]
   local pending = redis.call('XPENDING', KEYS[2], group, id, id, 1)
   if pending[1] then
-    local fields = { 'reason', ARGV[i + 1], 'error', ARGV[i + 2], 'attempts', ARGV[i + 3],
-                     'lane', lane, 'source_id', id }
+    local fields = { 'reason', ARGV[i + 1], 'class', ARGV[i + 2], 'error', ARGV[i + 3],
+                     'attempts', ARGV[i + 4], 'lane', lane, 'source_id', id }
     local orig = redis.call('XRANGE', KEYS[2], id, id)
     if orig[1] then
       local f = orig[1][2]

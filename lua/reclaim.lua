@@ -28,7 +28,8 @@ for _, entry in ipairs(claimed) do
   local p = redis.call('XPENDING', KEYS[1], group, id, id, 1)
   local deliveries = (p[1] and p[1][4]) or 1
   if deliveries > max_deliveries then
-    local out = { 'reason', 'max_deliveries', 'error', 'delivered ' .. deliveries .. ' times without an outcome',
+    local out = { 'reason', 'max_deliveries', 'class', 'no_outcome',
+                  'error', 'delivered ' .. deliveries .. ' times without an outcome',
                   'attempts', tostring(deliveries), 'lane', ARGV[7], 'source_id', id }
     if type(fields) == 'table' then
       for j = 1, #fields, 2 do

@@ -45,7 +45,10 @@ pub static DEAD_LETTER: LazyLock<Lua> =
 pub static TOUCH: LazyLock<Lua> =
     LazyLock::new(|| Lua::new("touch", include_str!("../lua/touch.lua")));
 
-fn all() -> [&'static Lua; 7] {
+pub static DLQ_REPLAY: LazyLock<Lua> =
+    LazyLock::new(|| Lua::new("dlq_replay", include_str!("../lua/dlq_replay.lua")));
+
+fn all() -> [&'static Lua; 8] {
     [
         &ENQUEUE,
         &READ,
@@ -54,6 +57,7 @@ fn all() -> [&'static Lua; 7] {
         &DEAD_LETTER,
         &RECLAIM,
         &TOUCH,
+        &DLQ_REPLAY,
     ]
 }
 

@@ -2,6 +2,7 @@
 //! and in main.rs, nowhere else.
 
 pub mod api;
+pub mod dlq;
 pub mod migrate;
 pub mod mock;
 pub mod report;
@@ -27,6 +28,9 @@ pub enum Command {
     Template(template::TemplateCmd),
     /// Run the mock email provider (SendGrid dialect) for development and tests.
     MockProvider(mock::MockArgs),
+    /// Inspect, replay and purge the dead-letter streams.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCmd),
     /// Compare enqueued ids with Postgres and a mock-provider log: sent, lost, duplicates.
     Report(report::ReportArgs),
 }
@@ -40,6 +44,7 @@ pub async fn dispatch(global: Global, command: Command) -> anyhow::Result<()> {
         Command::Template(c) => template::run(global, c).await,
         Command::MockProvider(a) => mock::run(a).await,
         Command::Report(a) => report::run(global, a).await,
+        Command::Dlq(c) => dlq::run(global, c).await,
     }
 }
 

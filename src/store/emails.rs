@@ -432,3 +432,21 @@ pub async fn take_overdue(
     .await
     .map_err(q("taking overdue jobs"))
 }
+
+/// Give `dead` rows among `ids` a fresh start for a dead-letter replay: `queued` with a new
+/// attempt budget. Their attempt log stays. Rows in any other state are left as they are.
+pub async fn revive_dead(pool: &PgPool, ids: &[Uuid]) -> Result<u64, StoreError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let r = sqlx::query(
+        "UPDATE emails SET status = 'queued', attempts = 0, claim_token = NULL, due_at = NULL,
+                           updated_at = now()
+          WHERE id = ANY($1) AND status = 'dead'",
+    )
+    .bind(ids)
+    .execute(pool)
+    .await
+    .map_err(q("reviving dead jobs for replay"))?;
+    Ok(r.rows_affected())
+}

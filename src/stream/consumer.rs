@@ -256,6 +256,9 @@ pub async fn requeue<C: ConnectionLike + Send>(
 pub struct DeadLetter {
     pub entry_id: String,
     pub reason: String,
+    /// The error class: `malformed`, `no_outcome`, or the provider error class of the last
+    /// attempt (`transient`, `quota_auth`); `mailfleet dlq` filters on it.
+    pub class: String,
     pub error: String,
     pub attempts: i32,
 }
@@ -323,6 +326,7 @@ impl Finish {
             for d in items {
                 c.arg(&d.entry_id)
                     .arg(&d.reason)
+                    .arg(&d.class)
                     .arg(&d.error)
                     .arg(d.attempts);
             }

@@ -37,6 +37,7 @@ pub(super) async fn batch(shared: Arc<Shared>, entries: Vec<RawEntry>, out: Unbo
                     DeadLetter {
                         entry_id: raw.entry_id.clone(),
                         reason: e.reason().to_owned(),
+                        class: "malformed".to_owned(),
                         error: e.to_string(),
                         attempts: 0,
                     },
@@ -297,6 +298,7 @@ async fn send_one(
                     let dl = DeadLetter {
                         entry_id: job.entry_id.clone(),
                         reason: "max_attempts".into(),
+                        class: e.class.as_str().to_owned(),
                         error: e.message.clone(),
                         attempts: attempt,
                     };

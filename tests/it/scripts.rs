@@ -263,6 +263,7 @@ async fn dead_letter_keeps_the_original_fields_acks_and_never_doubles() {
             .arg("bulk")
             .arg(&got[0].entry_id)
             .arg("unknown_version")
+            .arg("malformed")
             .arg("v=9")
             .arg(0);
         c
@@ -282,6 +283,7 @@ async fn dead_letter_keeps_the_original_fields_acks_and_never_doubles() {
     let f = &redis.dead_entries().await[0];
     for (k, want) in [
         ("reason", "unknown_version"),
+        ("class", "malformed"),
         ("orig_v", "9"),
         ("orig_weird", "yes"),
         ("lane", "bulk"),
@@ -343,4 +345,69 @@ async fn touch_refreshes_only_this_consumers_entries_without_counting_a_delivery
             .all(|(_, c, idle, deliveries)| c == "alive" && *idle < 100 && *deliveries == 1),
         "{after:?}"
     );
+}
+
+#[tokio::test]
+async fn dlq_replay_restores_the_job_once_and_refuses_at_max_replays() {
+    let redis = TestRedis::new();
+    let k = &redis.keys;
+    let dead = k.dead(0);
+    let fresh = xadd(
+        &redis,
+        &dead,
+        &[
+            ("reason", "max_attempts"),
+            ("lane", "tx"),
+            ("orig_v", "1"),
+            ("orig_id", "0190a1b2-0000-7000-8000-000000000001"),
+            ("orig_payload", "{}"),
+        ],
+    )
+    .await;
+    let tired = xadd(
+        &redis,
+        &dead,
+        &[
+            ("reason", "bad_json"),
+            ("lane", "bulk"),
+            ("orig_v", "1"),
+            ("orig_replays", "3"),
+        ],
+    )
+    .await;
+    let call = |ids: &[&str]| {
+        let mut c = mailfleet::scripts::DLQ_REPLAY.call(&[
+            &dead,
+            &k.lane(0, Lane::Tx),
+            &k.lane(0, Lane::Bulk),
+        ]);
+        c.arg(3).arg(ids);
+        c
+    };
+    let mut conn = redis.conn().await;
+    let r: Vec<i64> = redis::from_redis_value(
+        scripts::run_one(&mut *conn, call(&[&fresh, &tired]))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(r, vec![1, 1, 0], "replayed, refused, missing");
+    drop(conn);
+    let tx = redis.entries(&k.lane(0, Lane::Tx)).await;
+    assert_eq!(tx.len(), 1);
+    assert_eq!(tx[0]["id"], "0190a1b2-0000-7000-8000-000000000001");
+    assert_eq!(tx[0]["replays"], "1");
+    assert!(
+        !tx[0].contains_key("reason"),
+        "only the original fields go back"
+    );
+    let left = redis.dead_entries().await;
+    assert_eq!(left.len(), 1, "the refused one stays dead");
+    assert_eq!(left[0]["orig_replays"], "3");
+    // Replaying the same id again finds nothing: never twice.
+    let mut conn = redis.conn().await;
+    let r: Vec<i64> =
+        redis::from_redis_value(scripts::run_one(&mut *conn, call(&[&fresh])).await.unwrap())
+            .unwrap();
+    assert_eq!(r, vec![0, 0, 1]);
 }

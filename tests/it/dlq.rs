@@ -1,0 +1,126 @@
+//! `mailfleet dlq`: a dead job replayed keeps its id and is sent; a poison entry replayed dies
+//! again and is refused once it reaches max replays; dry runs change nothing; purge needs a filter.
+
+use crate::support::*;
+use mailfleet::Lane;
+use mailfleet::mock::MockConfig;
+use sqlx::PgPool;
+
+async fn dlq(pg: &PgPool, redis: &TestRedis, args: &[&str]) -> (bool, String, String) {
+    let out = mailfleet(pg, redis)
+        .arg("dlq")
+        .args(args)
+        .output()
+        .await
+        .expect("run mailfleet dlq");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[sqlx::test]
+async fn a_dead_job_replays_with_its_id_and_poison_never_loops(pg: PgPool) {
+    let redis = TestRedis::new();
+    redis.ensure_groups().await;
+    // A job that dies at max attempts against a failing provider...
+    let failing = TestMock::start(MockConfig {
+        failure_rate: 1.0,
+        ..MockConfig::default()
+    })
+    .await;
+    let mut s = settings();
+    s.max_attempts = 2;
+    s.retry_base_ms = 10;
+    s.retry_max_ms = 20;
+    let worker = TestWorker::start(&pg, &redis, &failing.url, s.clone()).await;
+    let id = redis
+        .producer()
+        .send(job(Lane::Tx, "replay@example.com"))
+        .await
+        .unwrap()
+        .id
+        .as_uuid();
+    // ...and a poison entry.
+    let _: String = redis::cmd("XADD")
+        .arg(redis.keys.lane(0, Lane::Bulk))
+        .arg("*")
+        .arg("v")
+        .arg("1")
+        .arg("id")
+        .arg("not-a-uuid")
+        .query_async(&mut *redis.conn().await)
+        .await
+        .unwrap();
+    eventually("both dead-lettered", WAIT, || async {
+        (redis.xlen(&redis.keys.dead(0)).await == 2
+            && status_of(&pg, id).await.as_deref() == Some("dead"))
+        .then_some(())
+    })
+    .await;
+    worker.stop().await;
+
+    let (ok, out, err) = dlq(&pg, &redis, &["list", "--reason", "max_attempts"]).await;
+    assert!(ok, "{err}");
+    let rows: Vec<&str> = out.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1, "{out}");
+    assert!(
+        rows[0].contains(&id.to_string()) && rows[0].contains("transient"),
+        "{out}"
+    );
+    let (ok, out, _) = dlq(&pg, &redis, &["list", "--class", "malformed", "--json"]).await;
+    assert!(ok);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let (ok, out, _) = dlq(&pg, &redis, &["list", "--since", "1h", "--until", "2h"]).await;
+    assert!(ok);
+    assert_eq!(
+        out.lines().count(),
+        1,
+        "only the header: nothing is 2h old and 1h new"
+    );
+
+    // A dry run changes nothing.
+    let (ok, out, _) = dlq(&pg, &redis, &["replay", "--dry-run"]).await;
+    assert!(ok && out.contains("2 dead letter(s) match"), "{out}");
+    assert_eq!(redis.xlen(&redis.keys.dead(0)).await, 2);
+    assert_eq!(status_of(&pg, id).await.as_deref(), Some("dead"));
+
+    // With the provider healthy again, the replay sends the job under its own id, once.
+    let healthy = TestMock::start(MockConfig::default()).await;
+    let worker = TestWorker::start(&pg, &redis, &healthy.url, s.clone()).await;
+    let (ok, out, err) = dlq(&pg, &redis, &["replay", "--rate", "50"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("replayed=2"), "{out}");
+    eventually("the replayed job sent", WAIT, || async {
+        (status_of(&pg, id).await.as_deref() == Some("sent")).then_some(())
+    })
+    .await;
+    assert_eq!(healthy.state.counts().get(&id.to_string()), Some(&1));
+    // The poison entry died again, carrying its replay count.
+    eventually("the poison entry dead again", WAIT, || async {
+        let dead = redis.dead_entries().await;
+        (dead.len() == 1 && dead[0].get("orig_replays").map(String::as_str) == Some("1"))
+            .then_some(())
+    })
+    .await;
+    worker.stop().await;
+
+    // At max replays it is refused and stays dead.
+    let (ok, out, _) = dlq(&pg, &redis, &["replay", "--max-replays", "1"]).await;
+    assert!(ok && out.contains("replayed=0 refused=1"), "{out}");
+    assert_eq!(redis.xlen(&redis.keys.dead(0)).await, 1);
+    // A replay of a job already final in Postgres is refused too.
+    let (_, out, _) = dlq(&pg, &redis, &["replay", "--job", &id.to_string()]).await;
+    assert!(out.contains("replayed=0"), "{out}");
+
+    // Purge needs a filter or --all; a dry run deletes nothing.
+    let (ok, _, err) = dlq(&pg, &redis, &["purge"]).await;
+    assert!(!ok && err.contains("needs a filter"), "{err}");
+    let (ok, out, _) = dlq(&pg, &redis, &["purge", "--class", "malformed", "--dry-run"]).await;
+    assert!(ok && out.contains("1 dead letter(s) match"), "{out}");
+    assert_eq!(redis.xlen(&redis.keys.dead(0)).await, 1);
+    let (ok, out, _) = dlq(&pg, &redis, &["purge", "--class", "malformed"]).await;
+    assert!(ok && out.contains("purged=1"), "{out}");
+    assert_eq!(redis.xlen(&redis.keys.dead(0)).await, 0);
+}
