@@ -9,4 +9,5 @@ mod dlq;
 mod pipeline;
 mod recovery;
 mod reliability;
+mod resilience;
 mod scripts;

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod private;
+pub mod proxy;
+
 use mailfleet::config::{ProviderConfig, ProviderKind, Secret};
 use mailfleet::mock::{self, Mock, MockConfig};
 use mailfleet::provider::{Providers, http_client};
@@ -28,16 +31,33 @@ pub struct TestRedis {
     pub url: String,
     pub keys: Keys,
     pub pool: deadpool_redis::Pool,
+    /// Whether dropping this deletes the prefix's keys (not for a second view of one prefix).
+    owner: bool,
 }
 
 impl TestRedis {
     pub fn new() -> Self {
-        let url = redis_url();
+        Self::at(&redis_url())
+    }
+    /// A test prefix on the Redis at `url` (a private instance, or the shared one through a proxy).
+    pub fn at(url: &str) -> Self {
+        let url = url.to_owned();
         let pool = mailfleet::stream::pool(&url, Duration::from_secs(5), 8).expect("redis pool");
         TestRedis {
             url,
             keys: Keys::new(unique_prefix(), 1),
             pool,
+            owner: true,
+        }
+    }
+    /// The same prefix reached through another URL (a proxy in front of the same server).
+    pub fn via(&self, url: &str) -> Self {
+        let pool = mailfleet::stream::pool(url, Duration::from_secs(5), 8).expect("redis pool");
+        TestRedis {
+            url: url.to_owned(),
+            keys: self.keys.clone(),
+            pool,
+            owner: false,
         }
     }
     pub fn producer(&self) -> Producer {
@@ -118,9 +138,14 @@ impl TestRedis {
 
 impl Drop for TestRedis {
     fn drop(&mut self) {
-        // Best effort: remove this test's keys with a blocking client (no runtime in Drop).
+        // Best effort: remove this test's keys with a blocking client (no runtime in Drop),
+        // bounded in time: the server may be a stopped private instance.
+        if !self.owner {
+            return;
+        }
         if let Ok(client) = redis::Client::open(self.url.as_str())
-            && let Ok(mut c) = client.get_connection()
+            && let Ok(mut c) = client.get_connection_with_timeout(Duration::from_secs(1))
+            && c.set_read_timeout(Some(Duration::from_secs(2))).is_ok()
         {
             let keys: Vec<String> = redis::cmd("KEYS")
                 .arg(format!("{}:*", self.keys.prefix()))
@@ -203,9 +228,20 @@ impl TestWorker {
         provider: ProviderConfig,
         settings: Settings,
     ) -> Self {
+        Self::start_full(pg, redis, &redis.url, provider, settings).await
+    }
+    /// A worker whose blocking reads go to `redis_url` (a proxy, say) and whose pooled
+    /// commands go through `redis.pool`.
+    pub async fn start_full(
+        pg: &PgPool,
+        redis: &TestRedis,
+        redis_url: &str,
+        provider: ProviderConfig,
+        settings: Settings,
+    ) -> Self {
         let client = http_client(64).expect("http client");
         let deps = Deps {
-            redis_url: redis.url.clone(),
+            redis_url: redis_url.to_owned(),
             redis: redis.pool.clone(),
             pg: pg.clone(),
             keys: redis.keys.clone(),
@@ -219,6 +255,13 @@ impl TestWorker {
             token,
             running: Some(running),
         }
+    }
+    /// The draining flag `/readyz` reports.
+    pub fn draining(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.running
+            .as_ref()
+            .map(|r| r.draining.clone())
+            .unwrap_or_default()
     }
     pub async fn stop(mut self) {
         self.token.cancel();

@@ -1,0 +1,223 @@
+//! Outages: workers ride out a Redis restart (scripts and connections lost), a Redis stall
+//! (CLIENT PAUSE, DEBUG SLEEP, a blackholed network) and a Postgres outage: they back off, keep
+//! in-flight work unacked until it is recorded, report the outage on /readyz, and resume by
+//! themselves. Restarts and pauses use a private redis-server; Postgres outages go through the
+//! fault-injecting proxy, so the shared servers are never touched.
+
+use crate::support::private::PrivateRedis;
+use crate::support::proxy::{Mode, Proxy, upstream_of};
+use crate::support::*;
+use mailfleet::Lane;
+use mailfleet::api::{Health, ops_router};
+use mailfleet::mock::MockConfig;
+use sqlx::PgPool;
+use std::time::Duration;
+
+async fn serve_ops(health: Health) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/readyz", listener.local_addr().unwrap());
+    tokio::spawn(mailfleet::api::serve(
+        listener,
+        ops_router(health),
+        tokio_util::sync::CancellationToken::new(),
+    ));
+    url
+}
+
+async fn readyz(url: &str) -> (u16, String) {
+    match reqwest::get(url).await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+async fn send_jobs(redis: &TestRedis, n: usize, tag: &str) -> Vec<uuid::Uuid> {
+    let jobs = (0..n)
+        .map(|i| job(Lane::Tx, &format!("{tag}{i}@example.com")))
+        .collect::<Vec<_>>();
+    // The producer's own retry: Redis may still be coming back.
+    for _ in 0..100 {
+        if let Ok(e) = redis.producer().send_many(jobs.clone()).await {
+            return e.iter().map(|e| e.id.as_uuid()).collect();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("could not enqueue");
+}
+
+async fn all_sent_once(pg: &PgPool, mock: &TestMock, ids: &[uuid::Uuid]) {
+    eventually("every job sent", Duration::from_secs(60), || async {
+        let sent: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM emails WHERE id = ANY($1) AND status = 'sent'",
+        )
+        .bind(ids)
+        .fetch_one(pg)
+        .await
+        .unwrap();
+        (sent == ids.len() as i64).then_some(())
+    })
+    .await;
+    let counts = mock.state.counts();
+    for id in ids {
+        assert_eq!(counts.get(&id.to_string()), Some(&1), "job {id} sent once");
+    }
+}
+
+#[sqlx::test]
+async fn a_postgres_outage_holds_acks_reports_unready_and_resumes(pg: PgPool) {
+    let redis = TestRedis::new();
+    redis.ensure_groups().await;
+    let proxy = Proxy::start(upstream_of(&db_url(&pg))).await;
+    let proxied = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect(&proxy.url_for(&db_url(&pg)))
+        .await
+        .unwrap();
+    let mock = TestMock::start(MockConfig {
+        latency: Duration::from_millis(400),
+        ..Default::default()
+    })
+    .await;
+    let worker = TestWorker::start(&proxied, &redis, &mock.url, settings()).await;
+    let ready = serve_ops(Health {
+        redis: redis.pool.clone(),
+        pg: proxied.clone(),
+        draining: worker.draining(),
+    })
+    .await;
+    assert_eq!(readyz(&ready).await.0, 200);
+
+    let ids = send_jobs(&redis, 40, "pgout").await;
+    // Sends are in flight when Postgres goes away: their outcomes cannot be recorded.
+    eventually("sends in flight", WAIT, || async {
+        (mock.state.stats().received > 0 || redis.pending(Lane::Tx).await > 0).then_some(())
+    })
+    .await;
+    proxy.set(Mode::Refuse);
+    proxy.reset();
+    let (code, body) = readyz(&ready).await;
+    assert_eq!(code, 503);
+    assert!(body.contains("postgres unreachable"), "{body}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Nothing recorded during the outage was acked: whatever is not final in Postgres is
+    // still pending in Redis.
+    let final_now: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM emails WHERE id = ANY($1) AND status = 'sent'")
+            .bind(&ids)
+            .fetch_one(&pg)
+            .await
+            .unwrap();
+    let (read, pending) = redis.group_progress(Lane::Tx).await;
+    assert_eq!(read, 40);
+    assert_eq!(
+        pending,
+        40 - final_now,
+        "an entry was acked without its outcome"
+    );
+    assert!(pending > 0, "the outage caught nothing in flight");
+
+    proxy.set(Mode::Pass);
+    all_sent_once(&pg, &mock, &ids).await;
+    eventually("all acked", WAIT, || async {
+        (redis.pending(Lane::Tx).await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(readyz(&ready).await.0, 200);
+    worker.stop().await;
+}
+
+#[sqlx::test]
+async fn a_redis_restart_is_ridden_out_and_nothing_is_lost(pg: PgPool) {
+    let mut server = PrivateRedis::start().await;
+    let redis = TestRedis::at(&server.url);
+    redis.ensure_groups().await;
+    let mock = TestMock::start(MockConfig {
+        latency: Duration::from_millis(50),
+        ..Default::default()
+    })
+    .await;
+    let worker = TestWorker::start(&pg, &redis, &mock.url, settings()).await;
+    let ready = serve_ops(Health {
+        redis: redis.pool.clone(),
+        pg: pg.clone(),
+        draining: worker.draining(),
+    })
+    .await;
+    let mut ids = send_jobs(&redis, 100, "before").await;
+    server.stop().await;
+    let (code, body) = readyz(&ready).await;
+    assert_eq!(code, 503);
+    assert!(body.contains("redis unreachable"), "{body}");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    server.restart(Duration::ZERO).await;
+    // The restarted server has forgotten every script: the worker reloads them itself.
+    ids.extend(send_jobs(&redis, 100, "after").await);
+    all_sent_once(&pg, &mock, &ids).await;
+    eventually("all acked", WAIT, || async {
+        (redis.pending(Lane::Tx).await == 0).then_some(())
+    })
+    .await;
+    eventually("ready again", WAIT, || async {
+        (readyz(&ready).await.0 == 200).then_some(())
+    })
+    .await;
+    worker.stop().await;
+}
+
+#[sqlx::test]
+async fn redis_stalls_pause_sleep_and_a_blackhole_are_ridden_out(pg: PgPool) {
+    let server = PrivateRedis::start().await;
+    // Pooled commands go straight to the server; the worker's blocking reads and a second
+    // worker's everything go through a proxy that will blackhole.
+    let redis = TestRedis::at(&server.url);
+    redis.ensure_groups().await;
+    let proxy = Proxy::start(upstream_of(&server.url)).await;
+    let via_proxy = redis.via(&proxy.url_for(&server.url));
+    let mock = TestMock::start(MockConfig::default()).await;
+    let mut s = settings();
+    s.visibility_timeout_ms = 5_000;
+    let w1 = TestWorker::start(&pg, &redis, &mock.url, s.clone()).await;
+    let w2 = TestWorker::start_full(
+        &pg,
+        &via_proxy,
+        &via_proxy.url,
+        provider_config(&mock.url),
+        s,
+    )
+    .await;
+    let mut ids = send_jobs(&redis, 50, "a").await;
+    // CLIENT PAUSE: every client's writes wait.
+    server
+        .cmd(&["CLIENT", "PAUSE", "1500", "WRITE"])
+        .await
+        .unwrap();
+    ids.extend(send_jobs(&redis, 50, "b").await);
+    // DEBUG SLEEP: the server does nothing for a second.
+    let sleeper = {
+        let url = server.url.clone();
+        tokio::spawn(async move {
+            let client = redis::Client::open(url.as_str()).unwrap();
+            let mut c = client.get_multiplexed_async_connection().await.unwrap();
+            let _: redis::RedisResult<()> = redis::cmd("DEBUG")
+                .arg("SLEEP")
+                .arg("1")
+                .query_async(&mut c)
+                .await;
+        })
+    };
+    ids.extend(send_jobs(&redis, 50, "c").await);
+    let _ = sleeper.await;
+    // A network stall: the second worker's connections hang for 2 s.
+    proxy.set(Mode::Blackhole);
+    ids.extend(send_jobs(&redis, 50, "d").await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.set(Mode::Pass);
+    all_sent_once(&pg, &mock, &ids).await;
+    eventually("all acked", WAIT, || async {
+        (redis.pending(Lane::Tx).await == 0).then_some(())
+    })
+    .await;
+    w1.stop().await;
+    w2.stop().await;
+}

@@ -1,0 +1,116 @@
+//! A private redis-server for tests that restart or pause Redis: its own port and data dir,
+//! never the shared instance.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub struct PrivateRedis {
+    pub port: u16,
+    pub url: String,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    /// Start with an append-only file, so a clean restart keeps the streams and groups.
+    pub async fn start() -> Self {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("mailfleet-redis-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).expect("redis data dir");
+        let mut r = PrivateRedis {
+            port,
+            url: format!("redis://127.0.0.1:{port}"),
+            dir,
+            child: None,
+        };
+        r.spawn().await;
+        r
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .args(["--enable-debug-command", "yes", "--daemonize", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (scripts/services.sh installs it)");
+        self.child = Some(child);
+        let client = redis::Client::open(self.url.as_str()).expect("client");
+        for _ in 0..200 {
+            if let Ok(mut c) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("private redis-server did not start on port {}", self.port);
+    }
+
+    /// SHUTDOWN (the AOF is flushed), then start again on the same port and data dir.
+    pub async fn restart(&mut self, down_for: Duration) {
+        self.stop().await;
+        tokio::time::sleep(down_for).await;
+        self.spawn().await;
+    }
+
+    pub async fn stop(&mut self) {
+        if let Ok(client) = redis::Client::open(self.url.as_str())
+            && let Ok(mut c) = client.get_multiplexed_async_connection().await
+        {
+            let _: redis::RedisResult<()> = redis::cmd("SHUTDOWN").query_async(&mut c).await;
+        }
+        if let Some(mut child) = self.child.take() {
+            for _ in 0..200 {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Run one command on a fresh connection.
+    pub async fn cmd(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
+        let client = redis::Client::open(self.url.as_str())?;
+        let mut c = client.get_multiplexed_async_connection().await?;
+        let mut cmd = redis::cmd(args[0]);
+        cmd.arg(&args[1..]);
+        cmd.query_async(&mut c).await
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
