@@ -17,7 +17,9 @@ usage: scripts/services.sh [--stop]
              MAILFLEET_REDIS_URL, MAILFLEET_DATABASE_URL, DATABASE_URL (sqlx tests)
   --stop     stop the private instances this script started (never the shared ones)
 env: MAILFLEET_SERVICES_DIR (default /tmp/mailfleet-services), MAILFLEET_DB (default mailfleet),
-     MAILFLEET_SERVICES_PRIVATE=1 to skip the standard ports and always use private instances
+     MAILFLEET_SERVICES_PRIVATE=1 to skip the standard ports and always use private instances,
+     MAILFLEET_OWN_REDIS_PORT / MAILFLEET_OWN_PG_PORT (defaults 16379 / 15432) for their ports,
+     MAILFLEET_REDIS_APPENDONLY=yes to give a private Redis an append-only file
 USAGE
 }
 
@@ -82,7 +84,7 @@ if [ -z "$redis_url" ]; then
     log "starting redis-server on 127.0.0.1:$OWN_REDIS_PORT (data in $DIR/redis)"
     mkdir -p "$DIR/redis"
     redis-server --daemonize yes --bind 127.0.0.1 --port "$OWN_REDIS_PORT" --dir "$DIR/redis" \
-      --save "" --appendonly no --pidfile "$DIR/redis.pid" --logfile "$DIR/redis.log" >&2
+      --save "" --appendonly "${MAILFLEET_REDIS_APPENDONLY:-no}" --enable-debug-command local --pidfile "$DIR/redis.pid" --logfile "$DIR/redis.log" >&2
     for _ in $(seq 50); do redis_ping 127.0.0.1 "$OWN_REDIS_PORT" && break; sleep 0.1; done
   fi
   redis_ping 127.0.0.1 "$OWN_REDIS_PORT" || { log "redis did not start; see $DIR/redis.log"; exit 1; }

@@ -30,6 +30,11 @@ pub struct Report {
     pub by_status: BTreeMap<String, i64>,
     pub lost: usize,
     pub duplicates: u64,
+    /// Attempts logged `unknown` (a takeover of an expired claim, a timeout after the request
+    /// left): each may legitimately have caused one duplicate.
+    pub ambiguous: i64,
+    /// Enqueued jobs not in a final state (or with no row at all).
+    pub not_final: i64,
     pub seconds: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -54,6 +59,35 @@ impl Report {
         ));
         s
     }
+    /// Whether the run kept the guarantees: nothing lost, every job final, and no duplicate
+    /// beyond the ambiguous events (none at all when `strict`).
+    pub fn ok(&self, strict: bool) -> bool {
+        self.lost == 0
+            && self.not_final == 0
+            && (self.duplicates as i64) <= self.ambiguous
+            && (!strict || self.duplicates == 0)
+    }
+
+    /// One JSON object for a chaos scenario.
+    pub fn json(&self, scenario: &str, strict: bool, dead_letters: u64, expect_dead: Option<u64>) -> serde_json::Value {
+        let ok = self.ok(strict) && expect_dead.is_none_or(|n| n == dead_letters);
+        serde_json::json!({
+            "scenario": scenario,
+            "emails": self.enqueued,
+            "sent": self.count("sent"),
+            "lost": self.lost,
+            "duplicates": self.duplicates,
+            "ambiguous": self.ambiguous,
+            "not_final": self.not_final,
+            "failed": self.count("failed"),
+            "dead": self.count("dead"),
+            "unknown": self.count("unknown"),
+            "dead_letters": dead_letters,
+            "seconds": (self.seconds * 10.0).round() / 10.0,
+            "ok": ok,
+        })
+    }
+
     pub fn line(&self, label: &str) -> String {
         let sent = self.count("sent");
         let failed = self.count("failed") + self.count("dead");
@@ -110,12 +144,26 @@ pub async fn build(
         .iter()
         .filter(|id| !seen.contains_key(&id.to_string()) && !unsent.contains(id))
         .count();
-    let duplicates = seen.values().map(|&n| u64::from(n.saturating_sub(1))).sum();
+    let duplicates = ids
+        .iter()
+        .filter_map(|id| seen.get(&id.to_string()))
+        .map(|&n| u64::from(n.saturating_sub(1)))
+        .sum();
+    let ambiguous = store::emails::ambiguous_attempts(pool, &ids).await?;
+    let final_n = store::emails::ids_with_status(
+        pool,
+        &ids,
+        &["sent", "failed", "dead", "suppressed", "unknown"],
+    )
+    .await?
+    .len();
     Ok(Report {
         enqueued: ids.len(),
         by_status: summary.by_status.into_iter().collect(),
         lost,
         duplicates,
+        ambiguous,
+        not_final: (ids.len() - final_n) as i64,
         seconds,
         p50_ms: summary.p50_ms,
         p99_ms: summary.p99_ms,

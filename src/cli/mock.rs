@@ -19,6 +19,12 @@ pub struct MockArgs {
     /// Share of requests answered 503, 0.0 to 1.0.
     #[arg(long, env = "MAILFLEET_MOCK_FAILURE_RATE", default_value_t = 0.0)]
     pub failure_rate: f64,
+    /// Bursts of 429 (Retry-After: 1): one every this many ms (0: none)...
+    #[arg(long, env = "MAILFLEET_MOCK_THROTTLE_EVERY_MS", default_value_t = 0)]
+    pub throttle_every_ms: u64,
+    /// ...lasting this many ms.
+    #[arg(long, env = "MAILFLEET_MOCK_THROTTLE_FOR_MS", default_value_t = 0)]
+    pub throttle_for_ms: u64,
     /// JSONL file every accepted job id is appended to.
     #[arg(long, env = "MAILFLEET_MOCK_LOG")]
     pub log: Option<PathBuf>,
@@ -34,6 +40,8 @@ pub async fn run(a: MockArgs) -> anyhow::Result<()> {
         jitter: Duration::from_millis(a.jitter_ms),
         failure_rate: a.failure_rate,
         log: a.log.clone(),
+        throttle_every: Duration::from_millis(a.throttle_every_ms),
+        throttle_for: Duration::from_millis(a.throttle_for_ms),
     })
     .await
     .context("creating the mock's log")?;

@@ -32,6 +32,9 @@ pub struct MockConfig {
     pub failure_rate: f64,
     /// Where accepted job ids are appended, one JSON object per line.
     pub log: Option<PathBuf>,
+    /// Bursts of 429: every `throttle_every`, answer 429 (Retry-After: 1) for `throttle_for`.
+    pub throttle_every: Duration,
+    pub throttle_for: Duration,
 }
 
 impl Default for MockConfig {
@@ -41,6 +44,8 @@ impl Default for MockConfig {
             jitter: Duration::ZERO,
             failure_rate: 0.0,
             log: None,
+            throttle_every: Duration::ZERO,
+            throttle_for: Duration::ZERO,
         }
     }
 }
@@ -51,6 +56,7 @@ pub struct Stats {
     pub unique: u64,
     pub duplicates: u64,
     pub failed_injected: u64,
+    pub throttled: u64,
 }
 
 struct Inner {
@@ -58,6 +64,8 @@ struct Inner {
     seen: Mutex<HashMap<String, u32>>,
     received: AtomicU64,
     failed: AtomicU64,
+    throttled: AtomicU64,
+    started: std::time::Instant,
     log: Option<mpsc::UnboundedSender<String>>,
 }
 
@@ -80,6 +88,7 @@ impl Mock {
             unique: seen.len() as u64,
             duplicates: received.saturating_sub(seen.len() as u64),
             failed_injected: self.0.failed.load(Ordering::SeqCst),
+            throttled: self.0.throttled.load(Ordering::SeqCst),
         }
     }
     /// How many times each job id was accepted.
@@ -108,6 +117,8 @@ pub async fn build(cfg: MockConfig) -> std::io::Result<MockServer> {
         seen: Mutex::new(HashMap::new()),
         received: AtomicU64::new(0),
         failed: AtomicU64::new(0),
+        throttled: AtomicU64::new(0),
+        started: std::time::Instant::now(),
         log,
     }));
     let router = Router::new()
@@ -204,6 +215,17 @@ async fn sendgrid(State(m): State<Mock>, headers: HeaderMap, body: axum::body::B
     }
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
+    }
+    if !cfg.throttle_every.is_zero() {
+        let every = cfg.throttle_every.as_millis().max(1);
+        let into = m.0.started.elapsed().as_millis() % every;
+        if into < cfg.throttle_for.as_millis() {
+            m.0.throttled.fetch_add(1, Ordering::SeqCst);
+            let mut r = sendgrid_error(StatusCode::TOO_MANY_REQUESTS, "Too many requests", None);
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            return r;
+        }
     }
     if cfg.failure_rate > 0.0 && rand::random::<f64>() < cfg.failure_rate {
         m.0.failed.fetch_add(1, Ordering::SeqCst);

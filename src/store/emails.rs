@@ -450,3 +450,15 @@ pub async fn revive_dead(pool: &PgPool, ids: &[Uuid]) -> Result<u64, StoreError>
     .map_err(q("reviving dead jobs for replay"))?;
     Ok(r.rows_affected())
 }
+
+/// Attempts among `ids` whose outcome could not be known (logged `unknown`): the events after
+/// which a duplicate send is legitimate.
+pub async fn ambiguous_attempts(pool: &PgPool, ids: &[Uuid]) -> Result<i64, StoreError> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM email_attempts WHERE email_id = ANY($1) AND outcome = 'unknown'",
+    )
+    .bind(ids)
+    .fetch_one(pool)
+    .await
+    .map_err(q("counting ambiguous attempts"))
+}

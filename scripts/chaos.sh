@@ -1,0 +1,223 @@
+#!/usr/bin/env bash
+# The fault suite: each scenario runs a local cluster (3 workers, the mock provider, a private
+# Redis with an append-only file and a private Postgres, on free ports, never the shared ones),
+# sends CHAOS_EMAILS emails paced over ~20 s while injecting its fault, waits for every job to
+# be final, and prints ONE JSON line:
+#   {"scenario":..., "emails":..., "sent":..., "lost":..., "duplicates":..., "ambiguous":..., "ok":...}
+# lost and duplicates come from the mock provider's log and Postgres; ambiguous counts the
+# attempts logged `unknown` (a worker stopped after claiming, a timeout after the request left),
+# the only events after which a duplicate is legitimate. Exits 1 if any scenario is not ok.
+#
+# Scenarios (all by default, or name some as arguments):
+#   kill            SIGKILL a random worker every 2 s and restart it (10 kills)
+#   redis-stall     CLIENT PAUSE ALL 3 s, DEBUG SLEEP 2 s, CLIENT PAUSE WRITE 2 s
+#   redis-restart   SHUTDOWN Redis (the AOF is flushed), 2 s down, start it again; twice
+#   pg-restart      stop Postgres (fast), 2 s down, start it again; twice
+#   provider-errors the mock answers 20% 503 and bursts of 429 (0.8 s every 4 s); duplicates must be 0
+#   sigterm         rolling restart of every worker, twice; duplicates must be 0
+#   poison          5% malformed entries mixed in; each must reach the dead-letter stream
+set -euo pipefail
+
+if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
+  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+  echo "env: CHAOS_EMAILS (default 20000), CHAOS_SHORT=1 (fewer faults, for CI), CHAOS_KEEP=1 (keep logs)"
+  exit 0
+fi
+
+cd "$(dirname "$0")/.."
+EMAILS=${CHAOS_EMAILS:-20000}
+SHORT=${CHAOS_SHORT:-0}
+SCENARIOS=${*:-kill redis-stall redis-restart pg-restart provider-errors sigterm poison}
+WORKERS=3
+if [ "$SHORT" = 1 ]; then CHUNKS=8; PAUSE=0.5; KILLS=4; ROUNDS=1; else CHUNKS=20; PAUSE=1; KILLS=10; ROUNDS=2; fi
+DEADLINE_SECS=${CHAOS_DEADLINE_SECS:-240}
+
+log() { echo "[chaos] $*" >&2; }
+free_port() {
+  local p
+  while :; do
+    p=$(( 20000 + RANDOM % 40000 ))
+    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+  done
+}
+
+log "building (release)"
+cargo build --release --quiet --bin mailfleet
+BIN=$PWD/target/release/mailfleet
+
+RUN=$(mktemp -d "${TMPDIR:-/tmp}/mailfleet-chaos.XXXXXX")
+chmod 755 "$RUN"  # the private Postgres runs as the postgres user
+export MAILFLEET_SERVICES_DIR=$RUN/services MAILFLEET_SERVICES_PRIVATE=1 MAILFLEET_REDIS_APPENDONLY=yes
+MAILFLEET_OWN_REDIS_PORT=$(free_port); MAILFLEET_OWN_PG_PORT=$(free_port)
+export MAILFLEET_OWN_REDIS_PORT MAILFLEET_OWN_PG_PORT
+unset MAILFLEET_REDIS_URL MAILFLEET_PG_ADMIN_URL
+services() { MAILFLEET_DB=postgres scripts/services.sh; }
+eval "$(services)"
+ADMIN=$MAILFLEET_PG_ADMIN_URL
+REDIS=$MAILFLEET_REDIS_URL
+PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
+
+declare -A WPID GEN
+MOCK_PID=""
+cleanup() {
+  for p in "${WPID[@]}" $MOCK_PID; do kill -KILL "$p" 2>/dev/null || true; done
+  scripts/services.sh --stop >/dev/null 2>&1 || true
+  if [ "${CHAOS_KEEP:-0}" = 1 ]; then log "logs kept in $RUN"; else rm -rf "$RUN"; fi
+}
+trap cleanup EXIT
+
+start_worker() { # slot
+  local gen=$(( ${GEN[$1]:-0} + 1 ))
+  GEN[$1]=$gen
+  "$BIN" worker --consumer "chaos-$1-$gen" --listen 127.0.0.1:0 \
+    --visibility-timeout-ms 3000 --reclaim-interval-ms 1000 \
+    --retry-base-ms 200 --retry-max-ms 3000 --max-attempts 30 --drain-timeout-secs 15 \
+    --reconcile-after-secs 20 --reconcile-interval-ms 5000 \
+    >>"$RUN/$SC-worker-$1.log" 2>&1 &
+  WPID[$1]=$!
+}
+
+jobs_chunk() { # first count -> JSONL; idempotency keys make a retried chunk safe
+  awk -v first="$1" -v n="$2" -v sc="$SC" 'BEGIN {
+    for (i = first; i < first + n; i++) {
+      lane = (i % 5 == 0) ? "tx" : "bulk";
+      printf "{\"lane\":\"%s\",\"idempotency_key\":\"%s-%d\",\"to\":[\"user%d@example.com\"],\"from\":\"Shop <shop@example.com>\",\"subject\":\"Chaos %d\",\"text\":\"Hello %d\"}\n", lane, sc, i, i, i, i;
+    }
+  }'
+}
+
+produce() { # paced over CHUNKS chunks; a chunk that fails (Redis down) is retried as a whole
+  local per=$(( (EMAILS + CHUNKS - 1) / CHUNKS )) first=0 n
+  while [ "$first" -lt "$EMAILS" ]; do
+    n=$(( EMAILS - first < per ? EMAILS - first : per ))
+    jobs_chunk "$first" "$n" >"$RUN/$SC-chunk.jsonl"
+    until "$BIN" send --file "$RUN/$SC-chunk.jsonl" >"$RUN/$SC-chunk.ids" 2>>"$RUN/$SC-send.err"; do sleep 0.5; done
+    cat "$RUN/$SC-chunk.ids" >>"$RUN/$SC-ids.txt"
+    first=$(( first + n ))
+    sleep "$PAUSE"
+  done
+}
+
+rcli() { redis-cli -u "$REDIS" "$@"; }
+
+poison() { # n malformed entries of assorted kinds into the lanes
+  local n=$1 i key
+  for i in $(seq "$n"); do
+    key="$MAILFLEET_PREFIX:{0}:$([ $(( i % 2 )) = 0 ] && echo tx || echo bulk)"
+    case $(( i % 7 )) in
+      0) echo "XADD $key * v 1 id 00000000-0000-7000-8000-$(printf '%012d' "$i") enqueued_at 1" ;;
+      1) echo "XADD $key * v 1 id 00000000-0000-7000-8000-$(printf '%012d' "$i") enqueued_at 1 payload '{\"to\":'" ;;
+      2) echo "XADD $key * v 9 id 00000000-0000-7000-8000-$(printf '%012d' "$i") enqueued_at 1 payload '{}'" ;;
+      3) echo "XADD $key * v 1 id not-a-uuid enqueued_at 1 payload '{}'" ;;
+      4) echo "XADD $key * v 1 id 00000000-0000-7000-8000-$(printf '%012d' "$i") enqueued_at 1 payload '{\"to\":[\"not-an-address\"],\"from\":\"a@example.com\",\"subject\":\"s\",\"text\":\"t\"}'" ;;
+      5) echo "XADD $key * v 1 id 00000000-0000-7000-8000-$(printf '%012d' "$i") enqueued_at 1 payload '{\"to\":[\"a@example.com\"],\"from\":\"a@example.com\",\"subject\":\"x\r\nBcc: evil@example.com\",\"text\":\"t\"}'" ;;
+      6) echo "XADD $key * v 1 id 00000000-0000-7000-8000-$(printf '%012d' "$i") enqueued_at 1 payload '{\"to\":[\"a@example.com\"],\"from\":\"a@example.com\",\"subject\":\"s\",\"text\":\"$(head -c 300000 /dev/zero | tr '\0' x)\"}'" ;;
+    esac
+  done | rcli >/dev/null
+}
+
+redis_restart() {
+  rcli SHUTDOWN >/dev/null 2>&1 || true
+  sleep 2
+  eval "$(services 2>/dev/null)"
+}
+
+pg_restart() {
+  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$MAILFLEET_SERVICES_DIR/pg" -m fast -w stop >/dev/null
+  sleep 2
+  eval "$(services 2>/dev/null)"
+}
+
+inject() { # the scenario's faults, while traffic flows
+  local k slot
+  case $SC in
+    kill)
+      for k in $(seq "$KILLS"); do
+        sleep 2
+        slot=$(( RANDOM % WORKERS + 1 ))
+        kill -KILL "${WPID[$slot]}" 2>/dev/null || true
+        wait "${WPID[$slot]}" 2>/dev/null || true
+        start_worker "$slot"
+      done ;;
+    sigterm)
+      for k in $(seq "$ROUNDS"); do
+        for slot in $(seq "$WORKERS"); do
+          sleep 1.5
+          kill -TERM "${WPID[$slot]}" 2>/dev/null || true
+          wait "${WPID[$slot]}" 2>/dev/null || true
+          start_worker "$slot"
+        done
+      done ;;
+    redis-stall)
+      sleep 2; rcli CLIENT PAUSE 3000 ALL >/dev/null
+      sleep 5; rcli DEBUG SLEEP 2 >/dev/null
+      sleep 3; rcli CLIENT PAUSE 2000 WRITE >/dev/null ;;
+    redis-restart)
+      for k in 1 2; do sleep 3; redis_restart; done ;;
+    pg-restart)
+      for k in 1 2; do sleep 3; pg_restart; done ;;
+    poison)
+      sleep 2; poison "$POISON" ;;
+  esac
+}
+
+final_count() {
+  psql "$MAILFLEET_DATABASE_URL" -Atqc \
+    "select count(*) from emails where status in ('sent','failed','dead','suppressed','unknown')" 2>/dev/null || echo 0
+}
+dead_count() { rcli XLEN "$MAILFLEET_PREFIX:{0}:dead" 2>/dev/null || echo 0; }
+
+failures=0
+for SC in $SCENARIOS; do
+  case $SC in kill|redis-stall|redis-restart|pg-restart|provider-errors|sigterm|poison) ;;
+    *) log "unknown scenario $SC"; exit 2 ;; esac
+  log "scenario $SC: $EMAILS emails"
+  db="chaos_${SC//-/_}"
+  psql "$ADMIN" -qc "drop database if exists $db with (force)" -c "create database $db" >/dev/null 2>&1
+  export MAILFLEET_DATABASE_URL=${ADMIN%/*}/$db
+  export MAILFLEET_PREFIX="chaos-$SC-$$"
+  export RUST_LOG=${RUST_LOG:-warn}
+  "$BIN" migrate >/dev/null
+  : >"$RUN/$SC-ids.txt"
+  mock_args=(--latency-ms 20 --jitter-ms 30)
+  strict=()
+  POISON=0
+  case $SC in
+    # Slow sends keep hundreds in flight, so a kill or a restart always interrupts some.
+    kill|sigterm) mock_args=(--latency-ms 100 --jitter-ms 300) ;;&
+    sigterm) strict=(--no-duplicates) ;;
+    provider-errors) mock_args+=(--failure-rate 0.2 --throttle-every-ms 4000 --throttle-for-ms 800); strict=(--no-duplicates) ;;
+    poison) POISON=$(( EMAILS * 5 / 100 )) ;;
+  esac
+  "$BIN" mock-provider --listen 127.0.0.1:0 --log "$RUN/$SC-mock.jsonl" "${mock_args[@]}" >"$RUN/$SC-mock.out" 2>&1 &
+  MOCK_PID=$!
+  for _ in $(seq 100); do grep -q listening "$RUN/$SC-mock.out" 2>/dev/null && break; sleep 0.1; done
+  export MAILFLEET_SENDGRID_URL
+  MAILFLEET_SENDGRID_URL=$(grep -o 'http://[0-9.:]*' "$RUN/$SC-mock.out" | head -n1)
+  export MAILFLEET_SENDGRID_API_KEY=chaos-key
+  for slot in $(seq "$WORKERS"); do start_worker "$slot"; done
+
+  START=$(date +%s.%N)
+  produce &
+  PRODUCER=$!
+  inject
+  wait "$PRODUCER"
+  want=$(sort -u "$RUN/$SC-ids.txt" | wc -l)
+  deadline=$(( $(date +%s) + DEADLINE_SECS ))
+  while [ "$(final_count)" -lt "$want" ] || [ "$(dead_count)" -lt "$POISON" ]; do
+    if [ "$(date +%s)" -ge "$deadline" ]; then log "$SC: not settled after ${DEADLINE_SECS}s"; break; fi
+    sleep 0.5
+  done
+  SECS=$(awk -v s="$START" -v e="$(date +%s.%N)" 'BEGIN { printf "%.2f", e - s }')
+
+  for slot in $(seq "$WORKERS"); do kill -TERM "${WPID[$slot]}" 2>/dev/null || true; done
+  for slot in $(seq "$WORKERS"); do wait "${WPID[$slot]}" 2>/dev/null || true; done
+  kill -TERM "$MOCK_PID" 2>/dev/null || true; wait "$MOCK_PID" 2>/dev/null || true
+  WPID=(); MOCK_PID=""
+  if ! "$BIN" report --ids "$RUN/$SC-ids.txt" --mock-log "$RUN/$SC-mock.jsonl" --seconds "$SECS" \
+      --label "$SC" --json --expect-dead-letters "$POISON" "${strict[@]}"; then
+    failures=$(( failures + 1 ))
+  fi
+  rcli --scan --pattern "$MAILFLEET_PREFIX:*" | xargs -r redis-cli -u "$REDIS" del >/dev/null 2>&1 || true
+done
+[ "$failures" = 0 ]
