@@ -69,7 +69,13 @@ impl Report {
     }
 
     /// One JSON object for a chaos scenario.
-    pub fn json(&self, scenario: &str, strict: bool, dead_letters: u64, expect_dead: Option<u64>) -> serde_json::Value {
+    pub fn json(
+        &self,
+        scenario: &str,
+        strict: bool,
+        dead_letters: u64,
+        expect_dead: Option<u64>,
+    ) -> serde_json::Value {
         let ok = self.ok(strict) && expect_dead.is_none_or(|n| n == dead_letters);
         serde_json::json!({
             "scenario": scenario,

@@ -47,7 +47,12 @@ pub async fn run(g: Global, a: ReportArgs) -> anyhow::Result<()> {
             .await?;
         dead_letters += n;
     }
-    let v = r.json(&a.label, a.no_duplicates, dead_letters, a.expect_dead_letters);
+    let v = r.json(
+        &a.label,
+        a.no_duplicates,
+        dead_letters,
+        a.expect_dead_letters,
+    );
     println!("{v}");
     if v["ok"] != serde_json::Value::Bool(true) {
         std::process::exit(1);
