@@ -20,7 +20,8 @@ set -euo pipefail
 
 if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
   sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
-  echo "env: CHAOS_EMAILS (default 20000), CHAOS_SHORT=1 (fewer faults, for CI), CHAOS_KEEP=1 (keep logs)"
+  echo "env: CHAOS_EMAILS (default 20000), CHAOS_SHORT=1 (fewer faults, for CI), CHAOS_KEEP=1 (keep logs),"
+  echo "     CHAOS_PROFILE=dev (use the debug build), CHAOS_DEADLINE_SECS (default 240 per scenario)"
   exit 0
 fi
 
@@ -41,9 +42,11 @@ free_port() {
   done
 }
 
-log "building (release)"
-cargo build --release --quiet --bin mailfleet
-BIN=$PWD/target/release/mailfleet
+if [ "${CHAOS_PROFILE:-release}" = dev ]; then
+  log "building (dev)"; cargo build --quiet --bin mailfleet; BIN=$PWD/target/debug/mailfleet
+else
+  log "building (release)"; cargo build --release --quiet --bin mailfleet; BIN=$PWD/target/release/mailfleet
+fi
 
 RUN=$(mktemp -d "${TMPDIR:-/tmp}/mailfleet-chaos.XXXXXX")
 chmod 755 "$RUN"  # the private Postgres runs as the postgres user
@@ -119,13 +122,13 @@ poison() { # n malformed entries of assorted kinds into the lanes
 redis_restart() {
   rcli SHUTDOWN >/dev/null 2>&1 || true
   sleep 2
-  eval "$(services 2>/dev/null)"
+  services >/dev/null 2>&1  # same ports and data dir; the URLs do not change
 }
 
 pg_restart() {
   runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$MAILFLEET_SERVICES_DIR/pg" -m fast -w stop >/dev/null
   sleep 2
-  eval "$(services 2>/dev/null)"
+  services >/dev/null 2>&1  # same ports and data dir; the URLs do not change
 }
 
 inject() { # the scenario's faults, while traffic flows
