@@ -13,10 +13,11 @@ use std::time::Duration;
 async fn a_send_longer_than_the_visibility_timeout_is_not_taken_over(pg: PgPool) {
     let redis = TestRedis::new();
     redis.ensure_groups().await;
-    // Each send takes 1.5 s; the visibility timeout is 400 ms and two workers reclaim every
-    // 50 ms. Without the heartbeat the other worker would take over every send and repeat it.
+    // Each send takes 5 s; the visibility timeout is 2 s (beats every 500 ms, slack for a
+    // loaded machine) and two workers reclaim every 50 ms. Without the heartbeat the other
+    // worker would take over every send and repeat it.
     let mock = TestMock::start(MockConfig {
-        latency: Duration::from_millis(1500),
+        latency: Duration::from_millis(5000),
         ..Default::default()
     })
     .await;
@@ -35,7 +36,7 @@ async fn a_send_longer_than_the_visibility_timeout_is_not_taken_over(pg: PgPool)
     let mut workers = Vec::new();
     for _ in 0..2 {
         let mut s = settings();
-        s.visibility_timeout_ms = 400;
+        s.visibility_timeout_ms = 2000;
         s.reclaim_interval_ms = 50;
         workers.push(TestWorker::start(&pg, &redis, &mock.url, s).await);
     }
