@@ -304,6 +304,19 @@ async fn replay_batch<C: ConnectionLike + Send>(
     Ok(r)
 }
 
+/// How many entries the dead-letter streams of every partition hold.
+pub async fn count<C: ConnectionLike + Send>(conn: &mut C, keys: &Keys) -> Result<u64, DlqError> {
+    let mut p = redis::pipe();
+    for part in 0..keys.partitions() {
+        p.cmd("XLEN").arg(keys.dead(part));
+    }
+    let lens: Vec<u64> = p
+        .query_async(conn)
+        .await
+        .map_err(redis_err("counting dead letters"))?;
+    Ok(lens.iter().sum())
+}
+
 /// Delete `entries` from their dead streams; returns how many were deleted.
 pub async fn purge<C: ConnectionLike + Send>(
     conn: &mut C,

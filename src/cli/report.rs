@@ -39,14 +39,7 @@ pub async fn run(g: Global, a: ReportArgs) -> anyhow::Result<()> {
     }
     let keys = crate::stream::Keys::new(&g.prefix, g.partitions);
     let mut conn = super::redis_pool(&g)?.get().await?;
-    let mut dead_letters = 0u64;
-    for p in 0..keys.partitions() {
-        let n: u64 = redis::cmd("XLEN")
-            .arg(keys.dead(p))
-            .query_async(&mut *conn)
-            .await?;
-        dead_letters += n;
-    }
+    let dead_letters = crate::dlq::count(&mut *conn, &keys).await?;
     let v = r.json(
         &a.label,
         a.no_duplicates,

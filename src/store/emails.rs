@@ -118,7 +118,6 @@ pub async fn claim(
                    'claim expired: the worker stopped before recording an outcome', prev.claimed_at, now()
               FROM ins JOIN prev USING (id)
              WHERE prev.status = 'sending'
-            RETURNING email_id
         )
         SELECT ins.id, ins.attempts, true, prev.status IS NOT DISTINCT FROM 'sending'
           FROM ins LEFT JOIN prev USING (id)

@@ -74,20 +74,15 @@ async fn beat(shared: &Shared) {
         return;
     }
     let redis = match shared.deps.redis.get().await {
-        Ok(mut conn) => {
-            consumer::touch(
-                &mut *conn,
-                &shared.deps.keys,
-                &shared.settings.consumer,
-                &entries,
-            )
-            .await
-        }
-        Err(e) => Err(redis::RedisError::from((
-            redis::ErrorKind::Io,
-            "no Redis connection",
-            e.to_string(),
-        ))),
+        Ok(mut conn) => consumer::touch(
+            &mut *conn,
+            &shared.deps.keys,
+            &shared.settings.consumer,
+            &entries,
+        )
+        .await
+        .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
     };
     if let Err(e) = redis {
         METRICS.redis_errors.with_label_values(&["heartbeat"]).inc();

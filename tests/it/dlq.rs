@@ -35,13 +35,7 @@ async fn a_dead_job_replays_with_its_id_and_poison_never_loops(pg: PgPool) {
     s.retry_base_ms = 10;
     s.retry_max_ms = 20;
     let worker = TestWorker::start(&pg, &redis, &failing.url, s.clone()).await;
-    let id = redis
-        .producer()
-        .send(job(Lane::Tx, "replay@example.com"))
-        .await
-        .unwrap()
-        .id
-        .as_uuid();
+    let id = redis.enqueue(job(Lane::Tx, "replay@example.com")).await;
     // ...and a poison entry.
     let _: String = redis::cmd("XADD")
         .arg(redis.keys.lane(0, Lane::Bulk))

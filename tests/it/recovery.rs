@@ -85,13 +85,7 @@ async fn a_timeout_after_the_request_left_is_logged_unknown_and_resent_then_held
     .await;
     let mut provider = provider_config(&mock.url);
     provider.timeout_ms = 150;
-    let id = redis
-        .producer()
-        .send(job(Lane::Tx, "timeout@example.com"))
-        .await
-        .unwrap()
-        .id
-        .as_uuid();
+    let id = redis.enqueue(job(Lane::Tx, "timeout@example.com")).await;
     let mut s = settings();
     s.max_attempts = 2;
     s.retry_base_ms = 10;
@@ -107,13 +101,7 @@ async fn a_timeout_after_the_request_left_is_logged_unknown_and_resent_then_held
     worker.stop().await;
 
     // Hold: one ambiguous attempt and the job is left `unknown` for an operator.
-    let id = redis
-        .producer()
-        .send(job(Lane::Tx, "held@example.com"))
-        .await
-        .unwrap()
-        .id
-        .as_uuid();
+    let id = redis.enqueue(job(Lane::Tx, "held@example.com")).await;
     let mut s = settings();
     s.ambiguous = AmbiguousPolicy::Hold;
     let worker = TestWorker::start_with(&pg, &redis, provider, s).await;
@@ -201,12 +189,8 @@ async fn a_reenqueued_job_whose_old_entry_survived_is_sent_once(pg: PgPool) {
     redis.ensure_groups().await;
     // The entry was only slow, not lost: both it and the reconciler's copy reach a worker.
     let id = redis
-        .producer()
-        .send(job(Lane::Bulk, "slow-not-lost@example.com"))
-        .await
-        .unwrap()
-        .id
-        .as_uuid();
+        .enqueue(job(Lane::Bulk, "slow-not-lost@example.com"))
+        .await;
     let payload = serde_json::to_string(&payload("slow-not-lost@example.com")).unwrap();
     let mut row = queued_row(0, None);
     row.id = id;

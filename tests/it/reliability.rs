@@ -153,13 +153,7 @@ async fn transient_failures_retry_through_the_delayed_set_then_die_at_max_attemp
     s.retry_base_ms = 20;
     s.retry_max_ms = 50;
     let worker = TestWorker::start(&pg, &redis, &mock.url, s).await;
-    let id = redis
-        .producer()
-        .send(job(Lane::Tx, "ada@example.com"))
-        .await
-        .unwrap()
-        .id
-        .as_uuid();
+    let id = redis.enqueue(job(Lane::Tx, "ada@example.com")).await;
     eventually("dead after 3 attempts", WAIT, || async {
         (status_of(&pg, id).await.as_deref() == Some("dead")).then_some(())
     })
@@ -361,13 +355,7 @@ async fn reclaims_the_entries_of_a_crashed_worker_and_sends_each_job_once(pg: Pg
 async fn an_entry_whose_job_is_under_a_live_claim_stays_pending_until_that_claim_ends(pg: PgPool) {
     let redis = TestRedis::new();
     redis.ensure_groups().await;
-    let id = redis
-        .producer()
-        .send(job(Lane::Tx, "ada@example.com"))
-        .await
-        .unwrap()
-        .id
-        .as_uuid();
+    let id = redis.enqueue(job(Lane::Tx, "ada@example.com")).await;
     read_and_die(&redis, Lane::Tx, 10).await;
     // Another live worker holds a fresh claim on the same job.
     sqlx::query("INSERT INTO emails (id, status, lane, payload, enqueued_at, attempts, claim_token, claimed_at)

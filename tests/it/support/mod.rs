@@ -63,6 +63,15 @@ impl TestRedis {
     pub fn producer(&self) -> Producer {
         Producer::from_pool(self.pool.clone(), self.keys.clone())
     }
+    /// Enqueue one job through the library producer; its id.
+    pub async fn enqueue(&self, job: NewJob) -> uuid::Uuid {
+        self.producer()
+            .send(job)
+            .await
+            .expect("enqueue")
+            .id
+            .as_uuid()
+    }
     pub async fn conn(&self) -> deadpool_redis::Connection {
         self.pool.get().await.expect("redis connection")
     }
