@@ -26,6 +26,22 @@ pub struct Metrics {
     pub store_errors: IntCounterVec,
     pub redis_errors: IntCounterVec,
     pub build_info: IntGaugeVec,
+    pub is_leader: IntGauge,
+    pub fence_token: IntGauge,
+    pub lease_renew_failures: IntCounter,
+    pub fenced_rejected: IntCounter,
+    pub tick_lag: Histogram,
+    pub ticks: IntCounterVec,
+    pub fanout_members: IntCounter,
+    pub fanout_remaining: IntGauge,
+    pub fanout_invalid: IntCounter,
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("static metric definition");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -173,6 +189,65 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
                 .expect("metric registered once");
             g
         },
+        is_leader: gauge(
+            &r,
+            "mailfleet_scheduler_leader",
+            "1 while this process holds the scheduler lease and may act on it, else 0.",
+        ),
+        fence_token: gauge(
+            &r,
+            "mailfleet_scheduler_fence_token",
+            "The fencing token of this process's current (or last) scheduler lease.",
+        ),
+        lease_renew_failures: counter(
+            &r,
+            "mailfleet_lease_renew_failures_total",
+            "Lease renewals that failed (Redis error, or another owner holds the lease); each one \
+             makes this process step down.",
+        ),
+        fenced_rejected: counter(
+            &r,
+            "mailfleet_fenced_writes_rejected_total",
+            "Leader transactions rolled back because a newer leader's token is in the fence: the \
+             writes of a stale leader, prevented.",
+        ),
+        tick_lag: {
+            let h = Histogram::with_opts(
+                HistogramOpts::new(
+                    "mailfleet_schedule_tick_lag_seconds",
+                    "Fire time minus due time of each scheduled tick the leader fired.",
+                )
+                .buckets(vec![
+                    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
+                ]),
+            )
+            .expect("static metric definition");
+            r.register(Box::new(h.clone()))
+                .expect("metric registered once");
+            h
+        },
+        ticks: counter_vec(
+            &r,
+            "mailfleet_schedule_ticks_total",
+            "Scheduled ticks handled, by result: fired, skipped (missed while no leader ran, \
+             catch-up `skip`), stale (past `stale_after`).",
+            &["result"],
+        ),
+        fanout_members: counter(
+            &r,
+            "mailfleet_fanout_members_total",
+            "Audience members whose job a fan-out committed (each member once per tick).",
+        ),
+        fanout_remaining: gauge(
+            &r,
+            "mailfleet_fanout_remaining",
+            "Members still to enqueue in the fan-outs this leader is running.",
+        ),
+        fanout_invalid: counter(
+            &r,
+            "mailfleet_fanout_invalid_total",
+            "Audience members left out of a fan-out because their job would not validate.",
+        ),
         registry: r,
     };
     m.build_info

@@ -51,6 +51,26 @@ pub struct Prepared {
     pub email: Email,
 }
 
+impl Prepared {
+    /// The `queued` row Postgres keeps for this job when it is recorded before a worker sees it
+    /// (accepted by the API, or fanned out by a schedule).
+    pub fn ledger_row(&self) -> crate::store::emails::NewRow {
+        crate::store::emails::NewRow {
+            id: self.id.as_uuid(),
+            lane: self.lane.as_str(),
+            partition: self.partition as i16,
+            idempotency_key: self.idempotency_key.clone(),
+            tenant: self.email.tenant.clone(),
+            recipient_domain: self.email.recipient_domain().to_owned(),
+            template: self.email.template_name().map(str::to_owned),
+            payload: self.payload_json.clone(),
+            enqueued_at: chrono::DateTime::from_timestamp_millis(self.enqueued_at_ms)
+                .unwrap_or_else(chrono::Utc::now),
+            due_at: self.email.send_at,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Enqueued {
     /// The new job's id, or the first job's id when the idempotency key was already used.
@@ -124,6 +144,12 @@ impl Producer {
 
     /// Validate and serialize a job without touching Redis.
     pub fn prepare(&self, job: NewJob) -> Result<Prepared, ProducerError> {
+        self.prepare_as(job, JobId::new())
+    }
+
+    /// [`Producer::prepare`] with a given id: for jobs whose id must be the same every time
+    /// they are made (a schedule's fan-out derives it from schedule, tick and member).
+    pub fn prepare_as(&self, job: NewJob, id: JobId) -> Result<Prepared, ProducerError> {
         if let Some(k) = &job.idempotency_key
             && (k.is_empty()
                 || k.len() > MAX_IDEMPOTENCY_KEY_LEN
@@ -144,7 +170,6 @@ impl Producer {
             });
         }
         let email = Email::try_from(job.payload)?;
-        let id = JobId::new();
         let routing = job
             .idempotency_key
             .clone()

@@ -48,7 +48,10 @@ pub static TOUCH: LazyLock<Lua> =
 pub static DLQ_REPLAY: LazyLock<Lua> =
     LazyLock::new(|| Lua::new("dlq_replay", include_str!("../lua/dlq_replay.lua")));
 
-fn all() -> [&'static Lua; 8] {
+pub static LEASE: LazyLock<Lua> =
+    LazyLock::new(|| Lua::new("lease", include_str!("../lua/lease.lua")));
+
+fn all() -> [&'static Lua; 9] {
     [
         &ENQUEUE,
         &READ,
@@ -58,6 +61,7 @@ fn all() -> [&'static Lua; 8] {
         &RECLAIM,
         &TOUCH,
         &DLQ_REPLAY,
+        &LEASE,
     ]
 }
 

@@ -147,22 +147,6 @@ fn parse_job(mut v: Value, header_idem: Option<&str>) -> Result<NewJob, Validati
     })
 }
 
-fn row(p: &Prepared) -> NewRow {
-    NewRow {
-        id: p.id.as_uuid(),
-        lane: p.lane.as_str(),
-        partition: p.partition as i16,
-        idempotency_key: p.idempotency_key.clone(),
-        tenant: p.email.tenant.clone(),
-        recipient_domain: p.email.recipient_domain().to_owned(),
-        template: p.email.template_name().map(str::to_owned),
-        payload: p.payload_json.clone(),
-        enqueued_at: chrono::DateTime::from_timestamp_millis(p.enqueued_at_ms)
-            .unwrap_or_else(chrono::Utc::now),
-        due_at: p.email.send_at,
-    }
-}
-
 async fn enqueue(s: &ApiState, prepared: Vec<Prepared>) -> Result<Vec<Accepted>, Reject> {
     let enq = s.producer.send_prepared(&prepared).await.map_err(|e| {
         tracing::error!(error.message = %e, "enqueue failed");
@@ -176,7 +160,7 @@ async fn enqueue(s: &ApiState, prepared: Vec<Prepared>) -> Result<Vec<Accepted>,
         .iter()
         .zip(&enq)
         .filter(|(_, e)| e.added)
-        .map(|(p, _)| row(p))
+        .map(|(p, _)| p.ledger_row())
         .collect();
     if let Err(e) = emails::insert_queued(&s.pg, &rows).await {
         // The jobs are on the stream and will be sent; only the early `queued` row is missing.

@@ -156,13 +156,17 @@ pub async fn claim(
     Ok(out)
 }
 
-/// Insert `queued` rows for jobs the API accepted (no-op for rows a worker already wrote).
-pub async fn insert_queued(pool: &PgPool, rows: &[NewRow]) -> Result<(), StoreError> {
+/// Insert `queued` rows for jobs the API accepted or a schedule fanned out (no-op for rows that
+/// exist already). Runs on a pool or inside a transaction; returns how many rows were new.
+pub async fn insert_queued<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    rows: &[NewRow],
+) -> Result<u64, StoreError> {
     if rows.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let c = Columns::of(rows);
-    sqlx::query(
+    let r = sqlx::query(
         r#"
         INSERT INTO emails (id, status, lane, partition, idempotency_key, tenant, recipient_domain,
                             template, payload, enqueued_at, due_at)
@@ -183,10 +187,10 @@ pub async fn insert_queued(pool: &PgPool, rows: &[NewRow]) -> Result<(), StoreEr
     .bind(&c.payload)
     .bind(&c.enqueued_at)
     .bind(&c.due_at)
-    .execute(pool)
+    .execute(executor)
     .await
     .map_err(q("recording accepted jobs"))?;
-    Ok(())
+    Ok(r.rows_affected())
 }
 
 /// The final (or retrying) state of one attempt, to record.
@@ -460,4 +464,20 @@ pub async fn ambiguous_attempts(pool: &PgPool, ids: &[Uuid]) -> Result<i64, Stor
     .fetch_one(pool)
     .await
     .map_err(q("counting ambiguous attempts"))
+}
+
+/// The `queued` rows among `ids`, to put (back) on their streams: jobs committed in Postgres
+/// whose XADD may not have happened.
+pub async fn queued_of(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Overdue>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as(
+        "SELECT id, lane, partition, idempotency_key, payload, enqueued_at FROM emails
+          WHERE id = ANY($1) AND status = 'queued' ORDER BY id",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await
+    .map_err(q("loading queued jobs"))
 }

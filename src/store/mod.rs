@@ -5,7 +5,10 @@
 //! outcomes with their attempt rows ([`emails::record`]). Both are single statements, so each is
 //! exactly one transaction and one round trip.
 
+pub mod audiences;
 pub mod emails;
+pub mod fence;
+pub mod schedules;
 pub mod templates;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

@@ -1,0 +1,285 @@
+//! Leader election: a Redis lease with a fencing token (`lua/lease.lua`), and the
+//! fenced-transaction helper every leader side effect goes through.
+//!
+//! A [`Lease`] is only ever made by winning [`acquire`], so a [`FenceToken`] can only come from a
+//! won lease. The holder renews at TTL/3 and stops acting at a local monotonic deadline (the
+//! `Instant` taken *before* the acquire or renewal was sent, plus the TTL, minus a margin), never
+//! at the time Redis reports: a process paused past its TTL wakes up believing nothing, checks
+//! its clock, and stops.
+//!
+//! The deadline is the cheap guard; the fence is the real one. A pause can land between the
+//! deadline check and a write, so [`fenced`] opens every leader transaction with
+//! `UPDATE leader_fence SET token = $t WHERE name = $n AND token <= $t` ([`crate::store::fence`]):
+//! once a successor has written with a higher token, the stale leader's transaction matches no
+//! row, rolls back, and is counted in `mailfleet_fenced_writes_rejected_total`.
+//!
+//! Architecture Invariant: nothing outside this module constructs a `FenceToken` or runs
+//! `lease.lua`; every leader write starts with [`fenced`].
+
+use crate::metrics::METRICS;
+use crate::scripts::{self, LEASE};
+use crate::store::{self, StoreError};
+use redis::Value;
+use redis::aio::ConnectionLike;
+use sqlx::{PgPool, Postgres, Transaction};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// The lease the scheduler runs under.
+pub const SCHEDULER: &str = "scheduler";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("Redis failed while {doing} the {name} lease: {source}")]
+    Redis {
+        doing: &'static str,
+        name: String,
+        source: redis::RedisError,
+    },
+    #[error("Redis answered lease.lua with something unexpected: {0}")]
+    Protocol(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The outcome of a fenced write that a newer leader has overtaken.
+#[derive(Debug, thiserror::Error)]
+pub enum FenceError {
+    #[error("fenced write rejected: the {name} fence has moved past token {token}")]
+    Rejected { name: String, token: i64 },
+    #[error("this process's {name} lease passed its deadline; it no longer acts")]
+    Expired { name: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A fencing token: proof that this process won the named lease with this number. Only
+/// [`acquire`] makes one.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FenceToken {
+    name: String,
+    value: i64,
+}
+
+impl FenceToken {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn value(&self) -> i64 {
+        self.value
+    }
+}
+
+impl fmt::Debug for FenceToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FenceToken({}#{})", self.name, self.value)
+    }
+}
+
+/// The Redis keys of a lease: `<prefix>:lease:{<name>}` and its fence counter, which share a
+/// hash tag so the script touches one slot.
+#[derive(Debug, Clone)]
+pub struct LeaseKeys {
+    pub lease: String,
+    pub fence: String,
+}
+
+impl LeaseKeys {
+    pub fn new(prefix: &str, name: &str) -> Self {
+        LeaseKeys {
+            lease: format!("{prefix}:lease:{{{name}}}"),
+            fence: format!("{prefix}:lease:{{{name}}}:fence"),
+        }
+    }
+}
+
+/// A won lease. Acting on it is allowed only while [`Lease::is_valid`].
+#[derive(Debug)]
+pub struct Lease {
+    keys: LeaseKeys,
+    owner: String,
+    ttl: Duration,
+    token: FenceToken,
+    /// Behind a lock so the renewing task and the acting tasks share one `Lease`.
+    deadline: std::sync::Mutex<Instant>,
+}
+
+/// What an acquisition attempt found.
+#[derive(Debug)]
+pub enum Acquired {
+    Won(Lease),
+    /// Another owner holds the lease with `holder_token`; it expires in `expires_in` unless
+    /// renewed.
+    Held {
+        holder_token: i64,
+        expires_in: Duration,
+    },
+}
+
+/// How much of the TTL is kept back from the local deadline: slack for the clock-rate
+/// difference between this host and Redis and for the time the reply took to arrive.
+pub fn margin(ttl: Duration) -> Duration {
+    (ttl / 10).min(Duration::from_secs(2))
+}
+
+fn ints(v: &Value) -> Option<Vec<i64>> {
+    match v {
+        Value::Array(items) => items
+            .iter()
+            .map(|i| match i {
+                Value::Int(n) => Some(*n),
+                _ => None,
+            })
+            .collect(),
+        _ => None,
+    }
+}
+
+/// Try to take the lease `name` for `owner`. `pg` supplies the floor (the highest token the
+/// fence has seen), so the token is above anything a previous holder could have written with.
+pub async fn acquire<C: ConnectionLike + Send>(
+    conn: &mut C,
+    pg: &PgPool,
+    keys: &LeaseKeys,
+    name: &str,
+    owner: &str,
+    ttl: Duration,
+) -> Result<Acquired, LeaseError> {
+    let floor = store::fence::current(pg, name).await?;
+    let started = Instant::now();
+    let mut cmd = LEASE.call(&[&keys.lease, &keys.fence]);
+    cmd.arg("acquire")
+        .arg(owner)
+        .arg(ttl.as_millis().max(1) as u64)
+        .arg(floor);
+    let v = scripts::run_one(conn, cmd)
+        .await
+        .map_err(|source| LeaseError::Redis {
+            doing: "acquiring",
+            name: name.to_owned(),
+            source,
+        })?;
+    match ints(&v).as_deref() {
+        Some([1, token, _]) => Ok(Acquired::Won(Lease {
+            keys: keys.clone(),
+            owner: owner.to_owned(),
+            ttl,
+            token: FenceToken {
+                name: name.to_owned(),
+                value: *token,
+            },
+            deadline: std::sync::Mutex::new(started + ttl.saturating_sub(margin(ttl))),
+        })),
+        Some([0, holder, pttl]) => Ok(Acquired::Held {
+            holder_token: *holder,
+            expires_in: Duration::from_millis((*pttl).max(0) as u64),
+        }),
+        _ => Err(LeaseError::Protocol(format!("{v:?}"))),
+    }
+}
+
+impl Lease {
+    pub fn token(&self) -> &FenceToken {
+        &self.token
+    }
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+    pub fn deadline(&self) -> Instant {
+        *self.deadline.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// Whether this process may still act: its local deadline has not passed.
+    pub fn is_valid(&self) -> bool {
+        Instant::now() < self.deadline()
+    }
+
+    /// Extend the lease. `Ok(false)` means another owner holds it now (or it expired): stop
+    /// acting. On success the deadline moves to this call's start + TTL − margin.
+    pub async fn renew<C: ConnectionLike + Send>(&self, conn: &mut C) -> Result<bool, LeaseError> {
+        let started = Instant::now();
+        let mut cmd = LEASE.call(&[&self.keys.lease, &self.keys.fence]);
+        cmd.arg("renew")
+            .arg(&self.owner)
+            .arg(self.ttl.as_millis().max(1) as u64);
+        let v = scripts::run_one(conn, cmd)
+            .await
+            .map_err(|source| LeaseError::Redis {
+                doing: "renewing",
+                name: self.token.name.clone(),
+                source,
+            })?;
+        match ints(&v).as_deref() {
+            Some([1, token, _]) if *token == self.token.value => {
+                let mut d = self.deadline.lock().unwrap_or_else(|p| p.into_inner());
+                // Never move the deadline back: a late reply to an earlier renewal is older news.
+                *d = (*d).max(started + self.ttl.saturating_sub(margin(self.ttl)));
+                Ok(true)
+            }
+            Some([1, _, _]) | Some([0, _, _]) => Ok(false),
+            _ => Err(LeaseError::Protocol(format!("{v:?}"))),
+        }
+    }
+
+    /// Give the lease up (owner check, DEL) so a successor can take it at once. Returns whether
+    /// this owner still held it.
+    pub async fn release<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+    ) -> Result<bool, LeaseError> {
+        let mut cmd = LEASE.call(&[&self.keys.lease, &self.keys.fence]);
+        cmd.arg("release").arg(&self.owner);
+        let v = scripts::run_one(conn, cmd)
+            .await
+            .map_err(|source| LeaseError::Redis {
+                doing: "releasing",
+                name: self.token.name.clone(),
+                source,
+            })?;
+        match ints(&v).as_deref() {
+            Some([n]) => Ok(*n == 1),
+            _ => Err(LeaseError::Protocol(format!("{v:?}"))),
+        }
+    }
+}
+
+/// Begin a leader transaction: checks the local deadline, then moves the fence to this token in
+/// the transaction's first statement. On [`FenceError::Rejected`] the transaction is already
+/// rolled back and the caller must step down. The returned transaction holds the fence row's
+/// lock until it commits, so two leaders' transactions never interleave.
+pub async fn fenced(
+    pg: &PgPool,
+    lease: &Lease,
+) -> Result<Transaction<'static, Postgres>, FenceError> {
+    if !lease.is_valid() {
+        return Err(FenceError::Expired {
+            name: lease.token.name.clone(),
+        });
+    }
+    fenced_with(pg, &lease.token, &lease.owner).await
+}
+
+/// [`fenced`] without the deadline check: for the first write of a term and for tests that
+/// need a stale leader's write to reach Postgres.
+pub async fn fenced_with(
+    pg: &PgPool,
+    token: &FenceToken,
+    owner: &str,
+) -> Result<Transaction<'static, Postgres>, FenceError> {
+    let mut tx = pg.begin().await.map_err(|source| StoreError::Query {
+        doing: "beginning a fenced transaction",
+        source,
+    })?;
+    if store::fence::advance(&mut tx, &token.name, token.value, owner).await? {
+        Ok(tx)
+    } else {
+        drop(tx);
+        METRICS.fenced_rejected.inc();
+        Err(FenceError::Rejected {
+            name: token.name.clone(),
+            token: token.value,
+        })
+    }
+}

@@ -1,0 +1,56 @@
+//! The `leader_fence` table: the highest fencing token each lease has written with.
+//!
+//! [`advance`] is the first statement of every leader transaction (see `lease::fenced`): it
+//! moves the fence to the caller's token unless a higher one is there already, and the row lock
+//! it takes serializes leader transactions until commit.
+
+use super::{StoreError, q};
+use sqlx::{PgConnection, PgPool};
+
+/// The fence's current token: the floor for the next acquisition. Zero for a lease never held.
+pub async fn current(pool: &PgPool, name: &str) -> Result<i64, StoreError> {
+    let t: Option<i64> = sqlx::query_scalar("SELECT token FROM leader_fence WHERE name = $1")
+        .bind(name)
+        .fetch_optional(pool)
+        .await
+        .map_err(q("reading the leader fence"))?;
+    Ok(t.unwrap_or(0))
+}
+
+/// Move the fence to `token` if no higher token wrote first. False means a newer leader exists:
+/// the caller must roll back and step down.
+pub async fn advance(
+    conn: &mut PgConnection,
+    name: &str,
+    token: i64,
+    holder: &str,
+) -> Result<bool, StoreError> {
+    // The upsert creates the row for a lease name the migration did not seed; its WHERE is the
+    // fence itself.
+    let n = sqlx::query(
+        "INSERT INTO leader_fence AS f (name, token, holder) VALUES ($1, $2, $3)
+         ON CONFLICT (name) DO UPDATE SET token = EXCLUDED.token, holder = EXCLUDED.holder,
+                                          updated_at = now()
+          WHERE f.token <= EXCLUDED.token",
+    )
+    .bind(name)
+    .bind(token)
+    .bind(holder)
+    .execute(conn)
+    .await
+    .map_err(q("advancing the leader fence"))?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// The fence row: (token, holder), for status and tests.
+pub async fn holder(
+    pool: &PgPool,
+    name: &str,
+) -> Result<Option<(i64, Option<String>)>, StoreError> {
+    sqlx::query_as("SELECT token, holder FROM leader_fence WHERE name = $1")
+        .bind(name)
+        .fetch_optional(pool)
+        .await
+        .map_err(q("reading the leader fence"))
+}
