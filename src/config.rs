@@ -184,6 +184,21 @@ pub struct WorkerArgs {
         default_value_t = 60_000
     )]
     pub reconcile_interval_ms: u64,
+    /// Whether this process is a scheduler candidate: `on` (consume and stand for leader),
+    /// `off` (consume only), `only` (stand for leader, consume nothing).
+    #[arg(long, env = "MAILFLEET_SCHEDULER", value_enum, default_value_t = SchedulerRole::On)]
+    pub scheduler: SchedulerRole,
+    /// The scheduler lease's TTL. A killed leader is replaced about this long after its last
+    /// renewal (at once after a clean shutdown, which releases the lease).
+    #[arg(long, env = "MAILFLEET_LEASE_TTL_MS", default_value_t = 10_000)]
+    pub lease_ttl_ms: u64,
+    /// A tick at most this late when a leader first sees it fires whatever the schedule's
+    /// catch-up policy; later ticks count as missed (`skip` or `once` applies).
+    #[arg(long, env = "MAILFLEET_SCHEDULER_GRACE_SECS", default_value_t = 60)]
+    pub scheduler_grace_secs: u64,
+    /// Audience members per fan-out transaction.
+    #[arg(long, env = "MAILFLEET_FANOUT_BATCH", default_value_t = 1000)]
+    pub fanout_batch: usize,
     /// Postgres connections per worker.
     #[arg(long, env = "MAILFLEET_PG_POOL", default_value_t = 8)]
     pub pg_pool: u32,
@@ -198,6 +213,14 @@ pub struct WorkerArgs {
 }
 
 /// The provider used when the config file names none: SendGrid at this URL.
+/// A worker's part in scheduling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SchedulerRole {
+    On,
+    Off,
+    Only,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct DefaultProvider {
     /// SendGrid API base URL (the mock provider's URL in development).

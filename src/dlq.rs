@@ -120,15 +120,7 @@ pub fn parse_time(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, DlqError
         return Ok(t.with_timezone(&Utc));
     }
     let bad = || DlqError::BadTime(s.to_owned());
-    let (num, unit) = s.split_at(s.len().saturating_sub(1));
-    let n: i64 = num.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n.checked_mul(60).ok_or_else(bad)?,
-        "h" => n.checked_mul(3600).ok_or_else(bad)?,
-        "d" => n.checked_mul(86_400).ok_or_else(bad)?,
-        _ => return Err(bad()),
-    };
+    let secs = crate::domain::parse_span(s).ok_or_else(bad)?;
     now.checked_sub_signed(chrono::Duration::seconds(secs))
         .ok_or_else(bad)
 }

@@ -2,10 +2,12 @@
 //! and in main.rs, nowhere else.
 
 pub mod api;
+pub mod audience;
 pub mod dlq;
 pub mod migrate;
 pub mod mock;
 pub mod report;
+pub mod schedule;
 pub mod send;
 pub mod template;
 pub mod worker;
@@ -31,6 +33,12 @@ pub enum Command {
     /// Inspect, replay and purge the dead-letter streams.
     #[command(subcommand)]
     Dlq(dlq::DlqCmd),
+    /// Recurring schedules: cron + timezone, a template, an audience.
+    #[command(subcommand)]
+    Schedule(schedule::ScheduleCmd),
+    /// Audiences: the members a schedule fans out to.
+    #[command(subcommand)]
+    Audience(audience::AudienceCmd),
     /// Compare enqueued ids with Postgres and a mock-provider log: sent, lost, duplicates.
     Report(report::ReportArgs),
 }
@@ -45,6 +53,8 @@ pub async fn dispatch(global: Global, command: Command) -> anyhow::Result<()> {
         Command::MockProvider(a) => mock::run(a).await,
         Command::Report(a) => report::run(global, a).await,
         Command::Dlq(c) => dlq::run(global, c).await,
+        Command::Schedule(c) => schedule::run(global, c).await,
+        Command::Audience(c) => audience::run(global, c).await,
     }
 }
 

@@ -1,10 +1,12 @@
-use crate::config::{Global, WorkerArgs};
+use crate::config::{Global, SchedulerRole, WorkerArgs};
+use crate::lease::{self, LeaseKeys};
 use crate::provider::{Providers, http_client};
 use crate::render::Limits;
 use crate::worker::{self, Deps, Settings};
-use crate::{api, config, shutdown, store, stream};
+use crate::{api, config, scheduler, shutdown, store, stream};
 use anyhow::Context;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -61,7 +63,35 @@ pub async fn run(g: Global, a: WorkerArgs) -> anyhow::Result<()> {
     };
     let token = CancellationToken::new();
     shutdown::cancel_on_signal(token.clone());
-    let running = worker::start(settings, deps, token.clone()).await?;
+    let scheduler = if a.scheduler == SchedulerRole::Off {
+        None
+    } else {
+        store::ensure_migrated(&pg).await?;
+        let mut s = scheduler::Settings::new(format!(
+            "{}/{}",
+            settings.consumer,
+            uuid::Uuid::now_v7().simple()
+        ));
+        s.lease_ttl = Duration::from_millis(a.lease_ttl_ms.max(100));
+        s.grace = Duration::from_secs(a.scheduler_grace_secs);
+        s.fanout_batch = a.fanout_batch.max(1);
+        let deps = scheduler::Deps {
+            pg: pg.clone(),
+            redis: redis.clone(),
+            producer: crate::cli::producer(&g)?,
+            lease_keys: LeaseKeys::new(&g.prefix, lease::SCHEDULER),
+        };
+        Some(scheduler::start(s, deps, token.clone()))
+    };
+    let running = if a.scheduler == SchedulerRole::Only {
+        None
+    } else {
+        Some(worker::start(settings, deps, token.clone()).await?)
+    };
+    let draining = running
+        .as_ref()
+        .map(|r| r.draining.clone())
+        .unwrap_or_else(|| Arc::new(AtomicBool::new(false)));
     let server = if a.listen.is_empty() {
         None
     } else {
@@ -72,11 +102,19 @@ pub async fn run(g: Global, a: WorkerArgs) -> anyhow::Result<()> {
         let router = api::ops_router(api::Health {
             redis,
             pg,
-            draining: running.draining.clone(),
+            draining: draining.clone(),
         });
         Some(tokio::spawn(api::serve(listener, router, token.clone())))
     };
-    running.join().await;
+    if let Some(r) = running {
+        r.join().await;
+    } else {
+        token.cancelled().await;
+        draining.store(true, Ordering::SeqCst);
+    }
+    if let Some(s) = scheduler {
+        let _ = s.await;
+    }
     if let Some(s) = server {
         let _ = s.await;
     }

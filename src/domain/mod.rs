@@ -21,3 +21,18 @@ pub use job::{JobId, Lane, LaneParseError};
 pub fn has_header_breaking_char(s: &str) -> bool {
     s.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
 }
+
+/// A span written `<n><unit>` with unit `s`, `m`, `h` or `d` (`90s`, `30m`, `2h`, `7d`), in
+/// seconds; `None` for anything else or on overflow.
+pub fn parse_span(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.len().checked_sub(1)?);
+    let n: i64 = num.parse().ok().filter(|n| *n >= 0)?;
+    match unit {
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        "d" => n.checked_mul(86_400),
+        _ => None,
+    }
+}

@@ -100,7 +100,7 @@ pub(super) async fn run(
             let Some(last) = members.last().map(|m| m.id) else {
                 schedules::finish_run(&mut tx, schedule.id, tick, "done", None).await?;
                 tx.commit().await.map_err(commit_err("finishing a fan-out"))?;
-                tracing::info!(schedule = %schedule.name, tick = %tick, "fan-out done");
+                tracing::debug!(schedule = %schedule.name, tick = %tick, "fan-out done");
                 return Ok(());
             };
             let jobs = prepare(ctx, &schedule, tick, &members);

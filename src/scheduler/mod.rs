@@ -17,6 +17,8 @@
 //! scheduler never XADDs a job whose row and run progress are not committed first
 //! ([`fanout`]).
 
+pub mod admin;
+pub mod audience;
 pub mod cron;
 mod fanout;
 
@@ -35,7 +37,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use fanout::member_job_id;
+pub use fanout::{member_idempotency_key, member_job_id};
 
 /// At most this many ticks of one schedule are handled in one transaction.
 const MAX_TICKS_PER_PASS: usize = 1000;
