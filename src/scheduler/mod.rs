@@ -498,3 +498,123 @@ pub fn start(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(run(settings, deps, shutdown))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().expect("a UTC time")
+    }
+
+    fn schedule(
+        cron: &str,
+        next: &str,
+        catch_up: &str,
+        stale_after_secs: i32,
+    ) -> (Schedule, CronSpec) {
+        let s = Schedule {
+            id: 1,
+            name: "s".into(),
+            cron: cron.into(),
+            timezone: "UTC".into(),
+            template: "t".into(),
+            audience_id: 1,
+            audience: "a".into(),
+            from_addr: "a@example.com".into(),
+            lane: "bulk".into(),
+            vars: serde_json::json!({}),
+            enabled: true,
+            catch_up: catch_up.into(),
+            stale_after_secs,
+            next_tick: at(next),
+            created_at: at(next),
+        };
+        let spec = CronSpec::parse(cron, "UTC").expect("valid");
+        (s, spec)
+    }
+
+    const GRACE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn ticks_within_the_grace_each_fire_in_order() {
+        // A failover left four per-second ticks unfired: all four fire, none is skipped.
+        let (s, spec) = schedule("* * * * * *", "2026-01-01T10:00:00Z", "skip", 3600);
+        let items = plan(&s, &spec, at("2026-01-01T10:00:03.500Z"), GRACE);
+        let ticks: Vec<_> = items.iter().map(|i| (i.tick, i.result)).collect();
+        assert_eq!(
+            ticks,
+            (0..4)
+                .map(|n| (
+                    at("2026-01-01T10:00:00Z") + chrono::Duration::seconds(n),
+                    TickResult::Fire
+                ))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            items.last().map(|i| i.next),
+            Some(at("2026-01-01T10:00:04Z"))
+        );
+        // Each item moves next_tick to the following tick: the chain fire() checks.
+        for w in items.windows(2) {
+            assert_eq!(w[0].next, w[1].tick);
+        }
+    }
+
+    #[test]
+    fn missed_ticks_are_fired_once_or_skipped_by_policy() {
+        // Hourly, no leader from 02:00 to 07:30: 02:00 to 07:00 are all more than the grace
+        // late, so missed. `once` fires 07:00 for all six; `skip` records them skipped.
+        let now = at("2026-01-01T07:30:00Z");
+        let (s, spec) = schedule("0 * * * *", "2026-01-01T02:00:00Z", "once", 6 * 3600);
+        let items = plan(&s, &spec, now, GRACE);
+        assert_eq!(
+            items,
+            vec![PlanItem {
+                tick: at("2026-01-01T07:00:00Z"),
+                next: at("2026-01-01T08:00:00Z"),
+                result: TickResult::Fire,
+                skipped: 5,
+            }]
+        );
+        let (s, spec) = schedule("0 * * * *", "2026-01-01T02:00:00Z", "skip", 6 * 3600);
+        let items = plan(&s, &spec, now, GRACE);
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].result, TickResult::Skipped);
+        assert_eq!(items[0].skipped, 5);
+        assert_eq!(items[0].next, at("2026-01-01T08:00:00Z"));
+    }
+
+    #[test]
+    fn a_tick_past_stale_after_is_never_fired() {
+        // Daily at 08:00 with stale_after 1h; the leader returns at 11:00: once would fire
+        // 08:00, but it is three hours late.
+        let (s, spec) = schedule("0 8 * * *", "2026-01-01T08:00:00Z", "once", 3600);
+        let items = plan(&s, &spec, at("2026-01-01T11:00:00Z"), GRACE);
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].result, TickResult::Stale);
+        // Within the grace but past a short stale_after: stale too.
+        let (s, spec) = schedule("* * * * * *", "2026-01-01T10:00:00Z", "once", 5);
+        let items = plan(&s, &spec, at("2026-01-01T10:00:10Z"), GRACE);
+        assert_eq!(items.first().map(|i| i.result), Some(TickResult::Stale));
+        assert_eq!(items.last().map(|i| i.result), Some(TickResult::Fire));
+    }
+
+    #[test]
+    fn a_long_outage_of_a_per_second_schedule_is_bounded_work() {
+        // Two days without a leader: one catch-up item (its count capped), then the grace
+        // window's ticks.
+        let (s, spec) = schedule("* * * * * *", "2026-01-01T00:00:00Z", "once", 30);
+        let items = plan(&s, &spec, at("2026-01-03T00:00:00Z"), GRACE);
+        assert!(items.len() <= MAX_TICKS_PER_PASS);
+        assert_eq!(items[0].result, TickResult::Stale);
+        assert_eq!(items[0].tick, at("2026-01-02T23:58:59Z"));
+        assert_eq!(items[0].skipped as usize, MAX_COUNTED_MISSES - 1);
+    }
+
+    #[test]
+    fn nothing_is_due_before_next_tick() {
+        let (s, spec) = schedule("* * * * *", "2026-01-01T10:01:00Z", "once", 3600);
+        assert!(plan(&s, &spec, at("2026-01-01T10:00:59Z"), GRACE).is_empty());
+    }
+}

@@ -10,4 +10,5 @@ mod pipeline;
 mod recovery;
 mod reliability;
 mod resilience;
+mod scheduler;
 mod scripts;
