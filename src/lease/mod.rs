@@ -7,9 +7,9 @@
 //! at the time Redis reports: a process paused past its TTL wakes up believing nothing, checks
 //! its clock, and stops.
 //!
-//! The deadline is the cheap guard; the fence is the real one. A pause can land between the
-//! deadline check and a write, so [`fenced`] opens every leader transaction with
-//! `UPDATE leader_fence SET token = $t WHERE name = $n AND token <= $t` ([`crate::store::fence`]):
+//! The deadline is the cheap guard: a leader checks it before each unit of work. The fence is
+//! the real one, because a pause can land anywhere after that check: [`fenced`] opens every
+//! leader transaction by moving `leader_fence` to its token ([`crate::store::fence::advance`]);
 //! once a successor has written with a higher token, the stale leader's transaction matches no
 //! row, rolls back, and is counted in `mailfleet_fenced_writes_rejected_total`.
 //!
@@ -47,8 +47,6 @@ pub enum LeaseError {
 pub enum FenceError {
     #[error("fenced write rejected: the {name} fence has moved past token {token}")]
     Rejected { name: String, token: i64 },
-    #[error("this process's {name} lease passed its deadline; it no longer acts")]
-    Expired { name: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -245,34 +243,24 @@ impl Lease {
     }
 }
 
-/// Begin a leader transaction: checks the local deadline, then moves the fence to this token in
-/// the transaction's first statement. On [`FenceError::Rejected`] the transaction is already
-/// rolled back and the caller must step down. The returned transaction holds the fence row's
-/// lock until it commits, so two leaders' transactions never interleave.
+/// Begin a leader transaction: its first statement moves the fence to this token. On
+/// [`FenceError::Rejected`] the transaction is already rolled back and the caller must step
+/// down. The returned transaction holds the fence row's lock until it ends, so two leaders'
+/// transactions never interleave.
+///
+/// There is deliberately no deadline check here: callers check [`Lease::is_valid`] before they
+/// start a unit of work (a tick pass, a fan-out batch), and a pause can land anywhere after that
+/// check anyway. Whether a write lands is the fence's decision alone.
 pub async fn fenced(
     pg: &PgPool,
     lease: &Lease,
 ) -> Result<Transaction<'static, Postgres>, FenceError> {
-    if !lease.is_valid() {
-        return Err(FenceError::Expired {
-            name: lease.token.name.clone(),
-        });
-    }
-    fenced_with(pg, &lease.token, &lease.owner).await
-}
-
-/// [`fenced`] without the deadline check: for the first write of a term and for tests that
-/// need a stale leader's write to reach Postgres.
-pub async fn fenced_with(
-    pg: &PgPool,
-    token: &FenceToken,
-    owner: &str,
-) -> Result<Transaction<'static, Postgres>, FenceError> {
+    let token = &lease.token;
     let mut tx = pg.begin().await.map_err(|source| StoreError::Query {
         doing: "beginning a fenced transaction",
         source,
     })?;
-    if store::fence::advance(&mut tx, &token.name, token.value, owner).await? {
+    if store::fence::advance(&mut tx, &token.name, token.value, &lease.owner).await? {
         Ok(tx)
     } else {
         drop(tx);

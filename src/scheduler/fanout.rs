@@ -83,7 +83,8 @@ pub(super) async fn run(
             repush(ctx, &schedule, tick, run.pushed, run.cursor).await?;
         }
         loop {
-            if stop.is_cancelled() {
+            // Each batch is a unit of work: started only while the lease is surely held.
+            if stop.is_cancelled() || !lease.is_valid() {
                 return Ok(());
             }
             if Utc::now() - tick > stale_after {

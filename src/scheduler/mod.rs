@@ -105,10 +105,7 @@ pub enum SchedulerError {
 impl SchedulerError {
     /// Errors after which this process must stop acting as leader.
     fn steps_down(&self) -> bool {
-        matches!(
-            self,
-            SchedulerError::Fence(FenceError::Rejected { .. } | FenceError::Expired { .. })
-        )
+        matches!(self, SchedulerError::Fence(FenceError::Rejected { .. }))
     }
 }
 

@@ -17,21 +17,25 @@ pub async fn current(pool: &PgPool, name: &str) -> Result<i64, StoreError> {
     Ok(t.unwrap_or(0))
 }
 
-/// Move the fence to `token` if no higher token wrote first. False means a newer leader exists:
-/// the caller must roll back and step down.
+/// Move the fence to `token` unless a newer leader wrote first. False means the caller is
+/// stale: it must roll back and step down.
+///
+/// This is `UPDATE leader_fence SET token = $t WHERE name = $n AND token <= $t`, with ties broken
+/// by holder: a Redis that lost its counter can hand one token to two owners (the second one's
+/// floor was read before the first one wrote), and then only the first to write it may use it.
 pub async fn advance(
     conn: &mut PgConnection,
     name: &str,
     token: i64,
     holder: &str,
 ) -> Result<bool, StoreError> {
-    // The upsert creates the row for a lease name the migration did not seed; its WHERE is the
-    // fence itself.
+    // The upsert creates the row for a lease name the migration did not seed.
     let n = sqlx::query(
         "INSERT INTO leader_fence AS f (name, token, holder) VALUES ($1, $2, $3)
          ON CONFLICT (name) DO UPDATE SET token = EXCLUDED.token, holder = EXCLUDED.holder,
                                           updated_at = now()
-          WHERE f.token <= EXCLUDED.token",
+          WHERE f.token < EXCLUDED.token
+             OR (f.token = EXCLUDED.token AND f.holder IS NOT DISTINCT FROM EXCLUDED.holder)",
     )
     .bind(name)
     .bind(token)
