@@ -260,6 +260,9 @@ pub async fn fenced(
         doing: "beginning a fenced transaction",
         source,
     })?;
+    // Half the TTL: a successor wins the lease no sooner than one TTL after this leader froze.
+    let idle = (lease.ttl / 2).clamp(Duration::from_millis(200), Duration::from_secs(30));
+    store::fence::limit_idle(&mut tx, idle.as_millis() as u64).await?;
     if store::fence::advance(&mut tx, &token.name, token.value, &lease.owner).await? {
         Ok(tx)
     } else {

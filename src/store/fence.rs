@@ -47,6 +47,19 @@ pub async fn advance(
     Ok(n == 1)
 }
 
+/// Bound how long this transaction may sit idle (its client paused or cut off) while it holds
+/// the fence row's lock: Postgres ends the session after `ms`, so a frozen leader cannot keep its
+/// successor waiting on the lock past the lease TTL.
+pub async fn limit_idle(conn: &mut PgConnection, ms: u64) -> Result<(), StoreError> {
+    // set_config(.., true) is SET LOCAL with a bind parameter.
+    sqlx::query("SELECT set_config('idle_in_transaction_session_timeout', $1, true)")
+        .bind(ms.max(1).to_string())
+        .execute(conn)
+        .await
+        .map_err(q("limiting a leader transaction's idle time"))?;
+    Ok(())
+}
+
 /// The fence row: (token, holder), for status and tests.
 pub async fn holder(
     pool: &PgPool,

@@ -133,6 +133,24 @@ async fn one_token_in_two_hands_is_used_only_by_the_first_to_write(pg: PgPool) {
 }
 
 #[sqlx::test]
+async fn a_frozen_leader_mid_transaction_does_not_block_its_successor(pg: PgPool) {
+    let redis = TestRedis::new();
+    let frozen = won(acquire(&pg, &redis, "frozen/1", 1000).await);
+    // It opens a leader transaction (taking the fence row's lock), then freezes.
+    let tx = lease::fenced(&pg, &frozen).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let next = won(acquire(&pg, &redis, "next/1", 10_000).await);
+    let fenced = tokio::time::timeout(Duration::from_secs(5), lease::fenced(&pg, &next))
+        .await
+        .expect("the successor is not stuck behind the frozen transaction's lock");
+    fenced.unwrap().commit().await.unwrap();
+    assert!(
+        tx.commit().await.is_err(),
+        "the frozen transaction was ended"
+    );
+}
+
+#[sqlx::test]
 async fn a_stale_leaders_transaction_is_rejected_and_writes_nothing(pg: PgPool) {
     let redis = TestRedis::new();
     let stale = won(acquire(&pg, &redis, "stale/1", 300).await);
