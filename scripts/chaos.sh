@@ -16,10 +16,14 @@
 #   provider-errors the mock answers 20% 503 and bursts of 429 (0.8 s every 4 s); duplicates must be 0
 #   sigterm         rolling restart of every worker, twice; duplicates must be 0
 #   poison          5% malformed entries mixed in; each must reach the dead-letter stream
+#   leader          a schedule firing every second to an audience of 20 while the scheduler
+#                   leader is SIGKILLed or frozen past its lease (SIGSTOP/SIGCONT) every 3 s, and
+#                   Redis loses every key once (FLUSHALL); adds ticks_expected, ticks_fired,
+#                   ticks_duplicated, max_tick_lag_ms and stale_writes_rejected to the line
 set -euo pipefail
 
 if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
-  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
   echo "env: CHAOS_EMAILS (default 20000), CHAOS_SHORT=1 (fewer faults, for CI), CHAOS_KEEP=1 (keep logs),"
   echo "     CHAOS_PROFILE=dev (use the debug build), CHAOS_DEADLINE_SECS (default 240 per scenario)"
   exit 0
@@ -28,9 +32,11 @@ fi
 cd "$(dirname "$0")/.."
 EMAILS=${CHAOS_EMAILS:-20000}
 SHORT=${CHAOS_SHORT:-0}
-SCENARIOS=${*:-kill redis-stall redis-restart pg-restart provider-errors sigterm poison}
+SCENARIOS=${*:-kill redis-stall redis-restart pg-restart provider-errors sigterm poison leader}
 WORKERS=3
-if [ "$SHORT" = 1 ]; then CHUNKS=8; PAUSE=0.5; KILLS=4; ROUNDS=1; else CHUNKS=20; PAUSE=1; KILLS=10; ROUNDS=2; fi
+if [ "$SHORT" = 1 ]; then CHUNKS=8; PAUSE=0.5; KILLS=4; ROUNDS=1; LEADER_SECS=30; else CHUNKS=20; PAUSE=1; KILLS=10; ROUNDS=2; LEADER_SECS=120; fi
+LEASE_TTL_MS=2000
+MEMBERS=20
 DEADLINE_SECS=${CHAOS_DEADLINE_SECS:-240}
 
 log() { echo "[chaos] $*" >&2; }
@@ -60,7 +66,7 @@ ADMIN=$MAILFLEET_PG_ADMIN_URL
 REDIS=$MAILFLEET_REDIS_URL
 PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
 
-declare -A WPID GEN
+declare -A WPID GEN MPORT REJ
 MOCK_PID=""
 cleanup() {
   for p in "${WPID[@]}" $MOCK_PID; do kill -KILL "$p" 2>/dev/null || true; done
@@ -72,7 +78,9 @@ trap cleanup EXIT
 start_worker() { # slot
   local gen=$(( ${GEN[$1]:-0} + 1 ))
   GEN[$1]=$gen
-  "$BIN" worker --consumer "chaos-$1-$gen" --listen 127.0.0.1:0 \
+  MPORT[$1]=$(free_port)
+  MAILFLEET_LEASE_TTL_MS=$LEASE_TTL_MS \
+  "$BIN" worker --consumer "chaos-$1-$gen" --listen "127.0.0.1:${MPORT[$1]}" \
     --visibility-timeout-ms 3000 --reclaim-interval-ms 1000 \
     --retry-base-ms 200 --retry-max-ms 3000 --max-attempts 30 --drain-timeout-secs 15 \
     --reconcile-after-secs 20 --reconcile-interval-ms 5000 \
@@ -131,6 +139,55 @@ pg_restart() {
   services >/dev/null 2>&1  # same ports and data dir; the URLs do not change
 }
 
+scrape_rejections() { # slot: remember this incarnation's count of rejected stale writes
+  local v
+  # HTTP/1.0 over bash's /dev/tcp: no client binary needed; the server closes after replying.
+  v=$( (exec 3<>"/dev/tcp/127.0.0.1/${MPORT[$1]}" \
+        && printf 'GET /metrics HTTP/1.0\r\nHost: worker\r\n\r\n' >&3 && timeout 2 cat <&3) 2>/dev/null \
+      | awk '$1 == "mailfleet_fenced_writes_rejected_total" { print $2 }')
+  [ -n "$v" ] && REJ["$1-${GEN[$1]}"]=${v%.*}
+  return 0
+}
+
+leader_slot() { # the slot whose worker wrote the fence last (chaos-<slot>-<gen>/<nonce>)
+  psql "$MAILFLEET_DATABASE_URL" -Atqc "select holder from leader_fence where name = 'scheduler'" 2>/dev/null \
+    | sed -n 's/^chaos-\([0-9]*\)-.*/\1/p'
+}
+
+leader_faults() { # kill or freeze the leader every 3 s for LEADER_SECS; Redis loses everything once
+  local end=$(( $(date +%s) + LEADER_SECS )) half=$(( $(date +%s) + LEADER_SECS / 2 )) n=0 slot flushed=0
+  while [ "$(date +%s)" -lt "$end" ]; do
+    sleep 3
+    slot=$(leader_slot); [ -n "$slot" ] || continue
+    if [ "$flushed" = 0 ] && [ "$(date +%s)" -ge "$half" ]; then
+      rcli FLUSHALL >/dev/null; flushed=1; log "leader: FLUSHALL"; continue
+    fi
+    if [ $(( n % 2 )) = 0 ]; then
+      scrape_rejections "$slot"
+      kill -KILL "${WPID[$slot]}" 2>/dev/null || true
+      wait "${WPID[$slot]}" 2>/dev/null || true
+      start_worker "$slot"
+    else
+      kill -STOP "${WPID[$slot]}" 2>/dev/null || true
+      sleep "$(awk -v t="$LEASE_TTL_MS" 'BEGIN { printf "%.1f", t / 1000 + 1.2 }')"
+      kill -CONT "${WPID[$slot]}" 2>/dev/null || true
+      sleep 1.5
+      scrape_rejections "$slot"
+    fi
+    n=$(( n + 1 ))
+  done
+}
+
+leader_setup() { # a template, an audience of MEMBERS, a schedule every second
+  "$BIN" template put digest --subject "Digest for {{ name }}" --text "Hello {{ name }}" >/dev/null
+  "$BIN" audience create team >/dev/null
+  awk -v n="$MEMBERS" 'BEGIN { print "email,name"; for (i = 1; i <= n; i++) printf "member%d@example.com,Member %d\n", i, i }' \
+    >"$RUN/leader-audience.csv"
+  "$BIN" audience import team "$RUN/leader-audience.csv" >/dev/null
+  "$BIN" schedule add pulse --cron "* * * * * *" --template digest --audience team \
+    --from "News <news@example.com>" --stale-after 60s >/dev/null
+}
+
 inject() { # the scenario's faults, while traffic flows
   local k slot
   case $SC in
@@ -161,6 +218,8 @@ inject() { # the scenario's faults, while traffic flows
       for k in 1 2; do sleep 3; pg_restart; done ;;
     poison)
       sleep 2; poison "$POISON" ;;
+    leader)
+      leader_faults ;;
   esac
 }
 
@@ -172,7 +231,7 @@ dead_count() { rcli XLEN "$MAILFLEET_PREFIX:{0}:dead" 2>/dev/null || echo 0; }
 
 failures=0
 for SC in $SCENARIOS; do
-  case $SC in kill|redis-stall|redis-restart|pg-restart|provider-errors|sigterm|poison) ;;
+  case $SC in kill|redis-stall|redis-restart|pg-restart|provider-errors|sigterm|poison|leader) ;;
     *) log "unknown scenario $SC"; exit 2 ;; esac
   log "scenario $SC: $EMAILS emails"
   db="chaos_${SC//-/_}"
@@ -201,10 +260,21 @@ for SC in $SCENARIOS; do
   for slot in $(seq "$WORKERS"); do start_worker "$slot"; done
 
   START=$(date +%s.%N)
-  produce &
-  PRODUCER=$!
-  inject
-  wait "$PRODUCER"
+  schedule_args=()
+  if [ "$SC" = leader ]; then
+    REJ=()
+    leader_setup
+    inject
+    "$BIN" schedule pause pulse >/dev/null
+    UNTIL=$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)
+    sleep 2  # a fan-out under way when the schedule paused finishes
+    psql "$MAILFLEET_DATABASE_URL" -Atqc "select id from emails where idempotency_key like 'sched:%'" >"$RUN/$SC-ids.txt"
+  else
+    produce &
+    PRODUCER=$!
+    inject
+    wait "$PRODUCER"
+  fi
   want=$(sort -u "$RUN/$SC-ids.txt" | wc -l)
   deadline=$(( $(date +%s) + DEADLINE_SECS ))
   while [ "$(final_count)" -lt "$want" ] || [ "$(dead_count)" -lt "$POISON" ]; do
@@ -213,12 +283,17 @@ for SC in $SCENARIOS; do
   done
   SECS=$(awk -v s="$START" -v e="$(date +%s.%N)" 'BEGIN { printf "%.2f", e - s }')
 
+  if [ "$SC" = leader ]; then
+    for slot in $(seq "$WORKERS"); do scrape_rejections "$slot"; done
+    rejected=0; for v in "${REJ[@]}"; do rejected=$(( rejected + v )); done
+    schedule_args=(--schedule pulse --until "$UNTIL" --lease-ttl-ms "$LEASE_TTL_MS" --stale-writes-rejected "$rejected")
+  fi
   for slot in $(seq "$WORKERS"); do kill -TERM "${WPID[$slot]}" 2>/dev/null || true; done
   for slot in $(seq "$WORKERS"); do wait "${WPID[$slot]}" 2>/dev/null || true; done
   kill -TERM "$MOCK_PID" 2>/dev/null || true; wait "$MOCK_PID" 2>/dev/null || true
   WPID=(); MOCK_PID=""
   if ! "$BIN" report --ids "$RUN/$SC-ids.txt" --mock-log "$RUN/$SC-mock.jsonl" --seconds "$SECS" \
-      --label "$SC" --json --expect-dead-letters "$POISON" "${strict[@]}"; then
+      --label "$SC" --json --expect-dead-letters "$POISON" "${strict[@]}" "${schedule_args[@]}"; then
     failures=$(( failures + 1 ))
   fi
   rcli --scan --pattern "$MAILFLEET_PREFIX:*" | xargs -r redis-cli -u "$REDIS" del >/dev/null 2>&1 || true

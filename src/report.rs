@@ -20,6 +20,8 @@ pub enum ReportError {
     },
     #[error("{path}:{line}: not a UUID")]
     BadId { path: String, line: usize },
+    #[error("no schedule {0}")]
+    NoSchedule(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -173,5 +175,59 @@ pub async fn build(
         seconds,
         p50_ms: summary.p50_ms,
         p99_ms: summary.p99_ms,
+    })
+}
+
+/// How a schedule's ticks fared in a run: every tick between the first and `until` should have
+/// fired once, none later than the lease TTL + 1 s.
+#[derive(Debug, Clone, Default)]
+pub struct Ticks {
+    pub expected: i64,
+    pub fired: i64,
+    pub duplicated: i64,
+    pub max_lag_ms: f64,
+    pub stale_writes_rejected: u64,
+    pub max_lag_allowed_ms: f64,
+}
+
+impl Ticks {
+    pub fn ok(&self) -> bool {
+        self.expected > 0
+            && self.fired == self.expected
+            && self.duplicated == 0
+            && self.max_lag_ms <= self.max_lag_allowed_ms
+    }
+}
+
+/// Judge schedule `name` over its ticks before `until`.
+pub async fn ticks(
+    pool: &PgPool,
+    name: &str,
+    until: chrono::DateTime<chrono::Utc>,
+    max_lag_allowed_ms: f64,
+    stale_writes_rejected: u64,
+) -> Result<Ticks, ReportError> {
+    let s = store::schedules::get(pool, name)
+        .await?
+        .ok_or_else(|| ReportError::NoSchedule(name.to_owned()))?;
+    let stats = store::schedules::tick_stats(pool, s.id, until).await?;
+    let spec = crate::scheduler::cron::CronSpec::parse(&s.cron, &s.timezone)
+        .map_err(|e| ReportError::NoSchedule(format!("{name}: {e}")))?;
+    let mut expected = 0;
+    let mut t = stats.first_tick;
+    while let Some(tick) = t
+        && tick < until
+        && expected < 10_000_000
+    {
+        expected += 1;
+        t = spec.next_after(tick);
+    }
+    Ok(Ticks {
+        expected,
+        fired: stats.done,
+        duplicated: stats.duplicate_runs + stats.duplicate_jobs,
+        max_lag_ms: stats.max_lag_ms.unwrap_or(0.0),
+        stale_writes_rejected,
+        max_lag_allowed_ms,
     })
 }

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod audience;
+pub mod bench;
 pub mod dlq;
 pub mod migrate;
 pub mod mock;
@@ -39,6 +40,9 @@ pub enum Command {
     /// Audiences: the members a schedule fans out to.
     #[command(subcommand)]
     Audience(audience::AudienceCmd),
+    /// Measure: `bench fanout` times a schedule's audience fan-out.
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
     /// Compare enqueued ids with Postgres and a mock-provider log: sent, lost, duplicates.
     Report(report::ReportArgs),
 }
@@ -55,6 +59,7 @@ pub async fn dispatch(global: Global, command: Command) -> anyhow::Result<()> {
         Command::Dlq(c) => dlq::run(global, c).await,
         Command::Schedule(c) => schedule::run(global, c).await,
         Command::Audience(c) => audience::run(global, c).await,
+        Command::Bench(c) => bench::run(global, c).await,
     }
 }
 

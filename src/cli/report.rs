@@ -27,6 +27,18 @@ pub struct ReportArgs {
     /// With --json: the run is ok only if the dead-letter streams hold exactly this many entries.
     #[arg(long)]
     pub expect_dead_letters: Option<u64>,
+    /// With --json: also judge this schedule's ticks before --until (every tick fired once,
+    /// none later than --lease-ttl-ms + 1 s).
+    #[arg(long, requires = "until")]
+    pub schedule: Option<String>,
+    /// RFC 3339: the end of the judged tick range (when the schedule was paused).
+    #[arg(long)]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    #[arg(long, default_value_t = 10_000)]
+    pub lease_ttl_ms: u64,
+    /// Stale leaders' writes rejected, as scraped from the workers' metrics.
+    #[arg(long, default_value_t = 0)]
+    pub stale_writes_rejected: u64,
 }
 
 pub async fn run(g: Global, a: ReportArgs) -> anyhow::Result<()> {
@@ -46,6 +58,24 @@ pub async fn run(g: Global, a: ReportArgs) -> anyhow::Result<()> {
         dead_letters,
         a.expect_dead_letters,
     );
+    let mut v = v;
+    if let (Some(name), Some(until)) = (&a.schedule, a.until) {
+        let t = report::ticks(
+            &pool,
+            name,
+            until,
+            a.lease_ttl_ms as f64 + 1000.0,
+            a.stale_writes_rejected,
+        )
+        .await?;
+        let ok = v["ok"] == serde_json::Value::Bool(true) && t.ok();
+        v["ticks_expected"] = t.expected.into();
+        v["ticks_fired"] = t.fired.into();
+        v["ticks_duplicated"] = t.duplicated.into();
+        v["max_tick_lag_ms"] = (t.max_lag_ms.round() as i64).into();
+        v["stale_writes_rejected"] = t.stale_writes_rejected.into();
+        v["ok"] = ok.into();
+    }
     println!("{v}");
     if v["ok"] != serde_json::Value::Bool(true) {
         std::process::exit(1);

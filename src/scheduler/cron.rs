@@ -40,7 +40,7 @@ impl CronSpec {
         };
         let trimmed = expr.trim();
         let fields = trimmed.split_whitespace().count();
-        if !trimmed.starts_with('@') && !(fields == 5 || fields == 6) {
+        if !(trimmed.starts_with('@') || fields == 5 || fields == 6) {
             return Err(bad(format!(
                 "has {fields} fields; expected 5 (minute hour day month weekday) or 6 (with a leading seconds field)"
             )));

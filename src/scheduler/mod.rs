@@ -126,7 +126,15 @@ pub async fn run(settings: Settings, deps: Deps, shutdown: CancellationToken) {
                 term(&ctx, Arc::new(lease), &shutdown).await;
                 poll
             }
-            Ok(Acquired::Held { expires_in, .. }) => {
+            Ok(Acquired::Held {
+                holder_token,
+                expires_in,
+            }) => {
+                tracing::debug!(
+                    holder_token,
+                    expires_in_ms = expires_in.as_millis() as u64,
+                    "scheduler: lease held"
+                );
                 poll.min(expires_in + Duration::from_millis(5))
             }
             Err(e) => {
@@ -277,15 +285,6 @@ async fn act(ctx: &Arc<Ctx>, lease: &Arc<Lease>, stop: &CancellationToken) {
         if stop.is_cancelled() || !lease.is_valid() {
             break;
         }
-        if last_scan.is_none_or(|t| t.elapsed() >= OPEN_SCAN_EVERY) {
-            last_scan = Some(Instant::now());
-            match schedules::open_runs(&ctx.deps.pg).await {
-                Ok(open) => open.into_iter().for_each(&spawn),
-                Err(e) => {
-                    tracing::warn!(error.message = %e, "scheduler: listing unfinished fan-outs failed")
-                }
-            }
-        }
         match tick_pass(ctx, lease).await {
             Ok(fired) => fired.into_iter().for_each(&spawn),
             Err(e) if e.steps_down() => {
@@ -295,6 +294,16 @@ async fn act(ctx: &Arc<Ctx>, lease: &Arc<Lease>, stop: &CancellationToken) {
             Err(e) => {
                 METRICS.store_errors.with_label_values(&["schedule"]).inc();
                 tracing::warn!(error.message = %e, "scheduler: tick pass failed");
+            }
+        }
+        // Due ticks first (their lag is what users see), then unfinished fan-outs.
+        if last_scan.is_none_or(|t| t.elapsed() >= OPEN_SCAN_EVERY) {
+            last_scan = Some(Instant::now());
+            match schedules::open_runs(&ctx.deps.pg).await {
+                Ok(open) => open.into_iter().for_each(&spawn),
+                Err(e) => {
+                    tracing::warn!(error.message = %e, "scheduler: listing unfinished fan-outs failed")
+                }
             }
         }
         let now = Utc::now();

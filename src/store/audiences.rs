@@ -197,3 +197,20 @@ pub async fn member_ids_between(
     .await
     .map_err(q("reading audience member ids"))
 }
+
+/// Add `n` synthetic members (`member<i>@example.com`, each with a `name` var): for benchmarks
+/// and load tests, one statement.
+pub async fn fill_synthetic(pool: &PgPool, audience_id: i64, n: i64) -> Result<u64, StoreError> {
+    let r = sqlx::query(
+        "INSERT INTO audience_members (audience_id, email, vars)
+         SELECT $1, 'member' || g || '@example.com', jsonb_build_object('name', 'Member ' || g)
+           FROM generate_series(1, $2) g
+         ON CONFLICT (audience_id, email) DO NOTHING",
+    )
+    .bind(audience_id)
+    .bind(n)
+    .execute(pool)
+    .await
+    .map_err(q("adding synthetic members"))?;
+    Ok(r.rows_affected())
+}

@@ -35,6 +35,8 @@ pub enum StoreError {
     },
     #[error("invalid database URL: {0}")]
     BadUrl(sqlx::Error),
+    #[error("{0:?} is not a plain lowercase identifier")]
+    BadName(String),
 }
 
 pub(crate) fn q(doing: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
@@ -60,6 +62,9 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreErr
     let target = redacted_target(&opts);
     PgPoolOptions::new()
         .max_connections(max_connections)
+        // No ping on every checkout: it is a round trip per statement on the hot path, and a
+        // dead connection fails its next statement anyway, which every caller handles.
+        .test_before_acquire(false)
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(opts)
         .await
@@ -97,5 +102,38 @@ pub async fn ensure_migrated(pool: &PgPool) -> Result<(), StoreError> {
 
 pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+/// Create a database next to the one `pool` is connected to (for `mailfleet bench`'s scratch
+/// runs); `name` must be a plain identifier.
+pub async fn create_database(pool: &PgPool, name: &str) -> Result<(), StoreError> {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(StoreError::BadName(name.to_owned()));
+    }
+    let sql = format!("CREATE DATABASE {name}");
+    sqlx::raw_sql(&sql)
+        .execute(pool)
+        .await
+        .map_err(q("creating a scratch database"))?;
+    Ok(())
+}
+
+/// Drop a database made by [`create_database`], closing its connections first.
+pub async fn drop_database(pool: &PgPool, name: &str) -> Result<(), StoreError> {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(StoreError::BadName(name.to_owned()));
+    }
+    let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+    sqlx::raw_sql(&sql)
+        .execute(pool)
+        .await
+        .map_err(q("dropping a scratch database"))?;
     Ok(())
 }

@@ -337,3 +337,37 @@ pub async fn disable(
     .rows_affected();
     Ok(n == 1)
 }
+
+/// What a chaos run judges a schedule by, for its ticks before `until`.
+#[derive(Debug, Clone, Default, sqlx::FromRow)]
+pub struct TickStats {
+    pub first_tick: Option<DateTime<Utc>>,
+    /// Runs whose fan-out completed.
+    pub done: i64,
+    /// Run rows beyond one per tick (the primary key makes this 0; counted, not assumed).
+    pub duplicate_runs: i64,
+    /// Member jobs beyond one per (tick, member).
+    pub duplicate_jobs: i64,
+    pub max_lag_ms: Option<f64>,
+}
+
+pub async fn tick_stats(
+    pool: &PgPool,
+    schedule_id: i64,
+    until: DateTime<Utc>,
+) -> Result<TickStats, StoreError> {
+    sqlx::query_as(
+        "SELECT min(tick) AS first_tick,
+                count(*) FILTER (WHERE status = 'done') AS done,
+                count(*) - count(DISTINCT tick) AS duplicate_runs,
+                (SELECT count(*) - count(DISTINCT idempotency_key) FROM emails
+                  WHERE idempotency_key LIKE 'sched:' || $1 || ':%') AS duplicate_jobs,
+                max(extract(epoch FROM fired_at - tick) * 1000)::float8 AS max_lag_ms
+           FROM schedule_runs WHERE schedule_id = $1 AND tick < $2",
+    )
+    .bind(schedule_id)
+    .bind(until)
+    .fetch_one(pool)
+    .await
+    .map_err(q("judging a schedule's ticks"))
+}

@@ -46,6 +46,11 @@ pub(super) async fn run(
                 METRICS.redis_errors.with_label_values(&["read"]).inc();
                 blocking = None;
                 failures = failures.saturating_add(1);
+                // Redis came back without its data (no persistence, a new disk): the groups
+                // are gone with the streams. Create them again, from the start of the new streams.
+                if e.contains("NOGROUP") {
+                    recreate_groups(&shared).await;
+                }
                 let wait = Duration::from_millis((100u64 << failures.min(6)).min(5_000));
                 tracing::warn!(partition, error.message = %e, retry_in_ms = wait.as_millis() as u64, "read failed; backing off");
                 tokio::select! {
@@ -110,5 +115,21 @@ async fn read_once(
     {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(_) => Err("blocking read did not return in time".into()),
+    }
+}
+
+async fn recreate_groups(shared: &Shared) {
+    let d = &shared.deps;
+    let result = match d.redis.get().await {
+        Ok(mut conn) => consumer::ensure_groups(&mut *conn, &d.keys)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match result {
+        Ok(()) => {
+            tracing::warn!("consumer groups were missing (Redis lost its data); created them again")
+        }
+        Err(e) => tracing::warn!(error.message = %e, "re-creating consumer groups failed"),
     }
 }

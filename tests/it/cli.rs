@@ -157,9 +157,7 @@ async fn sigterm_drains_a_worker_process_nothing_left_pending_or_sending(pg: PgP
         (mock.state.stats().received > 0).then_some(())
     })
     .await;
-    let pid = child.id().expect("pid") as i32;
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc_kill(pid, 15) }, 0);
+    signal(child.id().expect("pid"), SIGTERM);
     let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
         .await
         .expect("exits in time")
@@ -182,9 +180,4 @@ async fn sigterm_drains_a_worker_process_nothing_left_pending_or_sending(pg: PgP
         sent,
         "every provider acceptance is recorded"
     );
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }

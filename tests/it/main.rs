@@ -6,6 +6,7 @@ mod support;
 mod api;
 mod cli;
 mod dlq;
+mod leader;
 mod pipeline;
 mod recovery;
 mod reliability;

@@ -360,3 +360,26 @@ pub fn mailfleet(pg: &PgPool, redis: &TestRedis) -> tokio::process::Command {
         .kill_on_drop(true);
     c
 }
+
+/// Send signal `sig` to `pid` (SIGKILL 9, SIGTERM 15, SIGSTOP 19, SIGCONT 18 on Linux).
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) has no memory effects; the pid is a child this test spawned.
+    let r = unsafe { libc_kill(pid as i32, sig) };
+    assert_eq!(r, 0, "kill({pid}, {sig})");
+}
+
+pub const SIGKILL: i32 = 9;
+pub const SIGTERM: i32 = 15;
+pub const SIGCONT: i32 = 18;
+pub const SIGSTOP: i32 = 19;
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// The value of an unlabelled counter or gauge in a Prometheus text exposition.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}

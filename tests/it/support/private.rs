@@ -77,6 +77,15 @@ impl PrivateRedis {
         self.spawn().await;
     }
 
+    /// SHUTDOWN, delete the data (as a Redis without persistence, or on a new disk, restarts),
+    /// then start again on the same port.
+    pub async fn restart_empty(&mut self) {
+        self.stop().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+        std::fs::create_dir_all(&self.dir).expect("redis data dir");
+        self.spawn().await;
+    }
+
     pub async fn stop(&mut self) {
         if let Ok(client) = redis::Client::open(self.url.as_str())
             && let Ok(mut c) = client.get_multiplexed_async_connection().await

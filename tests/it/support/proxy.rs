@@ -4,7 +4,9 @@
 //! - `Delay(d)`: hold each chunk for `d` before forwarding it (a slow network);
 //! - `Blackhole`: accept connections and swallow nothing, forward nothing: bytes wait until the
 //!   mode changes (a stalled peer or a partition: the client sees timeouts, not errors);
-//! - `Refuse`: close new connections at once (the server is down).
+//! - `Refuse`: close new connections at once (the server is down);
+//! - `HoldReplies`: forward requests, hold the server's replies until the mode changes (the
+//!   client's view of the server freezes after its request was executed).
 //!
 //! [`Proxy::reset`] closes every live connection (the server restarted).
 
@@ -22,6 +24,7 @@ pub enum Mode {
     Delay(Duration),
     Blackhole,
     Refuse,
+    HoldReplies,
 }
 
 pub struct Proxy {
@@ -60,8 +63,8 @@ impl Proxy {
                     let _ = server.set_nodelay(true);
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
-                    let up = pump(cr, sw, rx.clone());
-                    let down = pump(sr, cw, rx);
+                    let up = pump(cr, sw, rx.clone(), false);
+                    let down = pump(sr, cw, rx, true);
                     tokio::select! {
                         _ = gen_token.cancelled() => {}
                         _ = async { tokio::join!(up, down) } => {}
@@ -113,6 +116,7 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut mode: watch::Receiver<Mode>,
+    replies: bool,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -124,11 +128,12 @@ async fn pump(
             let m = *mode.borrow_and_update();
             match m {
                 Mode::Pass | Mode::Refuse => break,
+                Mode::HoldReplies if !replies => break,
                 Mode::Delay(d) => {
                     tokio::time::sleep(d).await;
                     break;
                 }
-                Mode::Blackhole => {
+                Mode::Blackhole | Mode::HoldReplies => {
                     if mode.changed().await.is_err() {
                         return;
                     }

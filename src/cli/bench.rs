@@ -1,0 +1,163 @@
+use crate::config::Global;
+use crate::lease::{self, LeaseKeys};
+use crate::scheduler::{self, admin};
+use crate::store::{self, audiences, schedules};
+use anyhow::{Context, bail};
+use chrono::{Datelike, Timelike};
+use clap::Subcommand;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// Time one tick's audience fan-out: a scratch database (created next to the configured
+    /// one, dropped afterwards) and a scratch Redis prefix; prints members/s.
+    Fanout {
+        #[arg(long, default_value_t = 100_000)]
+        members: i64,
+        /// Members per fan-out transaction.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// Keep the scratch database and Redis keys for inspection.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+pub async fn run(g: Global, c: BenchCmd) -> anyhow::Result<()> {
+    match c {
+        BenchCmd::Fanout {
+            members,
+            batch,
+            keep,
+        } => fanout(g, members, batch, keep).await,
+    }
+}
+
+async fn fanout(g: Global, members: i64, batch: usize, keep: bool) -> anyhow::Result<()> {
+    let admin_pool = store::connect(g.database_url.expose(), 2).await?;
+    let db = format!("mailfleet_bench_{}", std::process::id());
+    store::create_database(&admin_pool, &db).await?;
+    let url = {
+        let base = g.database_url.expose();
+        let (head, tail) = base
+            .rsplit_once('/')
+            .context("the database URL names no database")?;
+        let query = tail
+            .split_once('?')
+            .map(|(_, q)| format!("?{q}"))
+            .unwrap_or_default();
+        format!("{head}/{db}{query}")
+    };
+    let prefix = format!("bench{}", uuid::Uuid::now_v7().simple());
+    let result = measure(&g, &url, &prefix, members, batch).await;
+    if !keep {
+        store::drop_database(&admin_pool, &db).await?;
+        let redis = crate::cli::redis_pool(&g)?;
+        let mut conn = redis.get().await?;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:*"))
+            .query_async(&mut *conn)
+            .await?;
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL").arg(keys).query_async(&mut *conn).await?;
+        }
+    } else {
+        println!("kept database {db} and Redis prefix {prefix}");
+    }
+    result
+}
+
+async fn measure(
+    g: &Global,
+    url: &str,
+    prefix: &str,
+    members: i64,
+    batch: usize,
+) -> anyhow::Result<()> {
+    let pg = store::connect(url, 8).await?;
+    store::migrate(&pg).await?;
+    store::templates::put(&pg, "bench", "Hello {{ name }}", None, Some("A benchmark")).await?;
+    let audience = audiences::create(&pg, "bench")
+        .await?
+        .context("a fresh audience")?;
+    let filled = Instant::now();
+    audiences::fill_synthetic(&pg, audience.id, members).await?;
+    eprintln!(
+        "audience of {members} members created in {:.1}s",
+        filled.elapsed().as_secs_f64()
+    );
+    // One tick, two seconds from now.
+    let at = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let cron = format!(
+        "{} {} {} {} {} *",
+        at.second(),
+        at.minute(),
+        at.hour(),
+        at.day(),
+        at.month()
+    );
+    let s = admin::add(
+        &pg,
+        &admin::Definition {
+            name: "bench".into(),
+            cron,
+            timezone: "UTC".into(),
+            template: "bench".into(),
+            audience: "bench".into(),
+            from: "bench@example.com".into(),
+            lane: crate::domain::Lane::Bulk,
+            vars: serde_json::json!({}),
+            catch_up: "once".into(),
+            stale_after: "1h".into(),
+            paused: false,
+        },
+    )
+    .await?;
+    let mut global = g.clone();
+    global.prefix = prefix.to_owned();
+    let mut settings = scheduler::Settings::new(format!("bench/{}", std::process::id()));
+    settings.fanout_batch = batch.max(1);
+    let token = CancellationToken::new();
+    let handle = scheduler::start(
+        settings,
+        scheduler::Deps {
+            pg: pg.clone(),
+            redis: crate::cli::redis_pool(&global)?,
+            producer: crate::cli::producer(&global)?,
+            lease_keys: LeaseKeys::new(prefix, lease::SCHEDULER),
+        },
+        token.clone(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let run = loop {
+        if let Some(r) = schedules::runs(&pg, s.id, 1).await?.into_iter().next()
+            && r.status != "fanning_out"
+        {
+            break r;
+        }
+        if Instant::now() > deadline {
+            token.cancel();
+            bail!("the fan-out did not finish within 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    token.cancel();
+    let _ = handle.await;
+    let secs = run
+        .finished_at
+        .map(|f| (f - run.fired_at).num_milliseconds() as f64 / 1000.0)
+        .unwrap_or(f64::NAN);
+    println!(
+        "fanout members={} batch={} status={} seconds={secs:.2} members_per_sec={:.0} tick_lag_ms={}",
+        run.enqueued,
+        batch,
+        run.status,
+        f64::from(run.enqueued) / secs,
+        (run.fired_at - run.tick).num_milliseconds()
+    );
+    if run.enqueued as i64 != members {
+        bail!("enqueued {} of {members}", run.enqueued);
+    }
+    Ok(())
+}
