@@ -233,7 +233,8 @@ failures=0
 for SC in $SCENARIOS; do
   case $SC in kill|redis-stall|redis-restart|pg-restart|provider-errors|sigterm|poison|leader) ;;
     *) log "unknown scenario $SC"; exit 2 ;; esac
-  log "scenario $SC: $EMAILS emails"
+  if [ "$SC" = leader ]; then log "scenario $SC: a schedule every second to $MEMBERS members for ${LEADER_SECS}s"
+  else log "scenario $SC: $EMAILS emails"; fi
   db="chaos_${SC//-/_}"
   psql "$ADMIN" -qc "drop database if exists $db with (force)" -c "create database $db" >/dev/null 2>&1
   export MAILFLEET_DATABASE_URL=${ADMIN%/*}/$db

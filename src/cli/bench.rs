@@ -55,13 +55,7 @@ async fn fanout(g: Global, members: i64, batch: usize, keep: bool) -> anyhow::Re
         store::drop_database(&admin_pool, &db).await?;
         let redis = crate::cli::redis_pool(&g)?;
         let mut conn = redis.get().await?;
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{prefix}:*"))
-            .query_async(&mut *conn)
-            .await?;
-        if !keys.is_empty() {
-            let _: () = redis::cmd("DEL").arg(keys).query_async(&mut *conn).await?;
-        }
+        crate::stream::delete_prefix(&mut *conn, &prefix).await?;
     } else {
         println!("kept database {db} and Redis prefix {prefix}");
     }

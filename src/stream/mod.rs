@@ -54,3 +54,31 @@ pub async fn blocking_connection(
         .get_multiplexed_async_connection_with_config(&cfg)
         .await
 }
+
+/// Delete every key under `prefix:` (SCAN, then DEL in batches): for scratch prefixes such as
+/// `mailfleet bench`'s, never a live deployment's. Returns how many keys went.
+pub async fn delete_prefix<C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
+    prefix: &str,
+) -> redis::RedisResult<u64> {
+    let mut cursor: u64 = 0;
+    let mut deleted = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await?;
+        if !keys.is_empty() {
+            let n: u64 = redis::cmd("DEL").arg(&keys).query_async(conn).await?;
+            deleted += n;
+        }
+        if next == 0 {
+            return Ok(deleted);
+        }
+        cursor = next;
+    }
+}
