@@ -181,3 +181,77 @@ async fn sigterm_drains_a_worker_process_nothing_left_pending_or_sending(pg: PgP
         "every provider acceptance is recorded"
     );
 }
+
+#[sqlx::test]
+async fn schedules_and_audiences_are_managed_from_the_cli(pg: PgPool) {
+    let redis = TestRedis::new();
+    let run = |args: Vec<String>| {
+        let mut c = mailfleet(&pg, &redis);
+        c.args(args);
+        async move { c.output().await.unwrap() }
+    };
+    let ok = |out: &std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let argv = |s: &str| s.split(' ').map(str::to_owned).collect::<Vec<_>>();
+    let dir = std::env::temp_dir().join(format!("mf-cli-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let csv = dir.join("team.csv");
+    std::fs::write(
+        &csv,
+        "email,name\nada@example.com,Ada\nbob@example.com,Bob\n",
+    )
+    .unwrap();
+    ok(&run(argv("template put digest --subject Hi --text Hello")).await);
+    ok(&run(argv("audience create team")).await);
+    let imported = ok(&run(vec![
+        "audience".into(),
+        "import".into(),
+        "team".into(),
+        csv.display().to_string(),
+    ])
+    .await);
+    assert!(imported.contains("2 members written"), "{imported}");
+    let mut add = argv(
+        "schedule add nightly --tz Europe/Paris --template digest --audience team --from news@example.com",
+    );
+    add.extend(["--cron".to_owned(), "0 2 * * *".to_owned()]);
+    let added = ok(&run(add).await);
+    assert!(added.contains("nightly added"), "{added}");
+    let listed = ok(&run(argv("schedule list")).await);
+    assert!(
+        listed.contains("nightly") && listed.contains("Europe/Paris") && listed.contains("active"),
+        "{listed}"
+    );
+    ok(&run(argv("schedule pause nightly")).await);
+    assert!(ok(&run(argv("schedule list")).await).contains("paused"));
+    // The audience is in use: rm is refused and says by what.
+    let refused = run(argv("audience rm team")).await;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("nightly"));
+    // A bad expression is refused with the reason.
+    let bad = run(vec![
+        "schedule".into(),
+        "add".into(),
+        "x".into(),
+        "--cron".into(),
+        "* * *".into(),
+        "--template".into(),
+        "digest".into(),
+        "--audience".into(),
+        "team".into(),
+        "--from".into(),
+        "a@example.com".into(),
+    ])
+    .await;
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("fields"));
+    ok(&run(argv("schedule rm nightly")).await);
+    ok(&run(argv("audience rm team")).await);
+    let _ = std::fs::remove_dir_all(&dir);
+}
