@@ -94,11 +94,13 @@ pub async fn claim(
     // `prev` holds each row's state before this claim and the final SELECT finds exactly the
     // rows that were already final. ON CONFLICT re-checks its WHERE against the latest row
     // version, so of two racing claims only one wins, and a claim that wins over a `sending`
-    // row really took over an expired claim.
+    // row under another token really took over an expired claim. A row already `sending` under
+    // this very token is this claim committed once before (the reply was lost and the claim
+    // retried): it is claimed again as it is, not left for the visibility timeout.
     let rows_out: Vec<(Uuid, i32, bool, bool)> = sqlx::query_as(
         r#"
         WITH prev AS (
-            SELECT id, status, attempts, provider, claimed_at FROM emails WHERE id = ANY($1)
+            SELECT id, status, attempts, provider, claimed_at, claim_token FROM emails WHERE id = ANY($1)
         ), ins AS (
         INSERT INTO emails AS e (id, status, lane, partition, idempotency_key, tenant, recipient_domain,
                                  template, payload, enqueued_at, due_at, attempts, claim_token, claimed_at)
@@ -107,9 +109,12 @@ pub async fn claim(
                     $8::text[], $9::timestamptz[], $12::timestamptz[])
              AS t(id, lane, partition, idem, tenant, domain, template, payload, enq, due)
         ON CONFLICT (id) DO UPDATE
-           SET status = 'sending', attempts = e.attempts + 1, claim_token = EXCLUDED.claim_token,
-               claimed_at = now(), updated_at = now()
+           SET status = 'sending',
+               attempts = CASE WHEN e.claim_token = EXCLUDED.claim_token THEN e.attempts
+                               ELSE e.attempts + 1 END,
+               claim_token = EXCLUDED.claim_token, claimed_at = now(), updated_at = now()
          WHERE e.status IN ('queued', 'retrying')
+            OR (e.status = 'sending' AND e.claim_token = EXCLUDED.claim_token)
             OR (e.status = 'sending' AND e.claimed_at < now() - make_interval(secs => $11::float8 / 1000))
         RETURNING e.id, e.attempts
         ), takeover AS (
@@ -117,9 +122,10 @@ pub async fn claim(
             SELECT prev.id, prev.attempts, prev.provider, 'unknown',
                    'claim expired: the worker stopped before recording an outcome', prev.claimed_at, now()
               FROM ins JOIN prev USING (id)
-             WHERE prev.status = 'sending'
+             WHERE prev.status = 'sending' AND prev.claim_token IS DISTINCT FROM $10
         )
-        SELECT ins.id, ins.attempts, true, prev.status IS NOT DISTINCT FROM 'sending'
+        SELECT ins.id, ins.attempts, true,
+               prev.status IS NOT DISTINCT FROM 'sending' AND prev.claim_token IS DISTINCT FROM $10
           FROM ins LEFT JOIN prev USING (id)
         UNION ALL
         SELECT id, attempts, false, false FROM prev
@@ -270,12 +276,19 @@ pub async fn record(pool: &PgPool, outcomes: &[Outcome]) -> Result<Vec<Uuid>, St
               FROM o
              WHERE e.id = o.id AND e.claim_token = o.token AND e.status = 'sending'
             RETURNING e.id
+        ), done AS (
+            -- This very outcome, committed before (the reply was lost and the record retried):
+            -- report it applied again, and log its attempt only once. CTEs see the table as it
+            -- was before this statement, so these rows are not among upd's.
+            SELECT e.id FROM emails e JOIN o ON e.id = o.id
+             WHERE e.claim_token = o.token AND e.status = o.status AND e.status <> 'sending'
         ), log AS (
             INSERT INTO email_attempts (email_id, attempt, provider, outcome, http_status, error,
                                         started_at, finished_at)
             SELECT id, attempt, provider, logged, http_status, error, started_at, finished_at FROM o
+             WHERE o.id NOT IN (SELECT id FROM done)
         )
-        SELECT id FROM upd
+        SELECT id FROM upd UNION ALL SELECT id FROM done
         "#,
     )
     .bind(&id)

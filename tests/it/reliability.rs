@@ -276,13 +276,50 @@ async fn a_stale_claim_tokens_outcome_is_rejected(pg: PgPool) {
         vec![id],
         "reported final, so its entry is acked"
     );
-    // And the token holder cannot record twice.
-    assert!(
-        emails::record(&pg, &[outcome(id, new, 2)])
-            .await
-            .unwrap()
-            .is_empty()
+    // Recording the same outcome again (a retry after a lost reply) is reported applied, so
+    // its entry is acked, and changes nothing.
+    assert_eq!(
+        emails::record(&pg, &[outcome(id, new, 2)]).await.unwrap(),
+        vec![id]
     );
+    assert_eq!(status_of(&pg, id).await.as_deref(), Some("sent"));
+}
+
+#[sqlx::test]
+async fn a_claim_retried_after_its_reply_was_lost_gets_its_jobs_back(pg: PgPool) {
+    // The claim committed, the connection died before the reply, the worker retries with the
+    // same token: the jobs are its own, not a live claim of someone else's to wait out.
+    let id = uuid::Uuid::now_v7();
+    let token = uuid::Uuid::now_v7();
+    let first = emails::claim(&pg, &[row(id)], token, 60_000).await.unwrap();
+    let again = emails::claim(&pg, &[row(id)], token, 60_000).await.unwrap();
+    assert_eq!(again.claimed, first.claimed, "same attempt, no takeover");
+    let unknown: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM email_attempts WHERE email_id = $1 AND outcome = 'unknown'",
+    )
+    .bind(id)
+    .fetch_one(&pg)
+    .await
+    .unwrap();
+    assert_eq!(unknown, 0, "a retried claim is not an ambiguous event");
+    // The same for a record whose reply was lost: retried, it is applied once and reported
+    // applied both times (so the entry is acked), with one attempt row.
+    let o = outcome(id, token, first.claimed[0].attempt);
+    assert_eq!(
+        emails::record(&pg, std::slice::from_ref(&o)).await.unwrap(),
+        vec![id]
+    );
+    assert_eq!(
+        emails::record(&pg, std::slice::from_ref(&o)).await.unwrap(),
+        vec![id]
+    );
+    let attempts: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM email_attempts WHERE email_id = $1")
+            .bind(id)
+            .fetch_one(&pg)
+            .await
+            .unwrap();
+    assert_eq!(attempts, 1);
 }
 
 /// Read entries as a consumer that then "dies": they stay pending under its name.
