@@ -43,9 +43,10 @@ pub enum ScheduleCmd {
     List,
     /// Show one schedule and its next ticks.
     Show { name: String },
-    /// Stop firing until resumed.
+    /// Stop firing until resumed; a fan-out under way halts after its current batch.
     Pause { name: String },
-    /// Fire again from the next tick after now (ticks passed while paused are not fired).
+    /// Fire again from the next tick after now (ticks passed while paused are not fired); a
+    /// halted fan-out continues.
     Resume { name: String },
     /// Delete a schedule and its run history.
     Rm { name: String },

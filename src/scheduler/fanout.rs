@@ -96,6 +96,11 @@ pub(super) async fn run(
                 return Ok(());
             }
             let mut tx = lease::fenced(pg, lease).await?;
+            if schedules::enabled(&mut tx, schedule.id).await? != Some(true) {
+                // Paused (or removed) mid-way: stop here; `resume` continues from `cursor`.
+                tracing::info!(schedule = %schedule.name, tick = %tick, "fan-out halted: the schedule is paused");
+                return Ok(());
+            }
             let members =
                 audiences::members_after(&mut tx, schedule.audience_id, cursor, batch).await?;
             let Some(last) = members.last().map(|m| m.id) else {

@@ -189,10 +189,14 @@ pub async fn runs(pool: &PgPool, schedule_id: i64, limit: i64) -> Result<Vec<Run
     .map_err(q("listing schedule runs"))
 }
 
-/// Runs whose fan-out is not finished, oldest first: what a new leader resumes.
+/// Runs whose fan-out is not finished, of schedules not paused, oldest first: what a new
+/// leader resumes.
 pub async fn open_runs(pool: &PgPool) -> Result<Vec<Run>, StoreError> {
     sqlx::query_as(&format!(
-        "SELECT {RUN_COLUMNS} FROM schedule_runs WHERE status = 'fanning_out' ORDER BY fired_at"
+        "SELECT {RUN_COLUMNS} FROM schedule_runs
+          WHERE status = 'fanning_out'
+            AND schedule_id IN (SELECT id FROM schedules WHERE enabled)
+          ORDER BY fired_at"
     ))
     .fetch_all(pool)
     .await
@@ -370,4 +374,17 @@ pub async fn tick_stats(
     .fetch_one(pool)
     .await
     .map_err(q("judging a schedule's ticks"))
+}
+
+/// Whether a schedule is enabled; `None` when it was removed. A fan-out asks before each batch,
+/// so pausing a schedule halts its fan-out too.
+pub async fn enabled(
+    conn: &mut PgConnection,
+    schedule_id: i64,
+) -> Result<Option<bool>, StoreError> {
+    sqlx::query_scalar("SELECT enabled FROM schedules WHERE id = $1")
+        .bind(schedule_id)
+        .fetch_optional(conn)
+        .await
+        .map_err(q("checking a schedule"))
 }

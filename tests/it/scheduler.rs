@@ -525,3 +525,61 @@ async fn definitions_and_imports_are_checked_before_anything_is_stored(pg: PgPoo
     .unwrap();
     assert_eq!(name, "Ada L.");
 }
+
+#[sqlx::test]
+async fn pausing_a_schedule_halts_its_fan_out_and_resuming_finishes_it(pg: PgPool) {
+    const MEMBERS: i64 = 20_000;
+    let redis = TestRedis::new();
+    digest_template(&pg).await;
+    audience_of(&pg, "everyone", MEMBERS).await;
+    use chrono::{Datelike, Timelike};
+    let at = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let cron = format!(
+        "{} {} {} {} {} *",
+        at.second(),
+        at.minute(),
+        at.hour(),
+        at.day(),
+        at.month()
+    );
+    let s = admin::add(&pg, &definition("campaign", &cron, "everyone"))
+        .await
+        .unwrap();
+    let (token, handle) = candidate(&pg, &redis, "pauser/1", 2000);
+    let run_of = || async {
+        schedules::runs(&pg, s.id, 1)
+            .await
+            .unwrap()
+            .into_iter()
+            .next()
+    };
+    eventually("the fan-out starts", WAIT, || async {
+        run_of().await.filter(|r| r.enqueued > 0)
+    })
+    .await;
+    admin::pause(&pg, "campaign").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let halted = run_of().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let still = run_of().await.unwrap();
+    assert_eq!(halted.status, "fanning_out");
+    assert!(
+        halted.enqueued < MEMBERS as i32,
+        "finished before the pause landed"
+    );
+    assert_eq!(
+        still.enqueued, halted.enqueued,
+        "the fan-out went on while paused"
+    );
+    admin::resume(&pg, "campaign").await.unwrap();
+    let done = eventually(
+        "the resumed fan-out finishes",
+        Duration::from_secs(60),
+        || async { run_of().await.filter(|r| r.status == "done") },
+    )
+    .await;
+    token.cancel();
+    handle.await.unwrap();
+    assert_eq!(done.enqueued, MEMBERS as i32);
+    assert_eq!(redis.xlen(&redis.keys.lane(0, Lane::Bulk)).await, MEMBERS);
+}
