@@ -105,15 +105,23 @@ pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Database names are spliced into DDL (it takes no parameters): only `[a-z0-9_]` passes.
+fn plain_identifier(name: &str) -> Result<(), StoreError> {
+    if !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        Ok(())
+    } else {
+        Err(StoreError::BadName(name.to_owned()))
+    }
+}
+
 /// Create a database next to the one `pool` is connected to (for `mailfleet bench`'s scratch
 /// runs); `name` must be a plain identifier.
 pub async fn create_database(pool: &PgPool, name: &str) -> Result<(), StoreError> {
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-    {
-        return Err(StoreError::BadName(name.to_owned()));
-    }
+    plain_identifier(name)?;
     let sql = format!("CREATE DATABASE {name}");
     sqlx::raw_sql(&sql)
         .execute(pool)
@@ -124,12 +132,7 @@ pub async fn create_database(pool: &PgPool, name: &str) -> Result<(), StoreError
 
 /// Drop a database made by [`create_database`], closing its connections first.
 pub async fn drop_database(pool: &PgPool, name: &str) -> Result<(), StoreError> {
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-    {
-        return Err(StoreError::BadName(name.to_owned()));
-    }
+    plain_identifier(name)?;
     let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
     sqlx::raw_sql(&sql)
         .execute(pool)
