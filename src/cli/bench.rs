@@ -3,7 +3,6 @@ use crate::lease::{self, LeaseKeys};
 use crate::scheduler::{self, admin};
 use crate::store::{self, audiences, schedules};
 use anyhow::{Context, bail};
-use chrono::{Datelike, Timelike};
 use clap::Subcommand;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -83,14 +82,7 @@ async fn measure(
     );
     // One tick, two seconds from now.
     let at = chrono::Utc::now() + chrono::Duration::seconds(2);
-    let cron = format!(
-        "{} {} {} {} {} *",
-        at.second(),
-        at.minute(),
-        at.hour(),
-        at.day(),
-        at.month()
-    );
+    let cron = scheduler::cron::at_second(at);
     let s = admin::add(
         &pg,
         &admin::Definition {

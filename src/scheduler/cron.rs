@@ -107,6 +107,20 @@ impl CronSpec {
     }
 }
 
+/// A 6-field expression naming one second of the year (`S M H D Mo *`, in UTC): a schedule that
+/// fires once at `t` and then a year later. For one-off campaigns, benchmarks and tests.
+pub fn at_second(t: DateTime<Utc>) -> String {
+    use chrono::{Datelike, Timelike};
+    format!(
+        "{} {} {} {} {} *",
+        t.second(),
+        t.minute(),
+        t.hour(),
+        t.day(),
+        t.month()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +180,14 @@ mod tests {
                 .single()
                 .expect("one")
         );
+    }
+
+    #[test]
+    fn at_second_fires_exactly_then() {
+        let t = utc("2026-07-14T09:30:05Z");
+        let spec = CronSpec::parse(&at_second(t), "UTC").expect("valid");
+        assert_eq!(spec.at_or_after(utc("2026-07-14T09:00:00Z")), Some(t));
+        assert_eq!(spec.next_after(t), Some(utc("2027-07-14T09:30:05Z")));
     }
 
     #[test]

@@ -310,15 +310,7 @@ async fn a_leader_killed_mid_fan_out_is_finished_by_the_next_exactly_once(pg: Pg
     audience_of(&pg, "everyone", MEMBERS).await;
     // One tick, a few seconds from now: a 6-field expression naming that second.
     let at = chrono::Utc::now() + chrono::Duration::seconds(4);
-    use chrono::{Datelike, Timelike};
-    let cron = format!(
-        "{} {} {} {} {} *",
-        at.second(),
-        at.minute(),
-        at.hour(),
-        at.day(),
-        at.month()
-    );
+    let cron = mailfleet::scheduler::cron::at_second(at);
     let s = admin::add(&pg, &definition("launch", &cron, "everyone"))
         .await
         .unwrap();

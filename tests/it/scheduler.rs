@@ -532,16 +532,8 @@ async fn pausing_a_schedule_halts_its_fan_out_and_resuming_finishes_it(pg: PgPoo
     let redis = TestRedis::new();
     digest_template(&pg).await;
     audience_of(&pg, "everyone", MEMBERS).await;
-    use chrono::{Datelike, Timelike};
     let at = chrono::Utc::now() + chrono::Duration::seconds(2);
-    let cron = format!(
-        "{} {} {} {} {} *",
-        at.second(),
-        at.minute(),
-        at.hour(),
-        at.day(),
-        at.month()
-    );
+    let cron = scheduler::cron::at_second(at);
     let s = admin::add(&pg, &definition("campaign", &cron, "everyone"))
         .await
         .unwrap();
