@@ -5,9 +5,12 @@
 -- ARGV[1]: 'acquire' | 'renew' | 'release'
 -- ARGV[2]: owner: unique per process incarnation (consumer name + a random nonce)
 -- ARGV[3]: TTL, ms (acquire, renew)
--- ARGV[4]: floor (acquire): the highest token Postgres has seen in leader_fence
+-- ARGV[4]: floor (acquire): the highest token Postgres has seen in leader_fence, or -1 to probe
 -- Returns:
---   acquire: { 1, token, ttl } when won; { 0, holder_token, pttl } when another owner holds it
+--   acquire: { 1, token, ttl } when won; { 0, holder_token, pttl } when another owner holds it;
+--            { 2, 0, 0 } when probing (floor -1) found it free: read the floor, then acquire.
+--            Candidates poll often; probing first keeps their polls off Postgres while the
+--            lease is held.
 --   renew:   { 1, token, ttl } while the owner still holds it; { 0, 0, -2 } when not
 --   release: { 1 } when the owner's lease was deleted; { 0 } when it was not the owner's
 --
@@ -28,13 +31,14 @@ end
 
 if op == 'acquire' then
   local ttl, floor = tonumber(ARGV[3]), tonumber(ARGV[4])
-  if ttl == nil or ttl <= 0 or floor == nil or floor < 0 then
+  if ttl == nil or ttl <= 0 or floor == nil or floor < -1 then
     return redis.error_reply('lease: bad ttl or floor')
   end
   local cur_token, cur_owner = parse(redis.call('GET', KEYS[1]))
   if cur_owner ~= nil and cur_owner ~= owner then
     return { 0, cur_token or 0, redis.call('PTTL', KEYS[1]) }
   end
+  if floor == -1 then return { 2, 0, 0 } end
   local token = redis.call('INCR', KEYS[2])
   if token <= floor then
     token = floor + 1

@@ -133,8 +133,10 @@ fn ints(v: &Value) -> Option<Vec<i64>> {
     }
 }
 
-/// Try to take the lease `name` for `owner`. `pg` supplies the floor (the highest token the
-/// fence has seen), so the token is above anything a previous holder could have written with.
+/// Try to take the lease `name` for `owner`. A probe first: only when the lease is free is the
+/// floor (the highest token the fence has seen) read from Postgres and the lease taken, so the
+/// token is above anything a previous holder could have written with, and candidates polling a
+/// held lease cost Redis one script call and Postgres nothing.
 pub async fn acquire<C: ConnectionLike + Send>(
     conn: &mut C,
     pg: &PgPool,
@@ -143,36 +145,42 @@ pub async fn acquire<C: ConnectionLike + Send>(
     owner: &str,
     ttl: Duration,
 ) -> Result<Acquired, LeaseError> {
-    let floor = store::fence::current(pg, name).await?;
-    let started = Instant::now();
-    let mut cmd = LEASE.call(&[&keys.lease, &keys.fence]);
-    cmd.arg("acquire")
-        .arg(owner)
-        .arg(ttl.as_millis().max(1) as u64)
-        .arg(floor);
-    let v = scripts::run_one(conn, cmd)
-        .await
-        .map_err(|source| LeaseError::Redis {
-            doing: "acquiring",
-            name: name.to_owned(),
-            source,
-        })?;
-    match ints(&v).as_deref() {
-        Some([1, token, _]) => Ok(Acquired::Won(Lease {
-            keys: keys.clone(),
-            owner: owner.to_owned(),
-            ttl,
-            token: FenceToken {
+    let mut floor = -1;
+    loop {
+        let started = Instant::now();
+        let mut cmd = LEASE.call(&[&keys.lease, &keys.fence]);
+        cmd.arg("acquire")
+            .arg(owner)
+            .arg(ttl.as_millis().max(1) as u64)
+            .arg(floor);
+        let v = scripts::run_one(conn, cmd)
+            .await
+            .map_err(|source| LeaseError::Redis {
+                doing: "acquiring",
                 name: name.to_owned(),
-                value: *token,
-            },
-            deadline: std::sync::Mutex::new(started + ttl.saturating_sub(margin(ttl))),
-        })),
-        Some([0, holder, pttl]) => Ok(Acquired::Held {
-            holder_token: *holder,
-            expires_in: Duration::from_millis((*pttl).max(0) as u64),
-        }),
-        _ => Err(LeaseError::Protocol(format!("{v:?}"))),
+                source,
+            })?;
+        return match ints(&v).as_deref() {
+            Some([2, _, _]) if floor == -1 => {
+                floor = store::fence::current(pg, name).await?;
+                continue;
+            }
+            Some([1, token, _]) => Ok(Acquired::Won(Lease {
+                keys: keys.clone(),
+                owner: owner.to_owned(),
+                ttl,
+                token: FenceToken {
+                    name: name.to_owned(),
+                    value: *token,
+                },
+                deadline: std::sync::Mutex::new(started + ttl.saturating_sub(margin(ttl))),
+            })),
+            Some([0, holder, pttl]) => Ok(Acquired::Held {
+                holder_token: *holder,
+                expires_in: Duration::from_millis((*pttl).max(0) as u64),
+            }),
+            _ => Err(LeaseError::Protocol(format!("{v:?}"))),
+        };
     }
 }
 

@@ -30,6 +30,22 @@ async fn acquire(pg: &PgPool, redis: &TestRedis, owner: &str, ttl_ms: u64) -> Ac
     .expect("lease.lua answers")
 }
 
+/// A leader transaction that only moves the fence, committed.
+async fn write_fence(pg: &PgPool, l: &lease::Lease) {
+    lease::fenced(pg, l).await.unwrap().commit().await.unwrap();
+}
+
+/// What a Redis restart without persistence does to the lease: it and its counter are gone.
+async fn lose_lease_keys(redis: &TestRedis) {
+    let k = lease_keys(redis);
+    let _: () = redis::cmd("DEL")
+        .arg(&k.lease)
+        .arg(&k.fence)
+        .query_async(&mut *redis.conn().await)
+        .await
+        .unwrap();
+}
+
 fn won(a: Acquired) -> lease::Lease {
     match a {
         Acquired::Won(l) => l,
@@ -40,6 +56,27 @@ fn won(a: Acquired) -> lease::Lease {
 #[sqlx::test]
 async fn the_lease_is_exclusive_and_only_its_owner_renews_or_releases_it(pg: PgPool) {
     let redis = TestRedis::new();
+    // A probe (floor -1) of a free lease takes nothing: the caller reads the floor first.
+    let k = lease_keys(&redis);
+    let mut probe = LEASE.call(&[&k.lease, &k.fence]);
+    probe.arg("acquire").arg("a/1").arg(10_000).arg(-1);
+    let v = scripts::run_one(&mut *redis.conn().await, probe)
+        .await
+        .unwrap();
+    assert_eq!(
+        v,
+        redis::Value::Array(vec![
+            redis::Value::Int(2),
+            redis::Value::Int(0),
+            redis::Value::Int(0)
+        ])
+    );
+    let held: Option<String> = redis::cmd("GET")
+        .arg(&k.lease)
+        .query_async(&mut *redis.conn().await)
+        .await
+        .unwrap();
+    assert_eq!(held, None, "a probe never takes the lease");
     let a = won(acquire(&pg, &redis, "a/1", 10_000).await);
     match acquire(&pg, &redis, "b/1", 10_000).await {
         Acquired::Held {
@@ -79,21 +116,9 @@ async fn the_lease_is_exclusive_and_only_its_owner_renews_or_releases_it(pg: PgP
 async fn tokens_never_go_backwards_when_redis_loses_the_counter(pg: PgPool) {
     let redis = TestRedis::new();
     let a = won(acquire(&pg, &redis, "a/1", 10_000).await);
-    lease::fenced(&pg, &a)
-        .await
-        .unwrap()
-        .commit()
-        .await
-        .unwrap();
+    write_fence(&pg, &a).await;
     let before = a.token().value();
-    // What a Redis restart without persistence does: the lease and its counter are gone.
-    let k = lease_keys(&redis);
-    let _: () = redis::cmd("DEL")
-        .arg(&k.lease)
-        .arg(&k.fence)
-        .query_async(&mut *redis.conn().await)
-        .await
-        .unwrap();
+    lose_lease_keys(&redis).await;
     let b = won(acquire(&pg, &redis, "b/1", 10_000).await);
     assert_eq!(
         b.token().value(),
@@ -106,24 +131,13 @@ async fn tokens_never_go_backwards_when_redis_loses_the_counter(pg: PgPool) {
 #[sqlx::test]
 async fn one_token_in_two_hands_is_used_only_by_the_first_to_write(pg: PgPool) {
     let redis = TestRedis::new();
-    let k = lease_keys(&redis);
     // A wins but has not written yet when Redis loses its data; B's floor is still the old
     // fence, so B is handed the same number.
     let a = won(acquire(&pg, &redis, "a/1", 10_000).await);
-    let _: () = redis::cmd("DEL")
-        .arg(&k.lease)
-        .arg(&k.fence)
-        .query_async(&mut *redis.conn().await)
-        .await
-        .unwrap();
+    lose_lease_keys(&redis).await;
     let b = won(acquire(&pg, &redis, "b/1", 10_000).await);
     assert_eq!(a.token().value(), b.token().value());
-    lease::fenced(&pg, &a)
-        .await
-        .unwrap()
-        .commit()
-        .await
-        .unwrap();
+    write_fence(&pg, &a).await;
     assert!(matches!(
         lease::fenced(&pg, &b).await,
         Err(FenceError::Rejected { .. })
@@ -154,21 +168,11 @@ async fn a_frozen_leader_mid_transaction_does_not_block_its_successor(pg: PgPool
 async fn a_stale_leaders_transaction_is_rejected_and_writes_nothing(pg: PgPool) {
     let redis = TestRedis::new();
     let stale = won(acquire(&pg, &redis, "stale/1", 300).await);
-    lease::fenced(&pg, &stale)
-        .await
-        .unwrap()
-        .commit()
-        .await
-        .unwrap();
+    write_fence(&pg, &stale).await;
     // The stale leader "pauses" past its TTL; a successor wins and writes.
     tokio::time::sleep(Duration::from_millis(400)).await;
     let next = won(acquire(&pg, &redis, "next/1", 10_000).await);
-    lease::fenced(&pg, &next)
-        .await
-        .unwrap()
-        .commit()
-        .await
-        .unwrap();
+    write_fence(&pg, &next).await;
     // Its own clock says it may not start new work...
     assert!(!stale.is_valid());
     // ...but a write already under way when the pause hit reaches the fence, which rejects it.
