@@ -5,6 +5,8 @@
 -- ARGV[1]: consumer group
 -- ARGV[2]: consumer name
 -- ARGV[3]: batch size n (> 0)
+-- ARGV[4]: '0' when the tx lane is paused (not read), else '1'
+-- ARGV[5]: '0' when the bulk lane is paused, else '1'
 -- Returns: { tx_entries, bulk_entries }, each a list of { entry_id, { field, value, ... } };
 --          bulk is read only for the room tx left in the batch, so a tx backlog is never
 --          starved by bulk and one round trip fills the batch.
@@ -18,7 +20,8 @@ local function read(key, count)
   return {}
 end
 
-local tx = read(KEYS[1], n)
+local tx = {}
+if ARGV[4] ~= '0' then tx = read(KEYS[1], n) end
 local bulk = {}
-if #tx < n then bulk = read(KEYS[2], n - #tx) end
+if #tx < n and ARGV[5] ~= '0' then bulk = read(KEYS[2], n - #tx) end
 return { tx, bulk }

@@ -20,10 +20,18 @@
 #                   leader is SIGKILLed or frozen past its lease (SIGSTOP/SIGCONT) every 3 s, and
 #                   Redis loses every key once (FLUSHALL); adds ticks_expected, ticks_fired,
 #                   ticks_duplicated, max_tick_lag_ms and stale_writes_rejected to the line
+#   ratelimit       4 workers, a provider limit of 1,000 emails/s enforced by the mock (every
+#                   request counted in a sliding 1-second window), 33,000 emails (>= 30 s);
+#                   adds limit_per_sec, max_window_count, achieved_per_sec, rejected_by_provider;
+#                   ok only with no 429, every window <= the limit, and >= 95% of it achieved
+#   failover        two providers (SendGrid and Postmark dialects); the primary answers 503 for
+#                   20 s then recovers; adds moved_after_ms, returned_after_ms,
+#                   primary_during_outage, breaker_open_seen (workers whose metrics showed the
+#                   primary's breaker open); ok only with nothing lost or dead
 set -euo pipefail
 
 if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
-  sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'
   echo "env: CHAOS_EMAILS (default 20000), CHAOS_SHORT=1 (fewer faults, for CI), CHAOS_KEEP=1 (keep logs),"
   echo "     CHAOS_PROFILE=dev (use the debug build), CHAOS_DEADLINE_SECS (default 240 per scenario)"
   exit 0
@@ -32,8 +40,10 @@ fi
 cd "$(dirname "$0")/.."
 EMAILS=${CHAOS_EMAILS:-20000}
 SHORT=${CHAOS_SHORT:-0}
-SCENARIOS=${*:-kill redis-stall redis-restart pg-restart provider-errors sigterm poison leader}
+SCENARIOS=${*:-kill redis-stall redis-restart pg-restart provider-errors sigterm poison leader ratelimit failover}
 WORKERS=3
+RL_LIMIT=1000
+RL_EMAILS=${CHAOS_RL_EMAILS:-33000}
 if [ "$SHORT" = 1 ]; then CHUNKS=8; PAUSE=0.5; KILLS=4; ROUNDS=1; LEADER_SECS=30; else CHUNKS=20; PAUSE=1; KILLS=10; ROUNDS=2; LEADER_SECS=120; fi
 LEASE_TTL_MS=2000
 MEMBERS=20
@@ -68,8 +78,9 @@ PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
 
 declare -A WPID GEN MPORT REJ
 MOCK_PID=""
+MOCK2_PID=""
 cleanup() {
-  for p in "${WPID[@]}" $MOCK_PID; do kill -KILL "$p" 2>/dev/null || true; done
+  for p in "${WPID[@]}" $MOCK_PID $MOCK2_PID; do kill -KILL "$p" 2>/dev/null || true; done
   scripts/services.sh --stop >/dev/null 2>&1 || true
   if [ "${CHAOS_KEEP:-0}" = 1 ]; then log "logs kept in $RUN"; else rm -rf "$RUN"; fi
 }
@@ -98,14 +109,15 @@ jobs_chunk() { # first count -> JSONL; idempotency keys make a retried chunk saf
 }
 
 produce() { # paced over CHUNKS chunks; a chunk that fails (Redis down) is retried as a whole
-  local per=$(( (EMAILS + CHUNKS - 1) / CHUNKS )) first=0 n
-  while [ "$first" -lt "$EMAILS" ]; do
-    n=$(( EMAILS - first < per ? EMAILS - first : per ))
+  local total=${SC_EMAILS:-$EMAILS} chunks=${SC_CHUNKS:-$CHUNKS} pause=${SC_PAUSE:-$PAUSE}
+  local per=$(( (total + chunks - 1) / chunks )) first=0 n
+  while [ "$first" -lt "$total" ]; do
+    n=$(( total - first < per ? total - first : per ))
     jobs_chunk "$first" "$n" >"$RUN/$SC-chunk.jsonl"
     until "$BIN" send --file "$RUN/$SC-chunk.jsonl" >"$RUN/$SC-chunk.ids" 2>>"$RUN/$SC-send.err"; do sleep 0.5; done
     cat "$RUN/$SC-chunk.ids" >>"$RUN/$SC-ids.txt"
     first=$(( first + n ))
-    sleep "$PAUSE"
+    sleep "$pause"
   done
 }
 
@@ -139,12 +151,26 @@ pg_restart() {
   services >/dev/null 2>&1  # same ports and data dir; the URLs do not change
 }
 
+scrape() { # slot metric-prefix: the worker's metric lines starting so
+  (exec 3<>"/dev/tcp/127.0.0.1/${MPORT[$1]}" \
+    && printf 'GET /metrics HTTP/1.0\r\nHost: worker\r\n\r\n' >&3 && timeout 2 cat <&3) 2>/dev/null \
+    | grep -F "$2" || true
+}
+
+breakers_open() { # how many workers show the primary's breaker open (or half-open) now
+  local slot n=0
+  for slot in $(seq "$WORKERS"); do
+    scrape "$slot" 'mailfleet_provider_breaker_state{provider="primary"}' | awk '$2 >= 1 { f = 1 } END { exit !f }' && n=$(( n + 1 ))
+  done
+  echo "$n"
+}
+
 scrape_rejections() { # slot: remember this incarnation's count of rejected stale writes
   local v
   # HTTP/1.0 over bash's /dev/tcp: no client binary needed; the server closes after replying.
   v=$( (exec 3<>"/dev/tcp/127.0.0.1/${MPORT[$1]}" \
         && printf 'GET /metrics HTTP/1.0\r\nHost: worker\r\n\r\n' >&3 && timeout 2 cat <&3) 2>/dev/null \
-      | awk '$1 == "mailfleet_fenced_writes_rejected_total" { print $2 }')
+      | awk '$1 == "mailfleet_fenced_writes_rejected_total" { print $2 }') || true  # not listening yet
   [ -n "$v" ] && REJ["$1-${GEN[$1]}"]=${v%.*}
   return 0
 }
@@ -158,7 +184,7 @@ leader_faults() { # kill or freeze the leader every 3 s for LEADER_SECS; Redis l
   local end=$(( $(date +%s) + LEADER_SECS )) half=$(( $(date +%s) + LEADER_SECS / 2 )) n=0 slot flushed=0
   while [ "$(date +%s)" -lt "$end" ]; do
     sleep 3
-    slot=$(leader_slot); [ -n "$slot" ] || continue
+    slot=$(leader_slot) || true; [ -n "$slot" ] || continue
     if [ "$flushed" = 0 ] && [ "$(date +%s)" -ge "$half" ]; then
       rcli FLUSHALL >/dev/null; flushed=1; log "leader: FLUSHALL"; continue
     fi
@@ -220,6 +246,8 @@ inject() { # the scenario's faults, while traffic flows
       sleep 2; poison "$POISON" ;;
     leader)
       leader_faults ;;
+    failover) # halfway into the outage, the breakers must show it
+      sleep 14; BREAKERS_OPEN=$(breakers_open); log "failover: $BREAKERS_OPEN workers show the breaker open" ;;
   esac
 }
 
@@ -232,9 +260,15 @@ dead_count() { rcli XLEN "$MAILFLEET_PREFIX:{0}:dead" 2>/dev/null || echo 0; }
 failures=0
 for SC in $SCENARIOS; do
   case $SC in kill|redis-stall|redis-restart|pg-restart|provider-errors|sigterm|poison|leader) ;;
+    ratelimit|failover) ;;
     *) log "unknown scenario $SC"; exit 2 ;; esac
+  WORKERS=3; unset SC_EMAILS SC_CHUNKS SC_PAUSE MAILFLEET_CONFIG
+  case $SC in
+    ratelimit) WORKERS=4; SC_EMAILS=$RL_EMAILS; SC_CHUNKS=8; SC_PAUSE=0.2 ;;
+    failover) SC_EMAILS=6000; SC_CHUNKS=30; SC_PAUSE=1 ;;
+  esac
   if [ "$SC" = leader ]; then log "scenario $SC: a schedule every second to $MEMBERS members for ${LEADER_SECS}s"
-  else log "scenario $SC: $EMAILS emails"; fi
+  else log "scenario $SC: ${SC_EMAILS:-$EMAILS} emails, $WORKERS workers"; fi
   db="chaos_${SC//-/_}"
   psql "$ADMIN" -qc "drop database if exists $db with (force)" -c "create database $db" >/dev/null 2>&1
   export MAILFLEET_DATABASE_URL=${ADMIN%/*}/$db
@@ -251,6 +285,8 @@ for SC in $SCENARIOS; do
     sigterm) strict=(--no-duplicates) ;;
     provider-errors) mock_args+=(--failure-rate 0.2 --throttle-every-ms 4000 --throttle-for-ms 800); strict=(--no-duplicates) ;;
     poison) POISON=$(( EMAILS * 5 / 100 )) ;;
+    ratelimit) mock_args=(--latency-ms 5 --jitter-ms 10 --rate-limit "$RL_LIMIT" --rate-window-ms 1000) ;;
+    failover) mock_args=(--latency-ms 10 --jitter-ms 20 --outage-after-ms 5000 --outage-for-ms 20000) ;;
   esac
   "$BIN" mock-provider --listen 127.0.0.1:0 --log "$RUN/$SC-mock.jsonl" "${mock_args[@]}" >"$RUN/$SC-mock.out" 2>&1 &
   MOCK_PID=$!
@@ -258,6 +294,22 @@ for SC in $SCENARIOS; do
   export MAILFLEET_SENDGRID_URL
   MAILFLEET_SENDGRID_URL=$(grep -o 'http://[0-9.:]*' "$RUN/$SC-mock.out" | head -n1)
   export MAILFLEET_SENDGRID_API_KEY=chaos-key
+  report_args=()
+  case $SC in
+    ratelimit)
+      printf '[[providers]]\nname = "sendgrid"\nkind = "sendgrid"\nbase_url = "%s"\napi_key = "chaos-key"\nlimit = %d\nwindow_ms = 1000\n' \
+        "$MAILFLEET_SENDGRID_URL" "$RL_LIMIT" >"$RUN/$SC.toml"
+      export MAILFLEET_CONFIG=$RUN/$SC.toml
+      report_args=(--limit-per-sec "$RL_LIMIT" --mock-stats "$RUN/$SC-mock.out") ;;
+    failover)
+      "$BIN" mock-provider --listen 127.0.0.1:0 --log "$RUN/$SC-mock2.jsonl" --latency-ms 10 --jitter-ms 20 >"$RUN/$SC-mock2.out" 2>&1 &
+      MOCK2_PID=$!
+      for _ in $(seq 100); do grep -q listening "$RUN/$SC-mock2.out" 2>/dev/null && break; sleep 0.1; done
+      printf '[[providers]]\nname = "primary"\nkind = "sendgrid"\nbase_url = "%s"\napi_key = "chaos-key"\n\n[[providers]]\nname = "secondary"\nkind = "postmark"\nbase_url = "%s"\napi_key = "chaos-token"\n' \
+        "$MAILFLEET_SENDGRID_URL" "$(grep -o 'http://[0-9.:]*' "$RUN/$SC-mock2.out" | head -n1)" >"$RUN/$SC.toml"
+      export MAILFLEET_CONFIG=$RUN/$SC.toml
+      BREAKERS_OPEN=0 ;;
+  esac
   for slot in $(seq "$WORKERS"); do start_worker "$slot"; done
 
   START=$(date +%s.%N)
@@ -292,9 +344,15 @@ for SC in $SCENARIOS; do
   for slot in $(seq "$WORKERS"); do kill -TERM "${WPID[$slot]}" 2>/dev/null || true; done
   for slot in $(seq "$WORKERS"); do wait "${WPID[$slot]}" 2>/dev/null || true; done
   kill -TERM "$MOCK_PID" 2>/dev/null || true; wait "$MOCK_PID" 2>/dev/null || true
-  WPID=(); MOCK_PID=""
+  if [ -n "$MOCK2_PID" ]; then
+    kill -TERM "$MOCK2_PID" 2>/dev/null || true; wait "$MOCK2_PID" 2>/dev/null || true
+    cat "$RUN/$SC-mock2.jsonl" >>"$RUN/$SC-mock.jsonl"
+    read -r from until < <(sed -n 's/.*outage from_ms=\([0-9]*\) until_ms=\([0-9]*\).*/\1 \2/p' "$RUN/$SC-mock.out")
+    report_args=(--failover-primary sendgrid --outage-from-ms "$from" --outage-until-ms "$until" --breaker-open-seen "$BREAKERS_OPEN")
+  fi
+  WPID=(); MOCK_PID=""; MOCK2_PID=""
   if ! "$BIN" report --ids "$RUN/$SC-ids.txt" --mock-log "$RUN/$SC-mock.jsonl" --seconds "$SECS" \
-      --label "$SC" --json --expect-dead-letters "$POISON" "${strict[@]}" "${schedule_args[@]}"; then
+      --label "$SC" --json --expect-dead-letters "$POISON" "${strict[@]}" "${schedule_args[@]}" "${report_args[@]}"; then
     failures=$(( failures + 1 ))
   fi
   rcli --scan --pattern "$MAILFLEET_PREFIX:*" | xargs -r redis-cli -u "$REDIS" del >/dev/null 2>&1 || true

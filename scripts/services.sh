@@ -12,10 +12,12 @@ set -euo pipefail
 
 usage() {
   cat <<'USAGE'
-usage: scripts/services.sh [--stop]
-  (no args)  ensure Redis and Postgres are reachable; print export lines for
-             MAILFLEET_REDIS_URL, MAILFLEET_DATABASE_URL, DATABASE_URL (sqlx tests)
-  --stop     stop the private instances this script started (never the shared ones)
+usage: scripts/services.sh [--stop | --prometheus]
+  (no args)     ensure Redis and Postgres are reachable; print export lines for
+                MAILFLEET_REDIS_URL, MAILFLEET_DATABASE_URL, DATABASE_URL (sqlx tests)
+  --stop        stop the private instances this script started (never the shared ones)
+  --prometheus  install Debian's Prometheus (prometheus, promtool) when missing; the
+                observability test starts its own instance
 env: MAILFLEET_SERVICES_DIR (default /tmp/mailfleet-services), MAILFLEET_DB (default mailfleet),
      MAILFLEET_SERVICES_PRIVATE=1 to skip the standard ports and always use private instances,
      MAILFLEET_OWN_REDIS_PORT / MAILFLEET_OWN_PG_PORT (defaults 16379 / 15432) for their ports,
@@ -61,6 +63,13 @@ pg_bin() {
   [ -n "$b" ] || return 1
   echo "$b"
 }
+
+if [ "${1:-}" = "--prometheus" ]; then
+  if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+    apt_install prometheus
+  fi
+  exit 0
+fi
 
 if [ "${1:-}" = "--stop" ]; then
   if [ -f "$DIR/redis.pid" ]; then kill "$(cat "$DIR/redis.pid")" 2>/dev/null || true; rm -f "$DIR/redis.pid"; fi

@@ -199,6 +199,16 @@ pub struct WorkerArgs {
     /// Audience members per fan-out transaction.
     #[arg(long, env = "MAILFLEET_FANOUT_BATCH", default_value_t = 1000)]
     pub fanout_batch: usize,
+    /// Public base URL of the API server; with --unsubscribe-secret, bulk email carries a signed
+    /// one-click List-Unsubscribe link to `<url>/v1/unsubscribe/<token>`.
+    #[arg(long, env = "MAILFLEET_UNSUBSCRIBE_URL")]
+    pub unsubscribe_url: Option<String>,
+    /// Secret that signs unsubscribe links (the API server needs the same one).
+    #[arg(long, env = "MAILFLEET_UNSUBSCRIBE_SECRET", hide_env_values = true)]
+    pub unsubscribe_secret: Option<Secret>,
+    /// How long an unsubscribe link stays valid, in days.
+    #[arg(long, env = "MAILFLEET_UNSUBSCRIBE_TTL_DAYS", default_value_t = 90)]
+    pub unsubscribe_ttl_days: i64,
     /// Postgres connections per worker.
     #[arg(long, env = "MAILFLEET_PG_POOL", default_value_t = 8)]
     pub pg_pool: u32,
@@ -248,6 +258,64 @@ pub struct DefaultProvider {
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
     Sendgrid,
+    Ses,
+    Mailgun,
+    Postmark,
+    Smtp,
+}
+
+impl ProviderKind {
+    /// The vendor's public API base URL (SES and Mailgun depend on the region).
+    fn default_base_url(self, region: Option<&str>) -> Option<String> {
+        match self {
+            ProviderKind::Sendgrid => Some("https://api.sendgrid.com".into()),
+            ProviderKind::Postmark => Some("https://api.postmarkapp.com".into()),
+            ProviderKind::Mailgun => Some(match region.unwrap_or("us") {
+                "eu" => "https://api.eu.mailgun.net".into(),
+                _ => "https://api.mailgun.net".into(),
+            }),
+            ProviderKind::Ses => region.map(|r| format!("https://email.{r}.amazonaws.com")),
+            ProviderKind::Smtp => None,
+        }
+    }
+}
+
+/// How an SMTP connection is secured.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS, which is required (port 587).
+    #[default]
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// No TLS at all: only for a local relay or a test server.
+    None,
+}
+
+/// The cluster-wide sliding window for one provider (`lua/ratelimit.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    /// Most requests in any window, across every worker.
+    pub limit: u32,
+    pub window_ms: u64,
+    /// Most requests per tenant in any window (None: tenants share the provider's limit).
+    pub tenant_limit: Option<u32>,
+    /// Added to the window the limiter enforces, so requests that leave a little later than
+    /// their permit was granted still fall inside the provider's window (see docs/rate-limiting.md).
+    pub margin_ms: u64,
+    /// Spread a window's permits over it: at most `limit × spread_ms / window_ms` in any
+    /// `spread_ms` (0: no spreading).
+    pub spread_ms: u64,
+}
+
+impl Limit {
+    /// The most permits in any `spread_ms`.
+    pub fn spread_cap(&self) -> u64 {
+        (u64::from(self.limit) * self.spread_ms)
+            .div_ceil(self.window_ms.max(1))
+            .max(1)
+    }
 }
 
 /// One provider, from the TOML file or the defaults.
@@ -255,11 +323,61 @@ pub enum ProviderKind {
 pub struct ProviderConfig {
     pub name: String,
     pub kind: ProviderKind,
+    /// HTTP base URL (not used for SMTP).
     pub base_url: String,
+    /// The provider's secret: SendGrid/Mailgun API key, Postmark server token, SES secret
+    /// access key, SMTP password.
     pub api_key: Secret,
+    /// SES access key id, SMTP user name, Mailgun user (default `api`).
+    pub key_id: Option<String>,
+    /// SES session token (temporary credentials).
+    pub session_token: Option<Secret>,
+    /// SES region (`us-east-1`); Mailgun `us` or `eu`.
+    pub region: Option<String>,
+    /// Mailgun sending domain.
+    pub domain: Option<String>,
+    /// Postmark message stream (`outbound` by default).
+    pub message_stream: Option<String>,
+    /// SES configuration set.
+    pub configuration_set: Option<String>,
+    /// SMTP host, port, TLS mode and pool size.
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub tls: SmtpTls,
+    pub pool_size: u32,
     pub timeout_ms: u64,
+    /// Most requests in flight to this provider, per worker (None: the worker's send concurrency).
+    pub concurrency: Option<usize>,
     /// Per-worker cap on requests per second to this provider (smoothing; None = no cap).
     pub rate_per_sec: Option<u32>,
+    /// The cluster-wide limit (None: not limited by mailfleet).
+    pub limit: Option<Limit>,
+}
+
+impl ProviderConfig {
+    /// A provider of `kind` with every optional setting at its default.
+    pub fn new(name: impl Into<String>, kind: ProviderKind, base_url: impl Into<String>) -> Self {
+        ProviderConfig {
+            name: name.into(),
+            kind,
+            base_url: base_url.into(),
+            api_key: Secret::default(),
+            key_id: None,
+            session_token: None,
+            region: None,
+            domain: None,
+            message_stream: None,
+            configuration_set: None,
+            host: None,
+            port: None,
+            tls: SmtpTls::default(),
+            pool_size: 8,
+            timeout_ms: default_timeout(),
+            concurrency: None,
+            rate_per_sec: None,
+            limit: None,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -267,21 +385,111 @@ pub struct ProviderConfig {
 struct FileProvider {
     name: String,
     kind: ProviderKind,
-    base_url: String,
+    #[serde(default)]
+    base_url: Option<String>,
     #[serde(default)]
     api_key: Option<Secret>,
     #[serde(default)]
     api_key_env: Option<String>,
     #[serde(default)]
     api_key_file: Option<PathBuf>,
+    #[serde(default)]
+    key_id: Option<String>,
+    #[serde(default)]
+    key_id_env: Option<String>,
+    #[serde(default)]
+    session_token_env: Option<String>,
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    domain: Option<String>,
+    #[serde(default)]
+    message_stream: Option<String>,
+    #[serde(default)]
+    configuration_set: Option<String>,
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default)]
+    tls: SmtpTls,
+    #[serde(default)]
+    pool_size: Option<u32>,
     #[serde(default = "default_timeout")]
     timeout_ms: u64,
     #[serde(default)]
+    concurrency: Option<usize>,
+    #[serde(default)]
     rate_per_sec: Option<u32>,
+    #[serde(default)]
+    limit: Option<u32>,
+    #[serde(default)]
+    window_ms: Option<u64>,
+    #[serde(default)]
+    tenant_limit: Option<u32>,
+    #[serde(default)]
+    limit_margin_ms: Option<u64>,
+    #[serde(default)]
+    limit_spread_ms: Option<u64>,
 }
 
 fn default_timeout() -> u64 {
     10_000
+}
+
+/// Circuit breaker settings, shared by every provider.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open the breaker.
+    pub consecutive_failures: u32,
+    /// Failure share over `window_ms` that opens it, once `min_requests` were made.
+    pub error_rate: f64,
+    pub min_requests: u32,
+    pub window_ms: u64,
+    /// How long it stays open before letting one probe through (half-open).
+    pub open_ms: u64,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            consecutive_failures: 5,
+            error_rate: 0.5,
+            min_requests: 20,
+            window_ms: 10_000,
+            open_ms: 5_000,
+        }
+    }
+}
+
+/// Ordered provider names per lane, for one tenant or for everyone.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LaneRoutes {
+    #[serde(default)]
+    pub tx: Option<Vec<String>>,
+    #[serde(default)]
+    pub bulk: Option<Vec<String>>,
+}
+
+impl LaneRoutes {
+    pub fn get(&self, lane: crate::Lane) -> Option<&[String]> {
+        match lane {
+            crate::Lane::Tx => self.tx.as_deref(),
+            crate::Lane::Bulk => self.bulk.as_deref(),
+        }
+    }
+}
+
+/// Which providers a job may use, in failover order.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Routes {
+    #[serde(flatten)]
+    pub default: LaneRoutes,
+    #[serde(default)]
+    pub tenants: std::collections::BTreeMap<String, LaneRoutes>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -289,6 +497,29 @@ fn default_timeout() -> u64 {
 struct FileConfig {
     #[serde(default)]
     providers: Vec<FileProvider>,
+    #[serde(default)]
+    routes: Option<Routes>,
+    #[serde(default)]
+    breaker: Option<BreakerConfig>,
+}
+
+/// Everything the config file says about sending.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SendConfig {
+    pub providers: Vec<ProviderConfig>,
+    pub routes: Routes,
+    pub breaker: BreakerConfig,
+}
+
+impl SendConfig {
+    /// Providers only: every lane fails over through them in this order.
+    pub fn of(providers: Vec<ProviderConfig>) -> Self {
+        SendConfig {
+            providers,
+            routes: Routes::default(),
+            breaker: BreakerConfig::default(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -305,13 +536,137 @@ pub enum ConfigError {
     },
     #[error("provider {name:?}: {message}")]
     Provider { name: String, message: String },
+    #[error("routes: {0}")]
+    Routes(String),
 }
 
-/// Providers from the config file if it names any, else the default SendGrid provider.
-pub fn providers(
+/// Read a secret given inline, by environment variable or by file (at most one of them).
+fn secret(
+    inline: Option<Secret>,
+    env: Option<&str>,
+    file: Option<&Path>,
+    what: &str,
+) -> Result<Option<Secret>, String> {
+    match (inline, env, file) {
+        (Some(k), None, None) => Ok(Some(k)),
+        (None, Some(var), None) => std::env::var(var)
+            .map(|v| Some(Secret::new(v)))
+            .map_err(|_| format!("environment variable {var} is not set")),
+        (None, None, Some(path)) => std::fs::read_to_string(path)
+            .map(|v| Some(Secret::new(v.trim())))
+            .map_err(|e| format!("cannot read {}: {e}", path.display())),
+        (None, None, None) => Ok(None),
+        _ => Err(format!(
+            "set at most one of {what}, {what}_env, {what}_file"
+        )),
+    }
+}
+
+fn provider(p: FileProvider) -> Result<ProviderConfig, ConfigError> {
+    let err = |message: String| ConfigError::Provider {
+        name: p.name.clone(),
+        message,
+    };
+    let api_key = secret(
+        p.api_key.clone(),
+        p.api_key_env.as_deref(),
+        p.api_key_file.as_deref(),
+        "api_key",
+    )
+    .map_err(&err)?
+    .unwrap_or_default();
+    let key_id = match (&p.key_id, &p.key_id_env) {
+        (Some(k), None) => Some(k.clone()),
+        (None, Some(var)) => Some(
+            std::env::var(var)
+                .map_err(|_| err(format!("environment variable {var} is not set")))?,
+        ),
+        (None, None) => None,
+        _ => return Err(err("set at most one of key_id, key_id_env".into())),
+    };
+    let session_token = match &p.session_token_env {
+        Some(var) => {
+            Some(Secret::new(std::env::var(var).map_err(|_| {
+                err(format!("environment variable {var} is not set"))
+            })?))
+        }
+        None => None,
+    };
+    let base_url = match p
+        .base_url
+        .clone()
+        .or_else(|| p.kind.default_base_url(p.region.as_deref()))
+    {
+        Some(u) => u,
+        None if p.kind == ProviderKind::Smtp => String::new(),
+        None => return Err(err("base_url or region is required".into())),
+    };
+    match p.kind {
+        ProviderKind::Ses if p.region.is_none() => {
+            return Err(err(
+                "region is required (it is part of the SigV4 signature)".into(),
+            ));
+        }
+        ProviderKind::Ses if key_id.is_none() || api_key.is_empty() => {
+            return Err(err(
+                "key_id and api_key (the secret access key) are required".into(),
+            ));
+        }
+        ProviderKind::Mailgun if p.domain.is_none() => {
+            return Err(err("domain is required".into()));
+        }
+        ProviderKind::Mailgun if !matches!(p.region.as_deref(), None | Some("us" | "eu")) => {
+            return Err(err("region must be \"us\" or \"eu\"".into()));
+        }
+        ProviderKind::Smtp if p.host.is_none() => return Err(err("host is required".into())),
+        _ => {}
+    }
+    let limit = match (p.limit, p.window_ms) {
+        (Some(0), _) => return Err(err("limit must be at least 1".into())),
+        (Some(limit), window) => {
+            let window_ms = window.unwrap_or(1000).max(1);
+            Some(Limit {
+                limit,
+                window_ms,
+                tenant_limit: p.tenant_limit,
+                // 3% of the window by default: the dispatch jitter between a permit and the
+                // request reaching the provider, measured in docs/rate-limiting.md.
+                margin_ms: p.limit_margin_ms.unwrap_or(window_ms * 3 / 100),
+                // A tenth of the window: permits flow evenly instead of in a burst per window.
+                spread_ms: p.limit_spread_ms.unwrap_or(window_ms / 10).min(window_ms),
+            })
+        }
+        (None, None) if p.tenant_limit.is_none() => None,
+        _ => return Err(err("window_ms and tenant_limit need limit".into())),
+    };
+    Ok(ProviderConfig {
+        name: p.name,
+        kind: p.kind,
+        base_url,
+        api_key,
+        key_id,
+        session_token,
+        region: p.region,
+        domain: p.domain,
+        message_stream: p.message_stream,
+        configuration_set: p.configuration_set,
+        host: p.host,
+        port: p.port,
+        tls: p.tls,
+        pool_size: p.pool_size.unwrap_or(8).max(1),
+        timeout_ms: p.timeout_ms,
+        concurrency: p.concurrency.filter(|&c| c > 0),
+        rate_per_sec: p.rate_per_sec,
+        limit,
+    })
+}
+
+/// Providers, routes and breaker settings from the config file if it names any providers,
+/// else the default SendGrid provider.
+pub fn send_config(
     file: Option<&Path>,
     default: &DefaultProvider,
-) -> Result<Vec<ProviderConfig>, ConfigError> {
+) -> Result<SendConfig, ConfigError> {
     let parsed = match file {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -325,53 +680,57 @@ pub fn providers(
         }
         None => FileConfig::default(),
     };
-    if parsed.providers.is_empty() {
-        return Ok(vec![ProviderConfig {
-            name: "sendgrid".into(),
-            kind: ProviderKind::Sendgrid,
-            base_url: default.sendgrid_url.clone(),
-            api_key: default.sendgrid_api_key.clone(),
-            timeout_ms: default.provider_timeout_ms,
-            rate_per_sec: None,
-        }]);
-    }
-    parsed
-        .providers
-        .into_iter()
-        .map(|p| {
-            let err = |message: String| ConfigError::Provider {
+    let providers = if parsed.providers.is_empty() {
+        let mut p = ProviderConfig::new("sendgrid", ProviderKind::Sendgrid, &default.sendgrid_url);
+        p.api_key = default.sendgrid_api_key.clone();
+        p.timeout_ms = default.provider_timeout_ms;
+        vec![p]
+    } else {
+        parsed
+            .providers
+            .into_iter()
+            .map(provider)
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let mut names = std::collections::HashSet::new();
+    for p in &providers {
+        if !names.insert(p.name.as_str()) {
+            return Err(ConfigError::Provider {
                 name: p.name.clone(),
-                message,
-            };
-            let api_key = match (&p.api_key, &p.api_key_env, &p.api_key_file) {
-                (Some(k), None, None) => k.clone(),
-                (None, Some(var), None) => Secret::new(
-                    std::env::var(var)
-                        .map_err(|_| err(format!("environment variable {var} is not set")))?,
-                ),
-                (None, None, Some(path)) => Secret::new(
-                    std::fs::read_to_string(path)
-                        .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?
-                        .trim()
-                        .to_owned(),
-                ),
-                (None, None, None) => Secret::default(),
-                _ => {
-                    return Err(err(
-                        "set at most one of api_key, api_key_env, api_key_file".into()
-                    ));
+                message: "named twice".into(),
+            });
+        }
+    }
+    let routes = parsed.routes.unwrap_or_default();
+    let all_routes = std::iter::once(("(default)", &routes.default))
+        .chain(routes.tenants.iter().map(|(t, r)| (t.as_str(), r)));
+    for (who, r) in all_routes {
+        for lane in crate::Lane::ALL {
+            if let Some(list) = r.get(lane) {
+                if list.is_empty() {
+                    return Err(ConfigError::Routes(format!(
+                        "{who} {lane}: the list is empty"
+                    )));
                 }
-            };
-            Ok(ProviderConfig {
-                name: p.name,
-                kind: p.kind,
-                base_url: p.base_url,
-                api_key,
-                timeout_ms: p.timeout_ms,
-                rate_per_sec: p.rate_per_sec,
-            })
-        })
-        .collect()
+                if let Some(n) = list.iter().find(|n| !names.contains(n.as_str())) {
+                    return Err(ConfigError::Routes(format!(
+                        "{who} {lane}: no provider is named {n:?}"
+                    )));
+                }
+            }
+        }
+    }
+    let breaker = parsed.breaker.unwrap_or_default();
+    if !(0.0..=1.0).contains(&breaker.error_rate) || breaker.consecutive_failures == 0 {
+        return Err(ConfigError::Routes(
+            "breaker: error_rate must be within 0..1 and consecutive_failures at least 1".into(),
+        ));
+    }
+    Ok(SendConfig {
+        providers,
+        routes,
+        breaker,
+    })
 }
 
 #[cfg(test)]
@@ -382,15 +741,11 @@ mod tests {
     fn secrets_never_show_in_debug() {
         let s = Secret::new("hunter2");
         assert_eq!(format!("{s:?}"), "[redacted]");
-        let p = ProviderConfig {
-            name: "x".into(),
-            kind: ProviderKind::Sendgrid,
-            base_url: "http://x".into(),
-            api_key: s,
-            timeout_ms: 1,
-            rate_per_sec: None,
-        };
-        assert!(!format!("{p:?}").contains("hunter2"));
+        let mut p = ProviderConfig::new("x", ProviderKind::Sendgrid, "http://x");
+        p.api_key = s;
+        p.session_token = Some(Secret::new("hunter3"));
+        let shown = format!("{p:?}");
+        assert!(!shown.contains("hunter2") && !shown.contains("hunter3"));
     }
 
     #[test]
@@ -406,7 +761,7 @@ mod tests {
             sendgrid_api_key: Secret::default(),
             provider_timeout_ms: 5,
         };
-        let ps = providers(Some(&path), &d).unwrap();
+        let ps = send_config(Some(&path), &d).unwrap().providers;
         assert_eq!(ps.len(), 1);
         assert_eq!(ps[0].api_key.expose(), "k1");
         assert_eq!(ps[0].timeout_ms, 10_000);
@@ -416,8 +771,104 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(
-            providers(Some(&path), &d),
+            send_config(Some(&path), &d),
             Err(ConfigError::Parse { .. })
+        ));
+    }
+}
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<SendConfig, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("mf-cfg2-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("c.toml");
+        std::fs::write(&path, text).expect("write");
+        let d = DefaultProvider {
+            sendgrid_url: "u".into(),
+            sendgrid_api_key: Secret::default(),
+            provider_timeout_ms: 5,
+        };
+        let r = send_config(Some(&path), &d);
+        let _ = std::fs::remove_dir_all(&dir);
+        r
+    }
+
+    #[test]
+    fn the_example_file_parses_into_five_providers_with_routes() {
+        // SAFETY: test-only; these variables are read by this test alone.
+        unsafe {
+            for v in [
+                "SENDGRID_API_KEY",
+                "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY",
+                "POSTMARK_SERVER_TOKEN",
+                "SMTP_PASSWORD",
+            ] {
+                std::env::set_var(v, "x");
+            }
+        }
+        let text = include_str!("../mailfleet.example.toml")
+            .replace("api_key_file = \"/run/secrets/mailgun\"", "api_key = \"k\"");
+        let c = parse(&text).expect("the example is valid");
+        let kinds: Vec<ProviderKind> = c.providers.iter().map(|p| p.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                ProviderKind::Sendgrid,
+                ProviderKind::Ses,
+                ProviderKind::Mailgun,
+                ProviderKind::Postmark,
+                ProviderKind::Smtp
+            ]
+        );
+        assert_eq!(
+            c.providers[1].base_url,
+            "https://email.eu-west-1.amazonaws.com"
+        );
+        assert_eq!(c.providers[2].base_url, "https://api.eu.mailgun.net");
+        assert_eq!(
+            c.providers[0].limit,
+            Some(Limit {
+                limit: 1000,
+                window_ms: 1000,
+                tenant_limit: None,
+                margin_ms: 30,
+                spread_ms: 100,
+            })
+        );
+        assert_eq!(c.routes.default.tx.as_deref().map(<[_]>::len), Some(3));
+        assert_eq!(
+            c.routes.tenants["acme"].tx.as_deref(),
+            Some(&["relay".to_owned(), "postmark".to_owned()][..])
+        );
+        assert_eq!(c.breaker, BreakerConfig::default());
+    }
+
+    #[test]
+    fn refuses_unknown_route_names_and_incomplete_providers() {
+        let sg = "[[providers]]\nname = \"a\"\nkind = \"sendgrid\"\n";
+        assert!(matches!(
+            parse(&format!("{sg}[routes]\ntx = [\"b\"]\n")),
+            Err(ConfigError::Routes(m)) if m.contains("\"b\"")
+        ));
+        assert!(matches!(
+            parse("[[providers]]\nname = \"s\"\nkind = \"ses\"\nregion = \"us-east-1\"\n"),
+            Err(ConfigError::Provider { message, .. }) if message.contains("key_id")
+        ));
+        assert!(matches!(
+            parse("[[providers]]\nname = \"m\"\nkind = \"mailgun\"\n"),
+            Err(ConfigError::Provider { message, .. }) if message.contains("domain")
+        ));
+        assert!(matches!(
+            parse(&format!("{sg}window_ms = 10\n")),
+            Err(ConfigError::Provider { message, .. }) if message.contains("need limit")
+        ));
+        assert!(matches!(
+            parse(&format!("{sg}{sg}")),
+            Err(ConfigError::Provider { message, .. }) if message.contains("twice")
         ));
     }
 }

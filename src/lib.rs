@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod mock;
 pub mod producer;
 pub mod provider;
+pub mod ratelimit;
 pub mod render;
 pub mod report;
 pub mod scheduler;
@@ -22,6 +23,7 @@ pub mod shutdown;
 pub mod store;
 pub mod stream;
 pub mod telemetry;
+pub mod unsubscribe;
 pub mod worker;
 
 pub use domain::{Email, JobId, Lane, Payload};

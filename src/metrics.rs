@@ -35,6 +35,30 @@ pub struct Metrics {
     pub fanout_members: IntCounter,
     pub fanout_remaining: IntGauge,
     pub fanout_invalid: IntCounter,
+    pub ratelimit_calls: IntCounterVec,
+    pub ratelimit_wait: prometheus::CounterVec,
+    pub provider_backoffs: IntCounterVec,
+    pub provider_errors: IntCounterVec,
+    pub breaker_state: IntGaugeVec,
+    pub failovers: IntCounterVec,
+    pub deferred: IntCounter,
+    pub queue_length: IntGaugeVec,
+    pub queue_pending: IntGaugeVec,
+    pub queue_lag: IntGaugeVec,
+    pub oldest_pending: prometheus::GaugeVec,
+    pub delayed: IntGauge,
+    pub dead_letter_length: IntGauge,
+    pub workers_alive: IntGauge,
+    pub suppressed: IntCounter,
+    pub paused: IntGaugeVec,
+    pub webhooks: IntCounterVec,
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -247,6 +271,127 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "mailfleet_fanout_invalid_total",
             "Audience members left out of a fan-out because their job would not validate.",
+        ),
+        ratelimit_calls: counter_vec(
+            &r,
+            "mailfleet_ratelimit_calls_total",
+            "Calls to the cluster-wide rate limiter (lua/ratelimit.lua), by provider; each \
+             serves every send of this worker waiting for that provider.",
+            &["provider"],
+        ),
+        ratelimit_wait: {
+            let c = prometheus::CounterVec::new(
+                Opts::new(
+                    "mailfleet_ratelimit_wait_seconds_total",
+                    "Time sends spent waiting for a rate-limit permit, by provider.",
+                ),
+                &["provider"],
+            )
+            .expect("static metric definition");
+            r.register(Box::new(c.clone()))
+                .expect("metric registered once");
+            c
+        },
+        provider_backoffs: counter_vec(
+            &r,
+            "mailfleet_provider_backoffs_total",
+            "429 answers that made the whole cluster back off from a provider.",
+            &["provider"],
+        ),
+        provider_errors: counter_vec(
+            &r,
+            "mailfleet_provider_errors_total",
+            "Failed provider requests, by provider and class (transient, permanent, quota_auth, \
+             ambiguous). quota_auth means the account cannot send: alert on it.",
+            &["provider", "class"],
+        ),
+        breaker_state: {
+            let g = IntGaugeVec::new(
+                Opts::new(
+                    "mailfleet_provider_breaker_state",
+                    "This worker's circuit breaker per provider: 0 closed, 1 half-open, 2 open.",
+                ),
+                &["provider"],
+            )
+            .expect("static metric definition");
+            r.register(Box::new(g.clone()))
+                .expect("metric registered once");
+            g
+        },
+        failovers: counter_vec(
+            &r,
+            "mailfleet_provider_failovers_total",
+            "Sends moved to the next provider of their route because one did not take them.",
+            &["from", "to"],
+        ),
+        deferred: counter(
+            &r,
+            "mailfleet_deferred_total",
+            "Jobs put back without using an attempt because every provider of their route had \
+             its breaker open.",
+        ),
+        queue_length: gauge_vec(
+            &r,
+            "mailfleet_queue_length",
+            "Entries in the lane's streams (every partition), acked ones included until trimmed.",
+            &["lane"],
+        ),
+        queue_pending: gauge_vec(
+            &r,
+            "mailfleet_queue_pending",
+            "Entries read by a worker and not yet acked, per lane.",
+            &["lane"],
+        ),
+        queue_lag: gauge_vec(
+            &r,
+            "mailfleet_queue_lag",
+            "Entries in the lane not yet read by the consumer group (the backlog).",
+            &["lane"],
+        ),
+        oldest_pending: {
+            let g = prometheus::GaugeVec::new(
+                Opts::new(
+                    "mailfleet_queue_oldest_pending_age_seconds",
+                    "Age (since enqueue) of the oldest entry read and not yet acked, per lane.",
+                ),
+                &["lane"],
+            )
+            .expect("static metric definition");
+            r.register(Box::new(g.clone()))
+                .expect("metric registered once");
+            g
+        },
+        delayed: gauge(
+            &r,
+            "mailfleet_delayed_size",
+            "Entries waiting in the delayed sets (retries and future send_at).",
+        ),
+        dead_letter_length: gauge(
+            &r,
+            "mailfleet_dead_letter_length",
+            "Entries in the dead-letter streams.",
+        ),
+        workers_alive: gauge(
+            &r,
+            "mailfleet_workers_alive",
+            "Workers that reported in within the last 30 s (cluster-wide, as this process sees it).",
+        ),
+        suppressed: counter(
+            &r,
+            "mailfleet_suppressed_recipients_total",
+            "Recipients dropped before a send because they are on the suppression list.",
+        ),
+        paused: gauge_vec(
+            &r,
+            "mailfleet_paused",
+            "1 for each pause in force (mailfleet pause), by scope (lane, provider, tenant) and name.",
+            &["scope", "name"],
+        ),
+        webhooks: counter_vec(
+            &r,
+            "mailfleet_webhook_events_total",
+            "Provider webhook results: events applied (new), and requests refused (forged, stale, replayed).",
+            &["provider", "result"],
         ),
         registry: r,
     };

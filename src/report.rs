@@ -161,7 +161,16 @@ pub async fn build(
     let final_n = store::emails::ids_with_status(
         pool,
         &ids,
-        &["sent", "failed", "dead", "suppressed", "unknown"],
+        &[
+            "sent",
+            "failed",
+            "dead",
+            "suppressed",
+            "unknown",
+            "delivered",
+            "bounced",
+            "complained",
+        ],
     )
     .await?
     .len();
@@ -230,4 +239,99 @@ pub async fn ticks(
         stale_writes_rejected,
         max_lag_allowed_ms,
     })
+}
+
+/// A rate-limited run as the provider saw it (the mock's stats).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateJudgement {
+    pub limit_per_sec: u32,
+    pub max_window_count: u64,
+    pub achieved_per_sec: f64,
+    pub rejected_by_provider: u64,
+}
+
+impl RateJudgement {
+    /// The limit held in every window, no 429, and at least 95% of the limit achieved.
+    pub fn ok(&self) -> bool {
+        self.rejected_by_provider == 0
+            && self.max_window_count <= u64::from(self.limit_per_sec)
+            && self.achieved_per_sec >= 0.95 * f64::from(self.limit_per_sec)
+    }
+}
+
+/// Judge a run against a provider limit of `limit_per_sec` (a 1-second window).
+pub fn rate(stats: &mock::Stats, limit_per_sec: u32) -> RateJudgement {
+    let span_s = (stats.last_at_ms - stats.first_at_ms) as f64 / 1000.0;
+    // n acceptances span n - 1 gaps.
+    let achieved = if span_s > 0.0 {
+        stats.received.saturating_sub(1) as f64 / span_s
+    } else {
+        0.0
+    };
+    RateJudgement {
+        limit_per_sec,
+        max_window_count: stats.max_window_count,
+        achieved_per_sec: achieved,
+        rejected_by_provider: stats.rate_limited + stats.throttled,
+    }
+}
+
+/// How traffic moved during a primary provider's outage, from the mock log of both
+/// providers (each line names its dialect).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failover {
+    /// First acceptance by another provider after the outage began, in ms after it.
+    pub moved_after_ms: Option<i64>,
+    /// First acceptance by the primary after the outage ended, in ms after it.
+    pub returned_after_ms: Option<i64>,
+    /// Acceptances by the primary during the outage (must be 0: it answered 503).
+    pub primary_during_outage: u64,
+}
+
+impl Failover {
+    /// Moved within 5 s, back within 10 s.
+    pub fn ok(&self) -> bool {
+        self.primary_during_outage == 0
+            && self.moved_after_ms.is_some_and(|ms| ms <= 5_000)
+            && self.returned_after_ms.is_some_and(|ms| ms <= 10_000)
+    }
+}
+
+pub fn failover(
+    log: &Path,
+    primary: &str,
+    from_ms: i64,
+    until_ms: i64,
+) -> Result<Failover, ReportError> {
+    let text = std::fs::read_to_string(log).map_err(|source| ReportError::Io {
+        path: log.display().to_string(),
+        source,
+    })?;
+    let mut f = Failover {
+        moved_after_ms: None,
+        returned_after_ms: None,
+        primary_during_outage: 0,
+    };
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let (Some(dialect), Some(at)) = (v["provider"].as_str(), v["at_ms"].as_i64()) else {
+            continue;
+        };
+        let first = |slot: &mut Option<i64>, after: i64| {
+            if at >= after {
+                *slot = Some(slot.map_or(at - after, |s| s.min(at - after)));
+            }
+        };
+        if dialect == primary {
+            if at >= from_ms && at < until_ms {
+                f.primary_during_outage += 1;
+            }
+            first(&mut f.returned_after_ms, until_ms);
+        } else {
+            first(&mut f.moved_after_ms, from_ms);
+        }
+    }
+    Ok(f)
 }

@@ -51,7 +51,10 @@ pub static DLQ_REPLAY: LazyLock<Lua> =
 pub static LEASE: LazyLock<Lua> =
     LazyLock::new(|| Lua::new("lease", include_str!("../lua/lease.lua")));
 
-fn all() -> [&'static Lua; 9] {
+pub static RATELIMIT: LazyLock<Lua> =
+    LazyLock::new(|| Lua::new("ratelimit", include_str!("../lua/ratelimit.lua")));
+
+fn all() -> [&'static Lua; 10] {
     [
         &ENQUEUE,
         &READ,
@@ -62,6 +65,7 @@ fn all() -> [&'static Lua; 9] {
         &TOUCH,
         &DLQ_REPLAY,
         &LEASE,
+        &RATELIMIT,
     ]
 }
 

@@ -9,6 +9,7 @@ use crate::domain::{Lane, Payload, ValidationErrors};
 use crate::metrics::METRICS;
 use crate::producer::{NewJob, Prepared, Producer, ProducerError};
 use crate::store::emails::{self, NewRow};
+use crate::store::suppressions;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -100,6 +101,9 @@ async fn authorize(State(s): State<ApiState>, req: Request, next: Next) -> Respo
 struct Accepted {
     id: String,
     duplicate: bool,
+    /// `queued`, or `suppressed` when every `to` recipient is on the suppression list (the job
+    /// is recorded and never enqueued).
+    status: &'static str,
 }
 
 fn field_errors(e: ValidationErrors) -> Reject {
@@ -148,6 +152,44 @@ fn parse_job(mut v: Value, header_idem: Option<&str>) -> Result<NewJob, Validati
 }
 
 async fn enqueue(s: &ApiState, prepared: Vec<Prepared>) -> Result<Vec<Accepted>, Reject> {
+    // Jobs whose every `to` recipient is suppressed are recorded `suppressed` and not
+    // enqueued. If the check itself fails, enqueue: the worker checks again before sending.
+    let addresses: Vec<String> = prepared
+        .iter()
+        .flat_map(|p| p.email.to.iter())
+        .map(|m| m.address.as_str().to_lowercase())
+        .collect();
+    let set = match suppressions::active(&s.pg, &addresses).await {
+        Ok(set) => set,
+        Err(e) => {
+            METRICS
+                .store_errors
+                .with_label_values(&["suppressions"])
+                .inc();
+            tracing::warn!(error.message = %e, "suppression check failed; the workers will check");
+            Default::default()
+        }
+    };
+    let is_suppressed = |p: &Prepared| {
+        !set.is_empty()
+            && p.email.to.iter().all(|m| {
+                suppressions::is_suppressed(
+                    &set,
+                    &m.address.as_str().to_lowercase(),
+                    p.email.tenant.as_deref(),
+                )
+            })
+    };
+    let order: Vec<bool> = prepared.iter().map(is_suppressed).collect();
+    let (mut suppressed, mut queued_jobs) = (Vec::new(), Vec::with_capacity(prepared.len()));
+    for (p, held) in prepared.into_iter().zip(&order) {
+        if *held {
+            suppressed.push(p);
+        } else {
+            queued_jobs.push(p);
+        }
+    }
+    let prepared = queued_jobs;
     let enq = s.producer.send_prepared(&prepared).await.map_err(|e| {
         tracing::error!(error.message = %e, "enqueue failed");
         problem(
@@ -170,13 +212,38 @@ async fn enqueue(s: &ApiState, prepared: Vec<Prepared>) -> Result<Vec<Accepted>,
             .inc();
         tracing::warn!(error.message = %e, "could not record accepted jobs as queued");
     }
-    Ok(enq
-        .into_iter()
-        .map(|e| Accepted {
-            id: e.id.to_string(),
-            duplicate: !e.added,
-        })
-        .collect())
+    if !suppressed.is_empty() {
+        let rows: Vec<NewRow> = suppressed.iter().map(Prepared::ledger_row).collect();
+        emails::insert_suppressed(&s.pg, &rows).await.map_err(|e| {
+            tracing::error!(error.message = %e, "could not record suppressed jobs");
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store unavailable; retry with the same idempotency key",
+                None,
+            )
+        })?;
+        METRICS.suppressed.inc_by(suppressed.len() as u64);
+    }
+    // Answer in request order.
+    let (mut held, mut queued) = (suppressed.iter(), enq.into_iter());
+    let mut out = Vec::with_capacity(order.len());
+    for was_suppressed in order {
+        let next = if was_suppressed {
+            held.next().map(|p| Accepted {
+                id: p.id.to_string(),
+                duplicate: false,
+                status: "suppressed",
+            })
+        } else {
+            queued.next().map(|e| Accepted {
+                id: e.id.to_string(),
+                duplicate: !e.added,
+                status: "queued",
+            })
+        };
+        out.extend(next);
+    }
+    Ok(out)
 }
 
 fn prepare(s: &ApiState, job: NewJob) -> Result<Prepared, Reject> {

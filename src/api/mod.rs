@@ -4,6 +4,8 @@
 //! no business logic of their own.
 
 pub mod ingest;
+pub mod unsubscribe;
+pub mod webhooks;
 
 use crate::metrics;
 use axum::Router;

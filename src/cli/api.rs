@@ -21,6 +21,33 @@ pub struct ApiArgs {
         required = true
     )]
     pub api_keys: Vec<Secret>,
+    /// SendGrid's Event Webhook verification key (base64 DER); enables /v1/webhooks/sendgrid.
+    #[arg(long, env = "MAILFLEET_WEBHOOK_SENDGRID_PUBLIC_KEY")]
+    pub webhook_sendgrid_public_key: Option<String>,
+    /// Mailgun's webhook signing key; enables /v1/webhooks/mailgun.
+    #[arg(
+        long,
+        env = "MAILFLEET_WEBHOOK_MAILGUN_SIGNING_KEY",
+        hide_env_values = true
+    )]
+    pub webhook_mailgun_signing_key: Option<Secret>,
+    /// Basic-auth user and password Postmark's webhook is configured with; enable
+    /// /v1/webhooks/postmark.
+    #[arg(long, env = "MAILFLEET_WEBHOOK_POSTMARK_USER")]
+    pub webhook_postmark_user: Option<String>,
+    #[arg(
+        long,
+        env = "MAILFLEET_WEBHOOK_POSTMARK_PASSWORD",
+        hide_env_values = true
+    )]
+    pub webhook_postmark_password: Option<Secret>,
+    /// Secret that signs unsubscribe links (the workers' MAILFLEET_UNSUBSCRIBE_SECRET);
+    /// enables /v1/unsubscribe/{token}.
+    #[arg(long, env = "MAILFLEET_UNSUBSCRIBE_SECRET", hide_env_values = true)]
+    pub unsubscribe_secret: Option<Secret>,
+    /// Largest accepted age (or clock skew) of a signed webhook's timestamp, in seconds.
+    #[arg(long, env = "MAILFLEET_WEBHOOK_TOLERANCE_SECS", default_value_t = 300)]
+    pub webhook_tolerance_secs: i64,
 }
 
 pub async fn run(g: Global, a: ApiArgs) -> anyhow::Result<()> {
@@ -30,7 +57,18 @@ pub async fn run(g: Global, a: ApiArgs) -> anyhow::Result<()> {
     let redis = super::redis_pool(&g)?;
     let state = ingest::ApiState::new(producer, pg.clone(), &a.api_keys, g.max_payload_bytes);
     let draining = Arc::new(AtomicBool::new(false));
-    let router = ingest::router(state).merge(api::ops_router(api::Health {
+    let hooks = api::webhooks::WebhookKeys {
+        sendgrid_public_key: a.webhook_sendgrid_public_key.clone(),
+        mailgun_signing_key: a.webhook_mailgun_signing_key.clone(),
+        postmark_user: a.webhook_postmark_user.clone(),
+        postmark_password: a.webhook_postmark_password.clone(),
+        tolerance_secs: a.webhook_tolerance_secs,
+    };
+    let mut router = ingest::router(state).merge(api::webhooks::router(pg.clone(), hooks));
+    if let Some(secret) = a.unsubscribe_secret.clone().filter(|s| !s.is_empty()) {
+        router = router.merge(api::unsubscribe::router(pg.clone(), secret));
+    }
+    let router = router.merge(api::ops_router(api::Health {
         redis,
         pg,
         draining: draining.clone(),

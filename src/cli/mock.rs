@@ -25,6 +25,31 @@ pub struct MockArgs {
     /// ...lasting this many ms.
     #[arg(long, env = "MAILFLEET_MOCK_THROTTLE_FOR_MS", default_value_t = 0)]
     pub throttle_for_ms: u64,
+    /// Log-normal latency: with this p99 (ms), `--latency-ms` is the median.
+    #[arg(long, env = "MAILFLEET_MOCK_LATENCY_P99_MS")]
+    pub latency_p99_ms: Option<u64>,
+    /// Share of requests accepted, logged, then answered with a connection reset, 0.0 to 1.0.
+    #[arg(long, env = "MAILFLEET_MOCK_DROP_RATE", default_value_t = 0.0)]
+    pub drop_rate: f64,
+    /// An outage: answer every request 503 starting this many ms after start...
+    #[arg(long, env = "MAILFLEET_MOCK_OUTAGE_AFTER_MS", default_value_t = 0)]
+    pub outage_after_ms: u64,
+    /// ...for this many ms (0: no outage).
+    #[arg(long, env = "MAILFLEET_MOCK_OUTAGE_FOR_MS", default_value_t = 0)]
+    pub outage_for_ms: u64,
+    /// Each dialect's limit: at most this many requests in any window (0: unlimited); more
+    /// are answered 429 with the vendor's headers.
+    #[arg(long, env = "MAILFLEET_MOCK_RATE_LIMIT", default_value_t = 0)]
+    pub rate_limit: u32,
+    /// The limit's sliding window, in ms.
+    #[arg(long, env = "MAILFLEET_MOCK_RATE_WINDOW_MS", default_value_t = 1000)]
+    pub rate_window_ms: u64,
+    /// Check SES requests' SigV4 signatures with this secret access key.
+    #[arg(long, env = "MAILFLEET_MOCK_SES_SECRET", hide_env_values = true)]
+    pub ses_secret: Option<String>,
+    /// Also speak SMTP (plain) on this address.
+    #[arg(long, env = "MAILFLEET_MOCK_SMTP_LISTEN")]
+    pub smtp_listen: Option<String>,
     /// JSONL file every accepted job id is appended to.
     #[arg(long, env = "MAILFLEET_MOCK_LOG")]
     pub log: Option<PathBuf>,
@@ -32,8 +57,8 @@ pub struct MockArgs {
 
 pub async fn run(a: MockArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
-        (0.0..=1.0).contains(&a.failure_rate),
-        "--failure-rate must be between 0 and 1"
+        (0.0..=1.0).contains(&a.failure_rate) && (0.0..=1.0).contains(&a.drop_rate),
+        "--failure-rate and --drop-rate must be between 0 and 1"
     );
     let server = mock::build(MockConfig {
         latency: Duration::from_millis(a.latency_ms),
@@ -42,6 +67,16 @@ pub async fn run(a: MockArgs) -> anyhow::Result<()> {
         log: a.log.clone(),
         throttle_every: Duration::from_millis(a.throttle_every_ms),
         throttle_for: Duration::from_millis(a.throttle_for_ms),
+        latency_p99: a.latency_p99_ms.map(Duration::from_millis),
+        drop_rate: a.drop_rate,
+        outage_after: Duration::from_millis(a.outage_after_ms),
+        outage_for: Duration::from_millis(a.outage_for_ms),
+        rate_limit: (a.rate_limit > 0).then(|| mock::RateLimit {
+            limit: a.rate_limit,
+            window: Duration::from_millis(a.rate_window_ms.max(1)),
+        }),
+        ses_secret: a.ses_secret.clone(),
+        capture: 0,
     })
     .await
     .context("creating the mock's log")?;
@@ -52,6 +87,13 @@ pub async fn run(a: MockArgs) -> anyhow::Result<()> {
         "mock-provider listening on http://{}",
         listener.local_addr()?
     );
+    if a.outage_for_ms > 0 {
+        let start = chrono::Utc::now().timestamp_millis() + a.outage_after_ms as i64;
+        println!(
+            "mock-provider outage from_ms={start} until_ms={}",
+            start + a.outage_for_ms as i64
+        );
+    }
     let token = CancellationToken::new();
     crate::shutdown::cancel_on_signal(token.clone());
     let mock::MockServer {
@@ -59,7 +101,14 @@ pub async fn run(a: MockArgs) -> anyhow::Result<()> {
         state,
         log_writer,
     } = server;
-    crate::api::serve(listener, router, token).await?;
+    if let Some(addr) = &a.smtp_listen {
+        let smtp = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        println!("mock-provider SMTP on {}", smtp.local_addr()?);
+        tokio::spawn(mock::smtp::serve(smtp, state.clone(), token.clone()));
+    }
+    mock::serve(listener, router, token).await?;
     let stats = state.stats();
     drop(state);
     if let Some(w) = log_writer {

@@ -7,9 +7,12 @@ pub mod bench;
 pub mod dlq;
 pub mod migrate;
 pub mod mock;
+pub mod pause;
 pub mod report;
 pub mod schedule;
 pub mod send;
+pub mod status;
+pub mod suppress;
 pub mod template;
 pub mod worker;
 
@@ -29,7 +32,7 @@ pub enum Command {
     /// Store and read named templates.
     #[command(subcommand)]
     Template(template::TemplateCmd),
-    /// Run the mock email provider (SendGrid dialect) for development and tests.
+    /// Run the mock email provider (SendGrid, SES, Mailgun, Postmark, SMTP) for development and tests.
     MockProvider(mock::MockArgs),
     /// Inspect, replay and purge the dead-letter streams.
     #[command(subcommand)]
@@ -45,6 +48,15 @@ pub enum Command {
     Bench(bench::BenchCmd),
     /// Compare enqueued ids with Postgres and a mock-provider log: sent, lost, duplicates.
     Report(report::ReportArgs),
+    /// The cluster at a glance: lanes, delayed, dead letters, workers, leader, breakers.
+    Status(status::StatusArgs),
+    /// The suppression list: addresses never sent to (bounce, complaint, unsubscribe, manual).
+    #[command(subcommand)]
+    Suppress(suppress::SuppressCmd),
+    /// Pause a lane, provider or tenant on every worker (within a second).
+    Pause(pause::PauseArgs),
+    /// Lift a pause.
+    Resume(pause::PauseArgs),
 }
 
 pub async fn dispatch(global: Global, command: Command) -> anyhow::Result<()> {
@@ -56,6 +68,10 @@ pub async fn dispatch(global: Global, command: Command) -> anyhow::Result<()> {
         Command::Template(c) => template::run(global, c).await,
         Command::MockProvider(a) => mock::run(a).await,
         Command::Report(a) => report::run(global, a).await,
+        Command::Status(a) => status::run(global, a).await,
+        Command::Suppress(c) => suppress::run(global, c).await,
+        Command::Pause(a) => pause::run(global, a, true).await,
+        Command::Resume(a) => pause::run(global, a, false).await,
         Command::Dlq(c) => dlq::run(global, c).await,
         Command::Schedule(c) => schedule::run(global, c).await,
         Command::Audience(c) => audience::run(global, c).await,

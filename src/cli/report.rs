@@ -39,6 +39,24 @@ pub struct ReportArgs {
     /// Stale leaders' writes rejected, as scraped from the workers' metrics.
     #[arg(long, default_value_t = 0)]
     pub stale_writes_rejected: u64,
+    /// With --json and --mock-stats: judge the provider's view of a limit of this many
+    /// requests per second (every 1-second window at or under it, no 429, >= 95% achieved).
+    #[arg(long, requires = "mock_stats")]
+    pub limit_per_sec: Option<u32>,
+    /// The mock's final stats (the JSON line it prints when it stops).
+    #[arg(long)]
+    pub mock_stats: Option<PathBuf>,
+    /// With --json: judge a failover away from this dialect (the primary) during the outage
+    /// --outage-from-ms..--outage-until-ms (unix ms), read from --mock-log.
+    #[arg(long, requires_all = ["outage_from_ms", "outage_until_ms"])]
+    pub failover_primary: Option<String>,
+    #[arg(long)]
+    pub outage_from_ms: Option<i64>,
+    #[arg(long)]
+    pub outage_until_ms: Option<i64>,
+    /// Workers whose metrics showed the primary's breaker open during the outage.
+    #[arg(long, default_value_t = 0)]
+    pub breaker_open_seen: u64,
 }
 
 pub async fn run(g: Global, a: ReportArgs) -> anyhow::Result<()> {
@@ -74,6 +92,34 @@ pub async fn run(g: Global, a: ReportArgs) -> anyhow::Result<()> {
         v["ticks_duplicated"] = t.duplicated.into();
         v["max_tick_lag_ms"] = (t.max_lag_ms.round() as i64).into();
         v["stale_writes_rejected"] = t.stale_writes_rejected.into();
+        v["ok"] = ok.into();
+    }
+    if let (Some(limit), Some(path)) = (a.limit_per_sec, &a.mock_stats) {
+        let text = std::fs::read_to_string(path)?;
+        let stats: crate::mock::Stats = text
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .ok_or_else(|| anyhow::anyhow!("no stats line in {}", path.display()))?;
+        let r = report::rate(&stats, limit);
+        let ok = v["ok"] == serde_json::Value::Bool(true) && r.ok();
+        v["limit_per_sec"] = r.limit_per_sec.into();
+        v["max_window_count"] = r.max_window_count.into();
+        v["achieved_per_sec"] = ((r.achieved_per_sec * 10.0).round() / 10.0).into();
+        v["rejected_by_provider"] = r.rejected_by_provider.into();
+        v["ok"] = ok.into();
+    }
+    if let (Some(primary), Some(from), Some(until)) =
+        (&a.failover_primary, a.outage_from_ms, a.outage_until_ms)
+    {
+        let f = report::failover(&a.mock_log, primary, from, until)?;
+        let ok = v["ok"] == serde_json::Value::Bool(true) && f.ok() && a.breaker_open_seen > 0;
+        v["outage_ms"] = (until - from).into();
+        v["moved_after_ms"] = f.moved_after_ms.into();
+        v["returned_after_ms"] = f.returned_after_ms.into();
+        v["primary_during_outage"] = f.primary_during_outage.into();
+        v["breaker_open_seen"] = a.breaker_open_seen.into();
+        v["dead"] = dead_letters.into();
         v["ok"] = ok.into();
     }
     println!("{v}");

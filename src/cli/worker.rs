@@ -21,7 +21,7 @@ fn default_consumer() -> String {
 }
 
 pub async fn run(g: Global, a: WorkerArgs) -> anyhow::Result<()> {
-    let providers = config::providers(g.config.as_deref(), &a.provider)?;
+    let send_config = config::send_config(g.config.as_deref(), &a.provider)?;
     let client = http_client(a.send_concurrency)?;
     let pg = store::connect(g.database_url.expose(), a.pg_pool).await?;
     let redis = stream::pool(
@@ -53,13 +53,24 @@ pub async fn run(g: Global, a: WorkerArgs) -> anyhow::Result<()> {
         ambiguous: a.ambiguous,
         reconcile_after: Duration::from_secs(a.reconcile_after_secs),
         reconcile_interval_ms: a.reconcile_interval_ms,
+        unsubscribe: match (&a.unsubscribe_url, &a.unsubscribe_secret) {
+            (Some(url), Some(secret)) if !secret.is_empty() => Some(crate::unsubscribe::Links {
+                base_url: url.clone(),
+                secret: secret.clone(),
+                ttl_secs: a.unsubscribe_ttl_days.max(1) * 86_400,
+            }),
+            (None, None) => None,
+            _ => anyhow::bail!(
+                "set both MAILFLEET_UNSUBSCRIBE_URL and MAILFLEET_UNSUBSCRIBE_SECRET, or neither"
+            ),
+        },
     };
     let deps = Deps {
         redis_url: g.redis_url.expose().to_owned(),
         redis: redis.clone(),
         pg: pg.clone(),
         keys: stream::Keys::new(&g.prefix, g.partitions),
-        providers: Arc::new(Providers::from_config(&providers, &client)),
+        providers: Arc::new(Providers::from_config(&send_config, &client)?),
     };
     let token = CancellationToken::new();
     shutdown::cancel_on_signal(token.clone());

@@ -148,6 +148,27 @@ impl Mailbox {
     }
 }
 
+impl Mailbox {
+    /// The mailbox as an RFC 5322 header value: `addr`, `"Display Name" <addr>`, or with a
+    /// non-ASCII name an RFC 2047 encoded word (`=?UTF-8?B?...?= <addr>`), the form every
+    /// vendor API and SMTP accept.
+    pub fn to_header(&self) -> String {
+        use base64::Engine;
+        match &self.name {
+            None => self.address.as_str().to_owned(),
+            Some(n) if n.is_ascii() => {
+                let quoted = n.replace('\\', "\\\\").replace('"', "\\\"");
+                format!("\"{quoted}\" <{}>", self.address.as_str())
+            }
+            Some(n) => format!(
+                "=?UTF-8?B?{}?= <{}>",
+                base64::engine::general_purpose::STANDARD.encode(n.as_bytes()),
+                self.address.as_str()
+            ),
+        }
+    }
+}
+
 impl fmt::Debug for Mailbox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Mailbox({:?})", self.address)
@@ -163,6 +184,19 @@ mod tests {
         let a = Address::parse("Ada.Lovelace+tag@Example.COM").unwrap();
         assert_eq!(a.as_str(), "Ada.Lovelace+tag@example.com");
         assert_eq!(a.domain(), "example.com");
+    }
+
+    #[test]
+    fn formats_mailboxes_as_header_values() {
+        let m = |s: &str| Mailbox::parse(s).unwrap().to_header();
+        assert_eq!(m("a@b.com"), "a@b.com");
+        assert_eq!(m("Ada <a@b.com>"), "\"Ada\" <a@b.com>");
+        let quoted = Mailbox {
+            name: Some(r#"A "Q" \ B"#.into()),
+            address: Address::parse("a@b.com").unwrap(),
+        };
+        assert_eq!(quoted.to_header(), r#""A \"Q\" \\ B" <a@b.com>"#);
+        assert_eq!(m("Zoë <a@b.com>"), "=?UTF-8?B?Wm/Dqw==?= <a@b.com>");
     }
 
     #[test]

@@ -135,6 +135,28 @@ impl HeaderName {
     }
 }
 
+impl Email {
+    /// Set `List-Unsubscribe: <url>` and `List-Unsubscribe-Post: List-Unsubscribe=One-Click`
+    /// (RFC 8058), replacing any the job carried. Refuses (false) a URL that could break the
+    /// header.
+    pub fn set_one_click_unsubscribe(&mut self, url: &str) -> bool {
+        if has_header_breaking_char(url) || url.contains(['<', '>']) || !url.starts_with("http") {
+            return false;
+        }
+        self.headers.retain(|(n, _)| {
+            !n.0.eq_ignore_ascii_case("list-unsubscribe")
+                && !n.0.eq_ignore_ascii_case("list-unsubscribe-post")
+        });
+        self.headers
+            .push((HeaderName("List-Unsubscribe".into()), format!("<{url}>")));
+        self.headers.push((
+            HeaderName("List-Unsubscribe-Post".into()),
+            "List-Unsubscribe=One-Click".into(),
+        ));
+        true
+    }
+}
+
 /// What the email says: either a named template from Postgres with variables, or inline bodies.
 #[derive(Clone, PartialEq)]
 pub enum Content {

@@ -114,6 +114,25 @@ pub enum Acquired {
     },
 }
 
+/// Who holds the lease now and for how much longer (None when free).
+pub async fn holder<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &LeaseKeys,
+) -> redis::RedisResult<Option<(String, Duration)>> {
+    let (owner, pttl): (Option<String>, i64) = redis::pipe()
+        .cmd("GET")
+        .arg(&keys.lease)
+        .cmd("PTTL")
+        .arg(&keys.lease)
+        .query_async(conn)
+        .await?;
+    // The value is `<token>:<owner>`.
+    Ok(owner.map(|v| {
+        let owner = v.split_once(':').map_or(v.as_str(), |(_, o)| o).to_owned();
+        (owner, Duration::from_millis(pttl.max(0) as u64))
+    }))
+}
+
 /// How much of the TTL is kept back from the local deadline: slack for the clock-rate
 /// difference between this host and Redis and for the time the reply took to arrive.
 pub fn margin(ttl: Duration) -> Duration {

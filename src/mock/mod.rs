@@ -1,40 +1,76 @@
-//! The mock provider (`mailfleet mock-provider`): a real HTTP server speaking SendGrid v3's
-//! `POST /v3/mail/send`, with configurable latency and failure rate. Every accepted job id
-//! (`custom_args.mailfleet_id`) is appended to a JSONL log and counted, so a run can be
-//! checked for lost and duplicated emails from the provider's side. `GET /stats` reports
-//! `received`, `unique`, `duplicates` and `failed_injected`.
+//! The mock provider (`mailfleet mock-provider`): a real server speaking the four HTTP
+//! dialects at their real paths (SendGrid v3 `POST /v3/mail/send`, SES v2
+//! `POST /v2/email/outbound-emails`, Mailgun `POST /v3/<domain>/messages`, Postmark
+//! `POST /email`, see [`dialects`]) and, when asked, SMTP ([`smtp`]).
+//!
+//! Every accepted job id (from the vendor's metadata field) is appended to a JSONL log and
+//! counted, so a run can be checked for lost and duplicated emails from the provider's side.
+//! `GET /stats` reports the counts, per dialect too.
+//!
+//! Faults and limits, each from the configuration:
+//! - latency: fixed, uniform jitter, or log-normal with a given median and p99;
+//! - a failure rate (vendor-shaped 503s), an outage window (503s from `outage_after` for
+//!   `outage_for`), bursts of 429;
+//! - a rate limit per dialect: a sliding window over every request that arrived; a request
+//!   that would make the window hold more than the limit is answered 429 with the vendor's
+//!   headers. `max_window_count` is the most requests that arrived in any window (rejected
+//!   ones included), so a client that never exceeds the limit keeps it at or under the limit;
+//! - accept-then-drop: the request is read, accepted and logged, then the connection is reset
+//!   without an answer (the ambiguous case: the email may go out, the client cannot know).
 //!
 //! The log is written by one task through a buffer flushed every 50 ms and on shutdown, so a
 //! stopped mock's log is complete.
 
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+pub mod dialects;
+pub mod sigv4;
+pub mod smtp;
+
+use axum::Router;
+use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// A provider's window: at most `limit` requests in any `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub limit: u32,
+    pub window: Duration,
+}
 
 #[derive(Debug, Clone)]
 pub struct MockConfig {
-    /// Added to every request.
+    /// Added to every request (the median, with `latency_p99`).
     pub latency: Duration,
     /// Extra uniformly random latency, 0..jitter.
     pub jitter: Duration,
+    /// When set, latency is log-normal with median `latency` and this p99.
+    pub latency_p99: Option<Duration>,
     /// Share of requests answered 503 (0.0 to 1.0); those are not counted as received.
     pub failure_rate: f64,
+    /// Share of requests accepted, logged, and then answered with a connection reset.
+    pub drop_rate: f64,
     /// Where accepted job ids are appended, one JSON object per line.
     pub log: Option<PathBuf>,
     /// Bursts of 429: every `throttle_every`, answer 429 (Retry-After: 1) for `throttle_for`.
     pub throttle_every: Duration,
     pub throttle_for: Duration,
+    /// An outage: every request answered 503 from `outage_after` (since start) for `outage_for`.
+    pub outage_after: Duration,
+    pub outage_for: Duration,
+    /// The window each dialect enforces (None: unlimited).
+    pub rate_limit: Option<RateLimit>,
+    /// When set, SES requests must carry a valid SigV4 signature made with this secret.
+    pub ses_secret: Option<String>,
+    /// Keep the last this many requests (headers and body) for tests to inspect.
+    pub capture: usize,
 }
 
 impl Default for MockConfig {
@@ -42,21 +78,60 @@ impl Default for MockConfig {
         MockConfig {
             latency: Duration::ZERO,
             jitter: Duration::ZERO,
+            latency_p99: None,
             failure_rate: 0.0,
+            drop_rate: 0.0,
             log: None,
             throttle_every: Duration::ZERO,
             throttle_for: Duration::ZERO,
+            outage_after: Duration::ZERO,
+            outage_for: Duration::ZERO,
+            rate_limit: None,
+            ses_secret: None,
+            capture: 0,
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Stats {
     pub received: u64,
     pub unique: u64,
     pub duplicates: u64,
     pub failed_injected: u64,
     pub throttled: u64,
+    /// Requests answered 429 because they exceeded the configured window.
+    #[serde(default)]
+    pub rate_limited: u64,
+    /// The most requests that arrived (accepted or not) in any one window, per dialect's max.
+    #[serde(default)]
+    pub max_window_count: u64,
+    /// Accepted, then answered with a reset.
+    #[serde(default)]
+    pub dropped: u64,
+    /// Accepted per dialect.
+    #[serde(default)]
+    pub by_dialect: BTreeMap<String, u64>,
+    /// Unix ms of the first and last accepted request (0 before any).
+    #[serde(default)]
+    pub first_at_ms: i64,
+    #[serde(default)]
+    pub last_at_ms: i64,
+}
+
+/// One request as it arrived, for tests.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    pub dialect: &'static str,
+    pub path: String,
+    pub headers: axum::http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Window {
+    arrivals: VecDeque<Instant>,
+    max: u64,
 }
 
 struct Inner {
@@ -65,7 +140,13 @@ struct Inner {
     received: AtomicU64,
     failed: AtomicU64,
     throttled: AtomicU64,
-    started: std::time::Instant,
+    rate_limited: AtomicU64,
+    dropped: AtomicU64,
+    windows: Mutex<HashMap<&'static str, Window>>,
+    by_dialect: Mutex<BTreeMap<String, u64>>,
+    first_last: Mutex<(i64, i64)>,
+    captured: Mutex<VecDeque<Captured>>,
+    started: Instant,
     log: Option<mpsc::UnboundedSender<String>>,
 }
 
@@ -79,18 +160,54 @@ pub struct MockServer {
     pub log_writer: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
+/// What the fault settings decide for one arriving request.
+pub enum Verdict {
+    /// Over the window: answer 429, retry after this long.
+    RateLimited(Duration),
+    /// A 429 burst.
+    Throttled,
+    /// Answer 503.
+    Unavailable,
+    /// Take it.
+    Accept,
+}
+
+/// Put into each request's extensions by [`serve`]: resets the request's connection.
+#[derive(Clone)]
+pub struct Reset(Arc<Notify>);
+
+impl Reset {
+    pub fn now(&self) {
+        self.0.notify_one();
+    }
+}
+
 impl Mock {
     pub fn stats(&self) -> Stats {
         let seen = self.0.seen.lock().unwrap_or_else(|p| p.into_inner());
         let received = self.0.received.load(Ordering::SeqCst);
+        let windows = self.0.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let (first, last) = *self.0.first_last.lock().unwrap_or_else(|p| p.into_inner());
         Stats {
             received,
             unique: seen.len() as u64,
             duplicates: received.saturating_sub(seen.len() as u64),
             failed_injected: self.0.failed.load(Ordering::SeqCst),
             throttled: self.0.throttled.load(Ordering::SeqCst),
+            rate_limited: self.0.rate_limited.load(Ordering::SeqCst),
+            max_window_count: windows.values().map(|w| w.max).max().unwrap_or(0),
+            dropped: self.0.dropped.load(Ordering::SeqCst),
+            by_dialect: self
+                .0
+                .by_dialect
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            first_at_ms: first,
+            last_at_ms: last,
         }
     }
+
     /// How many times each job id was accepted.
     pub fn counts(&self) -> HashMap<String, u32> {
         self.0
@@ -98,6 +215,154 @@ impl Mock {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The captured requests, oldest first (with `capture` > 0).
+    pub fn captured(&self) -> Vec<Captured> {
+        self.0
+            .captured
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    pub fn config(&self) -> &MockConfig {
+        &self.0.cfg
+    }
+
+    pub(crate) fn capture(
+        &self,
+        dialect: &'static str,
+        path: &str,
+        headers: &axum::http::HeaderMap,
+        body: &[u8],
+    ) {
+        let cap = self.0.cfg.capture;
+        if cap == 0 {
+            return;
+        }
+        let mut c = self.0.captured.lock().unwrap_or_else(|p| p.into_inner());
+        if c.len() >= cap {
+            c.pop_front();
+        }
+        c.push_back(Captured {
+            dialect,
+            path: path.to_owned(),
+            headers: headers.clone(),
+            body: body.to_vec(),
+        });
+    }
+
+    /// Count an arriving request in its dialect's window, wait out the configured latency,
+    /// and decide its fate.
+    pub(crate) async fn arrive(&self, dialect: &'static str) -> Verdict {
+        let cfg = &self.0.cfg;
+        if let Some(rl) = cfg.rate_limit {
+            let now = Instant::now();
+            let mut windows = self.0.windows.lock().unwrap_or_else(|p| p.into_inner());
+            let w = windows.entry(dialect).or_default();
+            while w
+                .arrivals
+                .front()
+                .is_some_and(|&t| now.duration_since(t) >= rl.window)
+            {
+                w.arrivals.pop_front();
+            }
+            w.arrivals.push_back(now);
+            w.max = w.max.max(w.arrivals.len() as u64);
+            if w.arrivals.len() as u64 > u64::from(rl.limit) {
+                let oldest = w.arrivals.front().copied().unwrap_or(now);
+                let retry = rl.window.saturating_sub(now.duration_since(oldest));
+                self.0.rate_limited.fetch_add(1, Ordering::SeqCst);
+                return Verdict::RateLimited(retry);
+            }
+        }
+        let delay = self.latency();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let elapsed = self.0.started.elapsed();
+        if !cfg.outage_for.is_zero()
+            && elapsed >= cfg.outage_after
+            && elapsed < cfg.outage_after + cfg.outage_for
+        {
+            self.0.failed.fetch_add(1, Ordering::SeqCst);
+            return Verdict::Unavailable;
+        }
+        if !cfg.throttle_every.is_zero() {
+            let every = cfg.throttle_every.as_millis().max(1);
+            if elapsed.as_millis() % every < cfg.throttle_for.as_millis() {
+                self.0.throttled.fetch_add(1, Ordering::SeqCst);
+                return Verdict::Throttled;
+            }
+        }
+        if cfg.failure_rate > 0.0 && rand::random::<f64>() < cfg.failure_rate {
+            self.0.failed.fetch_add(1, Ordering::SeqCst);
+            return Verdict::Unavailable;
+        }
+        Verdict::Accept
+    }
+
+    fn latency(&self) -> Duration {
+        let cfg = &self.0.cfg;
+        let mut delay = match cfg.latency_p99 {
+            Some(p99) if !cfg.latency.is_zero() && p99 > cfg.latency => {
+                // Log-normal: median m, p99 = m * exp(2.326 sigma).
+                let m = cfg.latency.as_secs_f64();
+                let sigma = (p99.as_secs_f64() / m).ln() / 2.326;
+                let (u1, u2): (f64, f64) = (rand::random::<f64>().max(1e-12), rand::random());
+                let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+                Duration::from_secs_f64((m * (sigma * z).exp()).min(60.0))
+            }
+            _ => cfg.latency,
+        };
+        if !cfg.jitter.is_zero() {
+            delay += Duration::from_micros(rand::random_range(0..cfg.jitter.as_micros() as u64));
+        }
+        delay
+    }
+
+    /// Record an accepted job; returns the provider message id to answer with, and whether
+    /// to reset the connection instead of answering (accept-then-drop).
+    pub(crate) fn accept(&self, dialect: &'static str, job_id: &str) -> (String, bool) {
+        let message_id = uuid::Uuid::now_v7().simple().to_string();
+        {
+            let mut seen = self.0.seen.lock().unwrap_or_else(|p| p.into_inner());
+            *seen.entry(job_id.to_owned()).or_insert(0) += 1;
+        }
+        self.0.received.fetch_add(1, Ordering::SeqCst);
+        *self
+            .0
+            .by_dialect
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(dialect.to_owned())
+            .or_insert(0) += 1;
+        let at_ms = chrono::Utc::now().timestamp_millis();
+        {
+            let mut fl = self.0.first_last.lock().unwrap_or_else(|p| p.into_inner());
+            if fl.0 == 0 {
+                fl.0 = at_ms;
+            }
+            fl.1 = at_ms;
+        }
+        let drop = self.0.cfg.drop_rate > 0.0 && rand::random::<f64>() < self.0.cfg.drop_rate;
+        if drop {
+            self.0.dropped.fetch_add(1, Ordering::SeqCst);
+        }
+        if let Some(log) = &self.0.log {
+            let line = json!({
+                "id": job_id,
+                "provider": dialect,
+                "message_id": message_id,
+                "at_ms": at_ms,
+                "dropped": drop,
+            });
+            let _ = log.send(line.to_string());
+        }
+        (message_id, drop)
     }
 }
 
@@ -118,14 +383,23 @@ pub async fn build(cfg: MockConfig) -> std::io::Result<MockServer> {
         received: AtomicU64::new(0),
         failed: AtomicU64::new(0),
         throttled: AtomicU64::new(0),
-        started: std::time::Instant::now(),
+        rate_limited: AtomicU64::new(0),
+        dropped: AtomicU64::new(0),
+        windows: Mutex::new(HashMap::new()),
+        by_dialect: Mutex::new(BTreeMap::new()),
+        first_last: Mutex::new((0, 0)),
+        captured: Mutex::new(VecDeque::new()),
+        started: Instant::now(),
         log,
     }));
-    let router = Router::new()
-        .route("/v3/mail/send", post(sendgrid))
+    let router = dialects::routes()
         .route(
             "/stats",
-            get(|State(m): State<Mock>| async move { Json(m.stats()) }),
+            get(
+                |axum::extract::State(m): axum::extract::State<Mock>| async move {
+                    axum::Json(m.stats())
+                },
+            ),
         )
         .route("/healthz", get(|| async { "ok" }))
         .with_state(state.clone());
@@ -134,6 +408,48 @@ pub async fn build(cfg: MockConfig) -> std::io::Result<MockServer> {
         state,
         log_writer,
     })
+}
+
+/// Serve `router` on `listener` until `shutdown`, one HTTP/1.1 connection per task, each
+/// request carrying a [`Reset`] that closes its connection at once with a TCP reset (the
+/// sockets linger 0), which is how accept-then-drop leaves the client without an answer.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    use tower::ServiceExt;
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok((s, _)) => s,
+                // Out of file descriptors and the like: keep serving the others.
+                Err(_) => { tokio::time::sleep(Duration::from_millis(10)).await; continue; }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+        let router = router.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let reset = Arc::new(Notify::new());
+            let r = reset.clone();
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(Reset(r.clone()));
+                    router.clone().oneshot(req)
+                },
+            );
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            tokio::select! {
+                _ = conn => {}
+                _ = reset.notified() => {}
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
 }
 
 async fn write_log(
@@ -152,105 +468,6 @@ async fn write_log(
         }
     }
     w.flush().await
-}
-
-fn sendgrid_error(status: StatusCode, message: &str, field: Option<&str>) -> Response {
-    (
-        status,
-        Json(json!({ "errors": [{ "message": message, "field": field }] })),
-    )
-        .into_response()
-}
-
-async fn sendgrid(State(m): State<Mock>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    let authed = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("Bearer ") && v.len() > 7);
-    if !authed {
-        return sendgrid_error(
-            StatusCode::UNAUTHORIZED,
-            "The provided authorization grant is invalid, expired, or revoked",
-            None,
-        );
-    }
-    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
-        return sendgrid_error(StatusCode::BAD_REQUEST, "Bad Request", None);
-    };
-    let has_to = v["personalizations"][0]["to"]
-        .as_array()
-        .is_some_and(|a| !a.is_empty());
-    if !has_to {
-        return sendgrid_error(
-            StatusCode::BAD_REQUEST,
-            "The to array is required for all personalization objects",
-            Some("personalizations.0.to"),
-        );
-    }
-    if v["from"]["email"].as_str().is_none() {
-        return sendgrid_error(
-            StatusCode::BAD_REQUEST,
-            "The from object must be provided for every email send.",
-            Some("from"),
-        );
-    }
-    if v["subject"].as_str().is_none_or(str::is_empty) {
-        return sendgrid_error(
-            StatusCode::BAD_REQUEST,
-            "The subject is required.",
-            Some("subject"),
-        );
-    }
-    if v["content"].as_array().is_none_or(|a| a.is_empty()) {
-        return sendgrid_error(
-            StatusCode::BAD_REQUEST,
-            "Unless a valid template_id is provided, the content parameter is required.",
-            Some("content"),
-        );
-    }
-    let cfg = &m.0.cfg;
-    let mut delay = cfg.latency;
-    if !cfg.jitter.is_zero() {
-        delay += Duration::from_micros(rand::random_range(0..cfg.jitter.as_micros() as u64));
-    }
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
-    if !cfg.throttle_every.is_zero() {
-        let every = cfg.throttle_every.as_millis().max(1);
-        let into = m.0.started.elapsed().as_millis() % every;
-        if into < cfg.throttle_for.as_millis() {
-            m.0.throttled.fetch_add(1, Ordering::SeqCst);
-            let mut r = sendgrid_error(StatusCode::TOO_MANY_REQUESTS, "Too many requests", None);
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-            return r;
-        }
-    }
-    if cfg.failure_rate > 0.0 && rand::random::<f64>() < cfg.failure_rate {
-        m.0.failed.fetch_add(1, Ordering::SeqCst);
-        return sendgrid_error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable", None);
-    }
-    let id = v["custom_args"]["mailfleet_id"]
-        .as_str()
-        .unwrap_or("")
-        .to_owned();
-    let message_id = uuid::Uuid::now_v7().simple().to_string();
-    {
-        let mut seen = m.0.seen.lock().unwrap_or_else(|p| p.into_inner());
-        *seen.entry(id.clone()).or_insert(0) += 1;
-    }
-    m.0.received.fetch_add(1, Ordering::SeqCst);
-    if let Some(log) = &m.0.log {
-        let line = json!({
-            "id": id,
-            "provider": "sendgrid",
-            "message_id": message_id,
-            "at_ms": chrono::Utc::now().timestamp_millis(),
-        });
-        let _ = log.send(line.to_string());
-    }
-    (StatusCode::ACCEPTED, [("x-message-id", message_id)]).into_response()
 }
 
 /// Read a mock log: how many times each job id was accepted.

@@ -6,20 +6,29 @@
 //! - [`ErrorClass::Transient`]: the provider did not take the email and may later (connect
 //!   errors, 429, 5xx): retry with backoff;
 //! - [`ErrorClass::Permanent`]: it never will (invalid recipient, 4xx validation): `failed`;
-//! - [`ErrorClass::QuotaAuth`]: the account cannot send (401/403, paused): retry later;
+//! - [`ErrorClass::QuotaAuth`]: the account cannot send (401/403, paused): open the
+//!   provider's breaker, fail over, and alert (`mailfleet_provider_errors_total{class}`);
 //! - [`ErrorClass::Ambiguous`]: the request left and no answer came back (a timeout or reset
 //!   after sending): the provider may have sent it, so the job is recorded `unknown` and never
 //!   sent again automatically.
 
+pub mod breaker;
+pub mod mailgun;
+pub mod postmark;
 pub mod sendgrid;
+pub mod ses;
+pub mod smtp;
 
-use crate::config::{ProviderConfig, ProviderKind};
-use crate::domain::{Email, JobId};
+use crate::config::{BreakerConfig, Limit, ProviderKind, Routes, SendConfig};
+use crate::domain::{Email, JobId, Lane};
+use crate::metrics::METRICS;
 use crate::render::Rendered;
+use breaker::Breaker;
 use futures::future::BoxFuture;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
@@ -48,6 +57,18 @@ pub struct SendError {
     pub message: String,
     pub http_status: Option<u16>,
     pub retry_after: Option<Duration>,
+}
+
+impl SendError {
+    /// A request that could not even be built: no provider will take it as it is.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        SendError {
+            class: ErrorClass::Permanent,
+            message: message.into(),
+            http_status: None,
+            retry_after: None,
+        }
+    }
 }
 
 /// The provider took the email.
@@ -96,16 +117,107 @@ pub fn classify_transport(e: &reqwest::Error) -> SendError {
     }
 }
 
-/// Parse a Retry-After header given in seconds (the form providers use).
+/// How long a provider asked us to wait: `Retry-After` in seconds, else SendGrid's
+/// `X-RateLimit-Reset` (the unix time the window resets).
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
+    let num = |name: &str| -> Option<i64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
+    if let Some(secs) = num("retry-after") {
+        return Some(Duration::from_secs(secs.max(0) as u64));
+    }
+    let reset = num("x-ratelimit-reset")?;
+    let now = chrono::Utc::now().timestamp();
+    Some(Duration::from_secs((reset - now).clamp(1, 3600) as u64))
+}
+
+/// A `{"Name": .., "Value": ..}` header, as SES v2 and Postmark spell one.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct NameValue<'a> {
+    pub name: &'a str,
+    pub value: &'a str,
+}
+
+/// Where a vendor puts its message id in a success answer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum MessageIdFrom {
+    Header(&'static str),
+    /// A top-level string field of the JSON body.
+    Json(&'static str),
+}
+
+/// Send a built request and turn the answer into [`Accepted`] or a classified [`SendError`]:
+/// the part every HTTP adapter shares. `classify` sees the status, the headers and the
+/// (scrubbed) start of the error body, and returns the class and the vendor's error type, if
+/// it has one, for the message.
+pub(crate) async fn exchange(
+    req: reqwest::RequestBuilder,
+    vendor: &str,
+    id_from: MessageIdFrom,
+    classify: impl FnOnce(u16, &reqwest::header::HeaderMap, &str) -> (ErrorClass, Option<String>),
+) -> Result<Accepted, SendError> {
+    let resp = req.send().await.map_err(|e| classify_transport(&e))?;
+    let status = resp.status().as_u16();
+    if resp.status().is_success() {
+        // The email is taken; an unreadable answer only loses the message id.
+        let message_id = match id_from {
+            MessageIdFrom::Header(h) => resp
+                .headers()
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            MessageIdFrom::Json(field) => resp
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+                .and_then(|v| v.get(field)?.as_str().map(str::to_owned)),
+        };
+        return Ok(Accepted {
+            message_id,
+            http_status: status,
+        });
+    }
+    let headers = resp.headers().clone();
+    let (retry, detail) = failed_response(resp).await;
+    let (class, kind) = classify(status, &headers, &detail);
+    let kind = kind.map(|k| format!(" {k}")).unwrap_or_default();
+    Err(SendError {
+        class,
+        message: format!("{vendor} answered {status}{kind}: {detail}"),
+        http_status: Some(status),
+        retry_after: retry,
+    })
+}
+
+/// A failed answer's Retry-After and the start of its body (300 characters), with every
+/// word containing `@` replaced: vendors echo addresses in their error texts, and these texts
+/// reach `last_error` and the dead-letter stream.
+pub(crate) async fn failed_response(resp: reqwest::Response) -> (Option<Duration>, String) {
+    let retry = retry_after(resp.headers());
+    let text = resp.text().await.unwrap_or_default();
+    (retry, scrub(&text))
+}
+
+/// The first 300 characters of `text`, every `@`-word replaced by `<address>`.
+pub fn scrub(text: &str) -> String {
+    let short: String = text.chars().take(300).collect();
+    short
+        .split_inclusive(|c: char| {
+            c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | ',' | ';')
+        })
+        .map(|w| {
+            if w.contains('@') {
+                let end = w.chars().last().filter(|c| {
+                    c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | ',' | ';')
+                });
+                match end {
+                    Some(c) => format!("<address>{c}"),
+                    None => "<address>".to_owned(),
+                }
+            } else {
+                w.to_owned()
+            }
+        })
+        .collect()
 }
 
 /// A per-worker smoothing limiter (governor): spreads this worker's requests to one provider
@@ -120,59 +232,157 @@ pub fn smoother(per_sec: u32) -> Option<Smoother> {
     )))
 }
 
-/// The configured providers, in preference order.
+/// A provider could not be set up from its configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("provider {name:?}: {message}")]
+pub struct BuildError {
+    pub name: String,
+    pub message: String,
+}
+
+/// One configured provider and what guards it in this worker.
+pub struct Slot {
+    pub provider: Arc<dyn Provider>,
+    pub breaker: Breaker,
+    /// The cluster-wide window, when mailfleet limits this provider.
+    pub limit: Option<Limit>,
+    smoother: Option<Smoother>,
+    concurrency: Option<Semaphore>,
+}
+
+impl Slot {
+    fn new(provider: Arc<dyn Provider>, breaker: BreakerConfig) -> Self {
+        Slot {
+            provider,
+            breaker: Breaker::new(breaker),
+            limit: None,
+            smoother: None,
+            concurrency: None,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        self.provider.name()
+    }
+
+    /// Wait for this worker's smoothing and concurrency cap; hold the permit while sending.
+    pub async fn ready(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        if let Some(s) = &self.smoother {
+            s.until_ready().await;
+        }
+        match &self.concurrency {
+            Some(sem) => sem.acquire().await.ok(),
+            None => None,
+        }
+    }
+
+    /// Feed a finished request to the breaker and publish its state.
+    pub fn record(&self, admitted: breaker::Admit, result: Result<(), ErrorClass>) {
+        let state = self.breaker.record(
+            admitted,
+            breaker::Verdict::of(result),
+            std::time::Instant::now(),
+        );
+        METRICS
+            .breaker_state
+            .with_label_values(&[self.name()])
+            .set(state.gauge());
+    }
+}
+
+/// The configured providers and the routes through them.
 pub struct Providers {
-    ordered: Vec<Arc<dyn Provider>>,
-    by_name: HashMap<String, Arc<dyn Provider>>,
-    smoothers: HashMap<String, Arc<Smoother>>,
+    slots: Vec<Slot>,
+    by_name: HashMap<String, usize>,
+    routes: Routes,
 }
 
 impl Providers {
-    pub fn from_config(configs: &[ProviderConfig], client: &reqwest::Client) -> Self {
-        let ordered: Vec<Arc<dyn Provider>> = configs
-            .iter()
-            .map(|c| -> Arc<dyn Provider> {
-                match c.kind {
-                    ProviderKind::Sendgrid => Arc::new(sendgrid::SendGrid::new(c, client.clone())),
+    pub fn from_config(cfg: &SendConfig, client: &reqwest::Client) -> Result<Self, BuildError> {
+        let mut slots = Vec::with_capacity(cfg.providers.len());
+        for c in &cfg.providers {
+            let provider: Arc<dyn Provider> = match c.kind {
+                ProviderKind::Sendgrid => Arc::new(sendgrid::SendGrid::new(c, client.clone())),
+                ProviderKind::Ses => Arc::new(ses::Ses::new(c, client.clone())),
+                ProviderKind::Mailgun => Arc::new(mailgun::Mailgun::new(c, client.clone())),
+                ProviderKind::Postmark => Arc::new(postmark::Postmark::new(c, client.clone())),
+                ProviderKind::Smtp => {
+                    Arc::new(smtp::Smtp::new(c).map_err(|message| BuildError {
+                        name: c.name.clone(),
+                        message,
+                    })?)
                 }
-            })
-            .collect();
-        let mut providers = Self::new(ordered);
-        providers.smoothers = configs
-            .iter()
-            .filter_map(|c| Some((c.name.clone(), Arc::new(smoother(c.rate_per_sec?)?))))
-            .collect();
-        providers
+            };
+            let mut slot = Slot::new(provider, cfg.breaker);
+            slot.limit = c.limit;
+            slot.smoother = c.rate_per_sec.and_then(smoother);
+            slot.concurrency = c.concurrency.map(Semaphore::new);
+            slots.push(slot);
+        }
+        Ok(Self::with_slots(slots, cfg.routes.clone()))
     }
 
+    /// Providers built elsewhere (tests), with default breakers and no limits, routed in order.
     pub fn new(ordered: Vec<Arc<dyn Provider>>) -> Self {
-        let by_name = ordered
-            .iter()
-            .map(|p| (p.name().to_owned(), p.clone()))
+        let slots = ordered
+            .into_iter()
+            .map(|p| Slot::new(p, BreakerConfig::default()))
             .collect();
+        Self::with_slots(slots, Routes::default())
+    }
+
+    fn with_slots(slots: Vec<Slot>, routes: Routes) -> Self {
+        let by_name = slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name().to_owned(), i))
+            .collect();
+        for s in &slots {
+            METRICS.breaker_state.with_label_values(&[s.name()]).set(0);
+        }
         Providers {
-            ordered,
+            slots,
             by_name,
-            smoothers: HashMap::new(),
+            routes,
         }
     }
 
-    /// Wait until this worker may send one more request to `provider`.
-    pub async fn smooth(&self, provider: &str) {
-        if let Some(s) = self.smoothers.get(provider) {
-            s.until_ready().await;
-        }
+    pub fn slot(&self, i: usize) -> &Slot {
+        &self.slots[i]
     }
 
-    /// The provider the job asked for if it is configured, else the first one.
-    pub fn pick(&self, preference: Option<&str>) -> Option<&Arc<dyn Provider>> {
-        preference
-            .and_then(|n| self.by_name.get(n))
-            .or_else(|| self.ordered.first())
+    /// The providers a job may use, in failover order: the tenant's route for its lane, else
+    /// the lane's route, else every provider in configuration order; the job's own preference
+    /// (when configured) goes first.
+    pub fn route(&self, lane: Lane, tenant: Option<&str>, preference: Option<&str>) -> Vec<usize> {
+        let names = tenant
+            .and_then(|t| self.routes.tenants.get(t))
+            .and_then(|r| r.get(lane))
+            .or_else(|| self.routes.default.get(lane));
+        let mut out: Vec<usize> = match names {
+            Some(names) => names
+                .iter()
+                .filter_map(|n| self.by_name.get(n).copied())
+                .collect(),
+            None => (0..self.slots.len()).collect(),
+        };
+        if let Some(&p) = preference.and_then(|n| self.by_name.get(n)) {
+            out.retain(|&i| i != p);
+            out.insert(0, p);
+        }
+        out
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ordered.is_empty()
+        self.slots.is_empty()
+    }
+
+    /// Each provider's breaker state in this worker (0 closed, 1 half-open, 2 open).
+    pub fn breaker_states(&self) -> Vec<(String, i64)> {
+        self.slots
+            .iter()
+            .map(|s| (s.name().to_owned(), s.breaker.state().gauge()))
+            .collect()
     }
 }
 
@@ -191,6 +401,17 @@ pub fn http_client(max_idle_per_host: usize) -> reqwest::Result<reqwest::Client>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scrubbing_removes_addresses_from_vendor_error_texts() {
+        let s = scrub(
+            r#"{"Message":"Error parsing 'To': Illegal email address 'ada@example.com'. It must contain the '@' symbol."}"#,
+        );
+        assert!(!s.contains("ada@example.com"), "{s}");
+        assert!(s.contains("Illegal email address"), "{s}");
+        assert_eq!(scrub("to: <bob@x.org>, ok"), "to: <<address>>, ok");
+        assert_eq!(scrub(&"x".repeat(400)).len(), 300);
+    }
 
     #[test]
     fn a_smoother_admits_one_seconds_worth_then_holds() {

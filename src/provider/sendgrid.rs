@@ -1,7 +1,7 @@
 //! SendGrid v3 `POST /v3/mail/send`: bearer key, JSON body, 202 with `X-Message-Id`.
 //! The job id travels in `custom_args.mailfleet_id`, so events and the mock can name the job.
 
-use super::{Accepted, ErrorClass, Message, Provider, SendError, classify_transport, retry_after};
+use super::{Accepted, ErrorClass, Message, MessageIdFrom, Provider, SendError, exchange};
 use crate::config::{ProviderConfig, Secret};
 use crate::domain::Mailbox;
 use futures::future::BoxFuture;
@@ -130,37 +130,20 @@ impl Provider for SendGrid {
 
     fn send<'a>(&'a self, msg: Message<'a>) -> BoxFuture<'a, Result<Accepted, SendError>> {
         Box::pin(async move {
-            let resp = self
+            let req = self
                 .client
                 .post(&self.url)
                 .bearer_auth(self.api_key.expose())
                 .timeout(self.timeout)
-                .json(&body(&msg))
-                .send()
-                .await
-                .map_err(|e| classify_transport(&e))?;
-            let status = resp.status().as_u16();
-            if resp.status().is_success() {
-                let message_id = resp
-                    .headers()
-                    .get("x-message-id")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                return Ok(Accepted {
-                    message_id,
-                    http_status: status,
-                });
-            }
-            let retry = retry_after(resp.headers());
-            // SendGrid's error bodies are {"errors":[{"message":..,"field":..}]}; keep them short.
-            let text = resp.text().await.unwrap_or_default();
-            let detail: String = text.chars().take(300).collect();
-            Err(SendError {
-                class: classify_status(status),
-                message: format!("sendgrid answered {status}: {detail}"),
-                http_status: Some(status),
-                retry_after: retry,
-            })
+                .json(&body(&msg));
+            // Error bodies are {"errors":[{"message":..,"field":..}]}; the status decides.
+            exchange(
+                req,
+                "sendgrid",
+                MessageIdFrom::Header("x-message-id"),
+                |status, _, _| (classify_status(status), None),
+            )
+            .await
         })
     }
 }

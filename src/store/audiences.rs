@@ -214,3 +214,23 @@ pub async fn fill_synthetic(pool: &PgPool, audience_id: i64, n: i64) -> Result<u
     .map_err(q("adding synthetic members"))?;
     Ok(r.rows_affected())
 }
+
+/// Unsubscribe `address` (lowercased) from the audience of schedule `schedule_id`; the number
+/// of member rows changed (0 when it was not a subscribed member).
+pub async fn unsubscribe_from_schedule(
+    pool: &PgPool,
+    schedule_id: i64,
+    address: &str,
+) -> Result<u64, StoreError> {
+    let r = sqlx::query(
+        "UPDATE audience_members SET subscribed = false, updated_at = now()
+          WHERE audience_id = (SELECT audience_id FROM schedules WHERE id = $1)
+            AND lower(email) = $2 AND subscribed",
+    )
+    .bind(schedule_id)
+    .bind(address)
+    .execute(pool)
+    .await
+    .map_err(q("unsubscribing an audience member"))?;
+    Ok(r.rows_affected())
+}

@@ -129,7 +129,7 @@ pub async fn claim(
           FROM ins LEFT JOIN prev USING (id)
         UNION ALL
         SELECT id, attempts, false, false FROM prev
-         WHERE status IN ('sent', 'failed', 'dead', 'suppressed', 'unknown')
+         WHERE status IN ('sent', 'failed', 'dead', 'suppressed', 'unknown', 'delivered', 'bounced', 'complained')
         "#,
     )
     .bind(&c.id)
@@ -168,6 +168,20 @@ pub async fn insert_queued<'e, E: sqlx::PgExecutor<'e>>(
     executor: E,
     rows: &[NewRow],
 ) -> Result<u64, StoreError> {
+    insert_as(executor, rows, "queued").await
+}
+
+/// Insert final `suppressed` rows for jobs the API refused to enqueue because every `to`
+/// recipient is suppressed (no-op for rows that exist already).
+pub async fn insert_suppressed(pool: &PgPool, rows: &[NewRow]) -> Result<u64, StoreError> {
+    insert_as(pool, rows, "suppressed").await
+}
+
+async fn insert_as<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    rows: &[NewRow],
+    status: &'static str,
+) -> Result<u64, StoreError> {
     if rows.is_empty() {
         return Ok(0);
     }
@@ -175,8 +189,9 @@ pub async fn insert_queued<'e, E: sqlx::PgExecutor<'e>>(
     let r = sqlx::query(
         r#"
         INSERT INTO emails (id, status, lane, partition, idempotency_key, tenant, recipient_domain,
-                            template, payload, enqueued_at, due_at)
-        SELECT id, 'queued', lane, partition, idem, tenant, domain, template, payload, enq, due
+                            template, payload, enqueued_at, due_at, recorded_at)
+        SELECT id, $11, lane, partition, idem, tenant, domain, template, payload, enq, due,
+               CASE WHEN $11 = 'queued' THEN NULL ELSE now() END
         FROM UNNEST($1::uuid[], $2::text[], $3::int2[], $4::text[], $5::text[], $6::text[], $7::text[],
                     $8::text[], $9::timestamptz[], $10::timestamptz[])
              AS t(id, lane, partition, idem, tenant, domain, template, payload, enq, due)
@@ -193,6 +208,7 @@ pub async fn insert_queued<'e, E: sqlx::PgExecutor<'e>>(
     .bind(&c.payload)
     .bind(&c.enqueued_at)
     .bind(&c.due_at)
+    .bind(status)
     .execute(executor)
     .await
     .map_err(q("recording accepted jobs"))?;
@@ -268,6 +284,10 @@ pub async fn record(pool: &PgPool, outcomes: &[Outcome]) -> Result<Vec<Uuid>, St
         ), upd AS (
             UPDATE emails e
                SET status = o.status, provider = COALESCE(o.provider, e.provider),
+                   -- A deferred attempt (every provider's breaker open) never reached a
+                   -- provider: it gives its attempt back.
+                   attempts = CASE WHEN o.logged = 'deferred' THEN GREATEST(e.attempts - 1, 0)
+                                   ELSE e.attempts END,
                    provider_message_id = COALESCE(o.message_id, e.provider_message_id),
                    last_error = o.error,
                    sent_at = CASE WHEN o.status = 'sent' THEN o.finished_at ELSE e.sent_at END,
@@ -493,4 +513,20 @@ pub async fn queued_of(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Overdue>, Stor
     .fetch_all(pool)
     .await
     .map_err(q("loading queued jobs"))
+}
+
+/// Outcomes recorded in the last `secs` seconds, per lane and status (for `mailfleet status`).
+pub async fn recent_outcomes(
+    pool: &PgPool,
+    secs: f64,
+) -> Result<Vec<(String, String, i64)>, StoreError> {
+    sqlx::query_as(
+        "SELECT lane, status, count(*) FROM emails
+          WHERE recorded_at > now() - make_interval(secs => $1)
+          GROUP BY lane, status ORDER BY lane, status",
+    )
+    .bind(secs)
+    .fetch_all(pool)
+    .await
+    .map_err(q("counting recent outcomes"))
 }

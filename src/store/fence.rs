@@ -71,3 +71,14 @@ pub async fn holder(
         .await
         .map_err(q("reading the leader fence"))
 }
+
+/// The fence's token and the holder that wrote it last (for `mailfleet status`).
+pub async fn read(pool: &PgPool, name: &str) -> Result<(i64, Option<String>), StoreError> {
+    let row: Option<(i64, Option<String>)> =
+        sqlx::query_as("SELECT token, holder FROM leader_fence WHERE name = $1")
+            .bind(name)
+            .fetch_optional(pool)
+            .await
+            .map_err(q("reading the leader fence"))?;
+    Ok(row.unwrap_or((0, None)))
+}

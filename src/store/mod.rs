@@ -9,7 +9,9 @@ pub mod audiences;
 pub mod emails;
 pub mod fence;
 pub mod schedules;
+pub mod suppressions;
 pub mod templates;
+pub mod webhooks;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};

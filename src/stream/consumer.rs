@@ -42,11 +42,17 @@ pub async fn read_now<C: ConnectionLike + Send>(
     p: u16,
     consumer: &str,
     count: usize,
+    paused: &[Lane],
 ) -> RedisResult<Vec<RawEntry>> {
     let tx = keys.lane(p, Lane::Tx);
     let bulk = keys.lane(p, Lane::Bulk);
     let mut cmd = READ.call(&[&tx, &bulk]);
-    cmd.arg(GROUP).arg(consumer).arg(count);
+    let open = |l| if paused.contains(&l) { "0" } else { "1" };
+    cmd.arg(GROUP)
+        .arg(consumer)
+        .arg(count)
+        .arg(open(Lane::Tx))
+        .arg(open(Lane::Bulk));
     let v = scripts::run_one(conn, cmd).await?;
     let mut out = Vec::new();
     if let Value::Array(lanes) = v
@@ -67,11 +73,22 @@ pub async fn read_blocking<C: ConnectionLike + Send>(
     consumer: &str,
     count: usize,
     block_ms: u64,
+    paused: &[Lane],
 ) -> RedisResult<Vec<RawEntry>> {
     let tx = keys.lane(p, Lane::Tx);
     let bulk = keys.lane(p, Lane::Bulk);
-    let v: Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
+    let open: Vec<&String> = [(Lane::Tx, &tx), (Lane::Bulk, &bulk)]
+        .into_iter()
+        .filter(|(l, _)| !paused.contains(l))
+        .map(|(_, k)| k)
+        .collect();
+    if open.is_empty() {
+        // Every lane paused: wait as a blocking read would, then let the caller look again.
+        tokio::time::sleep(std::time::Duration::from_millis(block_ms)).await;
+        return Ok(Vec::new());
+    }
+    let mut cmd = redis::cmd("XREADGROUP");
+    cmd.arg("GROUP")
         .arg(GROUP)
         .arg(consumer)
         .arg("COUNT")
@@ -79,12 +96,11 @@ pub async fn read_blocking<C: ConnectionLike + Send>(
         .arg("BLOCK")
         .arg(block_ms)
         .arg("STREAMS")
-        .arg(&tx)
-        .arg(&bulk)
-        .arg(">")
-        .arg(">")
-        .query_async(conn)
-        .await?;
+        .arg(&open);
+    for _ in &open {
+        cmd.arg(">");
+    }
+    let v: Value = cmd.query_async(conn).await?;
     let mut out = Vec::new();
     // RESP2: [[key, entries], ...]; RESP3 would be a map of key -> entries.
     let streams: Vec<(Value, Value)> = match v {

@@ -10,7 +10,9 @@
 //! Only this module, `scripts.rs` and the producer speak Redis commands.
 
 pub mod consumer;
+pub mod depth;
 pub mod keys;
+pub mod pause;
 pub mod wire;
 
 pub use keys::Keys;

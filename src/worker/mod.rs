@@ -10,6 +10,8 @@
 //!   load flushes at once, high load gets big batches), records them in one statement, then
 //!   acks/retries/dead-letters in one Redis pipeline;
 //! - one **promoter**: moves due delayed entries (retries, `send_at`) back to their lanes;
+//! - one **observer**: every 5 s, one pipelined read of every queue depth (published as gauges)
+//!   that also reports this worker alive with its breakers' states;
 //! - one **reclaimer** ([`reclaim`]): takes over entries idle past the visibility timeout (their
 //!   consumer crashed) through `lua/reclaim.lua`, into the same batch pipeline;
 //! - one **heartbeat** ([`heartbeat`]): keeps the entries and claims of long sends fresh, so a
@@ -73,6 +75,8 @@ pub struct Settings {
     /// A non-final job this overdue is re-enqueued by the reconciler; zero turns it off.
     pub reconcile_after: Duration,
     pub reconcile_interval_ms: u64,
+    /// One-click unsubscribe links for the bulk lane (None: no List-Unsubscribe header added).
+    pub unsubscribe: Option<crate::unsubscribe::Links>,
 }
 
 /// What a worker does with a send whose outcome cannot be known (a timeout or reset after the
@@ -110,6 +114,7 @@ impl Settings {
             ambiguous: AmbiguousPolicy::Resend,
             reconcile_after: Duration::from_secs(900),
             reconcile_interval_ms: 60_000,
+            unsubscribe: None,
         }
     }
 }
@@ -155,9 +160,26 @@ pub(crate) struct Shared {
     pub draining: Arc<AtomicBool>,
     /// Claimed jobs whose outcome is not recorded yet, kept fresh by the heartbeat.
     pub live: heartbeat::Live,
+    /// Cluster-wide rate-limit permits (`lua/ratelimit.lua`).
+    pub limiter: crate::ratelimit::Limiter,
+    /// The pauses in force, refreshed every [`PAUSE_POLL`].
+    pub pauses: std::sync::RwLock<crate::stream::pause::Pauses>,
 }
 
 impl Shared {
+    pub fn pauses(&self) -> std::sync::RwLockReadGuard<'_, crate::stream::pause::Pauses> {
+        self.pauses.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The lanes readers must not read now.
+    pub fn paused_lanes(&self) -> Vec<crate::domain::Lane> {
+        let p = self.pauses();
+        crate::domain::Lane::ALL
+            .into_iter()
+            .filter(|&l| p.lane(l))
+            .collect()
+    }
+
     /// Give back room for `n` finished entries.
     pub fn release(&self, n: usize) {
         if n > 0 {
@@ -256,6 +278,8 @@ pub async fn start(
         sends: Arc::new(Semaphore::new(settings.send_concurrency.max(1))),
         draining: Arc::new(AtomicBool::new(false)),
         live: Default::default(),
+        limiter: crate::ratelimit::Limiter::new(deps.redis.clone(), deps.keys.prefix()),
+        pauses: Default::default(),
         settings,
         deps,
     });
@@ -271,6 +295,8 @@ async fn supervise(shared: Arc<Shared>, shutdown: CancellationToken) {
     // The recorder stops only when every sender is gone: after readers and batch tasks.
     let recorder = tokio::spawn(recorder::run(shared.clone(), rx));
     let promoter = tokio::spawn(promote_loop(shared.clone(), shutdown.child_token()));
+    let observer = tokio::spawn(observe_loop(shared.clone(), shutdown.child_token()));
+    let pauser = tokio::spawn(pause_loop(shared.clone(), shutdown.child_token()));
     let reconciler = tokio::spawn(reconcile::run(shared.clone(), shutdown.child_token()));
     // The heartbeat outlives the drain: sends finishing during it must stay fresh.
     let beat_stop = CancellationToken::new();
@@ -315,7 +341,98 @@ async fn supervise(shared: Arc<Shared>, shutdown: CancellationToken) {
         }
     }
     beat_stop.cancel();
-    let _ = tokio::join!(promoter, reconciler, beat);
+    let _ = tokio::join!(promoter, observer, pauser, reconciler, beat);
+}
+
+/// How often a worker reads the pauses: a pause is honoured within a second.
+const PAUSE_POLL: Duration = Duration::from_millis(500);
+
+/// Every [`PAUSE_POLL`]: read the pauses (one HGETALL) into [`Shared::pauses`] and the
+/// `mailfleet_paused` gauge. On a Redis error the last known pauses stay in force.
+async fn pause_loop(shared: Arc<Shared>, token: CancellationToken) {
+    loop {
+        let read = match shared.deps.redis.get().await {
+            Ok(mut conn) => crate::stream::pause::read(&mut *conn, &shared.deps.keys)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match read {
+            Ok(p) => {
+                let changed = *shared.pauses() != p;
+                if changed {
+                    METRICS.paused.reset();
+                    for (scope, name, _) in &p.all {
+                        METRICS.paused.with_label_values(&[scope, name]).set(1);
+                    }
+                    tracing::info!(pauses = p.all.len(), "pauses changed");
+                    *shared.pauses.write().unwrap_or_else(|e| e.into_inner()) = p;
+                }
+            }
+            Err(e) => {
+                METRICS.redis_errors.with_label_values(&["pauses"]).inc();
+                tracing::warn!(error.message = %e, "reading pauses failed; keeping the last ones");
+            }
+        }
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tokio::time::sleep(PAUSE_POLL) => {}
+        }
+    }
+}
+
+/// How often a worker publishes queue depths and reports itself alive.
+const OBSERVE_EVERY: Duration = Duration::from_secs(5);
+
+/// Every [`OBSERVE_EVERY`]: one pipelined read of every queue's depth, which also reports this
+/// worker alive with its breakers' states; the results become gauges.
+async fn observe_loop(shared: Arc<Shared>, token: CancellationToken) {
+    loop {
+        let states = shared.deps.providers.breaker_states();
+        let read = match shared.deps.redis.get().await {
+            Ok(mut conn) => crate::stream::depth::read(
+                &mut *conn,
+                &shared.deps.keys,
+                Some((&shared.settings.consumer, &states)),
+            )
+            .await
+            .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match read {
+            Ok(d) => {
+                for (lane, l) in &d.lanes {
+                    METRICS
+                        .queue_length
+                        .with_label_values(&[lane])
+                        .set(l.length as i64);
+                    METRICS
+                        .queue_pending
+                        .with_label_values(&[lane])
+                        .set(l.pending as i64);
+                    METRICS
+                        .queue_lag
+                        .with_label_values(&[lane])
+                        .set(l.lag as i64);
+                    METRICS
+                        .oldest_pending
+                        .with_label_values(&[lane])
+                        .set(l.oldest_pending_ms as f64 / 1000.0);
+                }
+                METRICS.delayed.set(d.delayed as i64);
+                METRICS.dead_letter_length.set(d.dead as i64);
+                METRICS.workers_alive.set(d.workers.len() as i64);
+            }
+            Err(e) => {
+                METRICS.redis_errors.with_label_values(&["observe"]).inc();
+                tracing::warn!(error.message = %e, "observer: reading queue depths failed");
+            }
+        }
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tokio::time::sleep(OBSERVE_EVERY) => {}
+        }
+    }
 }
 
 async fn promote_loop(shared: Arc<Shared>, token: CancellationToken) {

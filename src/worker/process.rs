@@ -5,8 +5,10 @@
 use super::recorder::{After, EntryRef, Item};
 use super::{AmbiguousPolicy, Shared, backoff};
 use crate::metrics::METRICS;
-use crate::provider::{ErrorClass, Message};
+use crate::provider::breaker::Admit;
+use crate::provider::{ErrorClass, Message, SendError};
 use crate::store::emails::{self, ClaimResult, NewRow, Outcome};
+use crate::store::suppressions;
 use crate::stream::consumer::DeadLetter;
 use crate::stream::{Job, RawEntry, wire};
 use chrono::{DateTime, Utc};
@@ -15,6 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
+use tracing::Instrument;
 use uuid::Uuid;
 
 pub(super) async fn batch(shared: Arc<Shared>, entries: Vec<RawEntry>, out: UnboundedSender<Item>) {
@@ -98,6 +101,77 @@ pub(super) async fn batch(shared: Arc<Shared>, entries: Vec<RawEntry>, out: Unbo
         mine.iter().map(|j| (j.id.as_uuid(), EntryRef::of_job(j))),
     );
 
+    // Suppressions: one lookup for every recipient of the batch. Suppressed recipients are
+    // dropped; a job left with no `to` is recorded `suppressed` and never reaches a provider.
+    let mut mine = mine;
+    let suppressed = {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match suppress(&shared, &mut mine).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    METRICS
+                        .store_errors
+                        .with_label_values(&["suppressions"])
+                        .inc();
+                    tracing::warn!(error.message = %e, "suppression check failed; backing off");
+                    if shared.draining.load(std::sync::atomic::Ordering::SeqCst) {
+                        let _ = out.send(Item::Abandon(mine.len()));
+                        return;
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    };
+    for (job, n) in suppressed {
+        let now = Utc::now();
+        let _ = out.send(Item::Outcome {
+            outcome: Outcome {
+                id: job.id.as_uuid(),
+                token,
+                status: "suppressed",
+                attempt: attempts[&job.id.as_uuid()],
+                provider: None,
+                message_id: None,
+                error: Some(format!(
+                    "suppressed: {n} of the recipients are on the suppression list"
+                )),
+                http_status: None,
+                started_at: now,
+                finished_at: now,
+                due_at: None,
+                attempt_outcome: None,
+            },
+            entry: EntryRef::of_job(&job),
+            after: After::Ack,
+            enqueued_at_ms: job.enqueued_at_ms,
+        });
+    }
+    if mine.is_empty() {
+        return;
+    }
+    // Bulk email carries a one-click unsubscribe link (RFC 8058) for its first recipient.
+    if let Some(links) = &shared.settings.unsubscribe {
+        let now = Utc::now().timestamp();
+        for job in mine
+            .iter_mut()
+            .filter(|j| j.lane == crate::domain::Lane::Bulk)
+        {
+            let Some(to) = job.email.to.first() else {
+                continue;
+            };
+            let url = links.url(
+                to.address.as_str(),
+                job.email.tenant.as_deref(),
+                crate::unsubscribe::schedule_of(job.idem.as_deref()),
+                now,
+            );
+            job.email.set_one_click_unsubscribe(&url);
+        }
+    }
+
     let names: Vec<&str> = mine
         .iter()
         .filter_map(|j| j.email.template_name())
@@ -130,12 +204,72 @@ pub(super) async fn batch(shared: Arc<Shared>, entries: Vec<RawEntry>, out: Unbo
             let out = out.clone();
             let templates = templates.clone();
             let attempt = attempts[&job.id.as_uuid()];
+            // Every log line of a send carries these (provider once one is tried); never the
+            // recipient, only its domain.
+            let span = tracing::info_span!(
+                "send",
+                job_id = %job.id,
+                lane = %job.lane,
+                attempt,
+                domain = job.email.recipient_domain(),
+                provider = tracing::field::Empty,
+            );
             async move {
                 let item = send_one(&shared, &job, attempt, token, &templates).await;
                 let _ = out.send(item);
             }
+            .instrument(span)
         })
         .await;
+}
+
+/// Drop the suppressed recipients of `jobs`; take out (and return, with how many recipients
+/// were suppressed) the jobs left with nobody in `to`.
+async fn suppress(
+    shared: &Shared,
+    jobs: &mut Vec<Job>,
+) -> Result<Vec<(Job, usize)>, crate::store::StoreError> {
+    let addresses: Vec<String> = {
+        let mut a: Vec<String> = jobs
+            .iter()
+            .flat_map(|j| j.email.to.iter().chain(&j.email.cc).chain(&j.email.bcc))
+            .map(|m| m.address.as_str().to_lowercase())
+            .collect();
+        a.sort_unstable();
+        a.dedup();
+        a
+    };
+    let set = suppressions::active(&shared.deps.pg, &addresses).await?;
+    if set.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    let mut kept = Vec::with_capacity(jobs.len());
+    for mut job in jobs.drain(..) {
+        let tenant = job.email.tenant.clone();
+        let mut n = 0;
+        for list in [&mut job.email.to, &mut job.email.cc, &mut job.email.bcc] {
+            list.retain(|m| {
+                let hit = suppressions::is_suppressed(
+                    &set,
+                    &m.address.as_str().to_lowercase(),
+                    tenant.as_deref(),
+                );
+                n += usize::from(hit);
+                !hit
+            });
+        }
+        if n > 0 {
+            METRICS.suppressed.inc_by(n as u64);
+        }
+        if job.email.to.is_empty() {
+            out.push((job, n));
+        } else {
+            kept.push(job);
+        }
+    }
+    *jobs = kept;
+    Ok(out)
 }
 
 fn new_row(j: &Job) -> NewRow {
@@ -186,11 +320,11 @@ async fn send_one(
     templates: &HashMap<String, Arc<crate::store::templates::Template>>,
 ) -> Item {
     let s = &shared.settings;
+    let providers = &shared.deps.providers;
     let started = Utc::now();
     let entry = EntryRef::of_job(job);
-    let provider = shared.deps.providers.pick(job.email.provider.as_deref());
-    let provider_name = provider.map(|p| p.name().to_owned());
     let outcome = |status: &'static str,
+                   provider: Option<&str>,
                    error: Option<String>,
                    http: Option<u16>,
                    msg: Option<String>| Outcome {
@@ -198,7 +332,7 @@ async fn send_one(
         token,
         status,
         attempt,
-        provider: provider_name.clone(),
+        provider: provider.map(str::to_owned),
         message_id: msg,
         error,
         http_status: http.map(i32::from),
@@ -213,7 +347,6 @@ async fn send_one(
         after,
         enqueued_at_ms: job.enqueued_at_ms,
     };
-
     let retry = |mut o: Outcome, attempt: i32, retry_after: Option<Duration>| {
         let delay = backoff(attempt, s.retry_base_ms, s.retry_max_ms, retry_after);
         let due_ms = Utc::now().timestamp_millis() + delay.as_millis() as i64;
@@ -227,6 +360,39 @@ async fn send_one(
         )
     };
 
+    // Put the job back without using an attempt (the record statement gives it back).
+    let defer = |why: &str, wait: Duration| {
+        METRICS.deferred.inc();
+        let mut o = outcome(
+            "retrying",
+            None,
+            Some(format!("deferred: {why}")),
+            None,
+            None,
+        );
+        o.attempt_outcome = Some("deferred");
+        retry(o, 1, Some(wait))
+    };
+
+    // A paused lane or tenant: deferred for a little longer the longer the pause has lasted
+    // (at most 30 s), so a long pause does not cycle its backlog every second and a resume is
+    // picked up within that. Checked before rendering: a paused job costs no render.
+    let tenant = job.email.tenant.as_deref();
+    let paused_since = {
+        let p = shared.pauses();
+        if p.lane(job.lane) {
+            Some(Utc::now().timestamp_millis())
+        } else {
+            p.tenant(tenant)
+        }
+    };
+    if let Some(since) = paused_since {
+        let lasted = (Utc::now().timestamp_millis() - since).clamp(0, 30_000) as u64;
+        let wait = Duration::from_millis(1000 + rand::random_range(0..=lasted));
+        return defer("its lane or tenant is paused", wait);
+    }
+
+    let route = providers.route(job.lane, tenant, job.email.provider.as_deref());
     let template = job
         .email
         .template_name()
@@ -236,83 +402,220 @@ async fn send_one(
         Ok(r) => r,
         Err(e) => {
             return finish(
-                outcome("failed", Some(format!("render: {e}")), None, None),
+                outcome("failed", None, Some(format!("render: {e}")), None, None),
                 After::Ack,
             );
         }
     };
-    let Some(provider) = provider else {
+    if route.is_empty() {
         return finish(
-            outcome("failed", Some("no provider configured".into()), None, None),
+            outcome(
+                "failed",
+                None,
+                Some("no provider configured".into()),
+                None,
+                None,
+            ),
             After::Ack,
         );
-    };
+    }
 
-    let result = {
-        shared.deps.providers.smooth(provider.name()).await;
+    // Down the route: the next provider is tried only when the last one's answer proves it did
+    // not take the email (transient, quota/auth); an ambiguous or permanent answer ends it.
+    let mut last: Option<(&str, SendError)> = None;
+    let mut reopens: Option<Duration> = None;
+    let mut down_for: Option<Duration> = None;
+    for &i in &route {
+        let slot = providers.slot(i);
+        if shared.pauses().provider(slot.name()) {
+            // Paused by an operator: skipped like an open breaker; looked at again in a second.
+            let again = Duration::from_secs(1);
+            reopens = Some(reopens.map_or(again, |r| r.min(again)));
+            down_for = Some(Duration::ZERO);
+            continue;
+        }
+        let now = std::time::Instant::now();
+        let admitted = slot.breaker.admit(now);
+        if let Admit::No(after) = admitted {
+            reopens = Some(reopens.map_or(after, |r| r.min(after)));
+            let down = slot.breaker.down_for(now);
+            down_for = Some(down_for.map_or(down, |d: Duration| d.min(down)));
+            continue;
+        }
+        // Wait for this worker's smoothing and caps first, so a permit is used as soon as it
+        // is granted: a permit that waits lands outside the window it was counted in.
+        let _cap = slot.ready().await;
         let _permit = shared.sends.acquire().await;
-        let t0 = std::time::Instant::now();
-        let r = provider
-            .send(Message {
-                job_id: job.id,
-                email: &job.email,
-                rendered: &rendered,
-            })
-            .await;
-        METRICS
-            .provider_duration
-            .with_label_values(&[provider.name()])
-            .observe(t0.elapsed().as_secs_f64());
-        r
-    };
-    match result {
-        Ok(acc) => finish(
-            outcome("sent", None, Some(acc.http_status), acc.message_id),
-            After::Ack,
-        ),
-        Err(e) => {
-            tracing::info!(job_id = %job.id, lane = %job.lane, provider = provider.name(), attempt,
-                class = e.class.as_str(), http_status = e.http_status, "send failed");
-            match e.class {
-                ErrorClass::Permanent => finish(
-                    outcome("failed", Some(e.message), e.http_status, None),
+        if let Some(limit) = &slot.limit
+            && let Err(e) = shared.limiter.acquire(slot.name(), limit, tenant).await
+        {
+            slot.breaker.abandon(admitted);
+            METRICS.redis_errors.with_label_values(&["ratelimit"]).inc();
+            tracing::warn!(job_id = %job.id, provider = slot.name(), error.message = %e, "no rate-limit permit; retrying later");
+            last = Some((
+                slot.name(),
+                SendError {
+                    class: ErrorClass::Transient,
+                    message: e.to_string(),
+                    http_status: None,
+                    retry_after: None,
+                },
+            ));
+            break;
+        }
+        tracing::Span::current().record("provider", slot.name());
+        if let Some((from, _)) = &last {
+            METRICS
+                .failovers
+                .with_label_values(&[from, slot.name()])
+                .inc();
+        }
+        let result = {
+            let t0 = std::time::Instant::now();
+            let r = slot
+                .provider
+                .send(Message {
+                    job_id: job.id,
+                    email: &job.email,
+                    rendered: &rendered,
+                })
+                .await;
+            METRICS
+                .provider_duration
+                .with_label_values(&[slot.name()])
+                .observe(t0.elapsed().as_secs_f64());
+            r
+        };
+        // A 429 is a healthy provider asking us to slow down (the back-off and Retry-After
+        // handle it), not a failure that should open its breaker.
+        slot.record(
+            admitted,
+            match &result {
+                Err(e) if e.http_status == Some(429) => Ok(()),
+                r => r.as_ref().map(|_| ()).map_err(|e| e.class),
+            },
+        );
+        match result {
+            Ok(acc) => {
+                return finish(
+                    outcome(
+                        "sent",
+                        Some(slot.name()),
+                        None,
+                        Some(acc.http_status),
+                        acc.message_id,
+                    ),
                     After::Ack,
-                ),
-                ErrorClass::Ambiguous => {
-                    METRICS.ambiguous.with_label_values(&["no_response"]).inc();
-                    if s.ambiguous == AmbiguousPolicy::Hold || attempt >= s.max_attempts {
-                        // Final `unknown`: an operator decides (the attempt log has the error).
-                        finish(
-                            outcome("unknown", Some(e.message), e.http_status, None),
-                            After::Ack,
-                        )
-                    } else {
-                        // At-least-once: send again later; the attempt is logged `unknown`, so
-                        // a duplicate it may cause is counted.
-                        let mut o = outcome("retrying", Some(e.message), e.http_status, None);
-                        o.attempt_outcome = Some("unknown");
-                        retry(o, attempt, None)
+                );
+            }
+            Err(e) => {
+                METRICS
+                    .provider_errors
+                    .with_label_values(&[slot.name(), e.class.as_str()])
+                    .inc();
+                tracing::info!(job_id = %job.id, lane = %job.lane, provider = slot.name(), attempt,
+                    class = e.class.as_str(), http_status = e.http_status, "send failed");
+                if e.http_status == Some(429)
+                    && let Some(limit) = &slot.limit
+                {
+                    // Every worker waits, not just this one.
+                    let wait = e.retry_after.unwrap_or(Duration::from_secs(1));
+                    METRICS
+                        .provider_backoffs
+                        .with_label_values(&[slot.name()])
+                        .inc();
+                    if let Err(err) = shared.limiter.back_off(slot.name(), limit, wait).await {
+                        tracing::warn!(provider = slot.name(), error.message = %err, "could not set the cluster back-off");
                     }
                 }
-                ErrorClass::Transient | ErrorClass::QuotaAuth if attempt >= s.max_attempts => {
-                    let dl = DeadLetter {
-                        entry_id: job.entry_id.clone(),
-                        reason: "max_attempts".into(),
-                        class: e.class.as_str().to_owned(),
-                        error: e.message.clone(),
-                        attempts: attempt,
-                    };
-                    finish(
-                        outcome("dead", Some(e.message), e.http_status, None),
-                        After::Dead(dl),
-                    )
+                let not_taken = matches!(e.class, ErrorClass::Transient | ErrorClass::QuotaAuth);
+                last = Some((slot.name(), e));
+                if !not_taken {
+                    break;
                 }
-                ErrorClass::Transient | ErrorClass::QuotaAuth => retry(
-                    outcome("retrying", Some(e.message), e.http_status, None),
-                    attempt,
-                    e.retry_after,
-                ),
             }
         }
+    }
+
+    let Some((provider, e)) = last else {
+        // Every provider of the route has its breaker open: put the job back without using an
+        // attempt (a quota or auth problem must not burn a job's retries), no sooner than the
+        // first breaker half-opens, and, with full jitter, up to as long as the route has been
+        // down (capped at the longest retry delay): a long outage cycles its backlog through
+        // Redis and Postgres ever more slowly instead of every few seconds.
+        let reopen = reopens.unwrap_or(Duration::from_secs(1));
+        let spread = down_for
+            .unwrap_or_default()
+            .min(Duration::from_millis(s.retry_max_ms));
+        let wait =
+            reopen + Duration::from_millis(rand::random_range(0..=spread.as_millis() as u64));
+        return defer(
+            "every provider of the route is paused or has its breaker open",
+            wait,
+        );
+    };
+    match e.class {
+        ErrorClass::Permanent => finish(
+            outcome(
+                "failed",
+                Some(provider),
+                Some(e.message),
+                e.http_status,
+                None,
+            ),
+            After::Ack,
+        ),
+        ErrorClass::Ambiguous => {
+            METRICS.ambiguous.with_label_values(&["no_response"]).inc();
+            if s.ambiguous == AmbiguousPolicy::Hold || attempt >= s.max_attempts {
+                // Final `unknown`: an operator decides (the attempt log has the error).
+                finish(
+                    outcome(
+                        "unknown",
+                        Some(provider),
+                        Some(e.message),
+                        e.http_status,
+                        None,
+                    ),
+                    After::Ack,
+                )
+            } else {
+                // At-least-once: send again later; the attempt is logged `unknown`, so
+                // a duplicate it may cause is counted.
+                let mut o = outcome(
+                    "retrying",
+                    Some(provider),
+                    Some(e.message),
+                    e.http_status,
+                    None,
+                );
+                o.attempt_outcome = Some("unknown");
+                retry(o, attempt, None)
+            }
+        }
+        ErrorClass::Transient | ErrorClass::QuotaAuth if attempt >= s.max_attempts => {
+            let dl = DeadLetter {
+                entry_id: job.entry_id.clone(),
+                reason: "max_attempts".into(),
+                class: e.class.as_str().to_owned(),
+                error: e.message.clone(),
+                attempts: attempt,
+            };
+            finish(
+                outcome("dead", Some(provider), Some(e.message), e.http_status, None),
+                After::Dead(dl),
+            )
+        }
+        ErrorClass::Transient | ErrorClass::QuotaAuth => retry(
+            outcome(
+                "retrying",
+                Some(provider),
+                Some(e.message),
+                e.http_status,
+                None,
+            ),
+            attempt,
+            e.retry_after,
+        ),
     }
 }

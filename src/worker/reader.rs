@@ -82,9 +82,16 @@ async fn read_once(
     let d = &shared.deps;
     let now = {
         let mut conn = d.redis.get().await.map_err(|e| e.to_string())?;
-        consumer::read_now(&mut *conn, &d.keys, partition, &s.consumer, s.batch_size)
-            .await
-            .map_err(|e| e.to_string())?
+        consumer::read_now(
+            &mut *conn,
+            &d.keys,
+            partition,
+            &s.consumer,
+            s.batch_size,
+            &shared.paused_lanes(),
+        )
+        .await
+        .map_err(|e| e.to_string())?
     };
     if !now.is_empty() {
         return Ok(now);
@@ -99,6 +106,7 @@ async fn read_once(
     let conn = blocking.as_mut().ok_or("no blocking connection")?;
     // Bounded by BLOCK; a dead server is caught by the outer timeout.
     let block = Duration::from_millis(s.block_ms);
+    let paused = shared.paused_lanes();
     match tokio::time::timeout(
         block + Duration::from_secs(5),
         // COUNT applies per stream: half each keeps the total within the batch's permits.
@@ -109,6 +117,7 @@ async fn read_once(
             &s.consumer,
             (s.batch_size / 2).max(1),
             s.block_ms,
+            &paused,
         ),
     )
     .await

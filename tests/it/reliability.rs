@@ -330,6 +330,7 @@ async fn read_and_die(redis: &TestRedis, lane: Lane, n: usize) -> Vec<String> {
         0,
         "crashed-worker",
         n,
+        &[],
     )
     .await
     .unwrap();

@@ -119,7 +119,7 @@ async fn read_serves_tx_strictly_before_bulk() {
         xadd(&redis, &tx, &[("n", &i.to_string())]).await;
     }
     let mut conn = redis.conn().await;
-    let first = consumer::read_now(&mut *conn, &redis.keys, 0, "c1", 4)
+    let first = consumer::read_now(&mut *conn, &redis.keys, 0, "c1", 4, &[])
         .await
         .unwrap();
     let lanes: Vec<Lane> = first.iter().map(|e| e.lane).collect();
@@ -128,7 +128,7 @@ async fn read_serves_tx_strictly_before_bulk() {
         [Lane::Tx, Lane::Tx, Lane::Tx, Lane::Bulk],
         "tx first, bulk fills the rest"
     );
-    let second = consumer::read_now(&mut *conn, &redis.keys, 0, "c1", 2)
+    let second = consumer::read_now(&mut *conn, &redis.keys, 0, "c1", 2, &[])
         .await
         .unwrap();
     assert!(second.iter().all(|e| e.lane == Lane::Bulk) && second.len() == 2);
@@ -139,13 +139,55 @@ async fn read_serves_tx_strictly_before_bulk() {
 }
 
 #[tokio::test]
+async fn read_leaves_a_paused_lane_unread() {
+    let redis = TestRedis::new();
+    redis.ensure_groups().await;
+    let (tx, bulk) = (redis.keys.lane(0, Lane::Tx), redis.keys.lane(0, Lane::Bulk));
+    for i in 0..3 {
+        xadd(&redis, &bulk, &[("n", &i.to_string())]).await;
+        xadd(&redis, &tx, &[("n", &i.to_string())]).await;
+    }
+    let mut conn = redis.conn().await;
+    let both = [Lane::Tx, Lane::Bulk];
+    let none = consumer::read_now(&mut *conn, &redis.keys, 0, "c1", 10, &both)
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "both lanes paused: nothing read");
+    let bulk_only = consumer::read_now(&mut *conn, &redis.keys, 0, "c1", 10, &[Lane::Tx])
+        .await
+        .unwrap();
+    assert!(
+        bulk_only.len() == 3 && bulk_only.iter().all(|e| e.lane == Lane::Bulk),
+        "tx paused: only bulk"
+    );
+    let tx_now = consumer::read_now(&mut *conn, &redis.keys, 0, "c1", 10, &[Lane::Bulk])
+        .await
+        .unwrap();
+    assert!(tx_now.len() == 3 && tx_now.iter().all(|e| e.lane == Lane::Tx));
+    // The blocking read skips a paused lane too, and returns after its wait with both paused.
+    xadd(&redis, &bulk, &[("n", "late")]).await;
+    let mut blocking =
+        mailfleet::stream::blocking_connection(&redis.url, std::time::Duration::from_secs(5))
+            .await
+            .unwrap();
+    let got = consumer::read_blocking(&mut blocking, &redis.keys, 0, "c1", 10, 50, &both)
+        .await
+        .unwrap();
+    assert!(got.is_empty());
+    let got = consumer::read_blocking(&mut blocking, &redis.keys, 0, "c1", 10, 50, &[Lane::Tx])
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+}
+
+#[tokio::test]
 async fn retry_schedules_and_acks_atomically_and_a_repeat_is_a_no_op() {
     let redis = TestRedis::new();
     redis.ensure_groups().await;
     let lane = redis.keys.lane(0, Lane::Tx);
     xadd(&redis, &lane, &[("v", "1")]).await;
     let mut conn = redis.conn().await;
-    let got = consumer::read_now(&mut *conn, &redis.keys, 0, "c1", 10)
+    let got = consumer::read_now(&mut *conn, &redis.keys, 0, "c1", 10, &[])
         .await
         .unwrap();
     let entry = &got[0].entry_id;
@@ -254,7 +296,7 @@ async fn dead_letter_keeps_the_original_fields_acks_and_never_doubles() {
     let lane = redis.keys.lane(0, Lane::Bulk);
     xadd(&redis, &lane, &[("v", "9"), ("weird", "yes")]).await;
     let mut conn = redis.conn().await;
-    let got = consumer::read_now(&mut *conn, &redis.keys, 0, "c1", 10)
+    let got = consumer::read_now(&mut *conn, &redis.keys, 0, "c1", 10, &[])
         .await
         .unwrap();
     let call = || {
@@ -314,7 +356,7 @@ async fn touch_refreshes_only_this_consumers_entries_without_counting_a_delivery
         xadd(&redis, &key, &[("v", "1"), ("n", &i.to_string())]).await;
     }
     let mut conn = redis.conn().await;
-    let read = consumer::read_now(&mut *conn, &redis.keys, 0, "alive", 10)
+    let read = consumer::read_now(&mut *conn, &redis.keys, 0, "alive", 10, &[])
         .await
         .unwrap();
     let ids: Vec<String> = read.iter().map(|e| e.entry_id.clone()).collect();

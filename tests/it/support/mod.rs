@@ -6,7 +6,7 @@
 pub mod private;
 pub mod proxy;
 
-use mailfleet::config::{ProviderConfig, ProviderKind, Secret};
+use mailfleet::config::{ProviderConfig, ProviderKind, Secret, SendConfig};
 use mailfleet::mock::{self, Mock, MockConfig};
 use mailfleet::provider::{Providers, http_client};
 use mailfleet::stream::{Keys, consumer};
@@ -170,6 +170,8 @@ impl Drop for TestRedis {
 /// An in-process mock provider on a random port.
 pub struct TestMock {
     pub url: String,
+    /// The mock's SMTP listener, `host:port`.
+    pub smtp: String,
     pub state: Mock,
     token: CancellationToken,
 }
@@ -180,15 +182,17 @@ impl TestMock {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
+        let smtp = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let smtp_addr = smtp.local_addr().expect("addr").to_string();
         let token = CancellationToken::new();
-        tokio::spawn(mailfleet::api::serve(
-            listener,
-            server.router,
-            token.clone(),
-        ));
+        tokio::spawn(mock::serve(listener, server.router, token.clone()));
+        tokio::spawn(mock::smtp::serve(smtp, server.state.clone(), token.clone()));
         TestMock {
             url,
+            smtp: smtp_addr,
             state: server.state,
             token,
         }
@@ -202,14 +206,10 @@ impl Drop for TestMock {
 }
 
 pub fn provider_config(url: &str) -> ProviderConfig {
-    ProviderConfig {
-        name: "sendgrid".into(),
-        kind: ProviderKind::Sendgrid,
-        base_url: url.into(),
-        api_key: Secret::new("test-key"),
-        timeout_ms: 5_000,
-        rate_per_sec: None,
-    }
+    let mut p = ProviderConfig::new("sendgrid", ProviderKind::Sendgrid, url);
+    p.api_key = Secret::new("test-key");
+    p.timeout_ms = 5_000;
+    p
 }
 
 /// Fast-reacting settings for tests.
@@ -248,13 +248,30 @@ impl TestWorker {
         provider: ProviderConfig,
         settings: Settings,
     ) -> Self {
+        Self::start_config(
+            pg,
+            redis,
+            redis_url,
+            SendConfig::of(vec![provider]),
+            settings,
+        )
+        .await
+    }
+    /// A worker with several providers, routes and breaker settings.
+    pub async fn start_config(
+        pg: &PgPool,
+        redis: &TestRedis,
+        redis_url: &str,
+        send: SendConfig,
+        settings: Settings,
+    ) -> Self {
         let client = http_client(64).expect("http client");
         let deps = Deps {
             redis_url: redis_url.to_owned(),
             redis: redis.pool.clone(),
             pg: pg.clone(),
             keys: redis.keys.clone(),
-            providers: Arc::new(Providers::from_config(&[provider], &client)),
+            providers: Arc::new(Providers::from_config(&send, &client).expect("providers")),
         };
         let token = CancellationToken::new();
         let running = worker::start(settings, deps, token.clone())

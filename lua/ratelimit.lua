@@ -1,0 +1,120 @@
+-- ratelimit.lua: a provider's sliding window, shared by every worker of the cluster.
+--
+-- KEYS[1]: the provider's window       <prefix>:rl:{<provider>}:w     (ZSET, one member per permit)
+-- KEYS[2]: member sequence             <prefix>:rl:{<provider>}:seq
+-- KEYS[3]: back-off flag               <prefix>:rl:{<provider>}:block (set after a provider's 429)
+-- KEYS[4]: the tenant's window, when tenants have their own limit (optional)
+--          <prefix>:rl:{<provider>}:t:<tenant>
+-- ARGV[1]: permits wanted (n >= 1)
+-- ARGV[2]: the provider's limit per window
+-- ARGV[3]: window in ms
+-- ARGV[4]: the tenant's limit per window (ignored without KEYS[4])
+-- ARGV[5]: back-off in ms: when > 0, only extend the back-off flag to at least this long, and
+--          grant nothing
+-- ARGV[6]: spread in ms (0: none): also at most ARGV[7] permits in any spread-long window, so
+--          a window's permits are spread over it instead of all granted at its start
+-- ARGV[7]: the most permits in any spread-long window
+-- Returns: {granted, wait_ms}: granted permits (0..n) and, when fewer than n were granted,
+--          how long until the next permit can be granted (0 otherwise).
+--
+-- Sliding-window log: every permit is a member scored with the time it was granted, in
+-- microseconds of Redis's own clock (TIME: no client clock is trusted). A grant first drops
+-- members older than the window, then grants min(n, limit - members), so for every instant T
+-- the permits granted in (T - window, T] never exceed the limit: exact, not an estimate
+-- (docs/rate-limiting.md has the argument). The spread rule only ever grants less. Every key
+-- shares the {<provider>} hash tag.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local window = tonumber(ARGV[3]) * 1000
+
+local backoff = tonumber(ARGV[5])
+if backoff > 0 then
+  if redis.call('PTTL', KEYS[3]) < backoff then
+    redis.call('SET', KEYS[3], '1', 'PX', backoff)
+  end
+  return {0, backoff}
+end
+local blocked = redis.call('PTTL', KEYS[3])
+if blocked > 0 then
+  return {0, blocked}
+end
+
+local n = tonumber(ARGV[1])
+local windows = {{KEYS[1], tonumber(ARGV[2])}}
+if KEYS[4] then
+  windows[2] = {KEYS[4], tonumber(ARGV[4])}
+end
+
+local granted = n
+for _, w in ipairs(windows) do
+  redis.call('ZREMRANGEBYSCORE', w[1], '-inf', now - window)
+  local room = w[2] - redis.call('ZCARD', w[1])
+  if room < granted then
+    granted = room
+  end
+end
+local spread = tonumber(ARGV[6] or '0') * 1000
+local spread_cap = tonumber(ARGV[7] or '0')
+if spread > 0 and spread < window then
+  local room = spread_cap - redis.call('ZCOUNT', KEYS[1], '(' .. (now - spread), '+inf')
+  if room < granted then
+    granted = room
+  end
+end
+if granted < 0 then
+  granted = 0
+end
+
+if granted > 0 then
+  local last = redis.call('INCRBY', KEYS[2], granted)
+  local ttl = math.floor(window / 1000) + 1000
+  for _, w in ipairs(windows) do
+    local i = 1
+    while i <= granted do
+      local args = {}
+      local j = i
+      while j <= granted and j < i + 500 do
+        args[#args + 1] = now
+        args[#args + 1] = last - granted + j
+        j = j + 1
+      end
+      redis.call('ZADD', w[1], unpack(args))
+      i = j
+    end
+    redis.call('PEXPIRE', w[1], ttl)
+  end
+  redis.call('PEXPIRE', KEYS[2], ttl)
+end
+
+local wait = 0
+if granted < n then
+  -- The next permit needs one more member of the fullest window to leave: the member at
+  -- index (count - limit), in score order, is the last that must go.
+  -- {window, limit, length}: the windows that can hold the next permit back.
+  local checks = {}
+  for _, w in ipairs(windows) do
+    checks[#checks + 1] = {w[1], w[2], window}
+  end
+  if spread > 0 and spread < window then
+    checks[#checks + 1] = {KEYS[1], spread_cap, spread}
+  end
+  for _, c in ipairs(checks) do
+    -- Members are in score order; within the last `length`, the one at index count - limit
+    -- is the last that must leave for one more permit to fit.
+    local idx = redis.call('ZCARD', c[1]) - c[2]
+    if idx >= 0 then
+      local m = redis.call('ZRANGE', c[1], idx, idx, 'WITHSCORES')
+      if m[2] then
+        local us = tonumber(m[2]) + c[3] - now
+        local ms = math.floor(us / 1000) + 1
+        if ms > wait then
+          wait = ms
+        end
+      end
+    end
+  end
+  if wait < 1 then
+    wait = 1
+  end
+end
+return {granted, wait}

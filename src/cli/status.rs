@@ -1,0 +1,174 @@
+//! `mailfleet status [--watch] [--json]`: the cluster at a glance, from Redis and Postgres
+//! (not from any one worker): lanes (length, pending, lag, oldest pending, recorded per
+//! second over the last minute), delayed, dead letters, workers alive, the scheduler's leader
+//! and fence, and each provider's breaker as every live worker last reported it.
+
+use crate::config::Global;
+use crate::lease::{self, LeaseKeys};
+use crate::store;
+use crate::stream::{self, depth};
+use clap::Args;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// Refresh every this many seconds until interrupted.
+    #[arg(long, num_args = 0..=1, default_missing_value = "2")]
+    pub watch: Option<u64>,
+    /// One JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The window `rate` is measured over.
+const RATE_WINDOW_SECS: f64 = 60.0;
+
+struct Snapshot {
+    depth: depth::Depth,
+    /// lane -> status -> count over the last minute.
+    recent: BTreeMap<String, BTreeMap<String, i64>>,
+    lease: Option<(String, Duration)>,
+    fence: (i64, Option<String>),
+}
+
+async fn snapshot(
+    g: &Global,
+    pool: &deadpool_redis::Pool,
+    pg: &sqlx::PgPool,
+) -> anyhow::Result<Snapshot> {
+    let keys = stream::Keys::new(&g.prefix, g.partitions);
+    let mut conn = pool.get().await?;
+    let depth = depth::read(&mut *conn, &keys, None).await?;
+    let lease = lease::holder(&mut *conn, &LeaseKeys::new(&g.prefix, lease::SCHEDULER)).await?;
+    let fence = store::fence::read(pg, lease::SCHEDULER).await?;
+    let mut recent: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+    for (lane, status, n) in store::emails::recent_outcomes(pg, RATE_WINDOW_SECS).await? {
+        recent.entry(lane).or_default().insert(status, n);
+    }
+    Ok(Snapshot {
+        depth,
+        recent,
+        lease,
+        fence,
+    })
+}
+
+fn breaker_name(state: i64) -> &'static str {
+    match state {
+        0 => "closed",
+        1 => "half-open",
+        _ => "open",
+    }
+}
+
+fn table(s: &Snapshot) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "{:<6} {:>10} {:>9} {:>9} {:>12} {:>10}",
+        "LANE", "LENGTH", "PENDING", "LAG", "OLDEST(s)", "SENT/s"
+    );
+    for (lane, d) in &s.depth.lanes {
+        let sent = s
+            .recent
+            .get(*lane)
+            .and_then(|m| m.get("sent"))
+            .copied()
+            .unwrap_or(0);
+        let _ = writeln!(
+            o,
+            "{:<6} {:>10} {:>9} {:>9} {:>12.1} {:>10.1}",
+            lane,
+            d.length,
+            d.pending,
+            d.lag,
+            d.oldest_pending_ms as f64 / 1000.0,
+            sent as f64 / RATE_WINDOW_SECS
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\ndelayed {}   dead letters {}   workers alive {}",
+        s.depth.delayed,
+        s.depth.dead,
+        s.depth.workers.len()
+    );
+    let leader = match &s.lease {
+        Some((owner, ttl)) => format!("{owner} (lease {} ms left)", ttl.as_millis()),
+        None => "none".into(),
+    };
+    let _ = writeln!(
+        o,
+        "leader  {leader}   fence {} (last written by {})",
+        s.fence.0,
+        s.fence.1.as_deref().unwrap_or("-")
+    );
+    let _ = writeln!(o, "\n{:<16} {:<10} WORKERS", "PROVIDER", "BREAKER");
+    for (provider, by_worker) in &s.depth.breakers {
+        let worst = by_worker.values().copied().max().unwrap_or(0);
+        let open = by_worker.values().filter(|&&v| v > 0).count();
+        let _ = writeln!(
+            o,
+            "{:<16} {:<10} {} of {} report it not closed",
+            provider,
+            breaker_name(worst),
+            open,
+            by_worker.len()
+        );
+    }
+    if !s.depth.paused.is_empty() {
+        let names: Vec<&str> = s.depth.paused.keys().map(String::as_str).collect();
+        let _ = writeln!(o, "\npaused: {}", names.join(", "));
+    }
+    let mut last: BTreeMap<&str, i64> = BTreeMap::new();
+    for m in s.recent.values() {
+        for (status, n) in m {
+            *last.entry(status).or_default() += n;
+        }
+    }
+    let outcomes: Vec<String> = last.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let _ = writeln!(o, "\nlast minute: {}", outcomes.join(", "));
+    o
+}
+
+fn as_json(s: &Snapshot) -> serde_json::Value {
+    json!({
+        "lanes": s.depth.lanes,
+        "delayed": s.depth.delayed,
+        "dead_letters": s.depth.dead,
+        "workers_alive": s.depth.workers.len(),
+        "workers": s.depth.workers.iter().map(|(w, _)| w).collect::<Vec<_>>(),
+        "leader": s.lease.as_ref().map(|(o, _)| o),
+        "fence_token": s.fence.0,
+        "breakers": s.depth.breakers,
+        "paused": s.depth.paused,
+        "last_minute": s.recent,
+    })
+}
+
+pub async fn run(g: Global, a: StatusArgs) -> anyhow::Result<()> {
+    let pool = super::redis_pool(&g)?;
+    let pg = store::connect(g.database_url.expose(), 2).await?;
+    loop {
+        let s = snapshot(&g, &pool, &pg).await?;
+        if a.json {
+            println!("{}", as_json(&s));
+        } else {
+            if a.watch.is_some() {
+                // Clear the screen and home the cursor.
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", table(&s));
+        }
+        let Some(every) = a.watch else {
+            return Ok(());
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(every.max(1))) => {}
+        }
+    }
+}

@@ -1,0 +1,544 @@
+//! Each adapter against the mock provider: the request's shape, auth and metadata as the
+//! vendor documents them, and the classification of the vendor's error answers. Then failover
+//! and the breaker through a real worker.
+
+use crate::support::*;
+use mailfleet::Lane;
+use mailfleet::config::{
+    BreakerConfig, ProviderConfig, ProviderKind, Routes, Secret, SendConfig, SmtpTls,
+};
+use mailfleet::domain::{Email, JobId, Payload};
+use mailfleet::mock::MockConfig;
+use mailfleet::provider::{ErrorClass, Message, Provider, Providers, http_client};
+use mailfleet::render::{Limits, Rendered, Renderer};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn email() -> Email {
+    let p: Payload = serde_json::from_value(json!({
+        "to": ["Ada <ada@example.com>", "bob@example.org"],
+        "cc": ["carol@example.net"],
+        "from": "Shop <shop@example.com>",
+        "reply_to": "help@example.com",
+        "subject": "Your order",
+        "text": "plain body",
+        "html": "<p>html body</p>",
+        "headers": {"X-Order": "42"},
+        "tags": ["orders"]
+    }))
+    .expect("payload");
+    Email::try_from(p).expect("valid email")
+}
+
+fn rendered(e: &Email) -> Rendered {
+    Renderer::new(Limits::default())
+        .render(e, None)
+        .expect("renders")
+}
+
+fn config(kind: ProviderKind, url: &str) -> ProviderConfig {
+    let mut c = ProviderConfig::new(format!("{kind:?}").to_lowercase(), kind, url);
+    c.api_key = Secret::new("the-secret");
+    c.timeout_ms = 3_000;
+    match kind {
+        ProviderKind::Ses => {
+            c.key_id = Some("AKIDMAILFLEET".into());
+            c.region = Some("eu-west-1".into());
+            c.configuration_set = Some("tracking".into());
+        }
+        ProviderKind::Mailgun => c.domain = Some("mg.example.com".into()),
+        ProviderKind::Smtp => {
+            let (host, port) = url.rsplit_once(':').expect("host:port");
+            c.host = Some(host.into());
+            c.port = Some(port.parse().expect("port"));
+            c.tls = SmtpTls::None;
+            c.key_id = Some("smtp-user".into());
+        }
+        _ => {}
+    }
+    c
+}
+
+fn adapter(c: ProviderConfig) -> Arc<dyn Provider> {
+    let p = Providers::from_config(&SendConfig::of(vec![c]), &http_client(4).expect("client"))
+        .expect("provider builds");
+    p.slot(0).provider.clone()
+}
+
+async fn send(
+    p: &dyn Provider,
+    id: JobId,
+) -> Result<mailfleet::provider::Accepted, mailfleet::provider::SendError> {
+    let e = email();
+    let r = rendered(&e);
+    p.send(Message {
+        job_id: id,
+        email: &e,
+        rendered: &r,
+    })
+    .await
+}
+
+fn capture() -> MockConfig {
+    MockConfig {
+        capture: 8,
+        ses_secret: Some("the-secret".into()),
+        ..MockConfig::default()
+    }
+}
+
+fn header(c: &mailfleet::mock::Captured, name: &str) -> String {
+    c.headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn sendgrid_sends_the_documented_request() {
+    let mock = TestMock::start(capture()).await;
+    let p = adapter(config(ProviderKind::Sendgrid, &mock.url));
+    let id = JobId::new();
+    let acc = send(p.as_ref(), id).await.expect("accepted");
+    assert_eq!(acc.http_status, 202);
+    assert!(acc.message_id.is_some(), "X-Message-Id is recorded");
+    let c = &mock.state.captured()[0];
+    assert_eq!(c.path, "/v3/mail/send");
+    assert_eq!(header(c, "authorization"), "Bearer the-secret");
+    let v: Value = serde_json::from_slice(&c.body).unwrap();
+    assert_eq!(v["custom_args"]["mailfleet_id"], id.to_string());
+    assert_eq!(
+        v["personalizations"][0]["to"][0]["email"],
+        "ada@example.com"
+    );
+    assert_eq!(v["personalizations"][0]["to"][0]["name"], "Ada");
+    assert_eq!(
+        v["content"][0]["type"], "text/plain",
+        "text/plain must come first"
+    );
+    assert_eq!(v["headers"]["X-Order"], "42");
+    assert_eq!(mock.state.counts()[&id.to_string()], 1);
+}
+
+#[tokio::test]
+async fn ses_signs_with_sigv4_and_tags_the_job() {
+    let mock = TestMock::start(capture()).await;
+    let p = adapter(config(ProviderKind::Ses, &mock.url));
+    let id = JobId::new();
+    // The mock recomputes the signature with the secret; a wrong one is a 403.
+    let acc = send(p.as_ref(), id).await.expect("accepted");
+    assert_eq!(acc.http_status, 200);
+    assert!(acc.message_id.is_some(), "MessageId is recorded");
+    let c = &mock.state.captured()[0];
+    assert_eq!(c.path, "/v2/email/outbound-emails");
+    let auth = header(c, "authorization");
+    assert!(
+        auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDMAILFLEET/")
+            && auth.contains("/eu-west-1/ses/aws4_request")
+            && auth.contains("SignedHeaders=content-type;host;x-amz-date"),
+        "{auth}"
+    );
+    let v: Value = serde_json::from_slice(&c.body).unwrap();
+    assert_eq!(v["FromEmailAddress"], "\"Shop\" <shop@example.com>");
+    assert_eq!(v["Destination"]["ToAddresses"][1], "bob@example.org");
+    assert_eq!(v["Destination"]["CcAddresses"][0], "carol@example.net");
+    assert_eq!(v["Content"]["Simple"]["Subject"]["Data"], "Your order");
+    assert_eq!(
+        v["Content"]["Simple"]["Body"]["Html"]["Data"],
+        "<p>html body</p>"
+    );
+    assert_eq!(v["Content"]["Simple"]["Headers"][0]["Name"], "X-Order");
+    assert_eq!(
+        v["EmailTags"][0],
+        json!({"Name": "mailfleet_id", "Value": id.to_string()})
+    );
+    assert_eq!(v["ConfigurationSetName"], "tracking");
+
+    // Signed with another secret: SES refuses it, and that is an account problem.
+    let mut wrong = config(ProviderKind::Ses, &mock.url);
+    wrong.api_key = Secret::new("not-the-secret");
+    let e = send(adapter(wrong).as_ref(), JobId::new())
+        .await
+        .expect_err("refused");
+    assert_eq!((e.class, e.http_status), (ErrorClass::QuotaAuth, Some(403)));
+    assert!(e.message.contains("SignatureDoesNotMatch"), "{}", e.message);
+}
+
+#[tokio::test]
+async fn mailgun_posts_form_fields_with_basic_auth() {
+    let mock = TestMock::start(capture()).await;
+    let p = adapter(config(ProviderKind::Mailgun, &mock.url));
+    let id = JobId::new();
+    let acc = send(p.as_ref(), id).await.expect("accepted");
+    assert!(
+        acc.message_id
+            .as_deref()
+            .is_some_and(|m| m.ends_with("@mg.example.com>"))
+    );
+    let c = &mock.state.captured()[0];
+    assert_eq!(c.path, "/v3/mg.example.com/messages");
+    // base64("api:the-secret")
+    assert_eq!(header(c, "authorization"), "Basic YXBpOnRoZS1zZWNyZXQ=");
+    let fields: Vec<(String, String)> = form_urlencoded::parse(&c.body).into_owned().collect();
+    let all = |k: &str| -> Vec<&str> {
+        fields
+            .iter()
+            .filter(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    assert_eq!(all("to"), ["\"Ada\" <ada@example.com>", "bob@example.org"]);
+    assert_eq!(all("v:mailfleet_id"), [id.to_string().as_str()]);
+    assert_eq!(all("h:X-Order"), ["42"]);
+    assert_eq!(all("h:Reply-To"), ["help@example.com"]);
+    assert_eq!(all("o:tag"), ["orders"]);
+    assert_eq!(all("text"), ["plain body"]);
+
+    let mut anon = config(ProviderKind::Mailgun, &mock.url);
+    anon.api_key = Secret::default();
+    let e = send(adapter(anon).as_ref(), JobId::new())
+        .await
+        .expect_err("refused");
+    assert_eq!((e.class, e.http_status), (ErrorClass::QuotaAuth, Some(401)));
+}
+
+#[tokio::test]
+async fn postmark_sends_the_server_token_and_metadata() {
+    let mock = TestMock::start(capture()).await;
+    let p = adapter(config(ProviderKind::Postmark, &mock.url));
+    let id = JobId::new();
+    let acc = send(p.as_ref(), id).await.expect("accepted");
+    assert!(acc.message_id.is_some(), "MessageID is recorded");
+    let c = &mock.state.captured()[0];
+    assert_eq!(c.path, "/email");
+    assert_eq!(header(c, "x-postmark-server-token"), "the-secret");
+    let v: Value = serde_json::from_slice(&c.body).unwrap();
+    assert_eq!(v["To"], "\"Ada\" <ada@example.com>, bob@example.org");
+    assert_eq!(v["Metadata"]["mailfleet_id"], id.to_string());
+    assert_eq!(v["MessageStream"], "outbound");
+    assert_eq!(v["Tag"], "orders");
+    assert_eq!(v["TextBody"], "plain body");
+
+    let mut anon = config(ProviderKind::Postmark, &mock.url);
+    anon.api_key = Secret::default();
+    let e = send(adapter(anon).as_ref(), JobId::new())
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        e.class,
+        ErrorClass::QuotaAuth,
+        "ErrorCode 10: {}",
+        e.message
+    );
+}
+
+#[tokio::test]
+async fn smtp_delivers_through_the_pool_and_classifies_replies() {
+    let mock = TestMock::start(capture()).await;
+    let p = adapter(config(ProviderKind::Smtp, &mock.smtp));
+    let ids: Vec<JobId> = (0..3).map(|_| JobId::new()).collect();
+    for &id in &ids {
+        let acc = send(p.as_ref(), id).await.expect("accepted");
+        assert_eq!(acc.http_status, 250);
+        assert!(acc.message_id.is_some(), "the queued-as id is recorded");
+    }
+    let counts = mock.state.counts();
+    assert!(
+        ids.iter().all(|id| counts.get(&id.to_string()) == Some(&1)),
+        "X-Mailfleet-Id carried each job"
+    );
+    assert_eq!(mock.state.stats().by_dialect["smtp"], 3);
+
+    // A recipient the server refuses with 550: permanent.
+    let p2: Payload = serde_json::from_value(json!({
+        "to": ["reject-me@example.com"], "from": "shop@example.com", "subject": "s", "text": "t"
+    }))
+    .unwrap();
+    let e2 = Email::try_from(p2).unwrap();
+    let r2 = rendered(&e2);
+    let err = p
+        .send(Message {
+            job_id: JobId::new(),
+            email: &e2,
+            rendered: &r2,
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
+    assert!(
+        !err.message.contains("reject-me@"),
+        "no address in the error: {}",
+        err.message
+    );
+
+    // Bad credentials: 535, an account problem.
+    let mut wrong = config(ProviderKind::Smtp, &mock.smtp);
+    wrong.api_key = Secret::new("wrong");
+    let err = send(adapter(wrong).as_ref(), JobId::new())
+        .await
+        .expect_err("refused");
+    assert_eq!(err.class, ErrorClass::QuotaAuth, "{}", err.message);
+
+    // Nobody listening: nothing was sent, transient.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let err = send(
+        adapter(config(ProviderKind::Smtp, &closed)).as_ref(),
+        JobId::new(),
+    )
+    .await
+    .expect_err("no server");
+    assert_eq!(err.class, ErrorClass::Transient, "{}", err.message);
+}
+
+#[tokio::test]
+async fn vendor_faults_are_classified_for_every_dialect() {
+    // 503 for everyone.
+    let down = TestMock::start(MockConfig {
+        failure_rate: 1.0,
+        ..MockConfig::default()
+    })
+    .await;
+    // Over a 1-request window: the second request is a 429 with the vendor's headers.
+    let limited = TestMock::start(MockConfig {
+        rate_limit: Some(mailfleet::mock::RateLimit {
+            limit: 1,
+            window: Duration::from_secs(30),
+        }),
+        ..MockConfig::default()
+    })
+    .await;
+    // Accepted, then the connection resets: ambiguous.
+    let dropping = TestMock::start(MockConfig {
+        drop_rate: 1.0,
+        ..MockConfig::default()
+    })
+    .await;
+    for kind in [
+        ProviderKind::Sendgrid,
+        ProviderKind::Ses,
+        ProviderKind::Mailgun,
+        ProviderKind::Postmark,
+    ] {
+        let e = send(adapter(config(kind, &down.url)).as_ref(), JobId::new())
+            .await
+            .expect_err("503");
+        assert_eq!(
+            (e.class, e.http_status),
+            (ErrorClass::Transient, Some(503)),
+            "{kind:?}"
+        );
+
+        let p = adapter(config(kind, &limited.url));
+        send(p.as_ref(), JobId::new())
+            .await
+            .expect("the first fits");
+        let e = send(p.as_ref(), JobId::new()).await.expect_err("429");
+        assert_eq!(
+            (e.class, e.http_status),
+            (ErrorClass::Transient, Some(429)),
+            "{kind:?}"
+        );
+        if kind != ProviderKind::Ses {
+            assert!(
+                e.retry_after.is_some_and(|d| d >= Duration::from_secs(1)),
+                "{kind:?} says when to come back"
+            );
+        }
+
+        let e = send(adapter(config(kind, &dropping.url)).as_ref(), JobId::new())
+            .await
+            .expect_err("reset");
+        assert_eq!(e.class, ErrorClass::Ambiguous, "{kind:?}: {}", e.message);
+    }
+    let s = limited.state.stats();
+    assert_eq!(
+        (s.rate_limited, s.max_window_count),
+        (4, 2),
+        "one over, per dialect"
+    );
+    assert_eq!(dropping.state.stats().dropped, 4);
+}
+
+/// Two providers named `<prefix>-primary` and `<prefix>-secondary` (metrics are per process:
+/// each test its own names).
+fn two_providers(prefix: &str, primary: &str, secondary: &str) -> SendConfig {
+    let mut a = config(ProviderKind::Sendgrid, primary);
+    a.name = format!("{prefix}-primary");
+    let mut b = config(ProviderKind::Postmark, secondary);
+    b.name = format!("{prefix}-secondary");
+    SendConfig {
+        providers: vec![a, b],
+        routes: Routes::default(),
+        breaker: BreakerConfig {
+            consecutive_failures: 3,
+            error_rate: 0.5,
+            min_requests: 10,
+            window_ms: 10_000,
+            open_ms: 300,
+        },
+    }
+}
+
+async fn statuses(pg: &PgPool) -> Vec<(String, Option<String>, i64)> {
+    sqlx::query_as("SELECT status, provider, count(*) FROM emails GROUP BY 1, 2 ORDER BY 1, 2")
+        .fetch_all(pg)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_failing_primary_fails_over_and_traffic_returns_when_it_recovers(pg: PgPool) {
+    let redis = TestRedis::new();
+    let primary = TestMock::start(MockConfig {
+        outage_after: Duration::ZERO,
+        outage_for: Duration::from_secs(3),
+        ..MockConfig::default()
+    })
+    .await;
+    let secondary = TestMock::start(MockConfig::default()).await;
+    let w = TestWorker::start_config(
+        &pg,
+        &redis,
+        &redis.url,
+        two_providers("fo", &primary.url, &secondary.url),
+        settings(),
+    )
+    .await;
+    for i in 0..30 {
+        redis
+            .enqueue(job(Lane::Tx, &format!("u{i}@example.com")))
+            .await;
+    }
+    eventually("the first 30 are sent", Duration::from_secs(20), || async {
+        let s = statuses(&pg).await;
+        (s.iter().filter(|r| r.0 == "sent").map(|r| r.2).sum::<i64>() == 30).then_some(())
+    })
+    .await;
+    let s = statuses(&pg).await;
+    assert!(
+        s.contains(&("sent".into(), Some("fo-secondary".into()), 30)),
+        "during the outage every email went to the secondary: {s:?}"
+    );
+    let m = mailfleet::metrics::render();
+    assert!(
+        metric(
+            &m,
+            "mailfleet_provider_failovers_total{from=\"fo-primary\",to=\"fo-secondary\"}"
+        )
+        .is_some_and(|n| n >= 3.0),
+        "failovers counted"
+    );
+    assert_eq!(
+        primary.state.stats().received,
+        0,
+        "the primary took nothing"
+    );
+
+    // After the outage the breaker's probe succeeds and traffic returns to the primary.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for i in 0..30 {
+        redis
+            .enqueue(job(Lane::Tx, &format!("v{i}@example.com")))
+            .await;
+    }
+    eventually(
+        "the primary takes traffic again",
+        Duration::from_secs(20),
+        || async { (primary.state.stats().received >= 25).then_some(()) },
+    )
+    .await;
+    eventually("all 60 sent", Duration::from_secs(20), || async {
+        let s = statuses(&pg).await;
+        (s.iter().filter(|r| r.0 == "sent").map(|r| r.2).sum::<i64>() == 60).then_some(())
+    })
+    .await;
+    assert_eq!(
+        metric(
+            &mailfleet::metrics::render(),
+            "mailfleet_provider_breaker_state{provider=\"fo-primary\"}"
+        ),
+        Some(0.0),
+        "closed again"
+    );
+    w.stop().await;
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn with_every_breaker_open_jobs_wait_without_using_attempts(pg: PgPool) {
+    let redis = TestRedis::new();
+    // Both answer 401: quota/auth opens each breaker at once.
+    let mut cfg = two_providers("dfr", "http://127.0.0.1:9", "http://127.0.0.1:9");
+    let refusing = TestMock::start(MockConfig::default()).await;
+    for p in &mut cfg.providers {
+        p.base_url = refusing.url.clone();
+        p.api_key = Secret::default();
+    }
+    cfg.breaker.open_ms = 60_000;
+    let mut s = settings();
+    s.max_attempts = 2;
+    s.retry_base_ms = 10;
+    let w = TestWorker::start_config(&pg, &redis, &redis.url, cfg, s).await;
+    let first = redis.enqueue(job(Lane::Tx, "a@example.com")).await;
+    // The first job meets both refusals (one attempt); the breakers are now open.
+    eventually("both breakers open", Duration::from_secs(10), || async {
+        let m = mailfleet::metrics::render();
+        let open = |p: &str| {
+            metric(
+                &m,
+                &format!("mailfleet_provider_breaker_state{{provider=\"{p}\"}}"),
+            ) == Some(2.0)
+        };
+        (open("dfr-primary") && open("dfr-secondary")).then_some(())
+    })
+    .await;
+    let ids: Vec<uuid::Uuid> = {
+        let mut v = vec![first];
+        for i in 0..5 {
+            v.push(
+                redis
+                    .enqueue(job(Lane::Tx, &format!("b{i}@example.com")))
+                    .await,
+            );
+        }
+        v
+    };
+    eventually(
+        "deferred attempts are logged",
+        Duration::from_secs(10),
+        || async {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(DISTINCT email_id) FROM email_attempts WHERE outcome = 'deferred'",
+            )
+            .fetch_one(&pg)
+            .await
+            .unwrap();
+            (n >= 5).then_some(())
+        },
+    )
+    .await;
+    let rows: Vec<(uuid::Uuid, String, i32)> =
+        sqlx::query_as("SELECT id, status, attempts FROM emails WHERE id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&pg)
+            .await
+            .unwrap();
+    for (id, status, attempts) in rows {
+        assert_eq!(
+            status, "retrying",
+            "nothing dead or failed while every breaker is open"
+        );
+        let expected = if id == first { 1 } else { 0 };
+        assert!(
+            attempts <= expected,
+            "a deferral gives its attempt back ({attempts})"
+        );
+    }
+    assert_eq!(refusing.state.stats().received, 0);
+    w.stop().await;
+}
