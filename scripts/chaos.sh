@@ -204,6 +204,20 @@ leader_faults() { # kill or freeze the leader every 3 s for LEADER_SECS; Redis l
   done
 }
 
+ticks_open() { # until: "t" once the schedule has moved past `until` and no earlier fan-out is open
+  psql "$MAILFLEET_DATABASE_URL" -Atqc "select s.next_tick >= '$1' and not exists (
+      select 1 from schedule_runs r where r.schedule_id = s.id and r.tick < '$1' and r.status = 'fanning_out')
+    from schedules s where s.name = 'pulse'" 2>/dev/null || true
+}
+
+ticks_diagnose() { # until: the runs around any gap or open fan-out, for a failed leader scenario
+  psql "$MAILFLEET_DATABASE_URL" -Atqc "select to_char(tick, 'HH24:MI:SS') || ' ' || status || ' lag_ms='
+      || round(extract(epoch from fired_at - tick) * 1000) || ' done_ms=' || coalesce(round(extract(epoch from finished_at - tick) * 1000)::text, '-') || ' token=' || token
+    from schedule_runs r join schedules s on s.id = r.schedule_id
+    where s.name = 'pulse' and r.tick < '$1' order by tick" 2>/dev/null | tr '\n' ';' >&2 || true
+  echo >&2
+}
+
 leader_setup() { # a template, an audience of MEMBERS, a schedule every second
   "$BIN" template put digest --subject "Digest for {{ name }}" --text "Hello {{ name }}" >/dev/null
   "$BIN" audience create team >/dev/null
@@ -318,8 +332,15 @@ for SC in $SCENARIOS; do
     REJ=()
     leader_setup
     inject
-    "$BIN" schedule pause pulse >/dev/null
+    # The faults end here. Every tick before UNTIL must then be fired and fanned out exactly
+    # once: wait (bounded) until the leader has moved past UNTIL with no fan-out of an earlier
+    # tick still open, then pause, so the fan-outs judged are never cut short by the pause.
     UNTIL=$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)
+    for _ in $(seq 40); do
+      [ "$(ticks_open "$UNTIL")" = t ] && break
+      sleep 0.5
+    done
+    "$BIN" schedule pause pulse >/dev/null
     sleep 2  # a fan-out under way when the schedule paused finishes
     psql "$MAILFLEET_DATABASE_URL" -Atqc "select id from emails where idempotency_key like 'sched:%'" >"$RUN/$SC-ids.txt"
   else
@@ -354,6 +375,7 @@ for SC in $SCENARIOS; do
   if ! "$BIN" report --ids "$RUN/$SC-ids.txt" --mock-log "$RUN/$SC-mock.jsonl" --seconds "$SECS" \
       --label "$SC" --json --expect-dead-letters "$POISON" "${strict[@]}" "${schedule_args[@]}" "${report_args[@]}"; then
     failures=$(( failures + 1 ))
+    if [ "$SC" = leader ]; then log "leader: runs before $UNTIL:"; ticks_diagnose "$UNTIL"; fi
   fi
   rcli --scan --pattern "$MAILFLEET_PREFIX:*" | xargs -r redis-cli -u "$REDIS" del >/dev/null 2>&1 || true
 done

@@ -12,12 +12,13 @@ set -euo pipefail
 
 usage() {
   cat <<'USAGE'
-usage: scripts/services.sh [--stop | --prometheus]
+usage: scripts/services.sh [--stop | --test-tools]
   (no args)     ensure Redis and Postgres are reachable; print export lines for
                 MAILFLEET_REDIS_URL, MAILFLEET_DATABASE_URL, DATABASE_URL (sqlx tests)
   --stop        stop the private instances this script started (never the shared ones)
-  --prometheus  install Debian's Prometheus (prometheus, promtool) when missing; the
-                observability test starts its own instance
+  --test-tools  install what the tests run besides the stores, when missing: Debian's
+                Prometheus (the observability test starts its own), openssl (SNS
+                certificates) and Chromium (the admin page test); --prometheus is an alias
 env: MAILFLEET_SERVICES_DIR (default /tmp/mailfleet-services), MAILFLEET_DB (default mailfleet),
      MAILFLEET_SERVICES_PRIVATE=1 to skip the standard ports and always use private instances,
      MAILFLEET_OWN_REDIS_PORT / MAILFLEET_OWN_PG_PORT (defaults 16379 / 15432) for their ports,
@@ -64,10 +65,12 @@ pg_bin() {
   echo "$b"
 }
 
-if [ "${1:-}" = "--prometheus" ]; then
-  if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
-    apt_install prometheus
-  fi
+if [ "${1:-}" = "--test-tools" ] || [ "${1:-}" = "--prometheus" ]; then
+  missing=()
+  if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then missing+=(prometheus); fi
+  command -v openssl >/dev/null || missing+=(openssl)
+  command -v chromium >/dev/null || missing+=(chromium)
+  if [ "${#missing[@]}" -gt 0 ]; then apt_install "${missing[@]}"; fi
   exit 0
 fi
 

@@ -4,6 +4,7 @@
 //! no business logic of their own.
 
 pub mod ingest;
+pub mod sns;
 pub mod unsubscribe;
 pub mod webhooks;
 

@@ -1,17 +1,21 @@
-//! Provider event webhooks on the API server: `POST /v1/webhooks/{sendgrid,mailgun,postmark}`.
+//! Provider event webhooks on the API server: `POST /v1/webhooks/{sendgrid,ses,mailgun,postmark}`.
 //!
 //! Each request is authenticated the vendor's way before its body is believed:
 //! - **SendGrid**: ECDSA P-256 over `timestamp + raw body` (`X-Twilio-Email-Event-Webhook-
 //!   Signature`, `-Timestamp`), checked with the account's verification key (base64 DER);
 //! - **Mailgun**: HMAC-SHA256 of `timestamp + token` with the webhook signing key; each token
 //!   is accepted once (replay protection);
-//! - **Postmark**: HTTP basic auth with the configured user and password.
+//! - **Postmark**: HTTP basic auth with the configured user and password;
+//! - **SES** (through an SNS topic): SNS signature version 2, RSA/SHA-256 with a certificate
+//!   fetched only from an allow-listed URL ([`super::sns`]); only configured topic ARNs are
+//!   accepted; each MessageId once; subscription confirmations are confirmed.
 //!
-//! SendGrid and Mailgun timestamps must be within the tolerance window (default 5 minutes).
+//! SendGrid, Mailgun and SNS timestamps must be within the tolerance window (default 5 minutes).
 //! A forged, stale or replayed request gets 401 and changes nothing; a webhook not configured
 //! answers 404. Events are applied once each ([`store::webhooks::apply`]): a hard bounce or a
 //! complaint suppresses the address and marks the job; a delivery marks it `delivered`.
 
+use super::sns::{SnsMessage, SnsVerifier};
 use crate::config::Secret;
 use crate::domain::Address;
 use crate::metrics::METRICS;
@@ -36,8 +40,17 @@ pub struct WebhookKeys {
     pub mailgun_signing_key: Option<Secret>,
     pub postmark_user: Option<String>,
     pub postmark_password: Option<Secret>,
+    /// SES events through SNS; `None` leaves the webhook off.
+    pub ses: Option<Arc<SesHook>>,
     /// Largest accepted clock difference, in seconds.
     pub tolerance_secs: i64,
+}
+
+/// The SES webhook: the SNS topics whose messages are believed, and the verifier.
+#[derive(Debug)]
+pub struct SesHook {
+    pub topic_arns: Vec<String>,
+    pub verifier: SnsVerifier,
 }
 
 #[derive(Clone)]
@@ -66,6 +79,8 @@ pub enum Refused {
     Stale,
     #[error("token already used")]
     Replayed,
+    #[error("not allowed: {0}")]
+    NotAllowed(&'static str),
     #[error("malformed body: {0}")]
     Malformed(String),
     #[error("store unavailable: {0}")]
@@ -122,6 +137,76 @@ pub fn verify_mailgun(
     mac.update(token.as_bytes());
     let sig = hex::decode(signature.trim()).map_err(|_| Refused::BadSignature)?;
     mac.verify_slice(&sig).map_err(|_| Refused::BadSignature)
+}
+
+/// An RFC 3339 timestamp (SNS's) within `tolerance` seconds of `now`.
+fn fresh_rfc3339(ts: &str, tolerance: i64, now: i64) -> Result<(), Refused> {
+    let t = chrono::DateTime::parse_from_rfc3339(ts.trim())
+        .map_err(|_| Refused::Missing("an RFC 3339 Timestamp"))?;
+    fresh(&t.timestamp().to_string(), tolerance, now)
+}
+
+/// SES events in an SNS notification's `Message`: event publishing (`eventType`) or the older
+/// identity notifications (`notificationType`). One event per recipient, keyed by the SNS
+/// MessageId and the recipient's position.
+pub fn ses_events(message_id: &str, message: &str) -> Result<Vec<Event>, Refused> {
+    let v: Value = serde_json::from_str(message).map_err(|e| Refused::Malformed(e.to_string()))?;
+    let kind = v["eventType"]
+        .as_str()
+        .or_else(|| v["notificationType"].as_str())
+        .ok_or(Refused::Missing("eventType"))?;
+    let job = job_id(&v["mail"]["tags"]["mailfleet_id"][0]);
+    let (kind, rcpts): (Kind, Vec<&Value>) = match kind {
+        "Bounce" => {
+            let permanent = v["bounce"]["bounceType"].as_str() == Some("Permanent");
+            let r = v["bounce"]["bouncedRecipients"].as_array();
+            (
+                if permanent {
+                    Kind::HardBounce
+                } else {
+                    Kind::Other
+                },
+                r.map(|a| a.iter().map(|x| &x["emailAddress"]).collect())
+                    .unwrap_or_default(),
+            )
+        }
+        "Complaint" => {
+            let r = v["complaint"]["complainedRecipients"].as_array();
+            (
+                Kind::Complaint,
+                r.map(|a| a.iter().map(|x| &x["emailAddress"]).collect())
+                    .unwrap_or_default(),
+            )
+        }
+        "Delivery" => {
+            let r = v["delivery"]["recipients"].as_array();
+            (
+                Kind::Delivered,
+                r.map(|a| a.iter().collect()).unwrap_or_default(),
+            )
+        }
+        _ => (Kind::Other, Vec::new()),
+    };
+    if rcpts.is_empty() {
+        return Ok(vec![Event {
+            provider: "ses",
+            event_id: format!("{message_id}:0"),
+            kind,
+            job_id: job,
+            recipient: None,
+        }]);
+    }
+    Ok(rcpts
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| Event {
+            provider: "ses",
+            event_id: format!("{message_id}:{i}"),
+            kind,
+            job_id: job,
+            recipient: recipient(r),
+        })
+        .collect())
 }
 
 fn job_id(v: &Value) -> Option<uuid::Uuid> {
@@ -209,12 +294,30 @@ fn header_str<'a>(h: &'a HeaderMap, name: &'static str) -> Result<&'a str, Refus
         .ok_or(Refused::Missing(name))
 }
 
+/// An authenticated request: its events, the single-use token to take with them, and an SNS
+/// subscription to confirm once the token is taken.
+struct Authenticated {
+    events: Vec<Event>,
+    token: Option<(&'static str, String)>,
+    confirm: Option<SnsMessage>,
+}
+
+impl From<Vec<Event>> for Authenticated {
+    fn from(events: Vec<Event>) -> Self {
+        Self {
+            events,
+            token: None,
+            confirm: None,
+        }
+    }
+}
+
 async fn authenticate(
     s: &Hooks,
     provider: &str,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<Option<Vec<Event>>, Refused> {
+) -> Result<Option<Authenticated>, Refused> {
     let now = chrono::Utc::now().timestamp();
     let tol = s.keys.tolerance_secs;
     match provider {
@@ -226,7 +329,7 @@ async fn authenticate(
             let ts = header_str(headers, "x-twilio-email-event-webhook-timestamp")?;
             verify_sendgrid(key, ts, body, sig)?;
             fresh(ts, tol, now)?;
-            sendgrid_events(body).map(Some)
+            sendgrid_events(body).map(|e| Some(e.into()))
         }
         "mailgun" => {
             let Some(key) = &s.keys.mailgun_signing_key else {
@@ -245,13 +348,41 @@ async fn authenticate(
             };
             verify_mailgun(key.expose(), ts, token, signature)?;
             fresh(ts, tol, now)?;
-            let fresh_token = webhooks::take_token(&s.pg, "mailgun", token)
-                .await
-                .map_err(|e| Refused::Unavailable(e.to_string()))?;
-            if !fresh_token {
-                return Err(Refused::Replayed);
+            Ok(Some(Authenticated {
+                events: mailgun_event(&v).into_iter().collect(),
+                token: Some(("mailgun", token.to_owned())),
+                confirm: None,
+            }))
+        }
+        "ses" => {
+            let Some(ses) = &s.keys.ses else {
+                return Ok(None);
+            };
+            let m: SnsMessage =
+                serde_json::from_slice(body).map_err(|e| Refused::Malformed(e.to_string()))?;
+            if !ses.topic_arns.contains(&m.topic_arn) {
+                return Err(Refused::NotAllowed("SNS topic"));
             }
-            Ok(Some(mailgun_event(&v).into_iter().collect()))
+            ses.verifier.verify(&m).await?;
+            fresh_rfc3339(&m.timestamp, tol, now)?;
+            let token = Some(("ses", m.message_id.clone()));
+            match m.kind.as_str() {
+                "Notification" => Ok(Some(Authenticated {
+                    events: ses_events(&m.message_id, &m.message)?,
+                    token,
+                    confirm: None,
+                })),
+                "SubscriptionConfirmation" => Ok(Some(Authenticated {
+                    events: Vec::new(),
+                    token,
+                    confirm: Some(m),
+                })),
+                _ => Ok(Some(Authenticated {
+                    events: Vec::new(),
+                    token,
+                    confirm: None,
+                })),
+            }
         }
         "postmark" => {
             let (Some(user), Some(pass)) = (&s.keys.postmark_user, &s.keys.postmark_password)
@@ -280,7 +411,9 @@ async fn authenticate(
             }
             let v: Value =
                 serde_json::from_slice(body).map_err(|e| Refused::Malformed(e.to_string()))?;
-            Ok(Some(postmark_event(&v).into_iter().collect()))
+            Ok(Some(Authenticated::from(
+                postmark_event(&v).into_iter().collect::<Vec<_>>(),
+            )))
         }
         _ => Ok(None),
     }
@@ -292,48 +425,64 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let events = match authenticate(&s, &provider, &headers, &body).await {
-        Ok(Some(e)) => e,
+    let auth = match authenticate(&s, &provider, &headers, &body).await {
+        Ok(Some(a)) => a,
         Ok(None) => return (StatusCode::NOT_FOUND, "no such webhook").into_response(),
-        // Mailgun's body carries its signature: unreadable means unauthenticated (401 below).
-        Err(Refused::Malformed(m)) if provider != "mailgun" => {
+        // Mailgun's and SNS's bodies carry their signatures: unreadable means unauthenticated.
+        Err(Refused::Malformed(m)) if !matches!(provider.as_str(), "mailgun" | "ses") => {
             return (StatusCode::BAD_REQUEST, Json(json!({"error": m}))).into_response();
         }
-        Err(Refused::Unavailable(m)) => {
-            METRICS.store_errors.with_label_values(&["webhooks"]).inc();
-            tracing::warn!(error.message = %m, "webhook: store unavailable");
-            return (StatusCode::SERVICE_UNAVAILABLE, "store unavailable").into_response();
-        }
-        Err(e) => {
-            METRICS
-                .webhooks
-                .with_label_values(&[provider_label(&provider), "refused"])
-                .inc();
-            tracing::warn!(provider = provider_label(&provider), reason = %e, "webhook refused");
-            let mut r = (StatusCode::UNAUTHORIZED, e.to_string()).into_response();
-            if provider == "postmark" {
-                r.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    header::HeaderValue::from_static("Basic realm=\"mailfleet\""),
-                );
-            }
-            return r;
-        }
+        Err(Refused::Unavailable(m)) => return unavailable(&m),
+        Err(e) => return refused(&provider, &e),
     };
-    match webhooks::apply(&s.pg, &events).await {
-        Ok(applied) => {
-            METRICS
-                .webhooks
-                .with_label_values(&[provider_label(&provider), "applied"])
-                .inc_by(applied as u64);
-            Json(json!({"received": events.len(), "applied": applied})).into_response()
+    let token = auth.token.as_ref().map(|(p, t)| (*p, t.as_str()));
+    let applied = match webhooks::apply_once(&s.pg, token, &auth.events).await {
+        Ok(Some(n)) => n,
+        Ok(None) => return refused(&provider, &Refused::Replayed),
+        Err(e) => return unavailable(&e.to_string()),
+    };
+    if let (Some(m), Some(ses)) = (&auth.confirm, &s.keys.ses) {
+        if let Err(e) = ses.verifier.confirm(m).await {
+            // Give the token back so SNS's retry can confirm.
+            if let Err(e) = webhooks::release_token(&s.pg, "ses", &m.message_id).await {
+                tracing::warn!(error.message = %e, "webhook: could not release an SNS token");
+            }
+            return match e {
+                Refused::Unavailable(m) => unavailable(&m),
+                e => refused(&provider, &e),
+            };
         }
-        Err(e) => {
-            METRICS.store_errors.with_label_values(&["webhooks"]).inc();
-            tracing::warn!(error.message = %e, "could not apply webhook events; the provider will retry");
-            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable").into_response()
-        }
+        tracing::info!(topic = %m.topic_arn, "webhook: SNS subscription confirmed");
     }
+    METRICS
+        .webhooks
+        .with_label_values(&[provider_label(&provider), "applied"])
+        .inc_by(applied as u64);
+    Json(json!({"received": auth.events.len(), "applied": applied})).into_response()
+}
+
+/// 503: the store (or SNS) is unavailable; the vendor retries later.
+fn unavailable(m: &str) -> Response {
+    METRICS.store_errors.with_label_values(&["webhooks"]).inc();
+    tracing::warn!(error.message = %m, "webhook: not processed; the provider will retry");
+    (StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable").into_response()
+}
+
+/// 401 with the reason (never the body).
+fn refused(provider: &str, e: &Refused) -> Response {
+    METRICS
+        .webhooks
+        .with_label_values(&[provider_label(provider), "refused"])
+        .inc();
+    tracing::warn!(provider = provider_label(provider), reason = %e, "webhook refused");
+    let mut r = (StatusCode::UNAUTHORIZED, e.to_string()).into_response();
+    if provider == "postmark" {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Basic realm=\"mailfleet\""),
+        );
+    }
+    r
 }
 
 fn provider_label(p: &str) -> &'static str {
@@ -341,6 +490,7 @@ fn provider_label(p: &str) -> &'static str {
         "sendgrid" => "sendgrid",
         "mailgun" => "mailgun",
         "postmark" => "postmark",
+        "ses" => "ses",
         _ => "other",
     }
 }

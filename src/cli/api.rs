@@ -41,6 +41,18 @@ pub struct ApiArgs {
         hide_env_values = true
     )]
     pub webhook_postmark_password: Option<Secret>,
+    /// SNS topic ARNs whose SES events are accepted (comma-separated); enables
+    /// /v1/webhooks/ses.
+    #[arg(long, env = "MAILFLEET_WEBHOOK_SES_TOPIC_ARNS", value_delimiter = ',')]
+    pub webhook_ses_topic_arns: Vec<String>,
+    /// Replace the SNS certificate URL rule (https://sns.<region>.amazonaws.com/...pem) with
+    /// these URL prefixes (comma-separated): for private endpoints and tests only.
+    #[arg(
+        long,
+        env = "MAILFLEET_WEBHOOK_SNS_URL_PREFIXES",
+        value_delimiter = ','
+    )]
+    pub webhook_sns_url_prefixes: Vec<String>,
     /// Secret that signs unsubscribe links (the workers' MAILFLEET_UNSUBSCRIBE_SECRET);
     /// enables /v1/unsubscribe/{token}.
     #[arg(long, env = "MAILFLEET_UNSUBSCRIBE_SECRET", hide_env_values = true)]
@@ -48,6 +60,30 @@ pub struct ApiArgs {
     /// Largest accepted age (or clock skew) of a signed webhook's timestamp, in seconds.
     #[arg(long, env = "MAILFLEET_WEBHOOK_TOLERANCE_SECS", default_value_t = 300)]
     pub webhook_tolerance_secs: i64,
+}
+
+fn ses_hook(a: &ApiArgs) -> anyhow::Result<Option<Arc<api::webhooks::SesHook>>> {
+    let topics: Vec<String> = a
+        .webhook_ses_topic_arns
+        .iter()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .collect();
+    if topics.is_empty() {
+        return Ok(None);
+    }
+    let rule = api::sns::UrlRule {
+        prefixes: a
+            .webhook_sns_url_prefixes
+            .iter()
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty())
+            .collect(),
+    };
+    Ok(Some(Arc::new(api::webhooks::SesHook {
+        topic_arns: topics,
+        verifier: api::sns::SnsVerifier::new(rule)?,
+    })))
 }
 
 pub async fn run(g: Global, a: ApiArgs) -> anyhow::Result<()> {
@@ -62,6 +98,7 @@ pub async fn run(g: Global, a: ApiArgs) -> anyhow::Result<()> {
         mailgun_signing_key: a.webhook_mailgun_signing_key.clone(),
         postmark_user: a.webhook_postmark_user.clone(),
         postmark_password: a.webhook_postmark_password.clone(),
+        ses: ses_hook(&a)?,
         tolerance_secs: a.webhook_tolerance_secs,
     };
     let mut router = ingest::router(state).merge(api::webhooks::router(pg.clone(), hooks));

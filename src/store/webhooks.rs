@@ -50,26 +50,51 @@ impl std::fmt::Debug for Event {
     }
 }
 
-/// Take a single-use token (Mailgun's): false when it was seen before (a replay).
-pub async fn take_token(pool: &PgPool, provider: &str, token: &str) -> Result<bool, StoreError> {
-    let r = sqlx::query(
-        "INSERT INTO webhook_events (provider, event_id, kind) VALUES ($1, $2, 'token')
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(format!("{provider}:token"))
-    .bind(token)
-    .execute(pool)
-    .await
-    .map_err(q("recording a webhook token"))?;
-    Ok(r.rows_affected() == 1)
+/// Give back a single-use token taken by [`apply_once`] whose request could not be completed
+/// (so the vendor's retry is not refused as a replay).
+pub async fn release_token(pool: &PgPool, provider: &str, token: &str) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM webhook_events WHERE provider = $1 AND event_id = $2")
+        .bind(format!("{provider}:token"))
+        .bind(token)
+        .execute(pool)
+        .await
+        .map_err(q("releasing a webhook token"))?;
+    Ok(())
 }
 
 /// Apply `events` once each, in one transaction; returns how many were new.
 pub async fn apply(pool: &PgPool, events: &[Event]) -> Result<usize, StoreError> {
+    Ok(apply_once(pool, None, events).await?.unwrap_or(0))
+}
+
+/// [`apply`], after taking the request's single-use token `(provider, token)` (Mailgun's token,
+/// SNS's MessageId) in the same transaction: `None` when the token was used before (a replay;
+/// nothing is applied). A failure takes nothing, so the vendor's retry is not a replay.
+pub async fn apply_once(
+    pool: &PgPool,
+    token: Option<(&str, &str)>,
+    events: &[Event],
+) -> Result<Option<usize>, StoreError> {
     let mut tx = pool
         .begin()
         .await
         .map_err(q("beginning a webhook transaction"))?;
+    if let Some((provider, token)) = token {
+        let fresh = sqlx::query(
+            "INSERT INTO webhook_events (provider, event_id, kind) VALUES ($1, $2, 'token')
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(format!("{provider}:token"))
+        .bind(token)
+        .execute(&mut *tx)
+        .await
+        .map_err(q("recording a webhook token"))?
+        .rows_affected()
+            == 1;
+        if !fresh {
+            return Ok(None);
+        }
+    }
     let mut applied = 0;
     for e in events {
         let new = sqlx::query(
@@ -122,5 +147,5 @@ pub async fn apply(pool: &PgPool, events: &[Event]) -> Result<usize, StoreError>
         }
     }
     tx.commit().await.map_err(q("committing webhook events"))?;
-    Ok(applied)
+    Ok(Some(applied))
 }

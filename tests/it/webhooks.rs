@@ -1,16 +1,19 @@
-//! Provider webhooks: for SendGrid, Mailgun and Postmark, a valid event updates the job and
+//! Provider webhooks: for SendGrid, SES (through SNS), Mailgun and Postmark, a valid event updates the job and
 //! suppresses the address; a forged, stale or replayed request gets 401 and changes nothing; a
 //! repeated event is applied once.
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use mailfleet::api::webhooks::{WebhookKeys, router};
+use mailfleet::api::sns::{SnsVerifier, UrlRule};
+use mailfleet::api::webhooks::{SesHook, WebhookKeys, router};
 use mailfleet::config::Secret;
 use p256::ecdsa::signature::Signer;
 use p256::pkcs8::EncodePublicKey;
 use serde_json::{Value, json};
 use sha2::Sha256;
 use sqlx::PgPool;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use uuid::Uuid;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -19,7 +22,13 @@ fn signing_key() -> p256::ecdsa::SigningKey {
     p256::ecdsa::SigningKey::from_bytes(&[7u8; 32].into()).expect("a valid scalar")
 }
 
+const TOPIC: &str = "arn:aws:sns:eu-west-1:123456789012:ses-events";
+
 async fn spawn(pg: &PgPool) -> String {
+    spawn_with(pg, None).await
+}
+
+async fn spawn_with(pg: &PgPool, sns_prefix: Option<&str>) -> String {
     let public = signing_key()
         .verifying_key()
         .to_public_key_der()
@@ -29,6 +38,15 @@ async fn spawn(pg: &PgPool) -> String {
         mailgun_signing_key: Some(Secret::new("mg-signing-key")),
         postmark_user: Some("hooks".into()),
         postmark_password: Some(Secret::new("pm-pass")),
+        ses: sns_prefix.map(|p| {
+            Arc::new(SesHook {
+                topic_arns: vec![TOPIC.into()],
+                verifier: SnsVerifier::new(UrlRule {
+                    prefixes: vec![p.to_owned()],
+                })
+                .expect("client"),
+            })
+        }),
         tolerance_secs: 300,
     };
     let app = router(pg.clone(), keys);
@@ -246,4 +264,225 @@ async fn postmark_events_need_basic_auth_and_apply_once(pg: PgPool) {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+}
+
+/// An RSA key and a self-signed certificate made by openssl, as SNS's signing certificate.
+struct SnsSigner {
+    key: rsa::RsaPrivateKey,
+    cert_pem: String,
+}
+
+fn sns_signer() -> SnsSigner {
+    use rsa::pkcs8::DecodePrivateKey;
+    let dir = std::env::temp_dir().join(format!("mailfleet-sns-{}", Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=sns.eu-west-1.amazonaws.com", "-keyout"])
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .output()
+        .expect("openssl (scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key_pem = std::fs::read_to_string(dir.join("key.pem")).unwrap();
+    let cert_pem = std::fs::read_to_string(dir.join("cert.pem")).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    SnsSigner {
+        key: rsa::RsaPrivateKey::from_pkcs8_pem(&key_pem).expect("PKCS#8 key"),
+        cert_pem,
+    }
+}
+
+impl SnsSigner {
+    /// Sign `m` as SNS does (version 2: RSA PKCS#1 v1.5 over SHA-256 of the canonical string).
+    fn sign(&self, m: &mut Value) {
+        use sha2::Digest;
+        m["Signature"] = Value::String(String::new());
+        let parsed: mailfleet::api::sns::SnsMessage = serde_json::from_value(m.clone()).unwrap();
+        let digest = Sha256::digest(parsed.string_to_sign().unwrap().as_bytes());
+        let sig = self
+            .key
+            .sign(rsa::Pkcs1v15Sign::new::<Sha256>(), &digest)
+            .unwrap();
+        m["Signature"] = Value::String(B64.encode(sig));
+    }
+}
+
+/// Serves the signing certificate (`/good.pem`) and counts visits to `/confirm`.
+async fn sns_endpoint(good: String, confirms: Arc<AtomicUsize>) -> String {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route("/good.pem", get(move || async move { good }))
+        .route(
+            "/confirm",
+            get(move || async move {
+                confirms.fetch_add(1, Ordering::SeqCst);
+                "<ConfirmSubscriptionResponse/>"
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+fn sns_notification(
+    base: &str,
+    id: &str,
+    ts: chrono::DateTime<chrono::Utc>,
+    message: &Value,
+) -> Value {
+    json!({
+        "Type": "Notification",
+        "MessageId": id,
+        "TopicArn": TOPIC,
+        "Message": message.to_string(),
+        "Timestamp": ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "SignatureVersion": "2",
+        "SigningCertURL": format!("{base}good.pem"),
+        "UnsubscribeURL": format!("{base}unsubscribe"),
+    })
+}
+
+#[sqlx::test]
+async fn ses_events_through_sns_are_verified_confirmed_and_applied_once(pg: PgPool) {
+    let signer = sns_signer();
+    let stranger = sns_signer();
+    let confirms = Arc::new(AtomicUsize::new(0));
+    let base = sns_endpoint(signer.cert_pem.clone(), confirms.clone()).await;
+    let url = spawn_with(&pg, Some(&base)).await;
+    let post = |body: Value| {
+        let url = url.clone();
+        async move {
+            let r = reqwest_client()
+                .post(format!("{url}/v1/webhooks/ses"))
+                .header(
+                    "x-amz-sns-message-type",
+                    body["Type"].as_str().unwrap_or(""),
+                )
+                .header("content-type", "text/plain; charset=UTF-8")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            let code = r.status().as_u16();
+            (code, r.text().await.unwrap_or_default())
+        }
+    };
+
+    // SNS first confirms the subscription: verified, then SubscribeURL visited once.
+    let mut confirm = json!({
+        "Type": "SubscriptionConfirmation", "MessageId": "c-1", "Token": "tok-1",
+        "TopicArn": TOPIC, "Message": "You have chosen to subscribe...",
+        "SubscribeURL": format!("{base}confirm"),
+        "Timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "SignatureVersion": "2", "SigningCertURL": format!("{base}good.pem"),
+    });
+    signer.sign(&mut confirm);
+    assert_eq!(post(confirm.clone()).await.0, 200);
+    assert_eq!(confirms.load(Ordering::SeqCst), 1);
+    assert_eq!(post(confirm).await.0, 401, "a replayed confirmation");
+    assert_eq!(confirms.load(Ordering::SeqCst), 1);
+
+    let job = sent_job(&pg, "gone@example.com").await;
+    let other = sent_job(&pg, "fine@example.com").await;
+    let bounce = json!({
+        "eventType": "Bounce",
+        "bounce": {"bounceType": "Permanent", "bounceSubType": "General",
+                   "bouncedRecipients": [{"emailAddress": "Gone@example.com"}]},
+        "mail": {"messageId": "ses-1", "tags": {"mailfleet_id": [job.to_string()]}},
+    });
+    let now = chrono::Utc::now();
+    let valid = {
+        let mut m = sns_notification(&base, "n-1", now, &bounce);
+        signer.sign(&mut m);
+        m
+    };
+    let rejects: Vec<(&str, Value)> = vec![
+        ("forged: the message changed after signing", {
+            let mut m = valid.clone();
+            m["Message"] = Value::String(
+                json!({"eventType": "Bounce", "bounce": {"bounceType": "Permanent",
+                       "bouncedRecipients": [{"emailAddress": "fine@example.com"}]},
+                       "mail": {"tags": {"mailfleet_id": [other.to_string()]}}})
+                .to_string(),
+            );
+            m
+        }),
+        ("forged: signed by another key", {
+            let mut m = sns_notification(&base, "n-2", now, &bounce);
+            stranger.sign(&mut m);
+            m
+        }),
+        ("a certificate URL that is not a .pem", {
+            let mut m = sns_notification(&base, "n-3", now, &bounce);
+            m["SigningCertURL"] = Value::String(format!("{base}confirm"));
+            signer.sign(&mut m);
+            m
+        }),
+        ("certificate URL off the allow-list", {
+            let mut m = sns_notification(&base, "n-4", now, &bounce);
+            m["SigningCertURL"] = Value::String("https://evil.example/good.pem".into());
+            signer.sign(&mut m);
+            m
+        }),
+        ("a topic not configured", {
+            let mut m = sns_notification(&base, "n-5", now, &bounce);
+            m["TopicArn"] = Value::String("arn:aws:sns:eu-west-1:999999999999:other".into());
+            signer.sign(&mut m);
+            m
+        }),
+        ("signature version 1", {
+            let mut m = sns_notification(&base, "n-6", now, &bounce);
+            m["SignatureVersion"] = Value::String("1".into());
+            signer.sign(&mut m);
+            m
+        }),
+        ("stale", {
+            let mut m =
+                sns_notification(&base, "n-7", now - chrono::Duration::minutes(10), &bounce);
+            signer.sign(&mut m);
+            m
+        }),
+    ];
+    for (why, m) in rejects {
+        assert_eq!(post(m).await.0, 401, "{why}");
+    }
+    assert_eq!(status(&pg, job).await, "sent");
+    assert_eq!(status(&pg, other).await, "sent");
+    assert_eq!(suppressed(&pg, "gone@example.com").await, None);
+    assert_eq!(suppressed(&pg, "fine@example.com").await, None);
+
+    let (code, body) = post(valid.clone()).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(status(&pg, job).await, "bounced");
+    assert_eq!(
+        suppressed(&pg, "gone@example.com").await.as_deref(),
+        Some("bounce")
+    );
+    sqlx::query("DELETE FROM suppressions")
+        .execute(&pg)
+        .await
+        .unwrap();
+    assert_eq!(post(valid).await.0, 401, "replayed");
+    assert_eq!(suppressed(&pg, "gone@example.com").await, None);
+
+    // A delivery notification (the older notificationType format) marks the other job.
+    let delivery = json!({
+        "notificationType": "Delivery",
+        "delivery": {"recipients": ["fine@example.com"]},
+        "mail": {"tags": {"mailfleet_id": [other.to_string()]}},
+    });
+    let mut m = sns_notification(&base, "n-8", chrono::Utc::now(), &delivery);
+    m["Subject"] = Value::String("Amazon SES Email Event Notification".into());
+    signer.sign(&mut m);
+    assert_eq!(post(m).await.0, 200);
+    assert_eq!(status(&pg, other).await, "delivered");
 }
