@@ -127,6 +127,22 @@ pub fn parse_time(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, DlqError
 
 const PAGE: usize = 500;
 
+/// A dead-stream entry of partition `p`, its fields as text (lossy for non-UTF-8 bytes).
+fn entry(p: u16, e: redis::streams::StreamId) -> DeadEntry {
+    let fields = e
+        .map
+        .into_iter()
+        .map(|(k, v)| {
+            let text = match v {
+                redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+                other => format!("{other:?}"),
+            };
+            (k, text)
+        })
+        .collect();
+    DeadEntry::of(p, e.id, fields)
+}
+
 /// Every dead entry of every partition that `filter` matches, oldest first per partition.
 pub async fn scan<C: ConnectionLike + Send>(
     conn: &mut C,
@@ -159,18 +175,7 @@ pub async fn scan<C: ConnectionLike + Send>(
             let n = page.ids.len();
             for e in page.ids {
                 from = format!("({}", e.id);
-                let fields = e
-                    .map
-                    .into_iter()
-                    .map(|(k, v)| {
-                        let text = match v {
-                            redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
-                            other => format!("{other:?}"),
-                        };
-                        (k, text)
-                    })
-                    .collect();
-                let d = DeadEntry::of(p, e.id, fields);
+                let d = entry(p, e);
                 if filter.matches(&d) {
                     out.push(d);
                     if out.len() >= limit {
@@ -183,6 +188,49 @@ pub async fn scan<C: ConnectionLike + Send>(
             }
         }
     }
+    Ok(out)
+}
+
+/// The dead entry `dead_id` of `partition`, if it is still there.
+pub async fn get<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    partition: u16,
+    dead_id: &str,
+) -> Result<Option<DeadEntry>, DlqError> {
+    let page: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(keys.dead(partition))
+        .arg(dead_id)
+        .arg(dead_id)
+        .query_async(conn)
+        .await
+        .map_err(redis_err("reading the dead-letter stream"))?;
+    Ok(page.ids.into_iter().next().map(|e| entry(partition, e)))
+}
+
+/// The newest `n` dead entries over every partition, newest first (for the admin page).
+pub async fn latest<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    n: usize,
+) -> Result<Vec<DeadEntry>, DlqError> {
+    let mut out = Vec::new();
+    for p in 0..keys.partitions() {
+        let page: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg(keys.dead(p))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(n)
+            .query_async(conn)
+            .await
+            .map_err(redis_err("reading the dead-letter stream"))?;
+        for e in page.ids {
+            out.push(entry(p, e));
+        }
+    }
+    out.sort_by(|a, b| b.dead_at.cmp(&a.dead_at));
+    out.truncate(n);
     Ok(out)
 }
 

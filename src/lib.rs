@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod dlq;
 pub mod domain;

@@ -3,6 +3,7 @@
 //! Architecture Invariant: handlers parse, authorize and call into `producer`/`store`; they hold
 //! no business logic of their own.
 
+pub mod admin;
 pub mod ingest;
 pub mod sns;
 pub mod unsubscribe;

@@ -57,6 +57,13 @@ pub struct ApiArgs {
     /// enables /v1/unsubscribe/{token}.
     #[arg(long, env = "MAILFLEET_UNSUBSCRIBE_SECRET", hide_env_values = true)]
     pub unsubscribe_secret: Option<Secret>,
+    /// Token that signs in to the admin page (/admin); at least 16 characters. Without it the
+    /// page is off (404).
+    #[arg(long, env = "MAILFLEET_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<Secret>,
+    /// Mark the admin session cookie `Secure` (when the API is served over HTTPS).
+    #[arg(long, env = "MAILFLEET_ADMIN_SECURE_COOKIE")]
+    pub admin_secure_cookie: bool,
     /// Largest accepted age (or clock skew) of a signed webhook's timestamp, in seconds.
     #[arg(long, env = "MAILFLEET_WEBHOOK_TOLERANCE_SECS", default_value_t = 300)]
     pub webhook_tolerance_secs: i64,
@@ -102,6 +109,18 @@ pub async fn run(g: Global, a: ApiArgs) -> anyhow::Result<()> {
         tolerance_secs: a.webhook_tolerance_secs,
     };
     let mut router = ingest::router(state).merge(api::webhooks::router(pg.clone(), hooks));
+    if let Some(token) = a.admin_token.clone().filter(|t| !t.is_empty()) {
+        if token.expose().len() < 16 {
+            anyhow::bail!("MAILFLEET_ADMIN_TOKEN must be at least 16 characters");
+        }
+        router = router.merge(api::admin::router(api::admin::AdminState {
+            pg: pg.clone(),
+            redis: redis.clone(),
+            keys: crate::stream::Keys::new(&g.prefix, g.partitions),
+            token,
+            secure_cookie: a.admin_secure_cookie,
+        }));
+    }
     if let Some(secret) = a.unsubscribe_secret.clone().filter(|s| !s.is_empty()) {
         router = router.merge(api::unsubscribe::router(pg.clone(), secret));
     }

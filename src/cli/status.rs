@@ -3,10 +3,10 @@
 //! second over the last minute), delayed, dead letters, workers alive, the scheduler's leader
 //! and fence, and each provider's breaker as every live worker last reported it.
 
+use crate::cluster::{RATE_WINDOW_SECS, Snapshot, breaker_name, snapshot};
 use crate::config::Global;
-use crate::lease::{self, LeaseKeys};
 use crate::store;
-use crate::stream::{self, depth};
+use crate::stream;
 use clap::Args;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -21,47 +21,6 @@ pub struct StatusArgs {
     /// One JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
-}
-
-/// The window `rate` is measured over.
-const RATE_WINDOW_SECS: f64 = 60.0;
-
-struct Snapshot {
-    depth: depth::Depth,
-    /// lane -> status -> count over the last minute.
-    recent: BTreeMap<String, BTreeMap<String, i64>>,
-    lease: Option<(String, Duration)>,
-    fence: (i64, Option<String>),
-}
-
-async fn snapshot(
-    g: &Global,
-    pool: &deadpool_redis::Pool,
-    pg: &sqlx::PgPool,
-) -> anyhow::Result<Snapshot> {
-    let keys = stream::Keys::new(&g.prefix, g.partitions);
-    let mut conn = pool.get().await?;
-    let depth = depth::read(&mut *conn, &keys, None).await?;
-    let lease = lease::holder(&mut *conn, &LeaseKeys::new(&g.prefix, lease::SCHEDULER)).await?;
-    let fence = store::fence::read(pg, lease::SCHEDULER).await?;
-    let mut recent: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
-    for (lane, status, n) in store::emails::recent_outcomes(pg, RATE_WINDOW_SECS).await? {
-        recent.entry(lane).or_default().insert(status, n);
-    }
-    Ok(Snapshot {
-        depth,
-        recent,
-        lease,
-        fence,
-    })
-}
-
-fn breaker_name(state: i64) -> &'static str {
-    match state {
-        0 => "closed",
-        1 => "half-open",
-        _ => "open",
-    }
 }
 
 fn table(s: &Snapshot) -> String {
@@ -152,8 +111,9 @@ fn as_json(s: &Snapshot) -> serde_json::Value {
 pub async fn run(g: Global, a: StatusArgs) -> anyhow::Result<()> {
     let pool = super::redis_pool(&g)?;
     let pg = store::connect(g.database_url.expose(), 2).await?;
+    let keys = stream::Keys::new(&g.prefix, g.partitions);
     loop {
-        let s = snapshot(&g, &pool, &pg).await?;
+        let s = snapshot(&pool, &pg, &keys).await?;
         if a.json {
             println!("{}", as_json(&s));
         } else {
