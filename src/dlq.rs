@@ -229,7 +229,7 @@ pub async fn latest<C: ConnectionLike + Send>(
             out.push(entry(p, e));
         }
     }
-    out.sort_by(|a, b| b.dead_at.cmp(&a.dead_at));
+    out.sort_by_key(|e| std::cmp::Reverse(e.dead_at));
     out.truncate(n);
     Ok(out)
 }

@@ -162,25 +162,26 @@ fn authenticate(s: &AdminState, headers: &HeaderMap) -> Option<Auth> {
 }
 
 /// The gate of every action: an admin, and for a browser session the right CSRF token.
+/// `Some` is the refusal to answer with.
 fn authorize(
     s: &AdminState,
     headers: &HeaderMap,
     form: &HashMap<String, String>,
-) -> Result<(), Response> {
+) -> Option<Response> {
     match authenticate(s, headers) {
-        None => Err(page(
+        None => Some(page(
             StatusCode::UNAUTHORIZED,
             "Not signed in",
             "<p><a href=\"/admin/login\">Sign in</a></p>",
         )),
-        Some(Auth::Bearer) => Ok(()),
+        Some(Auth::Bearer) => None,
         Some(Auth::Session(sess)) => {
             let given = form.get("csrf").map(String::as_str).unwrap_or("");
             if csrf_ok(&s.token, &sess, given) {
-                Ok(())
+                None
             } else {
                 tracing::warn!("admin: an action without a valid CSRF token was refused");
-                Err(page(
+                Some(page(
                     StatusCode::FORBIDDEN,
                     "Refused",
                     "<p>The form's CSRF token is missing or wrong. Reload the page and try again.</p>",
@@ -353,7 +354,7 @@ async fn logout(
     headers: HeaderMap,
     Form(f): Form<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = authorize(&s, &headers, &f) {
+    if let Some(r) = authorize(&s, &headers, &f) {
         return r;
     }
     let mut r = Redirect::to("/admin/login").into_response();
@@ -396,7 +397,7 @@ async fn index(State(s): S, headers: HeaderMap, Query(q): Query<IndexQuery>) -> 
     }
     let _ = write!(
         o,
-        "<p>Updated {} · {}</p>",
+        "<div>Updated {} · {}</div>",
         time(Utc::now()),
         button("/admin/logout", &csrf, &[], "Sign out", "logout")
     );
@@ -702,7 +703,7 @@ async fn replay(
     headers: HeaderMap,
     Form(f): Form<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = authorize(&s, &headers, &f) {
+    if let Some(r) = authorize(&s, &headers, &f) {
         return r;
     }
     let (Ok(partition), id) = (field(&f, "partition").parse::<u16>(), field(&f, "id")) else {
@@ -747,7 +748,7 @@ async fn suppress_add(
     headers: HeaderMap,
     Form(f): Form<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = authorize(&s, &headers, &f) {
+    if let Some(r) = authorize(&s, &headers, &f) {
         return r;
     }
     let Ok(addr) = Address::parse(field(&f, "address")) else {
@@ -780,7 +781,7 @@ async fn suppress_remove(
     headers: HeaderMap,
     Form(f): Form<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = authorize(&s, &headers, &f) {
+    if let Some(r) = authorize(&s, &headers, &f) {
         return r;
     }
     match suppressions::remove(&s.pg, field(&f, "address"), field(&f, "tenant")).await {
@@ -837,7 +838,7 @@ async fn set_pause(
     f: &HashMap<String, String>,
     on: bool,
 ) -> Response {
-    if let Err(r) = authorize(s, headers, f) {
+    if let Some(r) = authorize(s, headers, f) {
         return r;
     }
     let Some((scope, name)) = pause_target(f) else {

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod admin;
 mod api;
 mod cli;
 mod deploy;
