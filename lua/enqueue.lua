@@ -26,8 +26,12 @@ if idem ~= '' then
   if prev then return { prev, 0 } end
 end
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- Only a job with a due time needs the clock: most are for now, and TIME is one more command each.
+local now = 0
+if due > 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 if due > now then
   local member = cjson.encode({ v = '1', id = id, idem = idem, enqueued_at = ARGV[3],
                                 payload = ARGV[4], lane = ARGV[7] })

@@ -43,9 +43,9 @@ pub enum Command {
     /// Audiences: the members a schedule fans out to.
     #[command(subcommand)]
     Audience(audience::AudienceCmd),
-    /// Measure: `bench fanout` times a schedule's audience fan-out.
-    #[command(subcommand)]
-    Bench(bench::BenchCmd),
+    /// Measure the whole pipeline (producer → workers → mock provider → Postgres → ack), or
+    /// with `bench fanout` a schedule's audience fan-out.
+    Bench(bench::BenchArgs),
     /// Compare enqueued ids with Postgres and a mock-provider log: sent, lost, duplicates.
     Report(report::ReportArgs),
     /// The cluster at a glance: lanes, delayed, dead letters, workers, leader, breakers.

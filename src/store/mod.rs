@@ -6,6 +6,7 @@
 //! exactly one transaction and one round trip.
 
 pub mod audiences;
+pub mod bench;
 pub mod emails;
 pub mod fence;
 pub mod schedules;

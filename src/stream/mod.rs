@@ -84,3 +84,43 @@ pub async fn delete_prefix<C: redis::aio::ConnectionLike + Send>(
         cursor = next;
     }
 }
+
+/// Calls per command so far, from `INFO commandstats` (commands run inside scripts included),
+/// for `mailfleet bench`.
+pub async fn command_calls<C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
+) -> redis::RedisResult<std::collections::BTreeMap<String, u64>> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await?;
+    Ok(parse_commandstats(&info))
+}
+
+/// `cmdstat_<name>:calls=<n>,usec=...` lines into name → calls.
+pub fn parse_commandstats(info: &str) -> std::collections::BTreeMap<String, u64> {
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.trim().strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod commandstats_tests {
+    #[test]
+    fn commandstats_lines_parse_to_calls() {
+        let info = "# Commandstats\r\ncmdstat_xadd:calls=12,usec=40,usec_per_call=3.33,rejected_calls=0,failed_calls=0\r\n\
+                    cmdstat_client|setname:calls=2,usec=1\r\nnoise\r\n";
+        let m = super::parse_commandstats(info);
+        assert_eq!(m.get("xadd"), Some(&12));
+        assert_eq!(m.get("client|setname"), Some(&2));
+        assert_eq!(m.len(), 2);
+    }
+}

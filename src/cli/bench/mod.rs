@@ -1,11 +1,25 @@
+//! `mailfleet bench`: the full pipeline ([`pipeline`], the default) and `bench fanout`.
+
+mod pipeline;
+
 use crate::config::Global;
 use crate::lease::{self, LeaseKeys};
 use crate::scheduler::{self, admin};
 use crate::store::{self, audiences, schedules};
 use anyhow::{Context, bail};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+
+/// `mailfleet bench [pipeline options]` or `mailfleet bench fanout ...`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub cmd: Option<BenchCmd>,
+    #[command(flatten)]
+    pub pipeline: pipeline::PipelineArgs,
+}
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCmd {
@@ -23,21 +37,31 @@ pub enum BenchCmd {
     },
 }
 
-pub async fn run(g: Global, c: BenchCmd) -> anyhow::Result<()> {
-    match c {
-        BenchCmd::Fanout {
+pub async fn run(g: Global, a: BenchArgs) -> anyhow::Result<()> {
+    match a.cmd {
+        Some(BenchCmd::Fanout {
             members,
             batch,
             keep,
-        } => fanout(g, members, batch, keep).await,
+        }) => fanout(g, members, batch, keep).await,
+        None => pipeline::run(g, a.pipeline).await,
     }
 }
 
-async fn fanout(g: Global, members: i64, batch: usize, keep: bool) -> anyhow::Result<()> {
-    let admin_pool = store::connect(g.database_url.expose(), 2).await?;
-    let db = format!("mailfleet_bench_{}", std::process::id());
-    store::create_database(&admin_pool, &db).await?;
-    let url = {
+/// A scratch database next to the configured one and a scratch Redis prefix, removed by
+/// [`Scratch::finish`] unless kept.
+pub(crate) struct Scratch {
+    admin: sqlx::PgPool,
+    pub db: String,
+    pub url: String,
+    pub prefix: String,
+}
+
+impl Scratch {
+    pub async fn new(g: &Global) -> anyhow::Result<Scratch> {
+        let admin = store::connect(g.database_url.expose(), 2).await?;
+        let db = format!("mailfleet_bench_{}", std::process::id());
+        store::create_database(&admin, &db).await?;
         let base = g.database_url.expose();
         let (head, tail) = base
             .rsplit_once('/')
@@ -46,18 +70,36 @@ async fn fanout(g: Global, members: i64, batch: usize, keep: bool) -> anyhow::Re
             .split_once('?')
             .map(|(_, q)| format!("?{q}"))
             .unwrap_or_default();
-        format!("{head}/{db}{query}")
-    };
-    let prefix = format!("bench{}", uuid::Uuid::now_v7().simple());
-    let result = measure(&g, &url, &prefix, members, batch).await;
-    if !keep {
-        store::drop_database(&admin_pool, &db).await?;
-        let redis = crate::cli::redis_pool(&g)?;
-        let mut conn = redis.get().await?;
-        crate::stream::delete_prefix(&mut *conn, &prefix).await?;
-    } else {
-        println!("kept database {db} and Redis prefix {prefix}");
+        Ok(Scratch {
+            admin,
+            url: format!("{head}/{db}{query}"),
+            db,
+            prefix: format!("bench{}", uuid::Uuid::now_v7().simple()),
+        })
     }
+
+    /// The configured database's pool (for statistics about the scratch one).
+    pub fn admin(&self) -> &sqlx::PgPool {
+        &self.admin
+    }
+
+    pub async fn finish(self, g: &Global, keep: bool) -> anyhow::Result<()> {
+        if keep {
+            eprintln!("kept database {} and Redis prefix {}", self.db, self.prefix);
+            return Ok(());
+        }
+        store::drop_database(&self.admin, &self.db).await?;
+        let redis = crate::cli::redis_pool(g)?;
+        let mut conn = redis.get().await?;
+        crate::stream::delete_prefix(&mut *conn, &self.prefix).await?;
+        Ok(())
+    }
+}
+
+async fn fanout(g: Global, members: i64, batch: usize, keep: bool) -> anyhow::Result<()> {
+    let scratch = Scratch::new(&g).await?;
+    let result = measure(&g, &scratch.url, &scratch.prefix, members, batch).await;
+    scratch.finish(&g, keep).await?;
     result
 }
 

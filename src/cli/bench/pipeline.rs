@@ -1,0 +1,566 @@
+//! `mailfleet bench`: the whole pipeline on this machine, measured from outside the workers.
+//!
+//! A scratch database and Redis prefix; the mock provider and `--workers` worker processes
+//! started from this binary; a producer in this process XADDs the emails (open loop at
+//! `--rate`, or all of them at once for the maximum rate). Figures come from evidence the
+//! workers do not report themselves:
+//! - throughput and enqueue → recorded latency from the `emails` rows (`enqueued_at` is the
+//!   producer's clock, `recorded_at` the recording transaction's);
+//! - Redis commands per email from `INFO commandstats` deltas (commands inside scripts
+//!   included; the server's whole count, so run it on a quiet Redis);
+//! - Postgres transactions per email from `pg_stat_database` of the scratch database (read
+//!   after the workers exit, when every backend has reported; this process's own polling
+//!   subtracted);
+//! - worker CPU seconds and peak RSS from `/proc/<pid>` just before the workers stop;
+//! - lost (enqueued, not `sent`) and duplicates (the mock's count of a job id seen twice).
+
+use super::Scratch;
+use crate::config::Global;
+use crate::domain::{Lane, Payload};
+use crate::producer::NewJob;
+use crate::store::{self, bench::Latency};
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// `--emails` over the lane mix, at `--rate` or as fast as possible.
+    Throughput,
+    /// A bulk backlog of `--emails` draining while tx email arrives at `--tx-rate`.
+    Priority,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PipelineArgs {
+    /// Emails to send (the bulk backlog, for the priority scenario).
+    #[arg(long, default_value_t = 200_000)]
+    pub emails: u64,
+    /// Worker processes.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Concurrent sends per worker (MAILFLEET_SEND_CONCURRENCY; default: the worker's).
+    #[arg(long)]
+    pub tasks: Option<usize>,
+    /// Offered rate in emails/s (open loop); 0 enqueues everything at once (maximum rate).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Size of each email's text body, in bytes.
+    #[arg(long, default_value_t = 512)]
+    pub payload_bytes: usize,
+    /// Share of transactional email in the throughput scenario (the rest is bulk).
+    #[arg(long, default_value_t = 0.2)]
+    pub tx_share: f64,
+    /// The mock provider's latency per request, in ms (plus up to as much again of jitter).
+    #[arg(long, default_value_t = 0)]
+    pub mock_latency_ms: u64,
+    #[arg(long, value_enum, default_value_t = Scenario::Throughput)]
+    pub scenario: Scenario,
+    /// Transactional emails per second during the priority scenario.
+    #[arg(long, default_value_t = 200)]
+    pub tx_rate: u64,
+    /// Give up after this long.
+    #[arg(long, default_value_t = 900)]
+    pub timeout_secs: u64,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Keep the scratch database and Redis keys.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Figures {
+    pub scenario: Scenario,
+    pub emails: u64,
+    pub workers: usize,
+    pub offered_per_sec: Option<u64>,
+    pub payload_bytes: usize,
+    pub mock_latency_ms: u64,
+    pub seconds: f64,
+    pub emails_per_sec: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tx_p50_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tx_p99_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bulk_p50_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bulk_p99_ms: Option<f64>,
+    pub redis_cmds_per_email: f64,
+    /// The three commands that cost the most calls per email.
+    pub redis_top: Vec<(String, f64)>,
+    pub pg_xacts_per_email: f64,
+    pub worker_cpu_s_per_1k: f64,
+    pub worker_peak_rss_mib: f64,
+    pub lost: u64,
+    pub duplicates: u64,
+}
+
+struct Proc {
+    child: Child,
+    metrics: String,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The mock provider as its own process; returns it and its base URL.
+async fn start_mock(latency_ms: u64) -> anyhow::Result<(Child, String)> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["mock-provider", "--listen", "127.0.0.1:0"])
+        .args(["--latency-ms", &latency_ms.to_string()])
+        .args(["--jitter-ms", &latency_ms.to_string()])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the mock provider")?;
+    let stdout = child.stdout.take().context("the mock's stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let url = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(l) = lines.next_line().await? {
+            if let Some(u) = l.split_whitespace().find(|w| w.starts_with("http://")) {
+                return Ok::<_, std::io::Error>(Some(u.to_owned()));
+            }
+        }
+        Ok(None)
+    })
+    .await
+    .context("the mock provider did not start in 10 s")??
+    .context("the mock provider exited")?;
+    // Keep draining its stdout so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((child, url))
+}
+
+async fn start_worker(
+    g: &Global,
+    s: &Scratch,
+    i: usize,
+    mock: &str,
+    tasks: Option<usize>,
+) -> anyhow::Result<Proc> {
+    let port = free_port()?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["worker", "--consumer", &format!("bench-{i}")])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("MAILFLEET_DATABASE_URL", &s.url)
+        .env("MAILFLEET_REDIS_URL", g.redis_url.expose())
+        .env("MAILFLEET_PREFIX", &s.prefix)
+        .env("MAILFLEET_PARTITIONS", g.partitions.to_string())
+        .env("MAILFLEET_SENDGRID_URL", mock)
+        .env("MAILFLEET_SENDGRID_API_KEY", "bench-key")
+        .env_remove("MAILFLEET_CONFIG")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true);
+    if let Some(t) = tasks {
+        cmd.env("MAILFLEET_SEND_CONCURRENCY", t.to_string());
+    }
+    let child = cmd.spawn().context("starting a worker")?;
+    Ok(Proc {
+        child,
+        metrics: format!("http://127.0.0.1:{port}"),
+    })
+}
+
+/// CPU seconds (user + system) and peak RSS in MiB of a live process, from /proc.
+fn cpu_and_rss(pid: u32) -> anyhow::Result<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    Ok((cpu_seconds(&stat, clock_ticks())?, peak_rss_mib(&status)?))
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// utime + stime (fields 14 and 15 of /proc/<pid>/stat, after the parenthesised name).
+pub fn cpu_seconds(stat: &str, ticks: f64) -> anyhow::Result<f64> {
+    let rest = stat.rsplit_once(')').context("a /proc stat line")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state): utime is field 14, so index 11.
+    let utime: f64 = f.get(11).context("utime")?.parse()?;
+    let stime: f64 = f.get(12).context("stime")?.parse()?;
+    Ok((utime + stime) / ticks)
+}
+
+/// VmHWM of /proc/<pid>/status, in MiB.
+pub fn peak_rss_mib(status: &str) -> anyhow::Result<f64> {
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .context("VmHWM")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok(kb / 1024.0)
+}
+
+fn email(i: u64, lane: Lane, body: &str) -> NewJob {
+    NewJob {
+        lane,
+        idempotency_key: None,
+        payload: Payload {
+            to: vec![format!("user{i}@example.com")],
+            from: "Bench <bench@example.com>".into(),
+            subject: Some(format!("Bench {i}")),
+            text: Some(body.to_owned()),
+            ..Payload::default()
+        },
+    }
+}
+
+/// Enqueue `n` emails of `lane` (or the mix) starting at number `first`: all at once in
+/// chunks when `rate` is 0, else paced every 10 ms.
+async fn produce(
+    producer: &crate::Producer,
+    first: u64,
+    n: u64,
+    rate: u64,
+    lane_of: impl Fn(u64) -> Lane,
+    body: &str,
+) -> anyhow::Result<u64> {
+    const CHUNK: u64 = 1000;
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < n {
+        let take = if rate == 0 {
+            CHUNK.min(n - sent)
+        } else {
+            // Due by now at `rate`, at most a chunk.
+            let due = ((start.elapsed().as_secs_f64() * rate as f64) as u64 + 1).min(n);
+            if due <= sent {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                continue;
+            }
+            (due - sent).min(CHUNK)
+        };
+        let jobs: Vec<NewJob> = (first + sent..first + sent + take)
+            .map(|i| email(i, lane_of(i), body))
+            .collect();
+        producer.send_many(jobs).await?;
+        sent += take;
+    }
+    Ok(sent)
+}
+
+async fn ready(http: &reqwest::Client, url: &str, within: Duration) -> anyhow::Result<()> {
+    let end = Instant::now() + within;
+    loop {
+        if let Ok(r) = http.get(format!("{url}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        if Instant::now() > end {
+            bail!("{url} not ready within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn run(g: Global, a: PipelineArgs) -> anyhow::Result<()> {
+    if a.workers == 0 || a.emails == 0 {
+        bail!("--workers and --emails must be at least 1");
+    }
+    let scratch = Scratch::new(&g).await?;
+    let result = measure(&g, &scratch, &a).await;
+    scratch.finish(&g, a.keep).await?;
+    let f = result?;
+    if a.json {
+        println!("{}", serde_json::to_string(&f)?);
+    } else {
+        print!("{}", table(&f));
+    }
+    if f.lost > 0 {
+        bail!("{} email(s) were not sent", f.lost);
+    }
+    Ok(())
+}
+
+async fn measure(g: &Global, s: &Scratch, a: &PipelineArgs) -> anyhow::Result<Figures> {
+    let pg = store::connect(&s.url, 2).await?;
+    store::migrate(&pg).await?;
+    let mut global = g.clone();
+    global.prefix = s.prefix.clone();
+    let producer = crate::cli::producer(&global)?;
+    let redis = crate::cli::redis_pool(&global)?;
+    let http = reqwest::Client::new();
+
+    let (mut mock, mock_url) = start_mock(a.mock_latency_ms).await?;
+    let mut workers = Vec::with_capacity(a.workers);
+    for i in 0..a.workers {
+        workers.push(start_worker(g, s, i, &mock_url, a.tasks).await?);
+    }
+    for w in &workers {
+        ready(&http, &w.metrics, Duration::from_secs(30)).await?;
+    }
+    let body: String = "Lorem ipsum dolor sit amet. "
+        .chars()
+        .cycle()
+        .take(a.payload_bytes)
+        .collect();
+
+    let calls_before = {
+        let mut c = redis.get().await?;
+        crate::stream::command_calls(&mut *c).await?
+    };
+    let xacts_before = store::bench::xacts(s.admin(), &s.db).await?;
+    // Transactions of this process in the scratch database, subtracted from the count.
+    let mut polls = 0i64;
+
+    let total = match a.scenario {
+        Scenario::Throughput => {
+            let tx_every = if a.tx_share > 0.0 {
+                (1.0 / a.tx_share.clamp(0.0, 1.0)).round().max(1.0) as u64
+            } else {
+                u64::MAX
+            };
+            let p = producer.clone();
+            let (n, rate, body) = (a.emails, a.rate, body.clone());
+            tokio::spawn(async move {
+                produce(
+                    &p,
+                    0,
+                    n,
+                    rate,
+                    move |i| {
+                        if i % tx_every == 0 {
+                            Lane::Tx
+                        } else {
+                            Lane::Bulk
+                        }
+                    },
+                    &body,
+                )
+                .await
+            });
+            a.emails
+        }
+        Scenario::Priority => {
+            produce(&producer, 0, a.emails, 0, |_| Lane::Bulk, &body).await?;
+            a.emails
+        }
+    };
+
+    // Wait until every enqueued email is acked (acks follow the Postgres commit), watching the
+    // streams (one pipelined read, no Postgres load); in the priority scenario, feed tx at
+    // `--tx-rate` until the bulk backlog has drained.
+    let deadline = Instant::now() + Duration::from_secs(a.timeout_secs);
+    let mut tx_sent = 0u64;
+    let mut tx_open = a.scenario == Scenario::Priority;
+    let tx_start = Instant::now();
+    let mut next_poll = Instant::now();
+    loop {
+        if Instant::now() >= next_poll {
+            next_poll = Instant::now() + Duration::from_millis(100);
+            let d = {
+                let mut c = redis.get().await?;
+                crate::stream::depth::read(&mut *c, &s_keys(&global), None).await?
+            };
+            let length: u64 = d.lanes.values().map(|l| l.length).sum();
+            let open: u64 = d.lanes.values().map(|l| l.lag + l.pending).sum::<u64>() + d.delayed;
+            let bulk_open = d.lanes.get("bulk").map_or(0, |l| l.lag + l.pending);
+            if tx_open && length >= a.emails && bulk_open == 0 {
+                tx_open = false;
+            }
+            if !tx_open && length >= total + tx_sent && open == 0 {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("not every email was recorded within {} s", a.timeout_secs);
+        }
+        if tx_open {
+            let due = (tx_start.elapsed().as_secs_f64() * a.tx_rate as f64) as u64;
+            if due > tx_sent {
+                let n = due - tx_sent;
+                produce(&producer, a.emails + tx_sent, n, 0, |_| Lane::Tx, &body).await?;
+                tx_sent += n;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let emails = total + tx_sent;
+
+    // Evidence, before the workers stop.
+    let calls_after = {
+        let mut c = redis.get().await?;
+        crate::stream::command_calls(&mut *c).await?
+    };
+    let mut cpu = 0.0;
+    let mut rss: f64 = 0.0;
+    for w in &workers {
+        if let Some(pid) = w.child.id() {
+            let (c, r) = cpu_and_rss(pid)?;
+            cpu += c;
+            rss = rss.max(r);
+        }
+    }
+    let all = store::bench::latency(&pg, None).await?;
+    let tx = store::bench::latency(&pg, Some("tx")).await?;
+    let bulk = store::bench::latency(&pg, Some("bulk")).await?;
+    let (_, sent) = store::bench::progress(&pg).await?;
+    polls += 4; // the four reads just above
+    let stats: crate::mock::Stats = http
+        .get(format!("{mock_url}/stats"))
+        .send()
+        .await?
+        .json()
+        .await
+        .context("the mock's /stats")?;
+
+    // Stop the workers: their backends report their last transactions as they exit.
+    for w in &mut workers {
+        if let Some(pid) = w.child.id() {
+            // SAFETY: kill(2) with a pid we spawned and still own.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+    }
+    for w in &mut workers {
+        let _ = tokio::time::timeout(Duration::from_secs(40), w.child.wait()).await;
+    }
+    let _ = mock.kill().await;
+    pg.close().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let xacts_after = store::bench::xacts(s.admin(), &s.db).await?;
+
+    let per = |n: f64| n / emails as f64;
+    let mut deltas: Vec<(String, f64)> = calls_after
+        .iter()
+        .map(|(k, v)| {
+            let d = v.saturating_sub(calls_before.get(k).copied().unwrap_or(0));
+            (k.clone(), d as f64)
+        })
+        .filter(|(k, d)| *d > 0.0 && k != "info")
+        .collect();
+    let redis_total: f64 = deltas.iter().map(|(_, d)| d).sum();
+    deltas.sort_by(|x, y| y.1.total_cmp(&x.1));
+    let seconds = ((all.last_recorded_ms - all.first_enqueued_ms) / 1000.0).max(0.001);
+    let pick = |l: &Latency, f: fn(&Latency) -> f64| (l.count > 0).then(|| f(l));
+    Ok(Figures {
+        scenario: a.scenario,
+        emails,
+        workers: a.workers,
+        offered_per_sec: (a.rate > 0 && a.scenario == Scenario::Throughput).then_some(a.rate),
+        payload_bytes: a.payload_bytes,
+        mock_latency_ms: a.mock_latency_ms,
+        seconds: round(seconds, 2),
+        emails_per_sec: round(all.count as f64 / seconds, 0),
+        p50_ms: round(all.p50_ms, 1),
+        p95_ms: round(all.p95_ms, 1),
+        p99_ms: round(all.p99_ms, 1),
+        max_ms: round(all.max_ms, 1),
+        tx_p50_ms: pick(&tx, |l| round(l.p50_ms, 1)).filter(|_| a.scenario == Scenario::Priority),
+        tx_p99_ms: pick(&tx, |l| round(l.p99_ms, 1)).filter(|_| a.scenario == Scenario::Priority),
+        bulk_p50_ms: pick(&bulk, |l| round(l.p50_ms, 1))
+            .filter(|_| a.scenario == Scenario::Priority),
+        bulk_p99_ms: pick(&bulk, |l| round(l.p99_ms, 1))
+            .filter(|_| a.scenario == Scenario::Priority),
+        redis_cmds_per_email: round(per(redis_total), 3),
+        redis_top: deltas
+            .into_iter()
+            .take(3)
+            .map(|(k, d)| (k, round(per(d), 3)))
+            .collect(),
+        pg_xacts_per_email: round(per((xacts_after - xacts_before - polls).max(0) as f64), 4),
+        worker_cpu_s_per_1k: round(cpu / emails as f64 * 1000.0, 3),
+        worker_peak_rss_mib: round(rss, 1),
+        lost: emails.saturating_sub(sent.max(0) as u64),
+        duplicates: stats.duplicates,
+    })
+}
+
+fn s_keys(g: &Global) -> crate::stream::Keys {
+    crate::stream::Keys::new(&g.prefix, g.partitions)
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let m = 10f64.powi(digits);
+    (x * m).round() / m
+}
+
+fn table(f: &Figures) -> String {
+    let mut o = String::new();
+    use std::fmt::Write;
+    let offered = f
+        .offered_per_sec
+        .map_or("max".to_owned(), |r| format!("{r}/s"));
+    let _ = writeln!(
+        o,
+        "scenario {:?}: {} emails, {} worker process(es), offered {offered}, payload {} B, mock latency {} ms",
+        f.scenario, f.emails, f.workers, f.payload_bytes, f.mock_latency_ms
+    );
+    let _ = writeln!(
+        o,
+        "  throughput        {:>10.0} emails/s over {:.2} s",
+        f.emails_per_sec, f.seconds
+    );
+    let _ = writeln!(
+        o,
+        "  enqueue→recorded  p50 {:.1} ms  p95 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        f.p50_ms, f.p95_ms, f.p99_ms, f.max_ms
+    );
+    if let (Some(p50), Some(p99)) = (f.tx_p50_ms, f.tx_p99_ms) {
+        let _ = writeln!(o, "  tx lane           p50 {p50:.1} ms  p99 {p99:.1} ms");
+    }
+    if let (Some(p50), Some(p99)) = (f.bulk_p50_ms, f.bulk_p99_ms) {
+        let _ = writeln!(o, "  bulk lane         p50 {p50:.1} ms  p99 {p99:.1} ms");
+    }
+    let top: Vec<String> = f
+        .redis_top
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    let _ = writeln!(
+        o,
+        "  redis commands    {:.3} per email ({})",
+        f.redis_cmds_per_email,
+        top.join(", ")
+    );
+    let _ = writeln!(
+        o,
+        "  pg transactions   {:.4} per email",
+        f.pg_xacts_per_email
+    );
+    let _ = writeln!(
+        o,
+        "  workers           {:.3} CPU s per 1k emails, peak RSS {:.1} MiB",
+        f.worker_cpu_s_per_1k, f.worker_peak_rss_mib
+    );
+    let _ = writeln!(o, "  lost {}  duplicates {}", f.lost, f.duplicates);
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_files_parse() {
+        let stat =
+            "1234 (mail fleet) S 1 1234 1234 0 -1 4194560 500 0 0 0 250 50 0 0 20 0 9 0 100 0 0";
+        assert_eq!(cpu_seconds(stat, 100.0).unwrap(), 3.0);
+        let status =
+            "Name:\tmailfleet\nVmPeak:\t  300000 kB\nVmHWM:\t   51200 kB\nVmRSS:\t 40000 kB\n";
+        assert_eq!(peak_rss_mib(status).unwrap(), 50.0);
+        assert!(peak_rss_mib("Name: x\n").is_err());
+    }
+}

@@ -1,0 +1,75 @@
+//! What `mailfleet bench` reads from Postgres: progress, latency percentiles per lane, and the
+//! transaction counter of a database.
+
+use super::{StoreError, q};
+use sqlx::PgPool;
+
+/// Jobs recorded in a final status, and of those `sent`.
+pub async fn progress(pool: &PgPool) -> Result<(i64, i64), StoreError> {
+    sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status IN ('sent', 'failed', 'dead', 'suppressed', 'unknown')),
+                count(*) FILTER (WHERE status = 'sent')
+           FROM emails",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(q("counting recorded jobs"))
+}
+
+/// Enqueue → recorded latency of the sent jobs of a lane (`None`: every lane), in ms.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Latency {
+    pub count: i64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// Unix ms of the first enqueue and the last record.
+    pub first_enqueued_ms: f64,
+    pub last_recorded_ms: f64,
+}
+
+/// count, [p50, p95, p99], max, first enqueue, last record.
+type LatencyRow = (i64, Option<Vec<f64>>, Option<f64>, Option<f64>, Option<f64>);
+
+pub async fn latency(pool: &PgPool, lane: Option<&str>) -> Result<Latency, StoreError> {
+    let row: LatencyRow = sqlx::query_as(
+        "WITH l AS (
+            SELECT extract(epoch FROM recorded_at - enqueued_at) * 1000 AS ms, enqueued_at, recorded_at
+              FROM emails WHERE status = 'sent' AND ($1::text IS NULL OR lane = $1))
+         SELECT count(*),
+                percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY ms)::float8[],
+                max(ms)::float8,
+                (extract(epoch FROM min(enqueued_at)) * 1000)::float8,
+                (extract(epoch FROM max(recorded_at)) * 1000)::float8
+           FROM l",
+    )
+    .bind(lane)
+    .fetch_one(pool)
+    .await
+    .map_err(q("measuring latency"))?;
+    let p = row.1.unwrap_or_default();
+    let at = |i: usize| p.get(i).copied().unwrap_or(0.0);
+    Ok(Latency {
+        count: row.0,
+        p50_ms: at(0),
+        p95_ms: at(1),
+        p99_ms: at(2),
+        max_ms: row.2.unwrap_or(0.0),
+        first_enqueued_ms: row.3.unwrap_or(0.0),
+        last_recorded_ms: row.4.unwrap_or(0.0),
+    })
+}
+
+/// Transactions committed and rolled back in database `db` so far (the statistics collector's
+/// view: a backend reports its counts at most once a second and when it exits).
+pub async fn xacts(pool: &PgPool, db: &str) -> Result<i64, StoreError> {
+    sqlx::query_scalar(
+        "SELECT (xact_commit + xact_rollback)::int8 FROM pg_stat_database WHERE datname = $1",
+    )
+    .bind(db)
+    .fetch_optional(pool)
+    .await
+    .map_err(q("reading pg_stat_database"))
+    .map(Option::unwrap_or_default)
+}
