@@ -97,6 +97,17 @@ pub async fn command_calls<C: redis::aio::ConnectionLike + Send>(
     Ok(parse_commandstats(&info))
 }
 
+/// The Redis server's process id (`INFO server`), to read its CPU time when it is local.
+pub async fn server_pid<C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
+) -> redis::RedisResult<Option<u32>> {
+    let info: String = redis::cmd("INFO").arg("server").query_async(conn).await?;
+    Ok(info
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("process_id:"))
+        .and_then(|v| v.trim().parse().ok()))
+}
+
 /// `cmdstat_<name>:calls=<n>,usec=...` lines into name → calls.
 pub fn parse_commandstats(info: &str) -> std::collections::BTreeMap<String, u64> {
     info.lines()

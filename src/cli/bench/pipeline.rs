@@ -104,6 +104,69 @@ pub struct Figures {
     pub worker_peak_rss_mib: f64,
     pub lost: u64,
     pub duplicates: u64,
+    /// Where the machine's CPU went during the run, in CPU seconds per 1,000 emails: the
+    /// workers, Redis (when local), the mock provider, this process (the producer), and the
+    /// rest of the machine (Postgres, mostly).
+    pub cpu_s_per_1k: CpuBreakdown,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CpuBreakdown {
+    pub workers: f64,
+    pub redis: f64,
+    pub mock: f64,
+    pub producer: f64,
+    pub rest: f64,
+    /// The machine's busy share of all its cores over the run.
+    pub machine_busy: f64,
+}
+
+/// CPU seconds of the processes the bench watches, and of the whole machine.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuSample {
+    workers: f64,
+    redis: f64,
+    mock: f64,
+    producer: f64,
+    busy: f64,
+    total: f64,
+}
+
+/// Busy and total CPU seconds of the machine (every core), from /proc/stat.
+pub fn machine_cpu(stat: &str, ticks: f64) -> anyhow::Result<(f64, f64)> {
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .context("/proc/stat cpu line")?;
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: f64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    Ok(((total - idle) / ticks, total / ticks))
+}
+
+fn proc_cpu(pid: Option<u32>) -> f64 {
+    pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .and_then(|s| cpu_seconds(&s, clock_ticks()).ok())
+        .unwrap_or(0.0)
+}
+
+fn sample(workers: &[Proc], redis: Option<u32>, mock: Option<u32>) -> CpuSample {
+    let (busy, total) = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| machine_cpu(&s, clock_ticks()).ok())
+        .unwrap_or_default();
+    CpuSample {
+        workers: workers.iter().map(|w| proc_cpu(w.child.id())).sum(),
+        redis: proc_cpu(redis),
+        mock: proc_cpu(mock),
+        producer: proc_cpu(Some(std::process::id())),
+        busy,
+        total,
+    }
 }
 
 struct Proc {
@@ -318,10 +381,14 @@ async fn measure(g: &Global, s: &Scratch, a: &PipelineArgs) -> anyhow::Result<Fi
         .take(a.payload_bytes)
         .collect();
 
-    let calls_before = {
+    let (calls_before, redis_pid) = {
         let mut c = redis.get().await?;
-        crate::stream::command_calls(&mut *c).await?
+        (
+            crate::stream::command_calls(&mut *c).await?,
+            crate::stream::server_pid(&mut *c).await?,
+        )
     };
+    let cpu_before = sample(&workers, redis_pid, mock.id());
     let xacts_before = store::bench::xacts(s.admin(), &s.db).await?;
     // Transactions of this process in the scratch database, subtracted from the count.
     let mut polls = 0i64;
@@ -405,6 +472,7 @@ async fn measure(g: &Global, s: &Scratch, a: &PipelineArgs) -> anyhow::Result<Fi
         let mut c = redis.get().await?;
         crate::stream::command_calls(&mut *c).await?
     };
+    let cpu_after = sample(&workers, redis_pid, mock.id());
     let mut cpu = 0.0;
     let mut rss: f64 = 0.0;
     for w in &workers {
@@ -485,6 +553,19 @@ async fn measure(g: &Global, s: &Scratch, a: &PipelineArgs) -> anyhow::Result<Fi
         worker_peak_rss_mib: round(rss, 1),
         lost: emails.saturating_sub(sent.max(0) as u64),
         duplicates: stats.duplicates,
+        cpu_s_per_1k: {
+            let k = 1000.0 / emails as f64;
+            let d = |f: fn(&CpuSample) -> f64| (f(&cpu_after) - f(&cpu_before)).max(0.0);
+            let watched = d(|c| c.workers) + d(|c| c.redis) + d(|c| c.mock) + d(|c| c.producer);
+            CpuBreakdown {
+                workers: round(d(|c| c.workers) * k, 4),
+                redis: round(d(|c| c.redis) * k, 4),
+                mock: round(d(|c| c.mock) * k, 4),
+                producer: round(d(|c| c.producer) * k, 4),
+                rest: round((d(|c| c.busy) - watched).max(0.0) * k, 4),
+                machine_busy: round(d(|c| c.busy) / d(|c| c.total).max(1e-9), 3),
+            }
+        },
     })
 }
 
@@ -545,6 +626,17 @@ fn table(f: &Figures) -> String {
         "  workers           {:.3} CPU s per 1k emails, peak RSS {:.1} MiB",
         f.worker_cpu_s_per_1k, f.worker_peak_rss_mib
     );
+    let c = &f.cpu_s_per_1k;
+    let _ = writeln!(
+        o,
+        "  CPU s per 1k      workers {:.3}, redis {:.3}, mock {:.3}, producer {:.3}, rest (postgres) {:.3}; machine {:.0}% busy",
+        c.workers,
+        c.redis,
+        c.mock,
+        c.producer,
+        c.rest,
+        c.machine_busy * 100.0
+    );
     let _ = writeln!(o, "  lost {}  duplicates {}", f.lost, f.duplicates);
     o
 }
@@ -562,5 +654,7 @@ mod tests {
             "Name:\tmailfleet\nVmPeak:\t  300000 kB\nVmHWM:\t   51200 kB\nVmRSS:\t 40000 kB\n";
         assert_eq!(peak_rss_mib(status).unwrap(), 50.0);
         assert!(peak_rss_mib("Name: x\n").is_err());
+        let stat = "cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3\n";
+        assert_eq!(machine_cpu(stat, 100.0).unwrap(), (1.5, 10.0));
     }
 }
