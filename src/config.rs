@@ -161,6 +161,11 @@ pub struct WorkerArgs {
     /// How often due delayed entries are promoted to their lanes, in ms.
     #[arg(long, env = "MAILFLEET_PROMOTE_INTERVAL_MS", default_value_t = 250)]
     pub promote_interval_ms: u64,
+    /// Under load, wait up to this long before a read so that a read (and its claim and
+    /// record transactions) carries several entries; 0 reads as soon as it can. Only when
+    /// entries arrive faster than two per linger (docs/performance.md).
+    #[arg(long, env = "MAILFLEET_READ_LINGER_MS", default_value_t = 5)]
+    pub read_linger_ms: u64,
     /// Address for /metrics, /healthz, /readyz; empty to disable.
     #[arg(long, env = "MAILFLEET_WORKER_LISTEN", default_value = "0.0.0.0:9464")]
     pub listen: String,

@@ -43,6 +43,7 @@ pub async fn run(g: Global, a: WorkerArgs) -> anyhow::Result<()> {
         retry_base_ms: a.retry_base_ms,
         retry_max_ms: a.retry_max_ms,
         promote_interval_ms: a.promote_interval_ms,
+        read_linger_ms: a.read_linger_ms,
         drain_timeout: Duration::from_secs(a.drain_timeout_secs),
         max_payload: g.max_payload_bytes,
         render: Limits {

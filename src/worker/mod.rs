@@ -67,6 +67,8 @@ pub struct Settings {
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
     pub promote_interval_ms: u64,
+    /// The longest a read waits for entries to accumulate under load (0: never).
+    pub read_linger_ms: u64,
     pub drain_timeout: Duration,
     pub max_payload: usize,
     pub render: Limits,
@@ -108,6 +110,7 @@ impl Settings {
             retry_base_ms: 1000,
             retry_max_ms: 300_000,
             promote_interval_ms: 250,
+            read_linger_ms: 5,
             drain_timeout: Duration::from_secs(30),
             max_payload: 256 * 1024,
             render: Limits::default(),

@@ -68,6 +68,8 @@ pub enum Item {
 pub(super) async fn run(shared: Arc<Shared>, mut rx: UnboundedReceiver<Item>) {
     let max = shared.settings.record_batch.max(1);
     let mut buf = Vec::with_capacity(max);
+    // Kept across flushes: a pool checkout costs a recycle round trip (UNWATCH, PING).
+    let mut conn = None;
     while let Some(first) = rx.recv().await {
         buf.push(first);
         while buf.len() < max {
@@ -76,11 +78,15 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: UnboundedReceiver<Item>) {
                 Err(_) => break,
             }
         }
-        flush(&shared, &mut buf).await;
+        flush(&shared, &mut buf, &mut conn).await;
     }
 }
 
-async fn flush(shared: &Shared, items: &mut Vec<Item>) {
+async fn flush(
+    shared: &Shared,
+    items: &mut Vec<Item>,
+    conn: &mut Option<deadpool_redis::Connection>,
+) {
     let outcomes: Vec<Outcome> = items
         .iter()
         .filter_map(|i| match i {
@@ -163,13 +169,19 @@ async fn flush(shared: &Shared, items: &mut Vec<Item>) {
     if !finish.is_empty() {
         let mut wait = Duration::from_millis(50);
         for attempt in 1..=8 {
-            let r = match shared.deps.redis.get().await {
-                Ok(mut conn) => finish
-                    .execute(&mut *conn, &shared.deps.keys)
+            if conn.is_none() {
+                *conn = shared.deps.redis.get().await.ok();
+            }
+            let r = match conn.as_mut() {
+                Some(c) => finish
+                    .execute(&mut **c, &shared.deps.keys)
                     .await
                     .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
+                None => Err("no Redis connection".to_owned()),
             };
+            if r.is_err() {
+                *conn = None;
+            }
             match r {
                 Ok(()) => break,
                 Err(e) => {

@@ -16,7 +16,8 @@ const TOKEN: &str = "admin-token-for-tests-0123";
 /// W3C WebDriver's key for an element reference.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
-/// A ChromeDriver process and one headless Chromium session; both end on drop.
+/// A ChromeDriver process and one headless Chromium session; both end on drop (also when an
+/// assertion fails, or Chromium would outlive the test).
 struct Browser {
     driver: tokio::process::Child,
     base: String,
@@ -197,13 +198,50 @@ impl Browser {
         v["value"].as_str().unwrap_or("").to_owned()
     }
 
-    async fn quit(mut self) {
-        let _ = self
-            .http
-            .delete(format!("{}/session/{}", self.base, self.session))
-            .send()
-            .await;
-        let _ = self.driver.kill().await;
+    async fn quit(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // Synchronously (no runtime in Drop): DELETE the session over a plain socket, so
+        // ChromeDriver closes Chromium, then stop ChromeDriver.
+        use std::io::{Read, Write};
+        let addr = self.base.trim_start_matches("http://").to_owned();
+        if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+            let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+            let _ = write!(
+                s,
+                "DELETE /session/{} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self.session
+            );
+            // Until the whole answer is in (ChromeDriver may keep the socket open).
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = s.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf);
+                if let Some(h) = text.find("\r\n\r\n") {
+                    let len = text[..h]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().to_owned())
+                        })
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if buf.len() >= h + 4 + len {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = self.driver.start_kill();
     }
 }
 

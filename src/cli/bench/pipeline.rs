@@ -310,7 +310,7 @@ async fn produce(
             // Due by now at `rate`, at most a chunk.
             let due = ((start.elapsed().as_secs_f64() * rate as f64) as u64 + 1).min(n);
             if due <= sent {
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
                 continue;
             }
             (due - sent).min(CHUNK)
