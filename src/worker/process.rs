@@ -445,13 +445,7 @@ async fn send_one(
         // Wait for this worker's smoothing and caps first, so a permit is used as soon as it
         // is granted: a permit that waits lands outside the window it was counted in.
         let _cap = slot.ready().await;
-        // Transactional email does not queue behind bulk for a send slot: with a bulk backlog
-        // hundreds of bulk sends wait here (the semaphore is FIFO), which put a tx email's
-        // p99 past 200 ms. Tx sends stay bounded by the in-flight room and the provider's caps.
-        let _permit = match job.lane {
-            crate::domain::Lane::Tx => None,
-            crate::domain::Lane::Bulk => Some(shared.sends.acquire().await),
-        };
+        let _permit = shared.sends.acquire().await;
         if let Some(limit) = &slot.limit
             && let Err(e) = shared.limiter.acquire(slot.name(), limit, tenant).await
         {
