@@ -255,3 +255,63 @@ async fn schedules_and_audiences_are_managed_from_the_cli(pg: PgPool) {
     ok(&run(argv("audience rm team")).await);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `mailfleet bench` runs the whole pipeline (its own mock, worker processes, scratch database
+/// and prefix) and reports every figure, sending each email exactly once. No figure about speed
+/// is asserted; the counts are.
+#[sqlx::test]
+async fn the_bench_sends_every_email_once_and_reports_its_figures(pg: PgPool) {
+    let redis = TestRedis::new();
+    let out = mailfleet(&pg, &redis)
+        .args([
+            "bench",
+            "--emails",
+            "1500",
+            "--workers",
+            "2",
+            "--rate",
+            "1000",
+            "--json",
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .expect("run mailfleet bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(v["emails"], 1500);
+    assert_eq!(v["lost"], 0);
+    assert_eq!(v["duplicates"], 0);
+    assert_eq!(v["offered_per_sec"], 1000);
+    for k in [
+        "seconds",
+        "emails_per_sec",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+        "pg_xacts_per_email",
+        "worker_cpu_s_per_1k",
+        "worker_peak_rss_mib",
+    ] {
+        assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{k}: {v}");
+    }
+    assert!(v["p50_ms"].as_f64() <= v["p99_ms"].as_f64(), "{v}");
+    // Every email costs at least its enqueue script and the XADD inside it.
+    assert!(
+        v["redis_cmds_per_email"].as_f64().is_some_and(|x| x >= 2.0),
+        "{v}"
+    );
+    // The scratch database is gone afterwards.
+    let left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_database WHERE datname LIKE 'mailfleet_bench_%'",
+    )
+    .fetch_one(&pg)
+    .await
+    .unwrap();
+    assert_eq!(left, 0);
+}
