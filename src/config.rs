@@ -201,6 +201,10 @@ pub struct WorkerArgs {
     /// catch-up policy; later ticks count as missed (`skip` or `once` applies).
     #[arg(long, env = "MAILFLEET_SCHEDULER_GRACE_SECS", default_value_t = 60)]
     pub scheduler_grace_secs: u64,
+    /// How often the scheduler leader trims the lane streams below what every consumer group
+    /// has acked, in seconds; 0 turns it off.
+    #[arg(long, env = "MAILFLEET_TRIM_INTERVAL_SECS", default_value_t = 60)]
+    pub trim_interval_secs: u64,
     /// Audience members per fan-out transaction.
     #[arg(long, env = "MAILFLEET_FANOUT_BATCH", default_value_t = 1000)]
     pub fanout_batch: usize,

@@ -21,6 +21,7 @@ pub struct Metrics {
     pub already_final: IntCounter,
     pub promoted: IntCounter,
     pub reclaimed: IntCounter,
+    pub stream_trimmed: IntCounter,
     pub reenqueued: IntCounter,
     pub in_flight: IntGauge,
     pub store_errors: IntCounterVec,
@@ -175,6 +176,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "mailfleet_reclaimed_total",
             "Entries taken over from a consumer idle past the visibility timeout.",
+        ),
+        stream_trimmed: counter(
+            &r,
+            "mailfleet_stream_trimmed_total",
+            "Acked entries the leader trimmed from the lane streams.",
         ),
         reenqueued: counter(
             &r,

@@ -51,10 +51,12 @@ pub static DLQ_REPLAY: LazyLock<Lua> =
 pub static LEASE: LazyLock<Lua> =
     LazyLock::new(|| Lua::new("lease", include_str!("../lua/lease.lua")));
 
+pub static TRIM: LazyLock<Lua> =
+    LazyLock::new(|| Lua::new("trim", include_str!("../lua/trim.lua")));
 pub static RATELIMIT: LazyLock<Lua> =
     LazyLock::new(|| Lua::new("ratelimit", include_str!("../lua/ratelimit.lua")));
 
-fn all() -> [&'static Lua; 10] {
+fn all() -> [&'static Lua; 11] {
     [
         &ENQUEUE,
         &READ,
@@ -66,6 +68,7 @@ fn all() -> [&'static Lua; 10] {
         &DLQ_REPLAY,
         &LEASE,
         &RATELIMIT,
+        &TRIM,
     ]
 }
 

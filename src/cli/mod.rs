@@ -8,6 +8,7 @@ pub mod dlq;
 pub mod migrate;
 pub mod mock;
 pub mod pause;
+pub mod prune;
 pub mod report;
 pub mod schedule;
 pub mod send;
@@ -48,6 +49,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Compare enqueued ids with Postgres and a mock-provider log: sent, lost, duplicates.
     Report(report::ReportArgs),
+    /// Retention: delete final emails, webhook event ids and schedule runs older than an age.
+    Prune(prune::PruneArgs),
     /// The cluster at a glance: lanes, delayed, dead letters, workers, leader, breakers.
     Status(status::StatusArgs),
     /// The suppression list: addresses never sent to (bounce, complaint, unsubscribe, manual).
@@ -68,6 +71,7 @@ pub async fn dispatch(global: Global, command: Command) -> anyhow::Result<()> {
         Command::Template(c) => template::run(global, c).await,
         Command::MockProvider(a) => mock::run(a).await,
         Command::Report(a) => report::run(global, a).await,
+        Command::Prune(a) => prune::run(global, a).await,
         Command::Status(a) => status::run(global, a).await,
         Command::Suppress(c) => suppress::run(global, c).await,
         Command::Pause(a) => pause::run(global, a, true).await,

@@ -87,6 +87,7 @@ pub async fn run(g: Global, a: WorkerArgs) -> anyhow::Result<()> {
         s.lease_ttl = Duration::from_millis(a.lease_ttl_ms.max(100));
         s.grace = Duration::from_secs(a.scheduler_grace_secs);
         s.fanout_batch = a.fanout_batch.max(1);
+        s.trim_every = Duration::from_secs(a.trim_interval_secs);
         let deps = scheduler::Deps {
             pg: pg.clone(),
             redis: redis.clone(),

@@ -59,6 +59,9 @@ pub struct Settings {
     pub fanout_batch: usize,
     /// Fan-outs a leader runs at once.
     pub max_fanouts: usize,
+    /// How often the leader trims the lane streams below what every group has acked
+    /// (lua/trim.lua); zero turns it off.
+    pub trim_every: Duration,
 }
 
 impl Settings {
@@ -69,6 +72,7 @@ impl Settings {
             grace: Duration::from_secs(60),
             fanout_batch: 1000,
             max_fanouts: 4,
+            trim_every: Duration::from_secs(60),
         }
     }
 
@@ -149,6 +153,39 @@ pub async fn run(settings: Settings, deps: Deps, shutdown: CancellationToken) {
     }
 }
 
+/// Retention of the job streams, run by the leader only (one trimmer in the cluster): every
+/// `trim_every`, each lane stream loses the entries every consumer group has acked. Trimming
+/// is idempotent and never touches a pending or unread entry, so it needs no fence.
+async fn trim(ctx: Arc<Ctx>, stop: CancellationToken) {
+    let every = ctx.settings.trim_every;
+    if every.is_zero() {
+        return;
+    }
+    let keys = ctx.deps.producer.keys().clone();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let result = match ctx.deps.redis.get().await {
+            Ok(mut conn) => crate::stream::consumer::trim_done(&mut *conn, &keys)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(n) => {
+                METRICS.stream_trimmed.inc_by(n);
+                tracing::debug!(removed = n, "scheduler: trimmed the lane streams");
+            }
+            Err(e) => {
+                METRICS.redis_errors.with_label_values(&["trim"]).inc();
+                tracing::warn!(error.message = %e, "scheduler: trimming the streams failed");
+            }
+        }
+    }
+}
+
 async fn try_acquire(ctx: &Ctx) -> Result<Acquired, lease::LeaseError> {
     let mut conn = ctx
         .deps
@@ -190,9 +227,11 @@ async fn term(ctx: &Arc<Ctx>, lease: Arc<Lease>, shutdown: &CancellationToken) {
         METRICS.fence_token.set(token);
         tracing::info!(token, "scheduler: leading");
         let keeper = tokio::spawn(keep(ctx.clone(), lease.clone(), stop.clone()));
+        let trimmer = tokio::spawn(trim(ctx.clone(), stop.clone()));
         act(ctx, &lease, &stop).await;
         stop.cancel();
         let _ = keeper.await;
+        let _ = trimmer.await;
         METRICS.is_leader.set(0);
         tracing::info!(token, "scheduler: stepped down");
     }

@@ -9,6 +9,7 @@ pub mod audiences;
 pub mod bench;
 pub mod emails;
 pub mod fence;
+pub mod retention;
 pub mod schedules;
 pub mod suppressions;
 pub mod templates;

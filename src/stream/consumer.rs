@@ -7,7 +7,7 @@
 
 use super::{GROUP, Keys, RawEntry, wire};
 use crate::domain::Lane;
-use crate::scripts::{self, DEAD_LETTER, PROMOTE, READ, RECLAIM, RETRY, TOUCH};
+use crate::scripts::{self, DEAD_LETTER, PROMOTE, READ, RECLAIM, RETRY, TOUCH, TRIM};
 use redis::{RedisResult, Value, aio::ConnectionLike};
 use std::collections::BTreeMap;
 
@@ -206,6 +206,24 @@ pub async fn promote_due<C: ConnectionLike + Send>(
         }
     }
     Ok(moved)
+}
+
+/// Trim every lane stream below what every consumer group is done with (lua/trim.lua): one
+/// script per stream, in one pipeline. Returns the entries removed.
+pub async fn trim_done<C: ConnectionLike + Send>(conn: &mut C, keys: &Keys) -> RedisResult<u64> {
+    let cmds = (0..keys.partitions())
+        .flat_map(|p| Lane::ALL.into_iter().map(move |l| (p, l)))
+        .map(|(p, l)| TRIM.call(&[&keys.lane(p, l)]))
+        .collect();
+    let mut removed = 0;
+    for r in scripts::run_pipeline(conn, cmds).await? {
+        if let Value::Array(v) = r?
+            && let Some(Value::Int(n)) = v.first()
+        {
+            removed += (*n).max(0) as u64;
+        }
+    }
+    Ok(removed)
 }
 
 /// Reset the idle time of entries this consumer is still working on (lua/touch.lua), one

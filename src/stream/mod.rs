@@ -3,7 +3,8 @@
 //! Invariants:
 //! - every key one Lua script touches carries the same `{partition}` hash tag (see [`keys`]), so
 //!   the code runs unchanged on Redis Cluster;
-//! - job streams are never trimmed with MAXLEN (that would drop unacked work);
+//! - job streams are never trimmed with MAXLEN (that would drop unacked work); the scheduler
+//!   leader trims them with `lua/trim.lua` (XTRIM MINID below what every group has acked);
 //! - anything on a stream that does not decode as wire format v1 is dead-lettered with a reason
 //!   by the worker, never dropped and never a crash ([`wire::decode`]).
 //!

@@ -17,6 +17,7 @@ mod ratelimit;
 mod recovery;
 mod reliability;
 mod resilience;
+mod retention;
 mod scheduler;
 mod scripts;
 mod suppressions;

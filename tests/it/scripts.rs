@@ -453,3 +453,85 @@ async fn dlq_replay_restores_the_job_once_and_refuses_at_max_replays() {
             .unwrap();
     assert_eq!(r, vec![0, 0, 1]);
 }
+
+#[tokio::test]
+async fn trim_removes_only_entries_every_group_has_acked() {
+    let redis = TestRedis::new();
+    redis.ensure_groups().await;
+    let tx = redis.keys.lane(0, Lane::Tx);
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(xadd(&redis, &tx, &[("n", &i.to_string())]).await);
+    }
+    let mut conn = redis.conn().await;
+    let read = consumer::read_now(&mut *conn, &redis.keys, 0, "c1", 6, &[])
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 6);
+    let ack = |which: Vec<usize>| {
+        let mut c = redis::cmd("XACK");
+        c.arg(&tx).arg(GROUP);
+        for i in which {
+            c.arg(&ids[i]);
+        }
+        c
+    };
+    let _: i64 = ack(vec![0, 1, 3]).query_async(&mut *conn).await.unwrap();
+    // Pending: 2, 4, 5. Not yet read: 6..9. Only 0 and 1 are below the oldest pending.
+    assert_eq!(
+        consumer::trim_done(&mut *conn, &redis.keys).await.unwrap(),
+        2
+    );
+    assert_eq!(redis.xlen(&tx).await, 8);
+    let left: Vec<String> = redis
+        .entries(&tx)
+        .await
+        .iter()
+        .map(|e| e["n"].clone())
+        .collect();
+    assert_eq!(
+        left,
+        ["2", "3", "4", "5", "6", "7", "8", "9"],
+        "pending and unread stay"
+    );
+    // Everything read is acked: up to the last delivered entry goes, the unread stay.
+    let _: i64 = ack(vec![2, 4, 5]).query_async(&mut *conn).await.unwrap();
+    assert_eq!(
+        consumer::trim_done(&mut *conn, &redis.keys).await.unwrap(),
+        3
+    );
+    assert_eq!(redis.xlen(&tx).await, 5);
+    // A second group that has read nothing holds everything.
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&tx)
+        .arg("audit")
+        .arg("0")
+        .query_async(&mut *conn)
+        .await
+        .unwrap();
+    let more = consumer::read_now(&mut *conn, &redis.keys, 0, "c1", 10, &[])
+        .await
+        .unwrap();
+    let mut c = redis::cmd("XACK");
+    c.arg(&tx).arg(GROUP);
+    for e in &more {
+        c.arg(&e.entry_id);
+    }
+    let _: i64 = c.query_async(&mut *conn).await.unwrap();
+    assert_eq!(
+        consumer::trim_done(&mut *conn, &redis.keys).await.unwrap(),
+        0
+    );
+    assert_eq!(redis.xlen(&tx).await, 5);
+    // An empty or missing stream is a no-op.
+    let _: () = redis::cmd("DEL")
+        .arg(&tx)
+        .query_async(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        consumer::trim_done(&mut *conn, &redis.keys).await.unwrap(),
+        0
+    );
+}
