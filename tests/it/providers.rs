@@ -508,8 +508,11 @@ async fn with_every_breaker_open_jobs_wait_without_using_attempts(pg: PgPool) {
         }
         v
     };
+    // A job between two deferrals is briefly `sending` (promoted and claimed again): wait
+    // until every one rests in `retrying` with its deferral logged. A job dead or failed
+    // never gets there, so this times out on the bug it guards against.
     eventually(
-        "deferred attempts are logged",
+        "deferred attempts are logged and every job waits",
         Duration::from_secs(10),
         || async {
             let n: i64 = sqlx::query_scalar(
@@ -518,7 +521,14 @@ async fn with_every_breaker_open_jobs_wait_without_using_attempts(pg: PgPool) {
             .fetch_one(&pg)
             .await
             .unwrap();
-            (n >= 5).then_some(())
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM emails WHERE id = ANY($1) AND status = 'retrying'",
+            )
+            .bind(&ids)
+            .fetch_one(&pg)
+            .await
+            .unwrap();
+            (n >= 5 && waiting == ids.len() as i64).then_some(())
         },
     )
     .await;
