@@ -158,22 +158,9 @@ pub async fn build(
         .map(|&n| u64::from(n.saturating_sub(1)))
         .sum();
     let ambiguous = store::emails::ambiguous_attempts(pool, &ids).await?;
-    let final_n = store::emails::ids_with_status(
-        pool,
-        &ids,
-        &[
-            "sent",
-            "failed",
-            "dead",
-            "suppressed",
-            "unknown",
-            "delivered",
-            "bounced",
-            "complained",
-        ],
-    )
-    .await?
-    .len();
+    let final_n = store::emails::ids_with_status(pool, &ids, store::emails::FINAL)
+        .await?
+        .len();
     Ok(Report {
         enqueued: ids.len(),
         by_status: summary.by_status.into_iter().collect(),

@@ -77,6 +77,19 @@ pub struct ClaimResult {
     // is reclaimed later, when that claim is either final or expired.
 }
 
+/// The statuses after which nothing more happens to a job on its own: what `report` counts as
+/// final and what retention may delete.
+pub const FINAL: &[&str] = &[
+    "sent",
+    "failed",
+    "dead",
+    "suppressed",
+    "unknown",
+    "delivered",
+    "bounced",
+    "complained",
+];
+
 /// Claim a batch in one statement. A row is claimable when it is new, `queued`, `retrying`, or
 /// `sending` under a claim older than `visibility_ms` (its worker is presumed dead). `rows` must
 /// not repeat an id.

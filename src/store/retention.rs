@@ -13,16 +13,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-const FINAL: &[&str] = &[
-    "sent",
-    "failed",
-    "dead",
-    "suppressed",
-    "unknown",
-    "delivered",
-    "bounced",
-    "complained",
-];
+use super::emails::FINAL;
 
 /// The smallest UUIDv7 of the millisecond `t`: every v7 id made before `t` sorts below it.
 pub fn v7_floor(t: DateTime<Utc>) -> Uuid {
