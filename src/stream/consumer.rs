@@ -226,23 +226,40 @@ pub async fn trim_done<C: ConnectionLike + Send>(conn: &mut C, keys: &Keys) -> R
     Ok(removed)
 }
 
-/// Reset the idle time of entries this consumer is still working on (lua/touch.lua), one
-/// command per stream in one pipeline. Returns how many entries were still this consumer's.
+/// Most entry ids one `touch.lua` call refreshes: a call is one unit of work for Redis, and
+/// every other client waits while it runs, so thousands of live entries are split into short
+/// calls (about half a millisecond each) that other clients' commands can run between.
+pub const TOUCH_CHUNK: usize = 256;
+
+/// A stream entry id's (milliseconds, sequence), for sorting in stream order (as strings,
+/// "10-0" would sort before "9-0"). An id that does not parse sorts first.
+fn stream_order(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+/// Reset the idle time of entries this consumer is still working on (lua/touch.lua): per
+/// stream, the ids in stream order, [`TOUCH_CHUNK`] per call, all in one pipeline. Returns how
+/// many entries were still this consumer's.
 pub async fn touch<C: ConnectionLike + Send>(
     conn: &mut C,
     keys: &Keys,
     consumer: &str,
     entries: &BTreeMap<(u16, Lane), Vec<String>>,
 ) -> RedisResult<u64> {
-    let cmds = entries
-        .iter()
-        .filter(|(_, ids)| !ids.is_empty())
-        .map(|((p, lane), ids)| {
+    let mut cmds = Vec::new();
+    for ((p, lane), ids) in entries {
+        let mut ids: Vec<&String> = ids.iter().collect();
+        ids.sort_by_key(|id| stream_order(id));
+        for chunk in ids.chunks(TOUCH_CHUNK) {
+            let (Some(low), Some(high)) = (chunk.first(), chunk.last()) else {
+                continue;
+            };
             let mut c = TOUCH.call(&[&keys.lane(*p, *lane)]);
-            c.arg(GROUP).arg(consumer).arg(ids);
-            c
-        })
-        .collect();
+            c.arg(GROUP).arg(consumer).arg(*low).arg(*high).arg(chunk);
+            cmds.push(c);
+        }
+    }
     let mut n = 0;
     for r in scripts::run_pipeline(conn, cmds).await? {
         if let Value::Int(k) = r? {

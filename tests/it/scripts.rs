@@ -389,6 +389,90 @@ async fn touch_refreshes_only_this_consumers_entries_without_counting_a_delivery
     );
 }
 
+/// A worker holding hundreds of entries, some of them already reclaimed by another consumer
+/// and some it no longer lists: the ids go in many calls (more than [`consumer::TOUCH_CHUNK`]),
+/// in stream order, which is not their string order (ms 98 comes before ms 700), and exactly
+/// the listed entries this consumer still holds are refreshed.
+#[tokio::test]
+async fn touch_in_chunks_refreshes_exactly_the_listed_entries_this_consumer_holds() {
+    let redis = TestRedis::new();
+    redis.ensure_groups().await;
+    let key = redis.keys.lane(0, Lane::Bulk);
+    let mut conn = redis.conn().await;
+    let n = 700u64;
+    let id = |i: u64| format!("{}-{}", i * 7, i % 3);
+    for i in 1..=n {
+        let _: String = redis::cmd("XADD")
+            .arg(&key)
+            .arg(id(i))
+            .arg("v")
+            .arg("1")
+            .query_async(&mut *conn)
+            .await
+            .unwrap();
+    }
+    let _: Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(GROUP)
+        .arg("alive")
+        .arg("COUNT")
+        .arg(n)
+        .arg("STREAMS")
+        .arg(&key)
+        .arg(">")
+        .query_async(&mut *conn)
+        .await
+        .unwrap();
+    // Every third entry was reclaimed by another consumer.
+    for i in (3..=n).step_by(3) {
+        let _: Value = redis::cmd("XCLAIM")
+            .arg(&key)
+            .arg(GROUP)
+            .arg("other")
+            .arg(0)
+            .arg(id(i))
+            .arg("JUSTID")
+            .query_async(&mut *conn)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    // The worker lists all but every fifth entry, newest first.
+    let listed: Vec<String> = (1..=n)
+        .rev()
+        .filter(|i| !i.is_multiple_of(5))
+        .map(id)
+        .collect();
+    let mut entries = std::collections::BTreeMap::new();
+    entries.insert((0u16, Lane::Bulk), listed);
+    let touched = consumer::touch(&mut *conn, &redis.keys, "alive", &entries)
+        .await
+        .unwrap();
+    let expect = |i: u64| !i.is_multiple_of(3) && !i.is_multiple_of(5);
+    assert_eq!(touched, (1..=n).filter(|&i| expect(i)).count() as u64);
+    let pending: Vec<(String, String, i64, i64)> = redis::cmd("XPENDING")
+        .arg(&key)
+        .arg(GROUP)
+        .arg("-")
+        .arg("+")
+        .arg(n + 10)
+        .query_async(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(pending.len() as u64, n);
+    for (i, (entry, owner, idle, deliveries)) in (1..=n).zip(&pending) {
+        assert_eq!(*entry, id(i));
+        let want_owner = if i.is_multiple_of(3) {
+            "other"
+        } else {
+            "alive"
+        };
+        assert_eq!(owner, want_owner, "{entry}");
+        assert_eq!(*idle < 100, expect(i), "{entry} idle {idle}");
+        assert_eq!(*deliveries, 1, "{entry}: a touch is not a delivery");
+    }
+}
+
 #[tokio::test]
 async fn dlq_replay_restores_the_job_once_and_refuses_at_max_replays() {
     let redis = TestRedis::new();
