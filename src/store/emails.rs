@@ -422,10 +422,19 @@ pub async fn touch_claims(pool: &PgPool, claims: &[(Uuid, Uuid)]) -> Result<u64,
         return Ok(0);
     }
     let (ids, tokens): (Vec<Uuid>, Vec<Uuid>) = claims.iter().copied().unzip();
+    // SKIP LOCKED: a row locked right now is being recorded or taken over, and either ends the
+    // claim, so there is nothing to refresh. Waiting for it instead held every other row's lock
+    // meanwhile, and the recorder, updating the same worker's rows in another order, deadlocked
+    // with the heartbeat (Postgres then aborts one of them after a second).
     let r = sqlx::query(
-        "UPDATE emails e SET claimed_at = now(), updated_at = now()
-           FROM UNNEST($1::uuid[], $2::uuid[]) AS t(id, token)
-          WHERE e.id = t.id AND e.claim_token = t.token AND e.status = 'sending'",
+        "WITH live AS (
+             SELECT e.id FROM emails e
+               JOIN UNNEST($1::uuid[], $2::uuid[]) AS t(id, token)
+                 ON e.id = t.id AND e.claim_token = t.token
+              WHERE e.status = 'sending'
+                FOR UPDATE OF e SKIP LOCKED)
+         UPDATE emails e SET claimed_at = now(), updated_at = now()
+           FROM live WHERE e.id = live.id",
     )
     .bind(&ids)
     .bind(&tokens)

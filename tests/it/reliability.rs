@@ -461,3 +461,38 @@ async fn an_entry_delivered_more_than_max_deliveries_is_dead_lettered_with_its_h
     assert_eq!(mock.state.stats().received, 0);
     worker.stop().await;
 }
+
+/// The heartbeat refreshes a worker's live claims while its recorder records some of them.
+/// A row the recorder holds is skipped, not waited for: waiting held the heartbeat's other row
+/// locks meanwhile, and the two deadlocked (Postgres aborted one after a second).
+#[sqlx::test]
+async fn the_heartbeat_skips_a_claim_being_recorded_instead_of_waiting_for_it(pg: PgPool) {
+    let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let token = uuid::Uuid::now_v7();
+    let c = emails::claim(&pg, &[row(a), row(b)], token, 60_000)
+        .await
+        .unwrap();
+    assert_eq!(c.claimed.len(), 2);
+    let mut recorder = pg.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM emails WHERE id = $1 FOR UPDATE")
+        .bind(a)
+        .execute(&mut *recorder)
+        .await
+        .unwrap();
+    let claims = [(a, token), (b, token)];
+    let refreshed =
+        tokio::time::timeout(Duration::from_secs(10), emails::touch_claims(&pg, &claims))
+            .await
+            .expect("the heartbeat waited for a row another transaction holds")
+            .unwrap();
+    assert_eq!(refreshed, 1, "only the free row");
+    recorder.rollback().await.unwrap();
+    assert_eq!(emails::touch_claims(&pg, &claims).await.unwrap(), 2);
+    // A claim that is no longer this token's is not refreshed.
+    assert_eq!(
+        emails::touch_claims(&pg, &[(a, uuid::Uuid::now_v7())])
+            .await
+            .unwrap(),
+        0
+    );
+}
