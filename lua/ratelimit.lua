@@ -14,35 +14,57 @@
 -- ARGV[6]: spread in ms (0: none): also at most ARGV[7] permits in any spread-long window, so
 --          a window's permits are spread over it instead of all granted at its start
 -- ARGV[7]: the most permits in any spread-long window
--- Returns: {granted, wait_ms}: granted permits (0..n) and, when fewer than n were granted,
---          how long until the next permit can be granted (0 otherwise).
+-- ARGV[8], ARGV[9]: (optional) permits to give back first: the members numbered ARGV[8] to
+--          ARGV[9], granted earlier and never used (a worker's stock that grew too old)
+-- Returns: {granted, wait_ms, last}: granted permits (0..n); when fewer than n were granted,
+--          how long until the next permit can be granted (0 otherwise); and the number of the
+--          last permit granted (the permits are numbered last - granted + 1 .. last), which is
+--          what the caller gives back if it cannot use them in time.
 --
 -- Sliding-window log: every permit is a member scored with the time it was granted, in
 -- microseconds of Redis's own clock (TIME: no client clock is trusted). A grant first drops
 -- members older than the window, then grants min(n, limit - members), so for every instant T
 -- the permits granted in (T - window, T] never exceed the limit: exact, not an estimate
--- (docs/rate-limiting.md has the argument). The spread rule only ever grants less. Every key
--- shares the {<provider>} hash tag.
+-- (docs/rate-limiting.md has the argument). The spread rule only ever grants less. A permit
+-- given back was never used, so no request stands for it: removing it keeps the log equal to
+-- what was sent. Every key shares the {<provider>} hash tag.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local window = tonumber(ARGV[3]) * 1000
+
+local n = tonumber(ARGV[1])
+local windows = {{KEYS[1], tonumber(ARGV[2])}}
+if KEYS[4] then
+  windows[2] = {KEYS[4], tonumber(ARGV[4])}
+end
+
+local give_from, give_to = tonumber(ARGV[8] or ''), tonumber(ARGV[9] or '')
+if give_from and give_to and give_to >= give_from then
+  for _, w in ipairs(windows) do
+    local i = give_from
+    while i <= give_to do
+      local members = {}
+      local j = i
+      while j <= give_to and j < i + 500 do
+        members[#members + 1] = j
+        j = j + 1
+      end
+      redis.call('ZREM', w[1], unpack(members))
+      i = j
+    end
+  end
+end
 
 local backoff = tonumber(ARGV[5])
 if backoff > 0 then
   if redis.call('PTTL', KEYS[3]) < backoff then
     redis.call('SET', KEYS[3], '1', 'PX', backoff)
   end
-  return {0, backoff}
+  return {0, backoff, 0}
 end
 local blocked = redis.call('PTTL', KEYS[3])
 if blocked > 0 then
-  return {0, blocked}
-end
-
-local n = tonumber(ARGV[1])
-local windows = {{KEYS[1], tonumber(ARGV[2])}}
-if KEYS[4] then
-  windows[2] = {KEYS[4], tonumber(ARGV[4])}
+  return {0, blocked, 0}
 end
 
 local granted = n
@@ -65,8 +87,9 @@ if granted < 0 then
   granted = 0
 end
 
+local last = 0
 if granted > 0 then
-  local last = redis.call('INCRBY', KEYS[2], granted)
+  last = redis.call('INCRBY', KEYS[2], granted)
   local ttl = math.floor(window / 1000) + 1000
   for _, w in ipairs(windows) do
     local i = 1
@@ -117,4 +140,4 @@ if granted < n then
     wait = 1
   end
 end
-return {granted, wait}
+return {granted, wait, last}

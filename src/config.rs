@@ -313,6 +313,10 @@ pub struct Limit {
     /// Added to the window the limiter enforces, so requests that leave a little later than
     /// their permit was granted still fall inside the provider's window (see docs/rate-limiting.md).
     pub margin_ms: u64,
+    /// The margin for a worker's first two windows after its limiter was idle for a window:
+    /// a cluster that wakes up to a backlog is at its busiest then (connections opening, first
+    /// batches claimed), and requests leave later than in steady state.
+    pub cold_margin_ms: u64,
     /// Spread a window's permits over it: at most `limit × spread_ms / window_ms` in any
     /// `spread_ms` (0: no spreading).
     pub spread_ms: u64,
@@ -440,6 +444,8 @@ struct FileProvider {
     limit_margin_ms: Option<u64>,
     #[serde(default)]
     limit_spread_ms: Option<u64>,
+    #[serde(default)]
+    limit_cold_margin_ms: Option<u64>,
 }
 
 fn default_timeout() -> u64 {
@@ -634,13 +640,19 @@ fn provider(p: FileProvider) -> Result<ProviderConfig, ConfigError> {
         (Some(0), _) => return Err(err("limit must be at least 1".into())),
         (Some(limit), window) => {
             let window_ms = window.unwrap_or(1000).max(1);
+            // 3% of the window by default: the dispatch jitter between a permit and the
+            // request reaching the provider, measured in docs/rate-limiting.md.
+            let margin_ms = p.limit_margin_ms.unwrap_or(window_ms * 3 / 100);
             Some(Limit {
                 limit,
                 window_ms,
                 tenant_limit: p.tenant_limit,
-                // 3% of the window by default: the dispatch jitter between a permit and the
-                // request reaching the provider, measured in docs/rate-limiting.md.
-                margin_ms: p.limit_margin_ms.unwrap_or(window_ms * 3 / 100),
+                margin_ms,
+                // A tenth of the window by default, never less than the margin.
+                cold_margin_ms: p
+                    .limit_cold_margin_ms
+                    .unwrap_or(window_ms / 10)
+                    .max(margin_ms),
                 // A tenth of the window: permits flow evenly instead of in a burst per window.
                 spread_ms: p.limit_spread_ms.unwrap_or(window_ms / 10).min(window_ms),
             })
@@ -845,6 +857,7 @@ mod file_tests {
                 window_ms: 1000,
                 tenant_limit: None,
                 margin_ms: 30,
+                cold_margin_ms: 100,
                 spread_ms: 100,
             })
         );

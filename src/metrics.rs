@@ -37,6 +37,7 @@ pub struct Metrics {
     pub fanout_remaining: IntGauge,
     pub fanout_invalid: IntCounter,
     pub ratelimit_calls: IntCounterVec,
+    pub ratelimit_given_back: IntCounterVec,
     pub ratelimit_wait: prometheus::CounterVec,
     pub provider_backoffs: IntCounterVec,
     pub provider_errors: IntCounterVec,
@@ -283,6 +284,13 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "mailfleet_ratelimit_calls_total",
             "Calls to the cluster-wide rate limiter (lua/ratelimit.lua), by provider; each \
              serves every send of this worker waiting for that provider.",
+            &["provider"],
+        ),
+        ratelimit_given_back: counter_vec(
+            &r,
+            "mailfleet_ratelimit_permits_given_back_total",
+            "Rate-limit permits a worker could not use while fresh (its sends were held up \
+             longer than half the margin) and gave back to the cluster's window unused.",
             &["provider"],
         ),
         ratelimit_wait: {

@@ -56,14 +56,36 @@ impl Keys {
     }
 }
 
-/// One `ratelimit.lua` call: `n` permits (or, with `backoff`, only the back-off).
-pub async fn take(
+/// What one `ratelimit.lua` call asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ask {
+    /// Permits wanted (at least 1).
+    pub n: usize,
+    /// Added to the window for this call (the steady or the cold margin).
+    pub margin_ms: u64,
+    /// Permits to give back first: numbers `from..=to` of earlier grants, never used.
+    pub give_back: Option<(u64, u64)>,
+    /// Only set (or extend) the provider's back-off to this long, granting nothing.
+    pub backoff: Option<Duration>,
+}
+
+/// What a `ratelimit.lua` call granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    pub granted: usize,
+    /// When fewer than asked were granted: how long until the next permit can be.
+    pub wait: Duration,
+    /// The number of the last permit granted: they are `last - granted + 1 ..= last`.
+    pub last: u64,
+}
+
+/// One `ratelimit.lua` call.
+pub async fn call(
     conn: &mut deadpool_redis::Connection,
     keys: &Keys,
     limit: &Limit,
-    n: usize,
-    backoff: Option<Duration>,
-) -> Result<(usize, Duration), LimitError> {
+    ask: &Ask,
+) -> Result<Grant, LimitError> {
     let mut names = vec![keys.window.as_str(), keys.seq.as_str(), keys.block.as_str()];
     let tenant_limit = match (&keys.tenant, limit.tenant_limit) {
         (Some(t), Some(l)) => {
@@ -73,37 +95,111 @@ pub async fn take(
         _ => 0,
     };
     let mut cmd = scripts::RATELIMIT.call(&names);
-    cmd.arg(n.max(1))
+    cmd.arg(ask.n.max(1))
         .arg(limit.limit)
-        .arg(limit.window_ms + limit.margin_ms)
+        .arg(limit.window_ms + ask.margin_ms)
         .arg(tenant_limit)
-        .arg(backoff.map_or(0, |d| d.as_millis().max(1) as u64))
+        .arg(ask.backoff.map_or(0, |d| d.as_millis().max(1) as u64))
         .arg(limit.spread_ms)
         .arg(limit.spread_cap());
+    if let Some((from, to)) = ask.give_back {
+        cmd.arg(from).arg(to);
+    }
     match scripts::run_one(&mut **conn, cmd).await? {
         Value::Array(v) => match v.as_slice() {
-            [Value::Int(g), Value::Int(w)] => Ok((
-                (*g).max(0) as usize,
-                Duration::from_millis((*w).max(0) as u64),
-            )),
+            [Value::Int(g), Value::Int(w), Value::Int(last)] => Ok(Grant {
+                granted: (*g).max(0) as usize,
+                wait: Duration::from_millis((*w).max(0) as u64),
+                last: (*last).max(0) as u64,
+            }),
             _ => Err(LimitError::Reply(Value::Array(v))),
         },
         other => Err(LimitError::Reply(other)),
     }
 }
 
-/// Most permits one call takes: as many as the limit allows in one margin. Permits taken
-/// together carry one timestamp but leave over a spread; keeping a chunk to what the limit
-/// spends in a margin keeps that spread inside the margin.
+/// One `ratelimit.lua` call for `n` permits (or, with `backoff`, only the back-off), over the
+/// window plus `margin_ms`: (granted, wait).
+pub async fn take(
+    conn: &mut deadpool_redis::Connection,
+    keys: &Keys,
+    limit: &Limit,
+    margin_ms: u64,
+    n: usize,
+    backoff: Option<Duration>,
+) -> Result<(usize, Duration), LimitError> {
+    let ask = Ask {
+        n,
+        margin_ms,
+        give_back: None,
+        backoff,
+    };
+    let g = call(conn, keys, limit, &ask).await?;
+    Ok((g.granted, g.wait))
+}
+
+/// How long a permit stays usable, counted from when it was asked for: half the margin, so
+/// the other half covers the way from the worker to the provider.
+pub fn max_age(limit: &Limit) -> Duration {
+    Duration::from_millis((limit.margin_ms / 2).max(1))
+}
+
+/// Most permits one call takes: as many as the limit spends in a permit's [`max_age`]. Permits
+/// taken together carry one timestamp but leave over a spread; keeping a chunk to what the
+/// limit spends in that time keeps the spread inside the margin.
 pub fn chunk(limit: &Limit) -> usize {
-    let per_margin = u64::from(limit.limit) * limit.margin_ms.max(1) / limit.window_ms.max(1);
-    (per_margin as usize).clamp(1, MAX_PER_CALL)
+    let per_age = u64::from(limit.limit) * (limit.margin_ms / 2).max(1) / limit.window_ms.max(1);
+    (per_age as usize).clamp(1, MAX_PER_CALL)
 }
 
 #[derive(Default)]
 struct Stock {
+    /// Permits granted and not used yet: numbers `last - permits + 1 ..= last`.
     permits: usize,
-    granted_at: Option<Instant>,
+    last: u64,
+    /// When the call that granted `permits` was sent: Redis granted them at some instant
+    /// after it, so their age is counted from here, never underestimated.
+    asked_at: Option<Instant>,
+    /// The last call to Redis for this bucket, and when the current run of demand began (a
+    /// call more than a window after the previous one starts a new run).
+    last_ask: Option<Instant>,
+    warm_from: Option<Instant>,
+}
+
+impl Stock {
+    /// The margin for a call at `now`: the cold margin in the first two windows of a run of
+    /// demand, the steady one after.
+    fn margin_ms(&mut self, limit: &Limit, now: Instant) -> u64 {
+        let window = Duration::from_millis(limit.window_ms);
+        if self
+            .last_ask
+            .is_none_or(|t| now.saturating_duration_since(t) > window)
+        {
+            self.warm_from = Some(now);
+        }
+        self.last_ask = Some(now);
+        match self.warm_from {
+            Some(w) if now.saturating_duration_since(w) < 2 * window => {
+                limit.cold_margin_ms.max(limit.margin_ms)
+            }
+            _ => limit.margin_ms,
+        }
+    }
+
+    /// Take one permit if one is fresh enough; otherwise empty the stock and say what to give
+    /// back (permits too old to use were never used: Redis gets them back).
+    fn take_one(&mut self, max_age: Duration) -> Result<(), Option<(u64, u64)>> {
+        if self.permits == 0 {
+            return Err(None);
+        }
+        if self.asked_at.is_some_and(|at| at.elapsed() <= max_age) {
+            self.permits -= 1;
+            return Ok(());
+        }
+        let stale = (self.last + 1 - self.permits as u64, self.last);
+        self.permits = 0;
+        Err(Some(stale))
+    }
 }
 
 #[derive(Default)]
@@ -160,32 +256,47 @@ impl Limiter {
         let _wanting = Wanting(&bucket.wanted);
         // Let the other sends of this batch register before the first of them asks Redis.
         tokio::task::yield_now().await;
-        let max_age = Duration::from_millis(limit.margin_ms.max(1));
+        let max_age = max_age(limit);
         let keys = Keys::new(&self.prefix, provider, tenant);
         let mut stock = bucket.stock.lock().await;
         let started = Instant::now();
         let mut failures = 0;
+        let mut give_back = None;
         loop {
-            if stock.permits > 0 && stock.granted_at.is_some_and(|at| at.elapsed() <= max_age) {
-                stock.permits -= 1;
-                break;
+            match stock.take_one(max_age) {
+                Ok(()) => break,
+                Err(Some(stale)) => {
+                    give_back = Some(stale);
+                    METRICS
+                        .ratelimit_given_back
+                        .with_label_values(&[provider])
+                        .inc_by(stale.1 + 1 - stale.0);
+                }
+                Err(None) => {}
             }
-            stock.permits = 0;
-            let n = bucket.wanted.load(Ordering::SeqCst).clamp(1, chunk(limit));
+            let asked = Instant::now();
+            let ask = Ask {
+                n: bucket.wanted.load(Ordering::SeqCst).clamp(1, chunk(limit)),
+                margin_ms: stock.margin_ms(limit, asked),
+                give_back,
+                backoff: None,
+            };
             let result = match self.pool.get().await {
-                Ok(mut conn) => take(&mut conn, &keys, limit, n, None).await,
+                Ok(mut conn) => call(&mut conn, &keys, limit, &ask).await,
                 Err(e) => Err(e.into()),
             };
             METRICS.ratelimit_calls.with_label_values(&[provider]).inc();
             match result {
-                Ok((granted, wait)) => {
+                Ok(g) => {
                     failures = 0;
-                    if granted > 0 {
-                        stock.permits = granted - 1;
-                        stock.granted_at = Some(Instant::now());
+                    give_back = None;
+                    if g.granted > 0 {
+                        stock.permits = g.granted - 1;
+                        stock.last = g.last;
+                        stock.asked_at = Some(asked);
                         break;
                     }
-                    tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+                    tokio::time::sleep(g.wait.max(Duration::from_millis(1))).await;
                 }
                 Err(e) => {
                     failures += 1;
@@ -215,7 +326,74 @@ impl Limiter {
     ) -> Result<(), LimitError> {
         let keys = Keys::new(&self.prefix, provider, None);
         let mut conn = self.pool.get().await?;
-        take(&mut conn, &keys, limit, 1, Some(for_)).await?;
+        take(&mut conn, &keys, limit, limit.margin_ms, 1, Some(for_)).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit() -> Limit {
+        Limit {
+            limit: 1000,
+            window_ms: 1000,
+            tenant_limit: None,
+            margin_ms: 30,
+            cold_margin_ms: 100,
+            spread_ms: 100,
+        }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_run_of_demand_is_cold_for_two_windows_and_a_window_idle_starts_another() {
+        let l = limit();
+        let mut s = Stock::default();
+        let t0 = Instant::now();
+        assert_eq!(s.margin_ms(&l, t0), 100);
+        assert_eq!(s.margin_ms(&l, t0 + ms(900)), 100);
+        assert_eq!(s.margin_ms(&l, t0 + ms(1800)), 100);
+        assert_eq!(s.margin_ms(&l, t0 + ms(2001)), 30);
+        assert_eq!(s.margin_ms(&l, t0 + ms(2900)), 30);
+        // No call for more than a window: the next run of demand starts cold again.
+        assert_eq!(s.margin_ms(&l, t0 + ms(4000)), 100);
+        // The cold margin is never below the steady one.
+        let odd = Limit {
+            cold_margin_ms: 5,
+            ..l
+        };
+        assert_eq!(Stock::default().margin_ms(&odd, t0), 30);
+    }
+
+    #[test]
+    fn stock_too_old_to_use_is_given_back_by_number() {
+        let mut s = Stock {
+            permits: 3,
+            last: 20,
+            asked_at: Some(Instant::now()),
+            ..Stock::default()
+        };
+        assert_eq!(s.take_one(ms(60_000)), Ok(()));
+        assert_eq!(s.permits, 2);
+        s.asked_at = Instant::now().checked_sub(ms(50));
+        assert_eq!(s.take_one(ms(15)), Err(Some((19, 20))), "18 was used");
+        assert_eq!(s.permits, 0);
+        assert_eq!(s.take_one(ms(15)), Err(None));
+    }
+
+    #[test]
+    fn a_call_takes_what_the_limit_spends_while_a_permit_is_fresh() {
+        assert_eq!(max_age(&limit()), ms(15));
+        assert_eq!(chunk(&limit()), 15);
+        let slow = Limit {
+            limit: 10,
+            ..limit()
+        };
+        assert_eq!(chunk(&slow), 1, "never zero");
     }
 }

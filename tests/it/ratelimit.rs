@@ -6,7 +6,7 @@ use crate::support::*;
 use mailfleet::Lane;
 use mailfleet::config::{Limit, SendConfig};
 use mailfleet::mock::{MockConfig, RateLimit};
-use mailfleet::ratelimit::{Keys, Limiter, take};
+use mailfleet::ratelimit::{Ask, Keys, Limiter, call, take};
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,8 +17,51 @@ fn limit(n: u32, window_ms: u64) -> Limit {
         window_ms,
         tenant_limit: None,
         margin_ms: 0,
+        cold_margin_ms: 0,
         spread_ms: 0,
     }
+}
+
+/// A worker whose stock of permits grew too old gives them back with its next call: they
+/// were never used, so they leave the provider's and the tenant's window, and the room is
+/// granted again. Giving back numbers already gone frees nothing more.
+#[tokio::test]
+async fn permits_given_back_unused_free_their_room_in_every_window() {
+    let redis = TestRedis::new();
+    let keys = Keys::new(redis.keys.prefix(), "giveback", Some("acme"));
+    let l = Limit {
+        tenant_limit: Some(10),
+        ..limit(10, 30_000)
+    };
+    let ask = |n, give_back| Ask {
+        n,
+        margin_ms: 0,
+        give_back,
+        backoff: None,
+    };
+    let mut conn = redis.pool.get().await.unwrap();
+    let g = call(&mut conn, &keys, &l, &ask(10, None)).await.unwrap();
+    assert_eq!((g.granted, g.last), (10, 10));
+    let g = call(&mut conn, &keys, &l, &ask(1, None)).await.unwrap();
+    assert_eq!(g.granted, 0, "both windows are full");
+    assert!(g.wait > Duration::ZERO);
+    // Permits 7..=10 went unused.
+    let g = call(&mut conn, &keys, &l, &ask(6, Some((7, 10))))
+        .await
+        .unwrap();
+    assert_eq!((g.granted, g.last), (4, 14), "exactly the room given back");
+    for key in [&keys.window, keys.tenant.as_ref().unwrap()] {
+        let n: i64 = redis::cmd("ZCARD")
+            .arg(key)
+            .query_async(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(n, 10, "{key}");
+    }
+    let g = call(&mut conn, &keys, &l, &ask(1, Some((7, 10))))
+        .await
+        .unwrap();
+    assert_eq!(g.granted, 0, "numbers given back twice free nothing twice");
 }
 
 #[tokio::test]
@@ -34,7 +77,9 @@ async fn concurrent_callers_never_get_more_than_the_limit_in_a_window() {
             let mut conn = pool.get().await.expect("conn");
             let mut got = 0;
             loop {
-                let (g, wait) = take(&mut conn, &keys, &l, 7, None).await.expect("take");
+                let (g, wait) = take(&mut conn, &keys, &l, l.margin_ms, 7, None)
+                    .await
+                    .expect("take");
                 assert!(g <= 7, "never more than asked");
                 got += g;
                 if g < 7 {
@@ -62,20 +107,32 @@ async fn the_window_slides_partial_grants_come_with_the_wait_for_the_next_permit
     let mut conn = redis.conn().await;
     let keys = Keys::new(redis.keys.prefix(), "slide", None);
     let l = limit(10, 300);
-    assert_eq!(take(&mut conn, &keys, &l, 7, None).await.unwrap().0, 7);
+    assert_eq!(
+        take(&mut conn, &keys, &l, l.margin_ms, 7, None)
+            .await
+            .unwrap()
+            .0,
+        7
+    );
     // The next grants come later, so they leave the window later.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let (g, wait) = take(&mut conn, &keys, &l, 7, None).await.unwrap();
+    let (g, wait) = take(&mut conn, &keys, &l, l.margin_ms, 7, None)
+        .await
+        .unwrap();
     assert_eq!(g, 3, "only what is left");
     assert!(
         wait > Duration::ZERO && wait <= Duration::from_millis(201),
         "the first permits leave first: {wait:?}"
     );
-    let (g, wait) = take(&mut conn, &keys, &l, 1, None).await.unwrap();
+    let (g, wait) = take(&mut conn, &keys, &l, l.margin_ms, 1, None)
+        .await
+        .unwrap();
     assert_eq!(g, 0);
     // Once the wait is over, the first permits have left the window.
     tokio::time::sleep(wait).await;
-    let (g, _) = take(&mut conn, &keys, &l, 10, None).await.unwrap();
+    let (g, _) = take(&mut conn, &keys, &l, l.margin_ms, 10, None)
+        .await
+        .unwrap();
     assert_eq!(
         g, 7,
         "the first 7 left the window; the later 3 are still in it"
@@ -92,14 +149,41 @@ async fn a_tenant_window_caps_its_tenant_inside_the_providers_window() {
     };
     let a = Keys::new(redis.keys.prefix(), "tenants", Some("a"));
     let b = Keys::new(redis.keys.prefix(), "tenants", Some("b"));
-    assert_eq!(take(&mut conn, &a, &l, 5, None).await.unwrap().0, 3);
-    assert_eq!(take(&mut conn, &a, &l, 1, None).await.unwrap().0, 0);
-    assert_eq!(take(&mut conn, &b, &l, 3, None).await.unwrap().0, 3);
+    assert_eq!(
+        take(&mut conn, &a, &l, l.margin_ms, 5, None)
+            .await
+            .unwrap()
+            .0,
+        3
+    );
+    assert_eq!(
+        take(&mut conn, &a, &l, l.margin_ms, 1, None)
+            .await
+            .unwrap()
+            .0,
+        0
+    );
+    assert_eq!(
+        take(&mut conn, &b, &l, l.margin_ms, 3, None)
+            .await
+            .unwrap()
+            .0,
+        3
+    );
     let c = Keys::new(redis.keys.prefix(), "tenants", Some("c"));
     let d = Keys::new(redis.keys.prefix(), "tenants", Some("d"));
-    assert_eq!(take(&mut conn, &c, &l, 3, None).await.unwrap().0, 3);
     assert_eq!(
-        take(&mut conn, &d, &l, 3, None).await.unwrap().0,
+        take(&mut conn, &c, &l, l.margin_ms, 3, None)
+            .await
+            .unwrap()
+            .0,
+        3
+    );
+    assert_eq!(
+        take(&mut conn, &d, &l, l.margin_ms, 3, None)
+            .await
+            .unwrap()
+            .0,
         1,
         "the provider's window is shared by every tenant"
     );
@@ -114,14 +198,18 @@ async fn the_spread_rule_hands_a_window_out_in_parts() {
         spread_ms: 100,
         ..limit(100, 1000)
     };
-    let (g, wait) = take(&mut conn, &keys, &l, 50, None).await.unwrap();
+    let (g, wait) = take(&mut conn, &keys, &l, l.margin_ms, 50, None)
+        .await
+        .unwrap();
     assert_eq!(g, 10, "a tenth of the window's permits in a tenth of it");
     assert!(
         wait > Duration::ZERO && wait <= Duration::from_millis(101),
         "{wait:?}"
     );
     tokio::time::sleep(wait).await;
-    let (g, _) = take(&mut conn, &keys, &l, 50, None).await.unwrap();
+    let (g, _) = take(&mut conn, &keys, &l, l.margin_ms, 50, None)
+        .await
+        .unwrap();
     assert_eq!(
         g, 10,
         "the next part, once the first left the spread window"
@@ -134,22 +222,50 @@ async fn a_back_off_holds_every_caller_until_it_ends() {
     let mut conn = redis.conn().await;
     let keys = Keys::new(redis.keys.prefix(), "backoff", None);
     let l = limit(1000, 1000);
-    take(&mut conn, &keys, &l, 1, Some(Duration::from_millis(400)))
+    take(
+        &mut conn,
+        &keys,
+        &l,
+        l.margin_ms,
+        1,
+        Some(Duration::from_millis(400)),
+    )
+    .await
+    .unwrap();
+    let (g, wait) = take(&mut conn, &keys, &l, l.margin_ms, 5, None)
         .await
         .unwrap();
-    let (g, wait) = take(&mut conn, &keys, &l, 5, None).await.unwrap();
     assert_eq!(g, 0, "nothing during the back-off");
     assert!(
         wait > Duration::ZERO && wait <= Duration::from_millis(400),
         "{wait:?}"
     );
     // A shorter back-off never shortens a longer one.
-    take(&mut conn, &keys, &l, 1, Some(Duration::from_millis(10)))
-        .await
-        .unwrap();
-    assert!(take(&mut conn, &keys, &l, 1, None).await.unwrap().1 > Duration::from_millis(10));
+    take(
+        &mut conn,
+        &keys,
+        &l,
+        l.margin_ms,
+        1,
+        Some(Duration::from_millis(10)),
+    )
+    .await
+    .unwrap();
+    assert!(
+        take(&mut conn, &keys, &l, l.margin_ms, 1, None)
+            .await
+            .unwrap()
+            .1
+            > Duration::from_millis(10)
+    );
     tokio::time::sleep(wait).await;
-    assert_eq!(take(&mut conn, &keys, &l, 5, None).await.unwrap().0, 5);
+    assert_eq!(
+        take(&mut conn, &keys, &l, l.margin_ms, 5, None)
+            .await
+            .unwrap()
+            .0,
+        5
+    );
 }
 
 #[tokio::test]
@@ -158,6 +274,7 @@ async fn the_client_serves_a_batch_of_sends_with_few_calls() {
     let limiter = Arc::new(Limiter::new(redis.pool.clone(), redis.keys.prefix()));
     let l = Limit {
         margin_ms: 20,
+        cold_margin_ms: 20,
         ..limit(10_000, 1000)
     };
     let name = format!("batching-{}", uuid::Uuid::now_v7().simple());
@@ -208,6 +325,7 @@ async fn two_workers_stay_under_the_providers_limit_as_the_provider_counts_it(pg
         window_ms: 500,
         tenant_limit: None,
         margin_ms: 25,
+        cold_margin_ms: 25,
         spread_ms: 50,
     });
     let cfg = SendConfig::of(vec![p]);
