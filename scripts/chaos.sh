@@ -24,6 +24,11 @@
 #                   request counted in a sliding 1-second window), 33,000 emails (>= 30 s);
 #                   adds limit_per_sec, max_window_count, achieved_per_sec, rejected_by_provider;
 #                   ok only with no 429, every window <= the limit, and >= 95% of it achieved
+#   cluster-failover  a 6-node Redis Cluster (3 masters, a replica each) of its own, 12 partitions,
+#                   3 workers; one master SIGKILLed while traffic flows (its replica takes over);
+#                   writes it had not replicated are lost with it: jobs no worker saw are counted
+#                   as redis_lost, and ok only when every job a worker saw is sent (the reconciler
+#                   re-enqueues the ones whose entries vanished)
 #   failover        two providers (SendGrid and Postmark dialects); the primary answers 503 for
 #                   20 s then recovers; adds moved_after_ms, returned_after_ms,
 #                   primary_during_outage, breaker_open_seen (workers whose metrics showed the
@@ -40,7 +45,7 @@ fi
 cd "$(dirname "$0")/.."
 EMAILS=${CHAOS_EMAILS:-20000}
 SHORT=${CHAOS_SHORT:-0}
-SCENARIOS=${*:-kill redis-stall redis-restart pg-restart provider-errors sigterm poison leader ratelimit failover}
+SCENARIOS=${*:-kill redis-stall redis-restart pg-restart provider-errors sigterm poison leader ratelimit failover cluster-failover}
 WORKERS=3
 RL_LIMIT=1000
 RL_EMAILS=${CHAOS_RL_EMAILS:-33000}
@@ -76,11 +81,12 @@ ADMIN=$MAILFLEET_PG_ADMIN_URL
 REDIS=$MAILFLEET_REDIS_URL
 PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
 
-declare -A WPID GEN MPORT REJ
+declare -A WPID GEN MPORT REJ CPID
+CPORTS=()
 MOCK_PID=""
 MOCK2_PID=""
 cleanup() {
-  for p in "${WPID[@]}" $MOCK_PID $MOCK2_PID; do kill -KILL "$p" 2>/dev/null || true; done
+  for p in "${WPID[@]}" $MOCK_PID $MOCK2_PID "${CPID[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
   scripts/services.sh --stop >/dev/null 2>&1 || true
   if [ "${CHAOS_KEEP:-0}" = 1 ]; then log "logs kept in $RUN"; else rm -rf "$RUN"; fi
 }
@@ -122,6 +128,65 @@ produce() { # paced over CHUNKS chunks; a chunk that fails (Redis down) is retri
 }
 
 rcli() { redis-cli -u "$REDIS" "$@"; }
+
+cluster_start() { # 6 redis-server nodes on free ports, 3 masters with a replica each; sets CLUSTER_URL
+  local p addrs=() urls=()
+  CPORTS=()
+  for _ in 1 2 3 4 5 6; do
+    p=$(free_port); CPORTS+=("$p"); mkdir -p "$RUN/cluster/$p"
+    # A replica syncs at once (the default waits 5 s to batch replicas): it can take over early.
+    redis-server --port "$p" --bind 127.0.0.1 --dir "$RUN/cluster/$p" --cluster-enabled yes \
+      --cluster-config-file nodes.conf --cluster-node-timeout 2000 --repl-diskless-sync-delay 0 \
+      --appendonly no --save "" --daemonize no >"$RUN/cluster/$p.log" 2>&1 &
+    CPID[$p]=$!
+    disown "$!"  # killing a node on purpose is not news: no job-control message
+    addrs+=("127.0.0.1:$p"); urls+=("redis://127.0.0.1:$p")
+  done
+  for p in "${CPORTS[@]}"; do
+    for _ in $(seq 100); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  done
+  redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes >"$RUN/cluster/create.log" 2>&1
+  cluster_wait_ok 30 || { log "the cluster did not become ok"; return 1; }
+  CLUSTER_URL=$(IFS=,; echo "${urls[*]}")
+}
+
+cluster_wait_ok() { # secs: every live node reports cluster_state:ok and every replica is linked
+  local end=$(( $(date +%s) + $1 )) p ok repl
+  while :; do
+    ok=1
+    for p in "${CPORTS[@]}"; do
+      kill -0 "${CPID[$p]}" 2>/dev/null || continue
+      redis-cli -p "$p" cluster info 2>/dev/null | grep -q 'cluster_state:ok' || ok=0
+      repl=$(redis-cli -p "$p" info replication 2>/dev/null) || ok=0
+      if grep -q 'role:slave' <<<"$repl" && ! grep -q 'master_link_status:up' <<<"$repl"; then ok=0; fi
+    done
+    [ "$ok" = 1 ] && return 0
+    [ "$(date +%s)" -ge "$end" ] && return 1
+    sleep 0.2
+  done
+}
+
+cluster_master() { # the port of a live master that serves slots
+  local p
+  for p in "${CPORTS[@]}"; do
+    kill -0 "${CPID[$p]}" 2>/dev/null || continue
+    redis-cli -p "$p" cluster nodes 2>/dev/null \
+      | awk 'NF > 8 && $3 ~ /master/ && $3 !~ /fail/ { sub(/@.*/, "", $2); sub(/.*:/, "", $2); print $2; exit }'
+    return
+  done
+}
+
+cluster_stop() {
+  local p
+  for p in "${CPID[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  CPID=(); CPORTS=()
+}
+
+open_count() { # rows a worker saw that are not final yet
+  psql "$MAILFLEET_DATABASE_URL" -Atqc \
+    "select count(*) from emails where status not in ('sent','failed','dead','suppressed','unknown')" 2>/dev/null || echo 1
+}
+row_count() { psql "$MAILFLEET_DATABASE_URL" -Atqc "select count(*) from emails" 2>/dev/null || echo 0; }
 
 poison() { # n malformed entries of assorted kinds into the lanes
   local n=$1 i key
@@ -260,6 +325,17 @@ inject() { # the scenario's faults, while traffic flows
       sleep 2; poison "$POISON" ;;
     leader)
       leader_faults ;;
+    cluster-failover)
+      sleep 3
+      KILLED=$(cluster_master)
+      kill -KILL "${CPID[$KILLED]}" 2>/dev/null || true
+      KILLED_AT=$(date +%s.%N)
+      log "cluster-failover: SIGKILLed master 127.0.0.1:$KILLED"
+      if cluster_wait_ok 60; then
+        log "cluster-failover: cluster ok again after $(awk -v s="$KILLED_AT" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')s"
+      else
+        log "cluster-failover: the cluster did not recover"
+      fi ;;
     failover) # halfway into the outage, the breakers must show it
       sleep 14; BREAKERS_OPEN=$(breakers_open); log "failover: $BREAKERS_OPEN workers show the breaker open" ;;
   esac
@@ -274,11 +350,16 @@ dead_count() { rcli XLEN "$MAILFLEET_PREFIX:{0}:dead" 2>/dev/null || echo 0; }
 failures=0
 for SC in $SCENARIOS; do
   case $SC in kill|redis-stall|redis-restart|pg-restart|provider-errors|sigterm|poison|leader) ;;
-    ratelimit|failover) ;;
+    ratelimit|failover|cluster-failover) ;;
     *) log "unknown scenario $SC"; exit 2 ;; esac
   WORKERS=3; unset SC_EMAILS SC_CHUNKS SC_PAUSE MAILFLEET_CONFIG
+  export MAILFLEET_REDIS_URL=$REDIS MAILFLEET_PARTITIONS=1
   case $SC in
     ratelimit) WORKERS=4; SC_EMAILS=$RL_EMAILS; SC_CHUNKS=8; SC_PAUSE=0.2 ;;
+    cluster-failover)
+      SC_EMAILS=4000; SC_CHUNKS=20; SC_PAUSE=0.3
+      cluster_start
+      export MAILFLEET_REDIS_URL=$CLUSTER_URL MAILFLEET_PARTITIONS=12 ;;
     failover) SC_EMAILS=6000; SC_CHUNKS=30; SC_PAUSE=1 ;;
   esac
   if [ "$SC" = leader ]; then log "scenario $SC: a schedule every second to $MEMBERS members for ${LEADER_SECS}s"
@@ -351,10 +432,25 @@ for SC in $SCENARIOS; do
   fi
   want=$(sort -u "$RUN/$SC-ids.txt" | wc -l)
   deadline=$(( $(date +%s) + DEADLINE_SECS ))
-  while [ "$(final_count)" -lt "$want" ] || [ "$(dead_count)" -lt "$POISON" ]; do
-    if [ "$(date +%s)" -ge "$deadline" ]; then log "$SC: not settled after ${DEADLINE_SECS}s"; break; fi
-    sleep 0.5
-  done
+  if [ "$SC" = cluster-failover ]; then
+    # Jobs Redis lost before any worker saw them never get a row: settled once every row is
+    # final and no new row appeared for longer than the reconciler's delay.
+    last_rows=-1; still=0
+    while [ "$(final_count)" -lt "$want" ]; do
+      rows=$(row_count)
+      if [ "$(open_count)" = 0 ] && [ "$rows" = "$last_rows" ]; then still=$(( still + 1 )); else still=0; fi
+      last_rows=$rows
+      [ "$still" -ge 60 ] && break
+      if [ "$(date +%s)" -ge "$deadline" ]; then log "$SC: not settled after ${DEADLINE_SECS}s"; break; fi
+      sleep 0.5
+    done
+    report_args=(--count-redis-loss)
+  else
+    while [ "$(final_count)" -lt "$want" ] || [ "$(dead_count)" -lt "$POISON" ]; do
+      if [ "$(date +%s)" -ge "$deadline" ]; then log "$SC: not settled after ${DEADLINE_SECS}s"; break; fi
+      sleep 0.5
+    done
+  fi
   SECS=$(awk -v s="$START" -v e="$(date +%s.%N)" 'BEGIN { printf "%.2f", e - s }')
 
   if [ "$SC" = leader ]; then
@@ -377,6 +473,7 @@ for SC in $SCENARIOS; do
     failures=$(( failures + 1 ))
     if [ "$SC" = leader ]; then log "leader: runs before $UNTIL:"; ticks_diagnose "$UNTIL"; fi
   fi
-  rcli --scan --pattern "$MAILFLEET_PREFIX:*" | xargs -r redis-cli -u "$REDIS" del >/dev/null 2>&1 || true
+  if [ "$SC" = cluster-failover ]; then cluster_stop
+  else rcli --scan --pattern "$MAILFLEET_PREFIX:*" | xargs -r redis-cli -u "$REDIS" del >/dev/null 2>&1 || true; fi
 done
 [ "$failures" = 0 ]

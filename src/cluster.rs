@@ -19,7 +19,7 @@ pub enum SnapshotError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("no Redis connection: {0}")]
-    Pool(#[from] deadpool_redis::PoolError),
+    Pool(#[from] crate::stream::PoolError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -36,7 +36,7 @@ pub struct Snapshot {
 }
 
 pub async fn snapshot(
-    pool: &deadpool_redis::Pool,
+    pool: &crate::stream::Pool,
     pg: &sqlx::PgPool,
     keys: &stream::Keys,
 ) -> Result<Snapshot, SnapshotError> {

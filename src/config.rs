@@ -66,6 +66,10 @@ pub struct Global {
         hide_env_values = true
     )]
     pub redis_url: Secret,
+    /// The Redis URL is a seed node of a Redis Cluster (a comma-separated list of URLs is a
+    /// cluster anyway). Every key a script touches shares one hash tag, so nothing else changes.
+    #[arg(long, global = true, env = "MAILFLEET_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
     /// Postgres URL.
     #[arg(
         long,
@@ -111,6 +115,19 @@ pub struct Global {
         default_value_t = 86_400
     )]
     pub dedup_ttl_secs: u64,
+}
+
+impl Global {
+    /// The Redis URL as the pool reads it: with `--redis-cluster`, a single URL becomes a
+    /// one-seed list (see [`crate::stream::cluster_nodes`]).
+    pub fn redis_target(&self) -> String {
+        let url = self.redis_url.expose();
+        if self.redis_cluster && !url.contains(',') {
+            format!("{url},")
+        } else {
+            url.to_owned()
+        }
+    }
 }
 
 /// The worker's settings (`mailfleet worker`).

@@ -91,14 +91,14 @@ pub enum ProducerError {
         source: redis::RedisError,
     },
     #[error("no Redis connection available: {0}")]
-    Pool(#[from] deadpool_redis::PoolError),
+    Pool(#[from] crate::stream::PoolError),
     #[error("Redis answered enqueue with something unexpected: {0}")]
     Protocol(String),
 }
 
 #[derive(Clone)]
 pub struct Producer {
-    pool: deadpool_redis::Pool,
+    pool: crate::stream::Pool,
     keys: Keys,
     dedup_ttl: Duration,
     max_payload: usize,
@@ -119,7 +119,7 @@ impl Producer {
         Ok(Self::from_pool(pool, Keys::new(prefix, partitions)))
     }
 
-    pub fn from_pool(pool: deadpool_redis::Pool, keys: Keys) -> Self {
+    pub fn from_pool(pool: crate::stream::Pool, keys: Keys) -> Self {
         Producer {
             pool,
             keys,

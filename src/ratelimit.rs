@@ -31,7 +31,7 @@ pub enum LimitError {
     #[error("rate limiter unavailable: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("rate limiter unavailable: {0}")]
-    Pool(#[from] deadpool_redis::PoolError),
+    Pool(#[from] crate::stream::PoolError),
     #[error("rate limiter returned {0:?}")]
     Reply(Value),
 }
@@ -81,7 +81,7 @@ pub struct Grant {
 
 /// One `ratelimit.lua` call.
 pub async fn call(
-    conn: &mut deadpool_redis::Connection,
+    conn: &mut crate::stream::conn::Connection,
     keys: &Keys,
     limit: &Limit,
     ask: &Ask,
@@ -121,7 +121,7 @@ pub async fn call(
 /// One `ratelimit.lua` call for `n` permits (or, with `backoff`, only the back-off), over the
 /// window plus `margin_ms`: (granted, wait).
 pub async fn take(
-    conn: &mut deadpool_redis::Connection,
+    conn: &mut crate::stream::conn::Connection,
     keys: &Keys,
     limit: &Limit,
     margin_ms: u64,
@@ -221,13 +221,13 @@ type BucketKey = (String, Option<String>);
 
 /// Permits for every provider this worker sends to.
 pub struct Limiter {
-    pool: deadpool_redis::Pool,
+    pool: crate::stream::Pool,
     prefix: String,
     buckets: std::sync::Mutex<HashMap<BucketKey, Arc<Bucket>>>,
 }
 
 impl Limiter {
-    pub fn new(pool: deadpool_redis::Pool, prefix: impl Into<String>) -> Self {
+    pub fn new(pool: crate::stream::Pool, prefix: impl Into<String>) -> Self {
         Limiter {
             pool,
             prefix: prefix.into(),

@@ -37,6 +37,11 @@ pub struct Report {
     pub ambiguous: i64,
     /// Enqueued jobs not in a final state (or with no row at all).
     pub not_final: i64,
+    /// Enqueued jobs with no row in Postgres: no worker ever claimed them (counted in `lost`
+    /// and `not_final` too, unless [`Report::count_redis_loss`] moves them out).
+    pub unseen: usize,
+    /// Set by [`Report::count_redis_loss`]: jobs Redis lost before any worker saw them.
+    pub redis_lost: Option<usize>,
     pub seconds: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -61,6 +66,15 @@ impl Report {
         ));
         s
     }
+    /// For a run that loses Redis data on purpose (a cluster master killed before its replica
+    /// had every write): jobs no worker ever saw cannot be sent by anyone, so they are counted
+    /// apart as `redis_lost`, and `lost`/`not_final` judge only the jobs a worker saw.
+    pub fn count_redis_loss(&mut self) {
+        self.lost -= self.unseen.min(self.lost);
+        self.not_final -= (self.unseen as i64).min(self.not_final);
+        self.redis_lost = Some(self.unseen);
+    }
+
     /// Whether the run kept the guarantees: nothing lost, every job final, and no duplicate
     /// beyond the ambiguous events (none at all when `strict`).
     pub fn ok(&self, strict: bool) -> bool {
@@ -79,7 +93,7 @@ impl Report {
         expect_dead: Option<u64>,
     ) -> serde_json::Value {
         let ok = self.ok(strict) && expect_dead.is_none_or(|n| n == dead_letters);
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "scenario": scenario,
             "emails": self.enqueued,
             "sent": self.count("sent"),
@@ -93,7 +107,11 @@ impl Report {
             "dead_letters": dead_letters,
             "seconds": (self.seconds * 10.0).round() / 10.0,
             "ok": ok,
-        })
+        });
+        if let Some(n) = self.redis_lost {
+            v["redis_lost"] = n.into();
+        }
+        v
     }
 
     pub fn line(&self, label: &str) -> String {
@@ -161,6 +179,7 @@ pub async fn build(
     let final_n = store::emails::ids_with_status(pool, &ids, store::emails::FINAL)
         .await?
         .len();
+    let unseen = ids.len() - store::emails::existing(pool, &ids).await?.len();
     Ok(Report {
         enqueued: ids.len(),
         by_status: summary.by_status.into_iter().collect(),
@@ -168,6 +187,8 @@ pub async fn build(
         duplicates,
         ambiguous,
         not_final: (ids.len() - final_n) as i64,
+        unseen,
+        redis_lost: None,
         seconds,
         p50_ms: summary.p50_ms,
         p99_ms: summary.p99_ms,
@@ -321,4 +342,28 @@ pub fn failover(
         }
     }
     Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_no_worker_saw_move_from_lost_to_redis_lost_only_when_asked() {
+        let mut r = Report {
+            enqueued: 100,
+            lost: 3,
+            not_final: 3,
+            unseen: 2,
+            ..Report::default()
+        };
+        assert!(!r.ok(false));
+        assert!(r.json("x", false, 0, None).get("redis_lost").is_none());
+        r.count_redis_loss();
+        assert_eq!((r.lost, r.not_final, r.redis_lost), (1, 1, Some(2)));
+        assert!(!r.ok(false), "a job a worker saw is still lost");
+        let v = r.json("x", false, 0, None);
+        assert_eq!(v["redis_lost"], 2);
+        assert_eq!(v["lost"], 1);
+    }
 }

@@ -49,7 +49,7 @@ const MAX_REPLAYS: u32 = 3;
 #[derive(Clone)]
 pub struct AdminState {
     pub pg: PgPool,
-    pub redis: deadpool_redis::Pool,
+    pub redis: crate::stream::Pool,
     pub keys: stream::Keys,
     pub token: Secret,
     /// Mark the session cookie `Secure` (serve the API over HTTPS then).

@@ -22,7 +22,7 @@ use std::time::Duration;
 /// What `/readyz` checks.
 #[derive(Clone)]
 pub struct Health {
-    pub redis: deadpool_redis::Pool,
+    pub redis: crate::stream::Pool,
     pub pg: PgPool,
     pub draining: Arc<AtomicBool>,
 }

@@ -83,9 +83,9 @@ pub async fn dispatch(global: Global, command: Command) -> anyhow::Result<()> {
     }
 }
 
-pub(crate) fn redis_pool(g: &Global) -> anyhow::Result<deadpool_redis::Pool> {
+pub(crate) fn redis_pool(g: &Global) -> anyhow::Result<crate::stream::Pool> {
     Ok(crate::stream::pool(
-        g.redis_url.expose(),
+        &g.redis_target(),
         std::time::Duration::from_millis(g.redis_timeout_ms),
         32,
     )?)

@@ -24,10 +24,12 @@ pub async fn run(g: Global, a: WorkerArgs) -> anyhow::Result<()> {
     let send_config = config::send_config(g.config.as_deref(), &a.provider)?;
     let client = http_client(a.send_concurrency)?;
     let pg = store::connect(g.database_url.expose(), a.pg_pool).await?;
+    // Every partition's reader keeps one connection (a checkout costs a round trip); the rest
+    // serve the recorder, reclaimer, heartbeat, limiter and leader.
     let redis = stream::pool(
-        g.redis_url.expose(),
+        &g.redis_target(),
         Duration::from_millis(g.redis_timeout_ms),
-        16,
+        usize::from(g.partitions) + 16,
     )?;
     let settings = Settings {
         consumer: a.consumer.clone().unwrap_or_else(default_consumer),
@@ -67,7 +69,7 @@ pub async fn run(g: Global, a: WorkerArgs) -> anyhow::Result<()> {
         },
     };
     let deps = Deps {
-        redis_url: g.redis_url.expose().to_owned(),
+        redis_url: g.redis_target(),
         redis: redis.clone(),
         pg: pg.clone(),
         keys: stream::Keys::new(&g.prefix, g.partitions),

@@ -87,7 +87,7 @@ impl Settings {
 #[derive(Clone)]
 pub struct Deps {
     pub pg: PgPool,
-    pub redis: deadpool_redis::Pool,
+    pub redis: crate::stream::Pool,
     pub producer: Producer,
     pub lease_keys: LeaseKeys,
 }

@@ -414,6 +414,15 @@ pub async fn ids_with_status(
         .map_err(q("selecting emails by status"))
 }
 
+/// Which of `ids` have a row (a worker claimed them at least once).
+pub async fn existing(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError> {
+    sqlx::query_scalar("SELECT id FROM emails WHERE id = ANY($1)")
+        .bind(ids)
+        .fetch_all(pool)
+        .await
+        .map_err(q("selecting existing emails"))
+}
+
 /// Keep live claims fresh: a send still in progress after most of the visibility timeout must
 /// not look abandoned. Refreshes `claimed_at` only where `(id, token)` still holds the claim.
 /// Returns how many rows were refreshed.

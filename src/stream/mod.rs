@@ -10,6 +10,7 @@
 //!
 //! Only this module, `scripts.rs` and the producer speak Redis commands.
 
+pub mod conn;
 pub mod consumer;
 pub mod depth;
 pub mod keys;
@@ -21,42 +22,7 @@ pub use wire::{DecodeError, Job, RawEntry};
 
 pub const GROUP: &str = "mailfleet";
 
-use std::time::Duration;
-
-/// A pool of multiplexed connections for everything but blocking reads. Commands time out
-/// after `timeout`; a connect attempt after the same.
-pub fn pool(
-    url: &str,
-    timeout: Duration,
-    size: usize,
-) -> Result<deadpool_redis::Pool, redis::RedisError> {
-    let cfg = redis::AsyncConnectionConfig::new()
-        .set_response_timeout(Some(timeout))
-        .set_connection_timeout(Some(timeout));
-    let manager = deadpool_redis::Manager::new_with_config(url, cfg)?;
-    deadpool_redis::Pool::builder(manager)
-        .max_size(size)
-        .runtime(deadpool_redis::Runtime::Tokio1)
-        .build()
-        .map_err(|e| {
-            redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "pool", e.to_string()))
-        })
-}
-
-/// A dedicated connection for blocking reads: no response timeout, since a BLOCK may outlast any
-/// sensible command timeout.
-pub async fn blocking_connection(
-    url: &str,
-    connect_timeout: Duration,
-) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-    let client = redis::Client::open(url)?;
-    let cfg = redis::AsyncConnectionConfig::new()
-        .set_response_timeout(None)
-        .set_connection_timeout(Some(connect_timeout));
-    client
-        .get_multiplexed_async_connection_with_config(&cfg)
-        .await
-}
+pub use conn::{Blocking, Pool, PoolError, blocking_connection, cluster_nodes, pool};
 
 /// Delete every key under `prefix:` (SCAN, then DEL in batches): for scratch prefixes such as
 /// `mailfleet bench`'s, never a live deployment's. Returns how many keys went.

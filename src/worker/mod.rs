@@ -126,7 +126,7 @@ impl Settings {
 #[derive(Clone)]
 pub struct Deps {
     pub redis_url: String,
-    pub redis: deadpool_redis::Pool,
+    pub redis: crate::stream::Pool,
     pub pg: PgPool,
     pub keys: Keys,
     pub providers: Arc<Providers>,
@@ -142,7 +142,7 @@ pub enum WorkerError {
         source: redis::RedisError,
     },
     #[error("no Redis connection available while starting: {0}")]
-    Pool(#[from] deadpool_redis::PoolError),
+    Pool(#[from] crate::stream::PoolError),
     #[error("no provider is configured")]
     NoProvider,
 }

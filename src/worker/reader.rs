@@ -148,8 +148,8 @@ impl Linger {
 async fn read_once(
     shared: &Shared,
     partition: u16,
-    pooled: &mut Option<deadpool_redis::Connection>,
-    blocking: &mut Option<redis::aio::MultiplexedConnection>,
+    pooled: &mut Option<crate::stream::conn::Connection>,
+    blocking: &mut Option<crate::stream::Blocking>,
 ) -> Result<Vec<crate::stream::RawEntry>, String> {
     let s = &shared.settings;
     let d = &shared.deps;
@@ -174,9 +174,13 @@ async fn read_once(
     }
     if blocking.is_none() {
         *blocking = Some(
-            crate::stream::blocking_connection(&d.redis_url, Duration::from_secs(5))
-                .await
-                .map_err(|e| e.to_string())?,
+            crate::stream::blocking_connection(
+                &d.redis_url,
+                Duration::from_secs(5),
+                Duration::from_millis(s.block_ms),
+            )
+            .await
+            .map_err(|e| e.to_string())?,
         );
     }
     let conn = blocking.as_mut().ok_or("no blocking connection")?;

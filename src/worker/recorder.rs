@@ -85,7 +85,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: UnboundedReceiver<Item>) {
 async fn flush(
     shared: &Shared,
     items: &mut Vec<Item>,
-    conn: &mut Option<deadpool_redis::Connection>,
+    conn: &mut Option<crate::stream::conn::Connection>,
 ) {
     let outcomes: Vec<Outcome> = items
         .iter()

@@ -6,6 +6,7 @@ mod support;
 mod admin;
 mod api;
 mod cli;
+mod cluster;
 mod deploy;
 mod dlq;
 mod leader;

@@ -166,10 +166,13 @@ async fn read_leaves_a_paused_lane_unread() {
     assert!(tx_now.len() == 3 && tx_now.iter().all(|e| e.lane == Lane::Tx));
     // The blocking read skips a paused lane too, and returns after its wait with both paused.
     xadd(&redis, &bulk, &[("n", "late")]).await;
-    let mut blocking =
-        mailfleet::stream::blocking_connection(&redis.url, std::time::Duration::from_secs(5))
-            .await
-            .unwrap();
+    let mut blocking = mailfleet::stream::blocking_connection(
+        &redis.url,
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+    )
+    .await
+    .unwrap();
     let got = consumer::read_blocking(&mut blocking, &redis.keys, 0, "c1", 10, 50, &both)
         .await
         .unwrap();

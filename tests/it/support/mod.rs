@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod private;
 pub mod proxy;
 
@@ -30,7 +31,7 @@ pub fn unique_prefix() -> String {
 pub struct TestRedis {
     pub url: String,
     pub keys: Keys,
-    pub pool: deadpool_redis::Pool,
+    pub pool: mailfleet::stream::Pool,
     /// Whether dropping this deletes the prefix's keys (not for a second view of one prefix).
     owner: bool,
 }
@@ -48,6 +49,19 @@ impl TestRedis {
             keys: Keys::new(unique_prefix(), 1),
             pool,
             owner: true,
+        }
+    }
+    /// A test prefix with `partitions` partitions on a Redis Cluster (`url`: its seed list).
+    /// The cluster is torn down whole, so nothing is deleted on drop.
+    pub fn on_cluster(url: &str, partitions: u16) -> Self {
+        // Each in-process worker keeps a connection per partition reader.
+        let pool = mailfleet::stream::pool(url, Duration::from_secs(5), 64).expect("cluster pool");
+        assert!(pool.is_cluster(), "a seed list makes a cluster pool");
+        TestRedis {
+            url: url.to_owned(),
+            keys: Keys::new(unique_prefix(), partitions),
+            pool,
+            owner: false,
         }
     }
     /// The same prefix reached through another URL (a proxy in front of the same server).
@@ -72,7 +86,7 @@ impl TestRedis {
             .id
             .as_uuid()
     }
-    pub async fn conn(&self) -> deadpool_redis::Connection {
+    pub async fn conn(&self) -> mailfleet::stream::conn::Connection {
         self.pool.get().await.expect("redis connection")
     }
     pub async fn ensure_groups(&self) {
