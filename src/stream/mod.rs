@@ -14,6 +14,7 @@ pub mod conn;
 pub mod consumer;
 pub mod depth;
 pub mod keys;
+pub mod local_cluster;
 pub mod pause;
 pub mod wire;
 

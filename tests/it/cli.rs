@@ -314,4 +314,55 @@ async fn the_bench_sends_every_email_once_and_reports_its_figures(pg: PgPool) {
     .await
     .unwrap();
     assert_eq!(left, 0);
+
+    // --cluster: a local 6-node Redis Cluster of its own, one measurement per worker count
+    // (in this test, after the one above: both check that no scratch database is left).
+    let out = mailfleet(&pg, &redis)
+        .args([
+            "bench",
+            "--cluster",
+            "--cluster-workers",
+            "1,2",
+            "--emails",
+            "600",
+            "--json",
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .expect("run mailfleet bench --cluster");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runs: Vec<serde_json::Value> = serde_json::from_str(stdout.trim()).expect("one JSON array");
+    assert_eq!(runs.len(), 2, "{stdout}");
+    for (v, workers) in runs.iter().zip([1, 2]) {
+        assert_eq!(v["workers"], workers);
+        assert_eq!(v["redis"], "cluster");
+        assert_eq!(v["partitions"], 12);
+        assert_eq!(
+            (v["emails"].as_u64(), v["lost"].as_u64()),
+            (Some(600), Some(0))
+        );
+        assert_eq!(v["duplicates"], 0);
+        // Summed over the masters: every email's enqueue script and its XADD.
+        assert!(
+            v["redis_cmds_per_email"].as_f64().is_some_and(|x| x >= 2.0),
+            "{v}"
+        );
+        assert!(
+            v["cpu_s_per_1k"]["redis"].as_f64().is_some_and(|x| x > 0.0),
+            "the nodes' CPU is counted: {v}"
+        );
+    }
+    let left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_database WHERE datname LIKE 'mailfleet_bench_%'",
+    )
+    .fetch_one(&pg)
+    .await
+    .unwrap();
+    assert_eq!(left, 0);
 }

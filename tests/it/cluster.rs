@@ -2,9 +2,9 @@
 //! replica each): jobs spread over 12 partitions, every one sent once; and a master killed in
 //! the middle of a run, its replica promoted, without losing an email a worker had seen.
 
-use crate::support::cluster::{LocalCluster, node_cmd};
 use crate::support::*;
 use mailfleet::mock::MockConfig;
+use mailfleet::stream::local_cluster::{LocalCluster, node_cmd};
 use mailfleet::{Lane, NewJob};
 use sqlx::PgPool;
 use std::collections::{BTreeSet, HashSet};
@@ -42,7 +42,7 @@ async fn masters_of_partitions(cluster: &LocalCluster, redis: &TestRedis) -> BTr
 
 #[sqlx::test]
 async fn twelve_partitions_on_a_redis_cluster_send_every_email_once(pg: PgPool) {
-    let cluster = LocalCluster::start().await;
+    let cluster = LocalCluster::start().await.expect("a local Redis Cluster");
     let redis = TestRedis::on_cluster(&cluster.url, PARTITIONS);
     let mock = TestMock::start(MockConfig::default()).await;
     let a = TestWorker::start(&pg, &redis, &mock.url, settings()).await;
@@ -97,7 +97,7 @@ async fn twelve_partitions_on_a_redis_cluster_send_every_email_once(pg: PgPool) 
 
 #[sqlx::test]
 async fn a_master_killed_mid_run_loses_no_email_a_worker_had_seen(pg: PgPool) {
-    let mut cluster = LocalCluster::start().await;
+    let mut cluster = LocalCluster::start().await.expect("a local Redis Cluster");
     let redis = TestRedis::on_cluster(&cluster.url, PARTITIONS);
     let mock = TestMock::start(MockConfig {
         latency: Duration::from_millis(5),
@@ -147,7 +147,10 @@ async fn a_master_killed_mid_run_loses_no_email_a_worker_had_seen(pg: PgPool) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let failover = Instant::now();
-    cluster.wait_ok(Duration::from_secs(30)).await;
+    cluster
+        .wait_ok(Duration::from_secs(30))
+        .await
+        .expect("the cluster recovers");
     let failover_ms = failover.elapsed().as_millis();
     // Every job a worker saw (it has a row) ends final; none stays queued or sending.
     eventually("every seen job is final", Duration::from_secs(120), || async {

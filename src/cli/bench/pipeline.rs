@@ -15,10 +15,11 @@
 //! - lost (enqueued, not `sent`) and duplicates (the mock's count of a job id seen twice).
 
 use super::Scratch;
-use crate::config::Global;
+use crate::config::{Global, Secret};
 use crate::domain::{Lane, Payload};
 use crate::producer::NewJob;
 use crate::store::{self, bench::Latency};
+use crate::stream::local_cluster::LocalCluster;
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
@@ -72,6 +73,14 @@ pub struct PipelineArgs {
     /// Keep the scratch database and Redis keys.
     #[arg(long)]
     pub keep: bool,
+    /// Run against a Redis Cluster of 6 local redis-server processes started for the bench
+    /// (3 masters with a replica each; MAILFLEET_PARTITIONS, default 12 here), once per worker
+    /// count in --cluster-workers.
+    #[arg(long)]
+    pub cluster: bool,
+    /// Worker process counts measured with --cluster.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    pub cluster_workers: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -79,6 +88,9 @@ pub struct Figures {
     pub scenario: Scenario,
     pub emails: u64,
     pub workers: usize,
+    /// Redis: `single` or `cluster` (6 local nodes, 3 masters).
+    pub redis: &'static str,
+    pub partitions: u16,
     pub offered_per_sec: Option<u64>,
     pub payload_bytes: usize,
     pub mock_latency_ms: u64,
@@ -154,14 +166,14 @@ fn proc_cpu(pid: Option<u32>) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn sample(workers: &[Proc], redis: Option<u32>, mock: Option<u32>) -> CpuSample {
+fn sample(workers: &[Proc], redis: &[u32], mock: Option<u32>) -> CpuSample {
     let (busy, total) = std::fs::read_to_string("/proc/stat")
         .ok()
         .and_then(|s| machine_cpu(&s, clock_ticks()).ok())
         .unwrap_or_default();
     CpuSample {
         workers: workers.iter().map(|w| proc_cpu(w.child.id())).sum(),
-        redis: proc_cpu(redis),
+        redis: redis.iter().map(|p| proc_cpu(Some(*p))).sum(),
         mock: proc_cpu(mock),
         producer: proc_cpu(Some(std::process::id())),
         busy,
@@ -343,8 +355,11 @@ pub async fn run(g: Global, a: PipelineArgs) -> anyhow::Result<()> {
     if a.workers == 0 || a.emails == 0 {
         bail!("--workers and --emails must be at least 1");
     }
+    if a.cluster {
+        return run_cluster(g, a).await;
+    }
     let scratch = Scratch::new(&g).await?;
-    let result = measure(&g, &scratch, &a).await;
+    let result = measure(&g, &scratch, &a, None).await;
     scratch.finish(&g, a.keep).await?;
     let f = result?;
     if a.json {
@@ -358,7 +373,57 @@ pub async fn run(g: Global, a: PipelineArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn measure(g: &Global, s: &Scratch, a: &PipelineArgs) -> anyhow::Result<Figures> {
+/// `--cluster`: one local Redis Cluster, measured with each worker count in turn (a fresh
+/// scratch database and prefix each time).
+async fn run_cluster(g: Global, a: PipelineArgs) -> anyhow::Result<()> {
+    if a.cluster_workers.is_empty() || a.cluster_workers.contains(&0) {
+        bail!("--cluster-workers needs worker counts of at least 1");
+    }
+    let cluster = LocalCluster::start()
+        .await
+        .context("starting a local Redis Cluster")?;
+    let mut global = g.clone();
+    global.redis_url = Secret::new(cluster.url.clone());
+    if global.partitions <= 1 {
+        global.partitions = 12;
+    }
+    let mut all = Vec::new();
+    for &n in &a.cluster_workers {
+        let args = PipelineArgs {
+            workers: n,
+            ..a.clone()
+        };
+        let scratch = Scratch::new(&global).await?;
+        let result = measure(&global, &scratch, &args, Some(&cluster)).await;
+        scratch.finish(&global, a.keep).await?;
+        let f = result?;
+        if !a.json {
+            print!("{}", table(&f));
+        }
+        all.push(f);
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&all)?);
+    } else {
+        let rates: Vec<String> = all
+            .iter()
+            .map(|f| format!("{} worker(s) {:.0}/s", f.workers, f.emails_per_sec))
+            .collect();
+        println!("cluster scaling: {}", rates.join(", "));
+    }
+    let lost: u64 = all.iter().map(|f| f.lost).sum();
+    if lost > 0 {
+        bail!("{lost} email(s) were not sent");
+    }
+    Ok(())
+}
+
+async fn measure(
+    g: &Global,
+    s: &Scratch,
+    a: &PipelineArgs,
+    cluster: Option<&LocalCluster>,
+) -> anyhow::Result<Figures> {
     let pg = store::connect(&s.url, 2).await?;
     store::migrate(&pg).await?;
     let mut global = g.clone();
@@ -381,14 +446,20 @@ async fn measure(g: &Global, s: &Scratch, a: &PipelineArgs) -> anyhow::Result<Fi
         .take(a.payload_bytes)
         .collect();
 
-    let (calls_before, redis_pid) = {
-        let mut c = redis.get().await?;
-        (
-            crate::stream::command_calls(&mut *c).await?,
-            crate::stream::server_pid(&mut *c).await?,
-        )
+    let (calls_before, redis_pids) = match cluster {
+        Some(c) => (c.command_calls().await?, c.pids()),
+        None => {
+            let mut c = redis.get().await?;
+            (
+                crate::stream::command_calls(&mut *c).await?,
+                crate::stream::server_pid(&mut *c)
+                    .await?
+                    .into_iter()
+                    .collect(),
+            )
+        }
     };
-    let cpu_before = sample(&workers, redis_pid, mock.id());
+    let cpu_before = sample(&workers, &redis_pids, mock.id());
     let xacts_before = store::bench::xacts(s.admin(), &s.db).await?;
     // Transactions of this process in the scratch database, subtracted from the count.
     let mut polls = 0i64;
@@ -468,11 +539,11 @@ async fn measure(g: &Global, s: &Scratch, a: &PipelineArgs) -> anyhow::Result<Fi
     let emails = total + tx_sent;
 
     // Evidence, before the workers stop.
-    let calls_after = {
-        let mut c = redis.get().await?;
-        crate::stream::command_calls(&mut *c).await?
+    let calls_after = match cluster {
+        Some(c) => c.command_calls().await?,
+        None => crate::stream::command_calls(&mut *redis.get().await?).await?,
     };
-    let cpu_after = sample(&workers, redis_pid, mock.id());
+    let cpu_after = sample(&workers, &redis_pids, mock.id());
     let mut cpu = 0.0;
     let mut rss: f64 = 0.0;
     for w in &workers {
@@ -527,6 +598,12 @@ async fn measure(g: &Global, s: &Scratch, a: &PipelineArgs) -> anyhow::Result<Fi
         scenario: a.scenario,
         emails,
         workers: a.workers,
+        redis: if cluster.is_some() {
+            "cluster"
+        } else {
+            "single"
+        },
+        partitions: g.partitions,
         offered_per_sec: (a.rate > 0 && a.scenario == Scenario::Throughput).then_some(a.rate),
         payload_bytes: a.payload_bytes,
         mock_latency_ms: a.mock_latency_ms,
@@ -586,8 +663,8 @@ fn table(f: &Figures) -> String {
         .map_or("max".to_owned(), |r| format!("{r}/s"));
     let _ = writeln!(
         o,
-        "scenario {:?}: {} emails, {} worker process(es), offered {offered}, payload {} B, mock latency {} ms",
-        f.scenario, f.emails, f.workers, f.payload_bytes, f.mock_latency_ms
+        "scenario {:?}: {} emails, {} worker process(es), offered {offered}, payload {} B, mock latency {} ms, Redis {} with {} partition(s)",
+        f.scenario, f.emails, f.workers, f.payload_bytes, f.mock_latency_ms, f.redis, f.partitions
     );
     let _ = writeln!(
         o,

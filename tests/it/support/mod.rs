@@ -3,7 +3,6 @@
 
 #![allow(dead_code)]
 
-pub mod cluster;
 pub mod private;
 pub mod proxy;
 

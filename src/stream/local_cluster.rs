@@ -1,12 +1,35 @@
-//! A real local Redis Cluster for tests: 6 redis-server processes (3 masters with a replica
-//! each) on free ports in their own directory, joined with `redis-cli --cluster create`, torn
-//! down (processes killed, directory removed) on drop. A node can be SIGKILLed to make its
-//! replica take over.
+//! A real Redis Cluster on this machine, for tests and `mailfleet bench --cluster`: 6
+//! redis-server processes (3 masters with a replica each) on free ports in their own directory,
+//! joined with `redis-cli --cluster create`, torn down (processes killed, directory removed) on
+//! drop. A node can be SIGKILLed to make its replica take over. Needs `redis-server` and
+//! `redis-cli` on PATH (scripts/services.sh installs them).
 
-use super::private::free_port;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalClusterError {
+    #[error("starting {what}: {source}")]
+    Spawn {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("redis-cli --cluster create failed: {0}")]
+    Create(String),
+    #[error("{0}")]
+    NotReady(String),
+}
+
+fn free_port() -> Result<u16, LocalClusterError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|source| LocalClusterError::Spawn {
+            what: "a free port",
+            source,
+        })
+}
 
 pub struct LocalCluster {
     /// Seed list for cluster mode: every node, comma-separated.
@@ -35,17 +58,29 @@ async fn node_text(port: u16, args: &[&str]) -> Option<String> {
 }
 
 impl LocalCluster {
-    pub async fn start() -> Self {
+    pub async fn start() -> Result<Self, LocalClusterError> {
         let dir = std::env::temp_dir().join(format!(
             "mailfleet-cluster-{}",
             uuid::Uuid::now_v7().simple()
         ));
-        std::fs::create_dir_all(&dir).expect("cluster dir");
-        let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
-        let mut nodes = Vec::new();
+        let io = |what| move |source| LocalClusterError::Spawn { what, source };
+        std::fs::create_dir_all(&dir).map_err(io("the cluster directory"))?;
+        let ports = (0..6)
+            .map(|_| free_port())
+            .collect::<Result<Vec<u16>, _>>()?;
+        let mut c = LocalCluster {
+            url: ports
+                .iter()
+                .map(|p| format!("redis://127.0.0.1:{p}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            ports: ports.clone(),
+            dir: dir.clone(),
+            nodes: Vec::new(),
+        };
         for &port in &ports {
             let node_dir = dir.join(port.to_string());
-            std::fs::create_dir_all(&node_dir).expect("node dir");
+            std::fs::create_dir_all(&node_dir).map_err(io("a node directory"))?;
             let child = Command::new("redis-server")
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .arg("--dir")
@@ -71,13 +106,17 @@ impl LocalCluster {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .expect("redis-server on PATH (scripts/services.sh installs it)");
-            nodes.push(Some(child));
+                .map_err(io("redis-server (scripts/services.sh installs it)"))?;
+            c.nodes.push(Some(child));
         }
         for &port in &ports {
             let deadline = Instant::now() + Duration::from_secs(10);
             while node_cmd(port, &["PING"]).await.is_err() {
-                assert!(Instant::now() < deadline, "node {port} did not start");
+                if Instant::now() >= deadline {
+                    return Err(LocalClusterError::NotReady(format!(
+                        "node {port} did not start"
+                    )));
+                }
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
         }
@@ -87,24 +126,35 @@ impl LocalCluster {
             .args(&addrs)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
             .output()
-            .expect("redis-cli on PATH");
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster create: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        let c = LocalCluster {
-            url: ports
-                .iter()
-                .map(|p| format!("redis://127.0.0.1:{p}"))
-                .collect::<Vec<_>>()
-                .join(","),
-            ports,
-            dir,
-            nodes,
-        };
-        c.wait_ok(Duration::from_secs(30)).await;
-        c
+            .map_err(io("redis-cli"))?;
+        if !out.status.success() {
+            return Err(LocalClusterError::Create(
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            ));
+        }
+        c.wait_ok(Duration::from_secs(30)).await?;
+        Ok(c)
+    }
+
+    /// The process ids of the live nodes (for their CPU time).
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes.iter().flatten().map(Child::id).collect()
+    }
+
+    /// Calls per command summed over the masters (`INFO commandstats` of each; replicas only
+    /// replay what their master ran).
+    pub async fn command_calls(
+        &self,
+    ) -> redis::RedisResult<std::collections::BTreeMap<String, u64>> {
+        let mut total = std::collections::BTreeMap::new();
+        for port in self.masters().await {
+            if let Some(info) = node_text(port, &["INFO", "commandstats"]).await {
+                for (k, v) in super::parse_commandstats(&info) {
+                    *total.entry(k).or_insert(0) += v;
+                }
+            }
+        }
+        Ok(total)
     }
 
     fn live_ports(&self) -> Vec<u16> {
@@ -118,7 +168,7 @@ impl LocalCluster {
 
     /// Until every live node reports `cluster_state:ok` with all slots served by a reachable
     /// master, and every live replica is in sync with its master (so it can take over).
-    pub async fn wait_ok(&self, within: Duration) {
+    pub async fn wait_ok(&self, within: Duration) -> Result<(), LocalClusterError> {
         let deadline = Instant::now() + within;
         loop {
             let mut ok = true;
@@ -133,9 +183,13 @@ impl LocalCluster {
                 ok &= !repl.contains("role:slave") || repl.contains("master_link_status:up");
             }
             if ok && self.masters().await.len() == 3 {
-                return;
+                return Ok(());
             }
-            assert!(Instant::now() < deadline, "the cluster did not become ok");
+            if Instant::now() >= deadline {
+                return Err(LocalClusterError::NotReady(
+                    "the cluster did not become ok".into(),
+                ));
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
