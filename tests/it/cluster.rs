@@ -198,3 +198,65 @@ async fn a_master_killed_mid_run_loses_no_email_a_worker_had_seen(pg: PgPool) {
     a.stop().await;
     b.stop().await;
 }
+
+/// One master stops answering (CLIENT PAUSE ALL: it stays in the cluster, no failover) while
+/// email for the other masters' partitions arrives: every worker reads every partition with
+/// its own reader, so those emails are all sent while the paused master's readers wait.
+#[sqlx::test]
+async fn a_stalled_master_holds_up_only_its_own_partitions(pg: PgPool) {
+    let cluster = LocalCluster::start().await.expect("a local Redis Cluster");
+    let redis = TestRedis::on_cluster(&cluster.url, PARTITIONS);
+    let mock = TestMock::start(MockConfig::default()).await;
+    let a = TestWorker::start(&pg, &redis, &mock.url, settings()).await;
+    let b = TestWorker::start(&pg, &redis, &mock.url, settings()).await;
+    let masters = cluster.masters().await;
+    let victim = masters[0];
+    let mut stalled = BTreeSet::new();
+    for p in 0..PARTITIONS {
+        if node_cmd(victim, &["EXISTS", &redis.keys.lane(p, Lane::Bulk)])
+            .await
+            .is_ok()
+        {
+            stalled.insert(p);
+        }
+    }
+    assert!(
+        !stalled.is_empty() && stalled.len() < PARTITIONS as usize,
+        "{stalled:?}"
+    );
+    // Idempotency keys route jobs: pick 300 that land on the other masters.
+    let free: Vec<NewJob> = (0..)
+        .map(|i| format!("free-{i}"))
+        .filter(|k| !stalled.contains(&redis.keys.partition_for(k)))
+        .take(300)
+        .map(|k| {
+            let mut j = job(Lane::Bulk, "someone@example.com");
+            j.idempotency_key = Some(k);
+            j
+        })
+        .collect();
+    let pause_ms = 15_000u64;
+    node_cmd(victim, &["CLIENT", "PAUSE", &pause_ms.to_string(), "ALL"])
+        .await
+        .expect("pause the victim");
+    let paused_at = Instant::now();
+    redis
+        .producer()
+        .send_many(free)
+        .await
+        .expect("enqueue on the free masters");
+    eventually(
+        "the free partitions' emails are sent",
+        Duration::from_secs(10),
+        || async { (count_status(&pg, "sent").await == 300).then_some(()) },
+    )
+    .await;
+    assert!(
+        paused_at.elapsed() < Duration::from_millis(pause_ms),
+        "sent while the victim was still paused"
+    );
+    assert_eq!(mock.state.stats().duplicates, 0);
+    // The victim answers nobody until its pause ends (UNPAUSE too): the workers' readers for
+    // its partitions are still waiting when the test drops them and the cluster.
+    drop((a, b));
+}
