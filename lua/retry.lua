@@ -3,8 +3,11 @@
 -- KEYS[1]: delayed zset  mf:{p}:delayed
 -- KEYS[2]: lane stream   mf:{p}:tx | mf:{p}:bulk (the stream the entries were read from)
 -- ARGV[1]: consumer group
--- ARGV[2..]: triples of (stream entry id, due time unix ms, delayed member)
+-- ARGV[2..]: triples of (stream entry id, delay in ms, delayed member)
 -- Returns: the number of entries rescheduled.
+--
+-- The due time is Redis TIME + the delay: promote.lua compares scores with the same clock, so a
+-- worker whose own clock is off can neither make a retry due at once nor park it for hours.
 --
 -- Either both the ZADD and the XACK happen or neither does: a crash can neither lose the job
 -- (acked but not scheduled) nor leave it both pending and scheduled. An entry that is no longer
@@ -13,13 +16,16 @@
 local group = ARGV[1]
 if (#ARGV - 1) % 3 ~= 0 then return redis.error_reply('retry: arguments must be triples') end
 for i = 2, #ARGV, 3 do
-  if tonumber(ARGV[i + 1]) == nil then return redis.error_reply('retry: bad due time') end
+  local d = tonumber(ARGV[i + 1])
+  if d == nil or d < 0 then return redis.error_reply('retry: bad delay') end
 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n = 0
 for i = 2, #ARGV, 3 do
   local pending = redis.call('XPENDING', KEYS[2], group, ARGV[i], ARGV[i], 1)
   if pending[1] then
-    redis.call('ZADD', KEYS[1], tonumber(ARGV[i + 1]), ARGV[i + 2])
+    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[i + 1]), ARGV[i + 2])
     redis.call('XACK', KEYS[2], group, ARGV[i])
     n = n + 1
   end

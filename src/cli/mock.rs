@@ -31,6 +31,14 @@ pub struct MockArgs {
     /// Share of requests accepted, logged, then answered with a connection reset, 0.0 to 1.0.
     #[arg(long, env = "MAILFLEET_MOCK_DROP_RATE", default_value_t = 0.0)]
     pub drop_rate: f64,
+    /// Share of requests accepted, logged, then answered 500, 502 or 504 in turn (a gateway
+    /// that lost the vendor's reply), 0.0 to 1.0.
+    #[arg(
+        long,
+        env = "MAILFLEET_MOCK_ACCEPTED_ERROR_RATE",
+        default_value_t = 0.0
+    )]
+    pub accepted_error_rate: f64,
     /// An outage: answer every request 503 starting this many ms after start...
     #[arg(long, env = "MAILFLEET_MOCK_OUTAGE_AFTER_MS", default_value_t = 0)]
     pub outage_after_ms: u64,
@@ -57,8 +65,10 @@ pub struct MockArgs {
 
 pub async fn run(a: MockArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
-        (0.0..=1.0).contains(&a.failure_rate) && (0.0..=1.0).contains(&a.drop_rate),
-        "--failure-rate and --drop-rate must be between 0 and 1"
+        [a.failure_rate, a.drop_rate, a.accepted_error_rate]
+            .iter()
+            .all(|r| (0.0..=1.0).contains(r)),
+        "--failure-rate, --drop-rate and --accepted-error-rate must be between 0 and 1"
     );
     let server = mock::build(MockConfig {
         latency: Duration::from_millis(a.latency_ms),
@@ -69,6 +79,7 @@ pub async fn run(a: MockArgs) -> anyhow::Result<()> {
         throttle_for: Duration::from_millis(a.throttle_for_ms),
         latency_p99: a.latency_p99_ms.map(Duration::from_millis),
         drop_rate: a.drop_rate,
+        accepted_error_rate: a.accepted_error_rate,
         outage_after: Duration::from_millis(a.outage_after_ms),
         outage_for: Duration::from_millis(a.outage_for_ms),
         rate_limit: (a.rate_limit > 0).then(|| mock::RateLimit {

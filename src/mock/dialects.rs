@@ -8,7 +8,7 @@
 //! | mailgun  | `POST /v3/{domain}/messages`  | Basic `api:<key>`              | `v:mailfleet_id`        |
 //! | postmark | `POST /email`                 | `X-Postmark-Server-Token`      | `Metadata.mailfleet_id` |
 
-use super::{Mock, Reset, Verdict};
+use super::{Answer, Mock, Reset, Verdict};
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -54,15 +54,21 @@ async fn admit<D: Dialect>(
             StatusCode::SERVICE_UNAVAILABLE,
             "Service Unavailable",
         )),
-        Verdict::Accept => {
-            let (message_id, drop) = m.accept(D::NAME, job_id);
-            if drop && let Some(r) = reset {
-                r.now();
-                // The connection is gone; this answer is never written.
-                std::future::pending::<()>().await;
+        Verdict::Accept => match m.accept(D::NAME, job_id) {
+            (message_id, Answer::Success) => Ok(message_id),
+            (message_id, Answer::Reset) => {
+                if let Some(r) = reset {
+                    r.now();
+                    // The connection is gone; this answer is never written.
+                    std::future::pending::<()>().await;
+                }
+                Ok(message_id)
             }
-            Ok(message_id)
-        }
+            (_, Answer::ServerError(status)) => Err(D::error(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                "Internal Server Error",
+            )),
+        },
     }
 }
 

@@ -16,7 +16,9 @@
 //!   headers. `max_window_count` is the most requests that arrived in any window (rejected
 //!   ones included), so a client that never exceeds the limit keeps it at or under the limit;
 //! - accept-then-drop: the request is read, accepted and logged, then the connection is reset
-//!   without an answer (the ambiguous case: the email may go out, the client cannot know).
+//!   without an answer (the ambiguous case: the email may go out, the client cannot know);
+//! - accept-then-5xx: the request is accepted and logged, then answered 500, 502 or 504, as a
+//!   gateway does when the vendor behind it queued the email and the reply was lost.
 //!
 //! The log is written by one task through a buffer flushed every 50 ms and on shutdown, so a
 //! stopped mock's log is complete.
@@ -57,6 +59,8 @@ pub struct MockConfig {
     pub failure_rate: f64,
     /// Share of requests accepted, logged, and then answered with a connection reset.
     pub drop_rate: f64,
+    /// Share of requests accepted, logged, and then answered 500, 502 or 504 (in turn).
+    pub accepted_error_rate: f64,
     /// Where accepted job ids are appended, one JSON object per line.
     pub log: Option<PathBuf>,
     /// Bursts of 429: every `throttle_every`, answer 429 (Retry-After: 1) for `throttle_for`.
@@ -81,6 +85,7 @@ impl Default for MockConfig {
             latency_p99: None,
             failure_rate: 0.0,
             drop_rate: 0.0,
+            accepted_error_rate: 0.0,
             log: None,
             throttle_every: Duration::ZERO,
             throttle_for: Duration::ZERO,
@@ -109,6 +114,9 @@ pub struct Stats {
     /// Accepted, then answered with a reset.
     #[serde(default)]
     pub dropped: u64,
+    /// Accepted, then answered 500, 502 or 504.
+    #[serde(default)]
+    pub accepted_errors: u64,
     /// Accepted per dialect.
     #[serde(default)]
     pub by_dialect: BTreeMap<String, u64>,
@@ -142,6 +150,7 @@ struct Inner {
     throttled: AtomicU64,
     rate_limited: AtomicU64,
     dropped: AtomicU64,
+    accepted_errors: AtomicU64,
     windows: Mutex<HashMap<&'static str, Window>>,
     by_dialect: Mutex<BTreeMap<String, u64>>,
     first_last: Mutex<(i64, i64)>,
@@ -172,6 +181,17 @@ pub enum Verdict {
     Accept,
 }
 
+/// How an accepted request is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// The vendor's success answer.
+    Success,
+    /// No answer: the connection is reset.
+    Reset,
+    /// A server error with this status, though the email was taken.
+    ServerError(u16),
+}
+
 /// Put into each request's extensions by [`serve`]: resets the request's connection.
 #[derive(Clone)]
 pub struct Reset(Arc<Notify>);
@@ -197,6 +217,7 @@ impl Mock {
             rate_limited: self.0.rate_limited.load(Ordering::SeqCst),
             max_window_count: windows.values().map(|w| w.max).max().unwrap_or(0),
             dropped: self.0.dropped.load(Ordering::SeqCst),
+            accepted_errors: self.0.accepted_errors.load(Ordering::SeqCst),
             by_dialect: self
                 .0
                 .by_dialect
@@ -324,9 +345,9 @@ impl Mock {
         delay
     }
 
-    /// Record an accepted job; returns the provider message id to answer with, and whether
-    /// to reset the connection instead of answering (accept-then-drop).
-    pub(crate) fn accept(&self, dialect: &'static str, job_id: &str) -> (String, bool) {
+    /// Record an accepted job; returns the provider message id to answer with, and how to
+    /// answer (success, a reset for accept-then-drop, a 5xx for accept-then-5xx).
+    pub(crate) fn accept(&self, dialect: &'static str, job_id: &str) -> (String, Answer) {
         let message_id = uuid::Uuid::now_v7().simple().to_string();
         {
             let mut seen = self.0.seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -348,10 +369,17 @@ impl Mock {
             }
             fl.1 = at_ms;
         }
-        let drop = self.0.cfg.drop_rate > 0.0 && rand::random::<f64>() < self.0.cfg.drop_rate;
-        if drop {
+        let cfg = &self.0.cfg;
+        let answer = if cfg.drop_rate > 0.0 && rand::random::<f64>() < cfg.drop_rate {
             self.0.dropped.fetch_add(1, Ordering::SeqCst);
-        }
+            Answer::Reset
+        } else if cfg.accepted_error_rate > 0.0 && rand::random::<f64>() < cfg.accepted_error_rate {
+            let n = self.0.accepted_errors.fetch_add(1, Ordering::SeqCst);
+            Answer::ServerError([500, 502, 504][(n % 3) as usize])
+        } else {
+            Answer::Success
+        };
+        let drop = answer == Answer::Reset;
         if let Some(log) = &self.0.log {
             let line = json!({
                 "id": job_id,
@@ -362,7 +390,7 @@ impl Mock {
             });
             let _ = log.send(line.to_string());
         }
-        (message_id, drop)
+        (message_id, answer)
     }
 }
 
@@ -385,6 +413,7 @@ pub async fn build(cfg: MockConfig) -> std::io::Result<MockServer> {
         throttled: AtomicU64::new(0),
         rate_limited: AtomicU64::new(0),
         dropped: AtomicU64::new(0),
+        accepted_errors: AtomicU64::new(0),
         windows: Mutex::new(HashMap::new()),
         by_dialect: Mutex::new(BTreeMap::new()),
         first_last: Mutex::new((0, 0)),

@@ -128,8 +128,10 @@ async fn session(stream: TcpStream, m: &Mock) -> std::io::Result<()> {
                         }
                         Verdict::Unavailable => b"451 4.3.0 Temporary server failure\r\n",
                         Verdict::Accept => {
-                            let (message_id, drop) = m.accept(NAME, &id);
-                            if drop {
+                            let (message_id, answer) = m.accept(NAME, &id);
+                            // SMTP has no "taken, but an error": accept-then-5xx closes the
+                            // connection unanswered, like accept-then-drop.
+                            if answer != super::Answer::Success {
                                 // Taken, and no answer: the connection resets.
                                 return Ok(());
                             }

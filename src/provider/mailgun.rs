@@ -67,12 +67,11 @@ pub(crate) fn form(m: &Message<'_>) -> Vec<(String, String)> {
 
 /// Mailgun's documented statuses: 400 bad request, 401 unauthorized, 402 request failed
 /// (account), 403 forbidden, 404 not found (the domain), 413 too large, 429 too many
-/// requests, 5xx server errors.
+/// requests, 5xx server errors (of which only 503 proves the message was not taken).
 pub fn classify(status: u16) -> ErrorClass {
     match status {
         401..=404 => ErrorClass::QuotaAuth,
-        408 | 429 | 500..=599 => ErrorClass::Transient,
-        _ => ErrorClass::Permanent,
+        s => super::classify_status(s),
     }
 }
 
@@ -108,8 +107,11 @@ mod tests {
         for s in [401, 402, 403, 404] {
             assert_eq!(classify(s), ErrorClass::QuotaAuth, "{s}");
         }
-        for s in [429, 500, 502, 503, 504] {
+        for s in [408, 429, 503] {
             assert_eq!(classify(s), ErrorClass::Transient, "{s}");
+        }
+        for s in [500, 502, 504] {
+            assert_eq!(classify(s), ErrorClass::Ambiguous, "{s}");
         }
     }
 }

@@ -3,14 +3,19 @@
 //!
 //! Classification is the contract every adapter keeps, because the worker's retry and ledger
 //! logic depends on it:
-//! - [`ErrorClass::Transient`]: the provider did not take the email and may later (connect
-//!   errors, 429, 5xx): retry with backoff;
+//! - [`ErrorClass::Transient`]: the answer proves the provider did not take the email, and it
+//!   may later (connect errors, 408, 429, 503, a vendor's documented throttling code): retry
+//!   with backoff, or fail over to the next provider;
 //! - [`ErrorClass::Permanent`]: it never will (invalid recipient, 4xx validation): `failed`;
 //! - [`ErrorClass::QuotaAuth`]: the account cannot send (401/403, paused): open the
 //!   provider's breaker, fail over, and alert (`mailfleet_provider_errors_total{class}`);
-//! - [`ErrorClass::Ambiguous`]: the request left and no answer came back (a timeout or reset
-//!   after sending): the provider may have sent it, so the job is recorded `unknown` and never
-//!   sent again automatically.
+//! - [`ErrorClass::Ambiguous`]: the request left and nothing proves it was refused (a timeout
+//!   or reset after sending, or a 500, 502, 504 or other 5xx, which a gateway may answer after
+//!   the vendor queued the email): the attempt is logged `unknown` and counted, it never fails
+//!   over, and `MAILFLEET_AMBIGUOUS` decides whether the job is sent again.
+//!
+//! [`classify_status`] is the default reading of an HTTP status, shared by every HTTP adapter;
+//! each adapter reads the vendor's own error codes first.
 
 pub mod breaker;
 pub mod mailgun;
@@ -89,6 +94,20 @@ pub struct Message<'a> {
 pub trait Provider: Send + Sync {
     fn name(&self) -> &str;
     fn send<'a>(&'a self, msg: Message<'a>) -> BoxFuture<'a, Result<Accepted, SendError>>;
+}
+
+/// The default class of a failed HTTP answer, for statuses a vendor's own error codes do not
+/// settle. Only answers that prove the email was not taken may be retried elsewhere:
+/// 408 (the server did not receive the whole request), 429 (refused for the rate) and 503
+/// (every vendor documents it as "not available, nothing was done"). Any other 5xx may come
+/// from a gateway in front of a vendor that had already queued the email, so it is ambiguous.
+pub fn classify_status(status: u16) -> ErrorClass {
+    match status {
+        401 | 403 => ErrorClass::QuotaAuth,
+        408 | 429 | 503 => ErrorClass::Transient,
+        500..=599 => ErrorClass::Ambiguous,
+        _ => ErrorClass::Permanent,
+    }
 }
 
 /// Classify a transport-level reqwest error. Only a connect failure proves the request never

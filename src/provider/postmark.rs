@@ -102,11 +102,7 @@ pub fn classify(status: u16, error_code: Option<i64>) -> ErrorClass {
         // 300 invalid email request, 400/401 sender signature missing or unconfirmed,
         // 402/403/409 bad JSON, 406 inactive recipient, 410 too many messages, 411 attachment.
         Some(300 | 400 | 401 | 402 | 403 | 406 | 409 | 410 | 411) => ErrorClass::Permanent,
-        _ => match status {
-            401 | 403 => ErrorClass::QuotaAuth,
-            408 | 429 | 500..=599 => ErrorClass::Transient,
-            _ => ErrorClass::Permanent,
-        },
+        _ => super::classify_status(status),
     }
 }
 
@@ -156,7 +152,8 @@ mod tests {
         assert_eq!(classify(422, Some(406)), ErrorClass::Permanent);
         assert_eq!(classify(422, None), ErrorClass::Permanent);
         assert_eq!(classify(429, None), ErrorClass::Transient);
-        assert_eq!(classify(500, None), ErrorClass::Transient);
+        assert_eq!(classify(500, None), ErrorClass::Ambiguous);
+        assert_eq!(classify(504, None), ErrorClass::Ambiguous);
         assert_eq!(classify(503, None), ErrorClass::Transient);
     }
 }

@@ -1,7 +1,7 @@
 //! SendGrid v3 `POST /v3/mail/send`: bearer key, JSON body, 202 with `X-Message-Id`.
 //! The job id travels in `custom_args.mailfleet_id`, so events and the mock can name the job.
 
-use super::{Accepted, ErrorClass, Message, MessageIdFrom, Provider, SendError, exchange};
+use super::{Accepted, Message, MessageIdFrom, Provider, SendError, exchange};
 use crate::config::{ProviderConfig, Secret};
 use crate::domain::Mailbox;
 use futures::future::BoxFuture;
@@ -113,16 +113,6 @@ pub(crate) fn body<'a>(m: &Message<'a>) -> Body<'a> {
     }
 }
 
-/// Map SendGrid's documented statuses to our classes.
-pub fn classify_status(status: u16) -> ErrorClass {
-    match status {
-        401 | 403 => ErrorClass::QuotaAuth,
-        408 | 429 => ErrorClass::Transient,
-        500..=599 => ErrorClass::Transient,
-        _ => ErrorClass::Permanent,
-    }
-}
-
 impl Provider for SendGrid {
     fn name(&self) -> &str {
         &self.name
@@ -141,7 +131,7 @@ impl Provider for SendGrid {
                 req,
                 "sendgrid",
                 MessageIdFrom::Header("x-message-id"),
-                |status, _, _| (classify_status(status), None),
+                |status, _, _| (super::classify_status(status), None),
             )
             .await
         })
@@ -150,16 +140,23 @@ impl Provider for SendGrid {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
 
     #[test]
     fn classifies_sendgrid_statuses() {
+        use crate::provider::{ErrorClass, classify_status};
         assert_eq!(classify_status(400), ErrorClass::Permanent);
         assert_eq!(classify_status(413), ErrorClass::Permanent);
         assert_eq!(classify_status(401), ErrorClass::QuotaAuth);
         assert_eq!(classify_status(403), ErrorClass::QuotaAuth);
-        assert_eq!(classify_status(429), ErrorClass::Transient);
-        assert_eq!(classify_status(500), ErrorClass::Transient);
-        assert_eq!(classify_status(503), ErrorClass::Transient);
+        // Proven not taken: retried, and failed over.
+        for s in [408, 429, 503] {
+            assert_eq!(classify_status(s), ErrorClass::Transient, "{s}");
+        }
+        // A gateway may answer these after SendGrid queued the email.
+        for s in [500, 502, 504, 520, 599] {
+            assert_eq!(classify_status(s), ErrorClass::Ambiguous, "{s}");
+        }
+        assert_eq!(classify_status(600), ErrorClass::Permanent);
+        assert_eq!(classify_status(499), ErrorClass::Permanent);
     }
 }

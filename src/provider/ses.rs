@@ -207,16 +207,18 @@ pub fn classify(status: u16, error_type: &str) -> ErrorClass {
         | "IncompleteSignature"
         | "ExpiredTokenException"
         | "NotFoundException" => ErrorClass::QuotaAuth,
-        "TooManyRequestsException" | "Throttling" | "ThrottlingException" => ErrorClass::Transient,
+        // Refused before anything was done: throttled, or the service is not available.
+        "TooManyRequestsException"
+        | "Throttling"
+        | "ThrottlingException"
+        | "ServiceUnavailable" => ErrorClass::Transient,
+        // "The request processing has failed because of an unknown error": maybe sent.
+        "InternalFailure" => ErrorClass::Ambiguous,
         "MessageRejected"
         | "MailFromDomainNotVerifiedException"
         | "BadRequestException"
         | "LimitExceededException" => ErrorClass::Permanent,
-        _ => match status {
-            401 | 403 => ErrorClass::QuotaAuth,
-            408 | 429 | 500..=599 => ErrorClass::Transient,
-            _ => ErrorClass::Permanent,
-        },
+        _ => super::classify_status(status),
     }
 }
 
@@ -306,8 +308,11 @@ mod tests {
             ErrorClass::Transient
         );
         assert_eq!(classify(400, "Throttling"), ErrorClass::Transient);
-        assert_eq!(classify(500, "InternalFailure"), ErrorClass::Transient);
+        assert_eq!(classify(500, "InternalFailure"), ErrorClass::Ambiguous);
+        assert_eq!(classify(500, ""), ErrorClass::Ambiguous);
+        assert_eq!(classify(504, ""), ErrorClass::Ambiguous);
         assert_eq!(classify(503, ""), ErrorClass::Transient);
+        assert_eq!(classify(503, "ServiceUnavailable"), ErrorClass::Transient);
         assert_eq!(classify(400, "BadRequestException"), ErrorClass::Permanent);
     }
 

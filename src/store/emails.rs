@@ -242,11 +242,25 @@ pub struct Outcome {
     pub http_status: Option<i32>,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
-    /// For `retrying`: when the retry is due.
-    pub due_at: Option<DateTime<Utc>>,
+    /// For `retrying`: in how many ms the retry is due, counted from Postgres' clock (the
+    /// worker's own clock never decides a due time).
+    pub retry_in_ms: Option<i64>,
     /// What the attempt log says happened when it differs from `status`: a retry after an
     /// ambiguous failure is logged `unknown` while the job becomes `retrying`.
     pub attempt_outcome: Option<&'static str>,
+    /// Providers this attempt tried before the one that decided it, each of which proved it
+    /// did not take the email (the route failed over): logged `failed_over`, one row each.
+    pub tried: Vec<Tried>,
+}
+
+/// One provider an attempt tried and moved on from.
+#[derive(Debug, Clone)]
+pub struct Tried {
+    pub provider: String,
+    pub http_status: Option<i32>,
+    pub error: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
 }
 
 /// Record a batch of outcomes and their attempt rows in one statement (one transaction).
@@ -283,17 +297,18 @@ pub async fn record(pool: &PgPool, outcomes: &[Outcome]) -> Result<Vec<Uuid>, St
         http.push(o.http_status);
         started.push(o.started_at);
         finished.push(o.finished_at);
-        due.push(o.due_at);
+        due.push(o.retry_in_ms);
         logged.push(o.attempt_outcome.unwrap_or(o.status));
     }
+    let tried = TriedColumns::of(outcomes);
     sqlx::query_scalar(
         r#"
         WITH o AS (
             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int4[], $5::text[], $6::text[],
                                  $7::text[], $8::int4[], $9::timestamptz[], $10::timestamptz[],
-                                 $11::timestamptz[], $12::text[])
+                                 $11::int8[], $12::text[])
                 AS o(id, token, status, attempt, provider, message_id, error, http_status, started_at,
-                     finished_at, due_at, logged)
+                     finished_at, retry_in_ms, logged)
         ), upd AS (
             UPDATE emails e
                SET status = o.status, provider = COALESCE(o.provider, e.provider),
@@ -304,7 +319,7 @@ pub async fn record(pool: &PgPool, outcomes: &[Outcome]) -> Result<Vec<Uuid>, St
                    provider_message_id = COALESCE(o.message_id, e.provider_message_id),
                    last_error = o.error,
                    sent_at = CASE WHEN o.status = 'sent' THEN o.finished_at ELSE e.sent_at END,
-                   due_at = o.due_at,
+                   due_at = now() + make_interval(secs => o.retry_in_ms / 1000.0),
                    recorded_at = now(), updated_at = now()
               FROM o
              WHERE e.id = o.id AND e.claim_token = o.token AND e.status = 'sending'
@@ -318,6 +333,13 @@ pub async fn record(pool: &PgPool, outcomes: &[Outcome]) -> Result<Vec<Uuid>, St
         ), log AS (
             INSERT INTO email_attempts (email_id, attempt, provider, outcome, http_status, error,
                                         started_at, finished_at)
+            SELECT t.id, t.attempt, t.provider, 'failed_over', t.http_status, t.error, t.started_at,
+                   t.finished_at
+              FROM UNNEST($13::uuid[], $14::int4[], $15::text[], $16::int4[], $17::text[],
+                          $18::timestamptz[], $19::timestamptz[])
+                   AS t(id, attempt, provider, http_status, error, started_at, finished_at)
+             WHERE t.id NOT IN (SELECT id FROM done)
+            UNION ALL
             SELECT id, attempt, provider, logged, http_status, error, started_at, finished_at FROM o
              WHERE o.id NOT IN (SELECT id FROM done)
         )
@@ -336,9 +358,46 @@ pub async fn record(pool: &PgPool, outcomes: &[Outcome]) -> Result<Vec<Uuid>, St
     .bind(&finished)
     .bind(&due)
     .bind(&logged)
+    .bind(&tried.id)
+    .bind(&tried.attempt)
+    .bind(&tried.provider)
+    .bind(&tried.http_status)
+    .bind(&tried.error)
+    .bind(&tried.started_at)
+    .bind(&tried.finished_at)
     .fetch_all(pool)
     .await
     .map_err(q("recording outcomes"))
+}
+
+/// The `failed_over` attempt rows of a batch of outcomes, as columns for UNNEST.
+#[derive(Default)]
+struct TriedColumns<'a> {
+    id: Vec<Uuid>,
+    attempt: Vec<i32>,
+    provider: Vec<&'a str>,
+    http_status: Vec<Option<i32>>,
+    error: Vec<&'a str>,
+    started_at: Vec<DateTime<Utc>>,
+    finished_at: Vec<DateTime<Utc>>,
+}
+
+impl<'a> TriedColumns<'a> {
+    fn of(outcomes: &'a [Outcome]) -> Self {
+        let mut c = TriedColumns::default();
+        for o in outcomes {
+            for t in &o.tried {
+                c.id.push(o.id);
+                c.attempt.push(o.attempt);
+                c.provider.push(&t.provider);
+                c.http_status.push(t.http_status);
+                c.error.push(&t.error);
+                c.started_at.push(t.started_at);
+                c.finished_at.push(t.finished_at);
+            }
+        }
+        c
+    }
 }
 
 /// What `GET /v1/emails/{id}` shows.

@@ -330,11 +330,12 @@ impl Finish {
     pub fn ack(&mut self, p: u16, lane: Lane, entry_id: String) {
         self.acks.entry((p, lane)).or_default().push(entry_id);
     }
-    pub fn retry(&mut self, p: u16, lane: Lane, entry_id: String, due_ms: i64, member: String) {
+    /// Reschedule an entry `delay_ms` from now, by Redis' clock (lua/retry.lua).
+    pub fn retry(&mut self, p: u16, lane: Lane, entry_id: String, delay_ms: i64, member: String) {
         self.retries
             .entry((p, lane))
             .or_default()
-            .push((entry_id, due_ms, member));
+            .push((entry_id, delay_ms, member));
     }
     pub fn dead_letter(&mut self, p: u16, lane: Lane, d: DeadLetter) {
         self.dead.entry((p, lane)).or_default().push(d);

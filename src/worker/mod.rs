@@ -24,6 +24,7 @@
 //! recorded nor acked. Drain on shutdown: readers stop, batch tasks finish their sends, the
 //! recorder flushes and acks, then the worker exits, all within `drain_timeout`.
 
+mod fate;
 mod heartbeat;
 mod process;
 mod reader;

@@ -2,12 +2,13 @@
 //! every entry's fate to the recorder. Every entry read yields exactly one [`Item`], so the
 //! recorder can account for (ack or abandon) all of them.
 
+use super::fate::{self, Fate};
 use super::recorder::{After, EntryRef, Item};
-use super::{AmbiguousPolicy, Shared, backoff};
+use super::{Shared, backoff};
 use crate::metrics::METRICS;
 use crate::provider::breaker::Admit;
 use crate::provider::{ErrorClass, Message, SendError};
-use crate::store::emails::{self, ClaimResult, NewRow, Outcome};
+use crate::store::emails::{self, ClaimResult, NewRow, Outcome, Tried};
 use crate::store::suppressions;
 use crate::stream::consumer::DeadLetter;
 use crate::stream::{Job, RawEntry, wire};
@@ -141,8 +142,9 @@ pub(super) async fn batch(shared: Arc<Shared>, entries: Vec<RawEntry>, out: Unbo
                 http_status: None,
                 started_at: now,
                 finished_at: now,
-                due_at: None,
+                retry_in_ms: None,
                 attempt_outcome: None,
+                tried: Vec::new(),
             },
             entry: EntryRef::of_job(&job),
             after: After::Ack,
@@ -338,8 +340,9 @@ async fn send_one(
         http_status: http.map(i32::from),
         started_at: started,
         finished_at: Utc::now(),
-        due_at: None,
+        retry_in_ms: None,
         attempt_outcome: None,
+        tried: Vec::new(),
     };
     let finish = |o: Outcome, after: After| Item::Outcome {
         outcome: o,
@@ -347,14 +350,16 @@ async fn send_one(
         after,
         enqueued_at_ms: job.enqueued_at_ms,
     };
+    // The delay, not a due time: Redis (`retry.lua`) and Postgres (`record`) each add it to
+    // their own clock, so a worker whose clock is off cannot make retries due early or late.
     let retry = |mut o: Outcome, attempt: i32, retry_after: Option<Duration>| {
         let delay = backoff(attempt, s.retry_base_ms, s.retry_max_ms, retry_after);
-        let due_ms = Utc::now().timestamp_millis() + delay.as_millis() as i64;
-        o.due_at = DateTime::from_timestamp_millis(due_ms);
+        let delay_ms = delay.as_millis() as i64;
+        o.retry_in_ms = Some(delay_ms);
         finish(
             o,
             After::Retry {
-                due_ms,
+                delay_ms,
                 member: wire::delayed_member(job),
             },
         )
@@ -422,7 +427,10 @@ async fn send_one(
 
     // Down the route: the next provider is tried only when the last one's answer proves it did
     // not take the email (transient, quota/auth); an ambiguous or permanent answer ends it.
+    // Every provider tried before the last one gets its own attempt row (`tried`).
     let mut last: Option<(&str, SendError)> = None;
+    let mut tried: Vec<Tried> = Vec::new();
+    let mut try_started = started;
     let mut reopens: Option<Duration> = None;
     let mut down_for: Option<Duration> = None;
     for &i in &route {
@@ -446,6 +454,18 @@ async fn send_one(
         // is granted: a permit that waits lands outside the window it was counted in.
         let _cap = slot.ready().await;
         let _permit = shared.sends.acquire().await;
+        if let Some((provider, e)) = last.take() {
+            tried.push(Tried {
+                provider: provider.to_owned(),
+                http_status: e.http_status.map(i32::from),
+                error: e.message,
+                started_at: try_started,
+                finished_at: Utc::now(),
+            });
+            // Kept for the failover metric below.
+            last = Some((provider, SendError::permanent(String::new())));
+        }
+        try_started = Utc::now();
         if let Some(limit) = &slot.limit
             && let Err(e) = shared.limiter.acquire(slot.name(), limit, tenant).await
         {
@@ -464,7 +484,7 @@ async fn send_one(
             break;
         }
         tracing::Span::current().record("provider", slot.name());
-        if let Some((from, _)) = &last {
+        if let Some((from, _)) = last.take() {
             METRICS
                 .failovers
                 .with_label_values(&[from, slot.name()])
@@ -497,16 +517,16 @@ async fn send_one(
         );
         match result {
             Ok(acc) => {
-                return finish(
-                    outcome(
-                        "sent",
-                        Some(slot.name()),
-                        None,
-                        Some(acc.http_status),
-                        acc.message_id,
-                    ),
-                    After::Ack,
+                let mut o = outcome(
+                    "sent",
+                    Some(slot.name()),
+                    None,
+                    Some(acc.http_status),
+                    acc.message_id,
                 );
+                o.started_at = try_started;
+                o.tried = tried;
+                return finish(o, After::Ack);
             }
             Err(e) => {
                 METRICS
@@ -528,7 +548,7 @@ async fn send_one(
                         tracing::warn!(provider = slot.name(), error.message = %err, "could not set the cluster back-off");
                     }
                 }
-                let not_taken = matches!(e.class, ErrorClass::Transient | ErrorClass::QuotaAuth);
+                let not_taken = fate::may_fail_over(e.class);
                 last = Some((slot.name(), e));
                 if !not_taken {
                     break;
@@ -554,46 +574,39 @@ async fn send_one(
             wait,
         );
     };
-    match e.class {
-        ErrorClass::Permanent => finish(
-            outcome(
-                "failed",
-                Some(provider),
-                Some(e.message),
-                e.http_status,
-                None,
-            ),
-            After::Ack,
-        ),
-        ErrorClass::Ambiguous => {
-            METRICS.ambiguous.with_label_values(&["no_response"]).inc();
-            if s.ambiguous == AmbiguousPolicy::Hold || attempt >= s.max_attempts {
-                // Final `unknown`: an operator decides (the attempt log has the error).
-                finish(
-                    outcome(
-                        "unknown",
-                        Some(provider),
-                        Some(e.message),
-                        e.http_status,
-                        None,
-                    ),
-                    After::Ack,
-                )
-            } else {
-                // At-least-once: send again later; the attempt is logged `unknown`, so
-                // a duplicate it may cause is counted.
-                let mut o = outcome(
-                    "retrying",
-                    Some(provider),
-                    Some(e.message),
-                    e.http_status,
-                    None,
-                );
-                o.attempt_outcome = Some("unknown");
-                retry(o, attempt, None)
-            }
+    // The route ended in `e`: this attempt's own row; the providers before it are in `tried`.
+    let ended = |status: &'static str, e: &SendError| {
+        let mut o = outcome(
+            status,
+            Some(provider),
+            Some(e.message.clone()),
+            e.http_status,
+            None,
+        );
+        o.started_at = try_started;
+        o.tried = tried.clone();
+        o
+    };
+    if e.class == ErrorClass::Ambiguous {
+        let why = if e.http_status.is_some() {
+            "server_error"
+        } else {
+            "no_response"
+        };
+        METRICS.ambiguous.with_label_values(&[why]).inc();
+    }
+    match fate::after_error(e.class, attempt, s.max_attempts, s.ambiguous) {
+        // Final `unknown`: an operator decides (the attempt log has the error).
+        Fate::Failed => finish(ended("failed", &e), After::Ack),
+        Fate::Unknown => finish(ended("unknown", &e), After::Ack),
+        Fate::RetryUnknown => {
+            // At-least-once: send again later; the attempt is logged `unknown`, so a
+            // duplicate it may cause is counted.
+            let mut o = ended("retrying", &e);
+            o.attempt_outcome = Some("unknown");
+            retry(o, attempt, None)
         }
-        ErrorClass::Transient | ErrorClass::QuotaAuth if attempt >= s.max_attempts => {
+        Fate::Dead => {
             let dl = DeadLetter {
                 entry_id: job.entry_id.clone(),
                 reason: "max_attempts".into(),
@@ -601,21 +614,8 @@ async fn send_one(
                 error: e.message.clone(),
                 attempts: attempt,
             };
-            finish(
-                outcome("dead", Some(provider), Some(e.message), e.http_status, None),
-                After::Dead(dl),
-            )
+            finish(ended("dead", &e), After::Dead(dl))
         }
-        ErrorClass::Transient | ErrorClass::QuotaAuth => retry(
-            outcome(
-                "retrying",
-                Some(provider),
-                Some(e.message),
-                e.http_status,
-                None,
-            ),
-            attempt,
-            e.retry_after,
-        ),
+        Fate::Retry => retry(ended("retrying", &e), attempt, e.retry_after),
     }
 }

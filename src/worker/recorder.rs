@@ -43,7 +43,11 @@ impl EntryRef {
 #[derive(Debug, Clone)]
 pub enum After {
     Ack,
-    Retry { due_ms: i64, member: String },
+    /// Back to the delayed set, due `delay_ms` from now by Redis' clock.
+    Retry {
+        delay_ms: i64,
+        member: String,
+    },
     Dead(DeadLetter),
 }
 
@@ -143,9 +147,13 @@ async fn flush(
                     .observe(((now_ms - enqueued_at_ms).max(0) as f64) / 1000.0);
                 match after {
                     After::Ack => finish.ack(entry.partition, entry.lane, entry.entry_id),
-                    After::Retry { due_ms, member } => {
-                        finish.retry(entry.partition, entry.lane, entry.entry_id, due_ms, member)
-                    }
+                    After::Retry { delay_ms, member } => finish.retry(
+                        entry.partition,
+                        entry.lane,
+                        entry.entry_id,
+                        delay_ms,
+                        member,
+                    ),
                     After::Dead(d) => {
                         METRICS
                             .dead_letters

@@ -11,6 +11,7 @@ use mailfleet::domain::{Email, JobId, Payload};
 use mailfleet::mock::MockConfig;
 use mailfleet::provider::{ErrorClass, Message, Provider, Providers, http_client};
 use mailfleet::render::{Limits, Rendered, Renderer};
+use mailfleet::store::emails;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -551,4 +552,122 @@ async fn with_every_breaker_open_jobs_wait_without_using_attempts(pg: PgPool) {
     }
     assert_eq!(refusing.state.stats().received, 0);
     w.stop().await;
+}
+
+/// Every attempt row of the jobs: (provider, outcome, http status), in order.
+async fn attempt_log(pg: &PgPool) -> Vec<(Option<String>, String, Option<i32>)> {
+    sqlx::query_as(
+        "SELECT provider, outcome, http_status FROM email_attempts ORDER BY email_id, started_at, id",
+    )
+    .fetch_all(pg)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_gateway_error_after_the_provider_took_the_email_is_ambiguous_and_never_fails_over(
+    pg: PgPool,
+) {
+    let redis = TestRedis::new();
+    // The primary takes (and logs) every email, then answers 500, 502 or 504.
+    let primary = TestMock::start(MockConfig {
+        accepted_error_rate: 1.0,
+        ..MockConfig::default()
+    })
+    .await;
+    let secondary = TestMock::start(MockConfig::default()).await;
+    let mut cfg = two_providers("gw", &primary.url, &secondary.url);
+    // The breaker must not open and route around the primary: this is about the walk.
+    cfg.breaker.consecutive_failures = 1_000;
+    cfg.breaker.min_requests = 1_000;
+    let mut s = settings();
+    s.max_attempts = 2;
+    s.retry_base_ms = 10;
+    s.retry_max_ms = 20;
+    let w = TestWorker::start_config(&pg, &redis, &redis.url, cfg, s).await;
+    for i in 0..6 {
+        redis
+            .enqueue(job(Lane::Tx, &format!("g{i}@example.com")))
+            .await;
+    }
+    eventually(
+        "every job ends unknown after its two attempts",
+        Duration::from_secs(20),
+        || async { (count_status(&pg, "unknown").await == 6).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        secondary.state.stats().received,
+        0,
+        "an answer that may follow acceptance never fails over"
+    );
+    let log = attempt_log(&pg).await;
+    assert_eq!(
+        log.len(),
+        12,
+        "two attempts each, each with its row: {log:?}"
+    );
+    for (provider, outcome, http) in &log {
+        assert_eq!(provider.as_deref(), Some("gw-primary"));
+        assert_eq!(
+            outcome, "unknown",
+            "logged ambiguous, so a duplicate is counted"
+        );
+        assert!(matches!(http, Some(500 | 502 | 504)), "{http:?}");
+    }
+    let stats = primary.state.stats();
+    assert_eq!(stats.received, 12, "the mock logged every request it took");
+    let ambiguous = emails::ambiguous_attempts(&pg, &all_ids(&pg).await)
+        .await
+        .unwrap();
+    assert!(
+        stats.duplicates as i64 <= ambiguous,
+        "duplicates {} within the counted ambiguous attempts {ambiguous}",
+        stats.duplicates
+    );
+    w.stop().await;
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_failed_over_attempt_keeps_a_row_for_every_provider_it_tried(pg: PgPool) {
+    let redis = TestRedis::new();
+    // 503: proven not taken, so the route moves on to the secondary.
+    let primary = TestMock::start(MockConfig {
+        failure_rate: 1.0,
+        ..MockConfig::default()
+    })
+    .await;
+    let secondary = TestMock::start(MockConfig::default()).await;
+    let mut cfg = two_providers("fov", &primary.url, &secondary.url);
+    cfg.breaker.consecutive_failures = 1_000;
+    cfg.breaker.min_requests = 1_000;
+    let w = TestWorker::start_config(&pg, &redis, &redis.url, cfg, settings()).await;
+    for i in 0..5 {
+        redis
+            .enqueue(job(Lane::Tx, &format!("f{i}@example.com")))
+            .await;
+    }
+    eventually("all sent", Duration::from_secs(20), || async {
+        (count_status(&pg, "sent").await == 5).then_some(())
+    })
+    .await;
+    let log = attempt_log(&pg).await;
+    let expected: Vec<(Option<String>, String, Option<i32>)> = (0..5)
+        .flat_map(|_| {
+            [
+                (Some("fov-primary".into()), "failed_over".into(), Some(503)),
+                (Some("fov-secondary".into()), "sent".into(), Some(200)),
+            ]
+        })
+        .collect();
+    assert_eq!(log, expected);
+    assert_eq!(secondary.state.stats().received, 5);
+    w.stop().await;
+}
+
+async fn all_ids(pg: &PgPool) -> Vec<uuid::Uuid> {
+    sqlx::query_scalar("SELECT id FROM emails")
+        .fetch_all(pg)
+        .await
+        .unwrap()
 }

@@ -216,8 +216,9 @@ fn outcome(id: uuid::Uuid, token: uuid::Uuid, attempt: i32) -> Outcome {
         http_status: Some(202),
         started_at: chrono::Utc::now(),
         finished_at: chrono::Utc::now(),
-        due_at: None,
+        retry_in_ms: None,
         attempt_outcome: None,
+        tried: Vec::new(),
     }
 }
 

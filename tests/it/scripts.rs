@@ -184,7 +184,7 @@ async fn read_leaves_a_paused_lane_unread() {
 }
 
 #[tokio::test]
-async fn retry_schedules_and_acks_atomically_and_a_repeat_is_a_no_op() {
+async fn retry_schedules_by_redis_time_and_acks_atomically_and_a_repeat_is_a_no_op() {
     let redis = TestRedis::new();
     redis.ensure_groups().await;
     let lane = redis.keys.lane(0, Lane::Tx);
@@ -202,6 +202,20 @@ async fn retry_schedules_and_acks_atomically_and_a_repeat_is_a_no_op() {
     assert_eq!(
         scripts::run_one(&mut *conn, call()).await.unwrap(),
         Value::Int(1)
+    );
+    // Due 5 s after Redis' own clock, whatever the caller's clock says.
+    let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut *conn).await.unwrap();
+    let redis_now = secs * 1000 + micros / 1000;
+    let score: f64 = redis::cmd("ZSCORE")
+        .arg(redis.keys.delayed(0))
+        .arg("member-1")
+        .query_async(&mut *conn)
+        .await
+        .unwrap();
+    let due = score as i64 - redis_now;
+    assert!(
+        (4_000..=5_000).contains(&due),
+        "due {due} ms after Redis TIME, not at an absolute time the worker chose"
     );
     drop(conn);
     assert_eq!(redis.pending(Lane::Tx).await, 0, "acked");
