@@ -7,7 +7,8 @@
 -- ARGV[2]: idempotency key, or '' for none
 -- ARGV[3]: enqueued_at, unix ms
 -- ARGV[4]: payload (JSON text)
--- ARGV[5]: dedup TTL, ms
+-- ARGV[5]: dedup TTL, ms (for a future send, counted from its due time: the marker outlives
+--          the wait, so a resubmission before the send, or within the TTL after it, is a duplicate)
 -- ARGV[6]: due time, unix ms, or '0' to send now
 -- ARGV[7]: lane name ('tx' | 'bulk'), recorded in a delayed member so promote.lua knows its stream
 -- Returns: { id, added } where id is the new job's id, or the first job's id when the idempotency
@@ -43,5 +44,9 @@ else
     redis.call('XADD', KEYS[2], '*', 'v', '1', 'id', id, 'enqueued_at', ARGV[3], 'payload', ARGV[4])
   end
 end
-if idem ~= '' then redis.call('SET', KEYS[1], id, 'PX', ttl) end
+if idem ~= '' then
+  local keep = ttl
+  if due > now then keep = ttl + (due - now) end
+  redis.call('SET', KEYS[1], id, 'PX', keep)
+end
 return { id, 1 }

@@ -26,6 +26,10 @@ for _, member in ipairs(due) do
     end
     fields[#fields + 1] = 'enqueued_at'; fields[#fields + 1] = tostring(m.enqueued_at)
     fields[#fields + 1] = 'payload'; fields[#fields + 1] = m.payload
+    -- A replayed job keeps its count, or --max-replays could never stop it.
+    if type(m.replays) == 'string' and m.replays ~= '' then
+      fields[#fields + 1] = 'replays'; fields[#fields + 1] = m.replays
+    end
     redis.call('XADD', stream, '*', unpack(fields))
     redis.call('ZREM', KEYS[1], member)
     moved = moved + 1

@@ -160,7 +160,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "mailfleet_ambiguous_total",
             "Attempts whose outcome cannot be known and that are sent again, so may duplicate: \
              expired_claim (a worker stopped after claiming), no_response (the request left, no \
-             answer came back).",
+             answer came back), server_error (a 5xx other than 503, which a gateway may answer \
+             after the provider took the email).",
             &["reason"],
         ),
         already_final: counter(

@@ -74,7 +74,7 @@ proptest! {
         text in "[ -~\r\n\u{0}]{0,30}",
     ) {
         let payload = serde_json::json!({"to": [to], "from": "a@example.com", "subject": subject, "text": text}).to_string();
-        let fields = wire::encode_fields(mailfleet::JobId::new(), None, 1, &payload)
+        let fields = wire::encode_fields(mailfleet::JobId::new(), None, 1, &payload, 0)
             .into_iter()
             .map(|(k, v)| (k.as_bytes().to_vec(), v.into_bytes()))
             .collect();
@@ -97,7 +97,7 @@ proptest! {
             "subject": format!("Order {n}"), "text": "hi"
         }).to_string();
         let id = mailfleet::JobId::new();
-        let fields = wire::encode_fields(id, Some("k"), 42, &payload)
+        let fields = wire::encode_fields(id, Some("k"), 42, &payload, 3)
             .into_iter()
             .map(|(k, v)| (k.as_bytes().to_vec(), v.into_bytes()))
             .collect();
@@ -108,6 +108,7 @@ proptest! {
         prop_assert_eq!(job.enqueued_at_ms, 42);
         prop_assert_eq!(job.payload_json, payload);
         prop_assert_eq!(job.idem.as_deref(), Some("k"));
+        prop_assert_eq!(job.replays, 3);
     }
 
     #[test]

@@ -521,6 +521,8 @@ pub struct Overdue {
     pub idempotency_key: Option<String>,
     pub payload: String,
     pub enqueued_at: DateTime<Utc>,
+    /// Dead-letter replays so far: the rebuilt entry carries them.
+    pub replays: i32,
 }
 
 /// Take up to `limit` jobs that should have progressed long ago: `queued` or `retrying` rows
@@ -548,7 +550,7 @@ pub async fn take_overdue(
         )
         UPDATE emails e SET updated_at = now(), reenqueued = e.reenqueued + 1
           FROM stuck WHERE e.id = stuck.id
-        RETURNING e.id, e.lane, e.partition, e.idempotency_key, e.payload, e.enqueued_at
+        RETURNING e.id, e.lane, e.partition, e.idempotency_key, e.payload, e.enqueued_at, e.replays
         "#,
     )
     .bind(after.as_secs_f64())
@@ -560,14 +562,15 @@ pub async fn take_overdue(
 }
 
 /// Give `dead` rows among `ids` a fresh start for a dead-letter replay: `queued` with a new
-/// attempt budget. Their attempt log stays. Rows in any other state are left as they are.
+/// attempt budget and one more replay counted (`replays`, which the reconciler writes into any
+/// entry it rebuilds). Their attempt log stays. Rows in any other state are left as they are.
 pub async fn revive_dead(pool: &PgPool, ids: &[Uuid]) -> Result<u64, StoreError> {
     if ids.is_empty() {
         return Ok(0);
     }
     let r = sqlx::query(
         "UPDATE emails SET status = 'queued', attempts = 0, claim_token = NULL, due_at = NULL,
-                           updated_at = now()
+                           replays = replays + 1, updated_at = now()
           WHERE id = ANY($1) AND status = 'dead'",
     )
     .bind(ids)
@@ -596,7 +599,7 @@ pub async fn queued_of(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Overdue>, Stor
         return Ok(Vec::new());
     }
     sqlx::query_as(
-        "SELECT id, lane, partition, idempotency_key, payload, enqueued_at FROM emails
+        "SELECT id, lane, partition, idempotency_key, payload, enqueued_at, replays FROM emails
           WHERE id = ANY($1) AND status = 'queued' ORDER BY id",
     )
     .bind(ids)

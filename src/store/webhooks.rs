@@ -1,6 +1,12 @@
 //! Provider events from webhooks, applied once each: a delivery marks a sent job `delivered`; a
 //! hard bounce or a complaint marks it `bounced` / `complained` and suppresses the recipient
 //! for every tenant. One transaction per request; an event seen before changes nothing.
+//!
+//! A provider's webhook can outrun our own recorder: an event for a job still `sending` (or
+//! not yet claimed) is kept `pending` with its job id, and [`apply_pending`], run by every
+//! worker's reconciler pass, applies it once the row is `sent`. Pending events whose job ended
+//! in a state no event changes (`failed`, `dead`, `suppressed`), or that wait longer than
+//! [`PENDING_FOR`], are let go.
 
 use super::{StoreError, q};
 use sqlx::PgPool;
@@ -17,7 +23,29 @@ pub enum Kind {
     Other,
 }
 
+/// How long an event waits for its job to be recorded before it is let go.
+pub const PENDING_FOR: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 impl Kind {
+    /// The status an event sets, and the statuses it applies to (None: it changes no job).
+    fn transition(self) -> Option<(&'static str, &'static [&'static str])> {
+        match self {
+            Kind::Delivered => Some(("delivered", &["sent"])),
+            Kind::HardBounce => Some(("bounced", &["sent", "delivered"])),
+            Kind::Complaint => Some(("complained", &["sent", "delivered"])),
+            Kind::Other => None,
+        }
+    }
+
+    /// The suppression reason an event adds for its recipient.
+    fn suppresses(self) -> Option<&'static str> {
+        match self {
+            Kind::HardBounce => Some("bounce"),
+            Kind::Complaint => Some("complaint"),
+            Kind::Delivered | Kind::Other => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Delivered => "delivered",
@@ -98,12 +126,13 @@ pub async fn apply_once(
     let mut applied = 0;
     for e in events {
         let new = sqlx::query(
-            "INSERT INTO webhook_events (provider, event_id, kind) VALUES ($1, $2, $3)
+            "INSERT INTO webhook_events (provider, event_id, kind, job_id) VALUES ($1, $2, $3, $4)
              ON CONFLICT DO NOTHING",
         )
         .bind(e.provider)
         .bind(&e.event_id)
         .bind(e.kind.as_str())
+        .bind(e.job_id)
         .execute(&mut *tx)
         .await
         .map_err(q("recording a webhook event"))?
@@ -113,25 +142,28 @@ pub async fn apply_once(
             continue;
         }
         applied += 1;
-        let (status, from, reason) = match e.kind {
-            Kind::Delivered => ("delivered", &["sent"][..], None),
-            Kind::HardBounce => ("bounced", &["sent", "delivered"][..], Some("bounce")),
-            Kind::Complaint => ("complained", &["sent", "delivered"][..], Some("complaint")),
-            Kind::Other => continue,
-        };
-        if let Some(id) = e.job_id {
+        if let (Some(id), Some((status, from))) = (e.job_id, e.kind.transition()) {
+            // Applied now, or, while the job has not reached `sent` yet, kept pending.
             sqlx::query(
-                "UPDATE emails SET status = $2, updated_at = now()
-                  WHERE id = $1 AND status = ANY($3)",
+                "WITH upd AS (
+                     UPDATE emails SET status = $2, updated_at = now()
+                      WHERE id = $1 AND status = ANY($3) RETURNING id)
+                 UPDATE webhook_events SET pending = true
+                  WHERE provider = $4 AND event_id = $5 AND NOT EXISTS (SELECT 1 FROM upd)
+                    AND NOT EXISTS (SELECT 1 FROM emails WHERE id = $1
+                                     AND status IN ('failed', 'dead', 'suppressed', 'unknown',
+                                                    'delivered', 'bounced', 'complained'))",
             )
             .bind(id)
             .bind(status)
             .bind(from)
+            .bind(e.provider)
+            .bind(&e.event_id)
             .execute(&mut *tx)
             .await
             .map_err(q("updating a job from a webhook event"))?;
         }
-        if let (Some(reason), Some(addr)) = (reason, &e.recipient) {
+        if let (Some(reason), Some(addr)) = (e.kind.suppresses(), &e.recipient) {
             sqlx::query(
                 "INSERT INTO suppressions (address, tenant, reason, note)
                  VALUES (lower($1), '', $2, $3)
@@ -148,4 +180,51 @@ pub async fn apply_once(
     }
     tx.commit().await.map_err(q("committing webhook events"))?;
     Ok(Some(applied))
+}
+
+/// Apply the pending events whose job has meanwhile reached a status they apply to, in the
+/// order the kinds happen (delivery, then bounce or complaint), and let go of the ones that
+/// can no longer apply. Returns how many events were applied. Cheap when nothing is pending
+/// (a partial index holds only pending events).
+pub async fn apply_pending(pool: &PgPool) -> Result<u64, StoreError> {
+    let mut applied = 0;
+    for kind in [Kind::Delivered, Kind::HardBounce, Kind::Complaint] {
+        let Some((status, from)) = kind.transition() else {
+            continue;
+        };
+        let r = sqlx::query(
+            "WITH upd AS (
+                 UPDATE emails e SET status = $2, updated_at = now()
+                   FROM (SELECT DISTINCT job_id FROM webhook_events
+                          WHERE pending AND kind = $1) w
+                  WHERE e.id = w.job_id AND e.status = ANY($3)
+                 RETURNING e.id)
+             UPDATE webhook_events SET pending = false
+              WHERE pending AND kind = $1 AND job_id IN (SELECT id FROM upd)",
+        )
+        .bind(kind.as_str())
+        .bind(status)
+        .bind(from)
+        .execute(pool)
+        .await
+        .map_err(q("applying pending webhook events"))?;
+        applied += r.rows_affected();
+        // Let go of the events of this kind that can no longer apply: their job ended in a
+        // status this kind does not change, or they waited too long.
+        sqlx::query(
+            "UPDATE webhook_events w SET pending = false
+              WHERE pending AND kind = $1
+                AND (received_at < now() - make_interval(secs => $3)
+                     OR NOT EXISTS (SELECT 1 FROM emails e WHERE e.id = w.job_id
+                                     AND (e.status = ANY($2)
+                                          OR e.status IN ('queued', 'sending', 'retrying'))))",
+        )
+        .bind(kind.as_str())
+        .bind(from)
+        .bind(PENDING_FOR.as_secs_f64())
+        .execute(pool)
+        .await
+        .map_err(q("letting go of stale webhook events"))?;
+    }
+    Ok(applied)
 }

@@ -278,6 +278,8 @@ pub struct Requeue {
     pub idem: Option<String>,
     pub enqueued_at_ms: i64,
     pub payload: String,
+    /// Dead-letter replays so far (see `wire::Job::replays`).
+    pub replays: u32,
 }
 
 /// XADD each job to its lane, pipelined. No dedup check: the Postgres claim makes a second
@@ -292,7 +294,13 @@ pub async fn requeue<C: ConnectionLike + Send>(
     }
     let mut p = redis::pipe();
     for j in jobs {
-        let fields = wire::encode_fields(j.id, j.idem.as_deref(), j.enqueued_at_ms, &j.payload);
+        let fields = wire::encode_fields(
+            j.id,
+            j.idem.as_deref(),
+            j.enqueued_at_ms,
+            &j.payload,
+            j.replays,
+        );
         p.cmd("XADD")
             .arg(keys.lane(j.partition, j.lane))
             .arg("*")

@@ -1,7 +1,9 @@
 //! Wire format v1: the contract with producers in any language (docs/stream-format.md).
 //!
-//! An entry has the fields `v` = "1", `id` (UUID), optional `idem`, `enqueued_at` (unix ms) and
-//! `payload` (JSON, see [`Payload`]). [`decode`] turns a raw entry into a [`Job`] or a
+//! An entry has the fields `v` = "1", `id` (UUID), optional `idem`, `enqueued_at` (unix ms),
+//! `payload` (JSON, see [`Payload`]) and, on a job replayed from the dead-letter stream,
+//! `replays` (how often). Every place that rebuilds an entry (the delayed set, promote.lua,
+//! the reconciler) carries `replays`, so `dlq replay --max-replays` holds for good. [`decode`] turns a raw entry into a [`Job`] or a
 //! [`DecodeError`] whose [`DecodeError::reason`] is a short, bounded code for the dead-letter
 //! stream and metrics.
 
@@ -28,6 +30,8 @@ pub struct Job {
     pub id: JobId,
     pub idem: Option<String>,
     pub enqueued_at_ms: i64,
+    /// How often the job was replayed from the dead-letter stream (0 for most).
+    pub replays: u32,
     /// The payload JSON exactly as enqueued (kept for Postgres and for re-enqueue).
     pub payload_json: String,
     pub email: Email,
@@ -108,6 +112,13 @@ pub fn decode(raw: &RawEntry, max_payload: usize) -> Result<Job, DecodeError> {
         .text("idem")?
         .filter(|s| !s.is_empty())
         .map(str::to_owned);
+    // Written only by dlq_replay.lua and by the rebuilds below; an unreadable count is 0.
+    let replays = raw
+        .text("replays")
+        .ok()
+        .flatten()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let payload_bytes = raw
         .field("payload")
         .ok_or(DecodeError::MissingField("payload"))?;
@@ -130,6 +141,7 @@ pub fn decode(raw: &RawEntry, max_payload: usize) -> Result<Job, DecodeError> {
         id,
         idem,
         enqueued_at_ms,
+        replays,
         payload_json,
         email,
     })
@@ -182,6 +194,7 @@ pub fn encode_fields(
     idem: Option<&str>,
     enqueued_at_ms: i64,
     payload: &str,
+    replays: u32,
 ) -> Vec<(&'static str, String)> {
     let mut f = vec![("v", VERSION.to_owned()), ("id", id.to_string())];
     if let Some(k) = idem {
@@ -189,20 +202,26 @@ pub fn encode_fields(
     }
     f.push(("enqueued_at", enqueued_at_ms.to_string()));
     f.push(("payload", payload.to_owned()));
+    if replays > 0 {
+        f.push(("replays", replays.to_string()));
+    }
     f
 }
 
 /// A delayed-set member (see lua/promote.lua): the job's fields plus its lane, as JSON.
 pub fn delayed_member(job: &Job) -> String {
-    serde_json::json!({
+    let mut m = serde_json::json!({
         "v": VERSION,
         "id": job.id.to_string(),
         "idem": job.idem.as_deref().unwrap_or(""),
         "enqueued_at": job.enqueued_at_ms.to_string(),
         "payload": job.payload_json,
         "lane": job.lane.as_str(),
-    })
-    .to_string()
+    });
+    if job.replays > 0 {
+        m["replays"] = job.replays.to_string().into();
+    }
+    m.to_string()
 }
 
 #[cfg(test)]
@@ -238,6 +257,39 @@ mod tests {
         .unwrap();
         assert_eq!(j.enqueued_at_ms, 1_700_000_000_000);
         assert_eq!(j.idem, None);
+        assert_eq!(j.replays, 0);
+    }
+
+    #[test]
+    fn the_replay_count_survives_every_rebuild_of_an_entry() {
+        let j = decode(
+            &raw(&[
+                ("v", b"1"),
+                ("id", ID),
+                ("enqueued_at", b"1700000000000"),
+                ("payload", PAYLOAD),
+                ("replays", b"2"),
+            ]),
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(j.replays, 2, "decoded");
+        let member: serde_json::Value = serde_json::from_str(&delayed_member(&j)).unwrap();
+        assert_eq!(member["replays"], "2", "in the delayed set");
+        let fields = encode_fields(j.id, None, j.enqueued_at_ms, &j.payload_json, j.replays);
+        assert!(
+            fields.contains(&("replays", "2".to_owned())),
+            "in a re-enqueued entry"
+        );
+        // The reconciler's rebuild decodes back to the same count.
+        let again = RawEntry {
+            fields: fields
+                .into_iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), v.into_bytes()))
+                .collect(),
+            ..raw(&[])
+        };
+        assert_eq!(decode(&again, 1 << 20).unwrap().replays, 2);
     }
 
     #[test]

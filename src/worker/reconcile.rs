@@ -4,6 +4,10 @@
 //! now and then; row locks with SKIP LOCKED split the work, and each re-enqueued row is stamped
 //! so it is left alone for another threshold. A re-enqueued job keeps its id, so if its old entry
 //! was only slow rather than lost, the claim in Postgres still lets exactly one of them send.
+//!
+//! The same periodic pass applies provider webhook events that arrived before their job was
+//! recorded `sent` (`store::webhooks::apply_pending`), so no delivery or bounce is dropped
+//! for having been fast.
 
 use super::Shared;
 use crate::domain::{JobId, Lane};
@@ -19,9 +23,6 @@ const PASS_LIMIT: i64 = 500;
 
 pub(super) async fn run(shared: Arc<Shared>, token: CancellationToken) {
     let s = &shared.settings;
-    if s.reconcile_after.is_zero() {
-        return;
-    }
     let every = Duration::from_millis(s.reconcile_interval_ms.max(10));
     loop {
         // Jitter spreads the passes of many workers over the interval.
@@ -30,6 +31,20 @@ pub(super) async fn run(shared: Arc<Shared>, token: CancellationToken) {
         tokio::select! {
             _ = token.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
+        }
+        match crate::store::webhooks::apply_pending(&shared.deps.pg).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                count = n,
+                "applied webhook events that arrived before their job was recorded"
+            ),
+            Err(e) => {
+                METRICS.store_errors.with_label_values(&["webhooks"]).inc();
+                tracing::warn!(error.message = %e, "applying pending webhook events failed");
+            }
+        }
+        if s.reconcile_after.is_zero() {
+            continue;
         }
         match pass(&shared).await {
             Ok(0) => {}
@@ -65,6 +80,7 @@ pub async fn pass(shared: &Shared) -> Result<u64, String> {
                 idem: r.idempotency_key,
                 enqueued_at_ms: r.enqueued_at.timestamp_millis(),
                 payload: r.payload,
+                replays: r.replays.max(0) as u32,
             })
             .collect();
         let mut conn = shared.deps.redis.get().await.map_err(|e| e.to_string())?;

@@ -118,3 +118,57 @@ async fn a_dead_job_replays_with_its_id_and_poison_never_loops(pg: PgPool) {
     assert!(ok && out.contains("purged=1"), "{out}");
     assert_eq!(redis.xlen(&redis.keys.dead(0)).await, 0);
 }
+
+#[sqlx::test]
+async fn a_job_that_dies_after_retries_keeps_its_replay_count_and_stops_at_max_replays(pg: PgPool) {
+    let redis = TestRedis::new();
+    redis.ensure_groups().await;
+    // Every attempt fails, so the job passes through the delayed set before it dies.
+    let failing = TestMock::start(MockConfig {
+        failure_rate: 1.0,
+        ..MockConfig::default()
+    })
+    .await;
+    let mut s = settings();
+    s.max_attempts = 2;
+    s.retry_base_ms = 10;
+    s.retry_max_ms = 20;
+    let worker = TestWorker::start(&pg, &redis, &failing.url, s).await;
+    let id = redis.enqueue(job(Lane::Tx, "again@example.com")).await;
+    let dead_with = |replays: &'static str| {
+        let (pg, redis) = (&pg, &redis);
+        async move {
+            eventually("dead, with its replay count", WAIT, || async {
+                let dead = redis.dead_entries().await;
+                (status_of(pg, id).await.as_deref() == Some("dead")
+                    && dead.len() == 1
+                    && dead[0].get("orig_replays").map_or("0", String::as_str) == replays)
+                    .then_some(())
+            })
+            .await
+        }
+    };
+    dead_with("0").await;
+    let (ok, out, err) = dlq(&pg, &redis, &["replay", "--max-replays", "2"]).await;
+    assert!(ok && out.contains("replayed=1"), "{out} {err}");
+    // Retried through the delayed set, dead again: the count came through every rebuild.
+    dead_with("1").await;
+    let replays: i32 = sqlx::query_scalar("SELECT replays FROM emails WHERE id = $1")
+        .bind(id)
+        .fetch_one(&pg)
+        .await
+        .unwrap();
+    assert_eq!(
+        replays, 1,
+        "Postgres counts the replay too (the reconciler's source)"
+    );
+    let (ok, out, _) = dlq(&pg, &redis, &["replay", "--max-replays", "2"]).await;
+    assert!(ok && out.contains("replayed=1"), "{out}");
+    dead_with("2").await;
+    let (ok, out, _) = dlq(&pg, &redis, &["replay", "--max-replays", "2"]).await;
+    assert!(
+        ok && out.contains("replayed=0 refused=1"),
+        "at max replays the loop ends: {out}"
+    );
+    worker.stop().await;
+}

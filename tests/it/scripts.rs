@@ -87,6 +87,35 @@ async fn enqueue_is_idempotent_per_key_and_parks_future_jobs() {
 }
 
 #[tokio::test]
+async fn a_delayed_jobs_dedup_marker_outlives_its_wait() {
+    let redis = TestRedis::new();
+    let mut conn = redis.conn().await;
+    // Three days out, with a one-minute dedup TTL (enqueue_cmd's).
+    let wait_ms: i64 = 3 * 24 * 3_600_000;
+    let due = chrono::Utc::now().timestamp_millis() + wait_ms;
+    let r = scripts::run_one(&mut *conn, enqueue_cmd(&redis, "id-late", "k-late", due))
+        .await
+        .unwrap();
+    let (id, added): (String, i64) = redis::from_redis_value(r).unwrap();
+    assert_eq!((id.as_str(), added), ("id-late", 1));
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(redis.keys.dedup(0, "k-late"))
+        .query_async(&mut *conn)
+        .await
+        .unwrap();
+    assert!(
+        pttl > wait_ms && pttl <= wait_ms + 60_000,
+        "the marker lasts until the job is due plus the TTL: {pttl} ms"
+    );
+    // A resubmission long after the TTL alone, but before the send, is the same job.
+    let r = scripts::run_one(&mut *conn, enqueue_cmd(&redis, "id-again", "k-late", due))
+        .await
+        .unwrap();
+    let (id, added): (String, i64) = redis::from_redis_value(r).unwrap();
+    assert_eq!((id.as_str(), added), ("id-late", 0));
+}
+
+#[tokio::test]
 async fn scripts_reload_themselves_after_redis_forgets_them() {
     let redis = TestRedis::new();
     let mut conn = redis.conn().await;
