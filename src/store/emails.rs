@@ -66,13 +66,29 @@ impl Columns {
     }
 }
 
+/// A job of the batch that is `dead` in the ledger: its entry belongs in the dead-letter
+/// stream, never plainly acked (`mailfleet dlq` could not see or replay it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadRow {
+    pub id: Uuid,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    /// This very claim made it dead: it was taken over with its attempts used up (every
+    /// attempt ended without an outcome, e.g. a job that crashes its worker). Otherwise it was
+    /// dead already, and the dead-letter write that should have followed never happened.
+    pub capped: bool,
+}
+
 /// The result of claiming a batch.
 #[derive(Debug, Default)]
 pub struct ClaimResult {
     /// Jobs this worker now owns.
     pub claimed: Vec<Claimed>,
-    /// Jobs already final (`sent`, `failed`, ...): their entries are acked without a send.
+    /// Jobs already final (`sent`, `failed`, ...) other than `dead`: their entries are acked
+    /// without a send.
     pub finished: Vec<Uuid>,
+    /// Jobs `dead` in the ledger: their entries go through the (idempotent) dead-letter path.
+    pub dead: Vec<DeadRow>,
     // Any other id of the batch is being sent under a live claim: its entry stays pending and
     // is reclaimed later, when that claim is either final or expired.
 }
@@ -91,13 +107,16 @@ pub const FINAL: &[&str] = &[
 ];
 
 /// Claim a batch in one statement. A row is claimable when it is new, `queued`, `retrying`, or
-/// `sending` under a claim older than `visibility_ms` (its worker is presumed dead). `rows` must
-/// not repeat an id.
+/// `sending` under a claim older than `visibility_ms` (its worker is presumed dead). A takeover
+/// of a row whose `attempts` already reached `max_attempts` makes it `dead` instead (reported
+/// in [`ClaimResult::dead`]): a job whose every attempt ends without an outcome (it crashes its
+/// worker) stops there, across re-enqueues too. `rows` must not repeat an id.
 pub async fn claim(
     pool: &PgPool,
     rows: &[NewRow],
     token: Uuid,
     visibility_ms: i64,
+    max_attempts: i32,
 ) -> Result<ClaimResult, StoreError> {
     if rows.is_empty() {
         return Ok(ClaimResult::default());
@@ -110,10 +129,11 @@ pub async fn claim(
     // row under another token really took over an expired claim. A row already `sending` under
     // this very token is this claim committed once before (the reply was lost and the claim
     // retried): it is claimed again as it is, not left for the visibility timeout.
-    let rows_out: Vec<(Uuid, i32, bool, bool)> = sqlx::query_as(
+    let rows_out: Vec<(Uuid, i32, String, bool, bool, Option<String>)> = sqlx::query_as(
         r#"
         WITH prev AS (
-            SELECT id, status, attempts, provider, claimed_at, claim_token FROM emails WHERE id = ANY($1)
+            SELECT id, status, attempts, provider, claimed_at, claim_token, last_error
+              FROM emails WHERE id = ANY($1)
         ), ins AS (
         INSERT INTO emails AS e (id, status, lane, partition, idempotency_key, tenant, recipient_domain,
                                  template, payload, enqueued_at, due_at, attempts, claim_token, claimed_at)
@@ -122,14 +142,22 @@ pub async fn claim(
                     $8::text[], $9::timestamptz[], $12::timestamptz[])
              AS t(id, lane, partition, idem, tenant, domain, template, payload, enq, due)
         ON CONFLICT (id) DO UPDATE
-           SET status = 'sending',
+           SET status = CASE WHEN e.status = 'sending' AND e.claim_token <> EXCLUDED.claim_token
+                                  AND e.attempts >= $13 THEN 'dead' ELSE 'sending' END,
+               last_error = CASE WHEN e.status = 'sending' AND e.claim_token <> EXCLUDED.claim_token
+                                      AND e.attempts >= $13
+                                 THEN 'every one of ' || e.attempts || ' attempts ended without an outcome'
+                                 ELSE e.last_error END,
+               recorded_at = CASE WHEN e.status = 'sending' AND e.claim_token <> EXCLUDED.claim_token
+                                       AND e.attempts >= $13 THEN now() ELSE e.recorded_at END,
                attempts = CASE WHEN e.claim_token = EXCLUDED.claim_token THEN e.attempts
+                               WHEN e.status = 'sending' AND e.attempts >= $13 THEN e.attempts
                                ELSE e.attempts + 1 END,
                claim_token = EXCLUDED.claim_token, claimed_at = now(), updated_at = now()
          WHERE e.status IN ('queued', 'retrying')
             OR (e.status = 'sending' AND e.claim_token = EXCLUDED.claim_token)
             OR (e.status = 'sending' AND e.claimed_at < now() - make_interval(secs => $11::float8 / 1000))
-        RETURNING e.id, e.attempts
+        RETURNING e.id, e.attempts, e.status, e.last_error
         ), takeover AS (
             INSERT INTO email_attempts (email_id, attempt, provider, outcome, error, started_at, finished_at)
             SELECT prev.id, prev.attempts, prev.provider, 'unknown',
@@ -137,11 +165,12 @@ pub async fn claim(
               FROM ins JOIN prev USING (id)
              WHERE prev.status = 'sending' AND prev.claim_token IS DISTINCT FROM $10
         )
-        SELECT ins.id, ins.attempts, true,
-               prev.status IS NOT DISTINCT FROM 'sending' AND prev.claim_token IS DISTINCT FROM $10
+        SELECT ins.id, ins.attempts, ins.status, true,
+               prev.status IS NOT DISTINCT FROM 'sending' AND prev.claim_token IS DISTINCT FROM $10,
+               ins.last_error
           FROM ins LEFT JOIN prev USING (id)
         UNION ALL
-        SELECT id, attempts, false, false FROM prev
+        SELECT id, attempts, status, false, false, last_error FROM prev
          WHERE status IN ('sent', 'failed', 'dead', 'suppressed', 'unknown', 'delivered', 'bounced', 'complained')
         "#,
     )
@@ -157,19 +186,25 @@ pub async fn claim(
     .bind(token)
     .bind(visibility_ms as f64)
     .bind(&c.due_at)
+    .bind(max_attempts)
     .fetch_all(pool)
     .await
     .map_err(q("claiming a batch"))?;
     let mut out = ClaimResult::default();
-    for (id, attempt, mine, takeover) in rows_out {
-        if mine {
-            out.claimed.push(Claimed {
+    for (id, attempt, status, mine, takeover, last_error) in rows_out {
+        match (mine, status.as_str()) {
+            (_, "dead") => out.dead.push(DeadRow {
+                id,
+                attempts: attempt,
+                last_error,
+                capped: mine,
+            }),
+            (true, _) => out.claimed.push(Claimed {
                 id,
                 attempt,
                 takeover,
-            });
-        } else {
-            out.finished.push(id);
+            }),
+            (false, _) => out.finished.push(id),
         }
     }
     Ok(out)
@@ -559,6 +594,37 @@ pub async fn take_overdue(
     .fetch_all(pool)
     .await
     .map_err(q("taking overdue jobs"))
+}
+
+/// Make the jobs among `ids` `dead` whose entry `reclaim.lua` dead-lettered at max deliveries,
+/// so Postgres agrees with the dead-letter stream and the reconciler never re-enqueues them
+/// (each re-enqueue would start the crashes again with a fresh delivery count). A row that is
+/// final, or `sending` under a claim refreshed within half the visibility timeout (another entry
+/// of the job is live), is left alone. Returns how many rows became dead.
+pub async fn mark_dead(
+    pool: &PgPool,
+    ids: &[Uuid],
+    error: &str,
+    visibility_ms: i64,
+) -> Result<u64, StoreError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let r = sqlx::query(
+        "UPDATE emails SET status = 'dead', last_error = $2, claim_token = NULL, due_at = NULL,
+                           recorded_at = now(), updated_at = now()
+          WHERE id = ANY($1)
+            AND (status IN ('queued', 'retrying')
+                 OR (status = 'sending'
+                     AND claimed_at < now() - make_interval(secs => $3::float8 / 2000)))",
+    )
+    .bind(ids)
+    .bind(error)
+    .bind(visibility_ms as f64)
+    .execute(pool)
+    .await
+    .map_err(q("marking dead-lettered jobs dead"))?;
+    Ok(r.rows_affected())
 }
 
 /// Give `dead` rows among `ids` a fresh start for a dead-letter replay: `queued` with a new

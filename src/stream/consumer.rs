@@ -135,6 +135,9 @@ pub struct Reclaimed {
     pub next_cursor: String,
     pub entries: Vec<RawEntry>,
     pub dead_lettered: u64,
+    /// The job ids of the entries dead-lettered (those with a readable id): the caller marks
+    /// them dead in Postgres.
+    pub dead_jobs: Vec<uuid::Uuid>,
     pub deleted: u64,
 }
 
@@ -172,8 +175,15 @@ pub async fn reclaim<C: ConnectionLike + Send>(
             out.next_cursor = String::from_utf8_lossy(c).into_owned();
         }
         out.entries = wire::parse_entries(entries, lane, p);
-        if let Value::Int(n) = dead {
-            out.dead_lettered = *n as u64;
+        if let Value::Array(ids) = dead {
+            out.dead_lettered = ids.len() as u64;
+            out.dead_jobs = ids
+                .iter()
+                .filter_map(|v| match v {
+                    Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+                    _ => None,
+                })
+                .collect();
         }
         if let Value::Int(n) = deleted {
             out.deleted = *n as u64;

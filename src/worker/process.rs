@@ -77,12 +77,17 @@ pub(super) async fn batch(shared: Arc<Shared>, entries: Vec<RawEntry>, out: Unbo
     }
     let attempts: HashMap<Uuid, i32> = result.claimed.iter().map(|c| (c.id, c.attempt)).collect();
     let finished: HashSet<Uuid> = result.finished.into_iter().collect();
+    let dead: HashMap<Uuid, emails::DeadRow> = result.dead.into_iter().map(|d| (d.id, d)).collect();
     let (mine, others): (Vec<Job>, Vec<Job>) = jobs
         .into_iter()
         .partition(|j| attempts.contains_key(&j.id.as_uuid()));
     let mut busy = 0;
     for j in &others {
-        if finished.contains(&j.id.as_uuid()) {
+        if let Some(d) = dead.get(&j.id.as_uuid()) {
+            // Dead in the ledger: the entry goes to the dead stream (idempotent: only while
+            // it is pending), never plainly acked, so `mailfleet dlq` sees and replays it.
+            let _ = out.send(Item::Dead(EntryRef::of_job(j), dead_letter_of(j, d)));
+        } else if finished.contains(&j.id.as_uuid()) {
             METRICS.already_final.inc();
             let _ = out.send(Item::Ack(EntryRef::of_job(j)));
         } else {
@@ -274,6 +279,34 @@ async fn suppress(
     Ok(out)
 }
 
+/// The dead-letter entry for a job the claim found (or made) `dead`.
+fn dead_letter_of(j: &Job, d: &emails::DeadRow) -> DeadLetter {
+    if d.capped {
+        METRICS
+            .dead_letters
+            .with_label_values(&["max_attempts"])
+            .inc();
+        tracing::warn!(job_id = %j.id, attempts = d.attempts, "every attempt ended without an outcome; dead-lettering");
+    } else {
+        tracing::warn!(job_id = %j.id, "a dead job's entry never reached the dead stream; dead-lettering it now");
+    }
+    DeadLetter {
+        entry_id: j.entry_id.clone(),
+        reason: if d.capped {
+            "max_attempts"
+        } else {
+            "dead_unlettered"
+        }
+        .to_owned(),
+        class: "no_outcome".to_owned(),
+        error: d
+            .last_error
+            .clone()
+            .unwrap_or_else(|| "dead in Postgres".to_owned()),
+        attempts: d.attempts,
+    }
+}
+
 fn new_row(j: &Job) -> NewRow {
     NewRow {
         id: j.id.as_uuid(),
@@ -297,6 +330,7 @@ async fn claim_with_retry(shared: &Shared, rows: &[NewRow], token: Uuid) -> Opti
             rows,
             token,
             shared.settings.visibility_timeout_ms as i64,
+            shared.settings.max_attempts,
         )
         .await
         {

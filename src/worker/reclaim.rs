@@ -7,6 +7,7 @@
 use super::{Item, Shared, process};
 use crate::domain::Lane;
 use crate::metrics::METRICS;
+use crate::store::emails;
 use crate::stream::consumer;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +34,39 @@ pub(super) async fn run(
                 }
             }
         }
+    }
+}
+
+/// The ledger follows the dead-letter stream: jobs dead-lettered at max deliveries become
+/// `dead`, or the reconciler would re-enqueue them with a fresh delivery count and a job that
+/// crashes its worker would circle forever. Retried while Postgres is down (until shutdown);
+/// should that fail, the claim's attempt cap (`store::emails::claim`) ends the circle instead.
+async fn mark_dead(shared: &Shared, ids: &[uuid::Uuid], token: &CancellationToken) {
+    let error = format!(
+        "dead-lettered after more than {} deliveries without an outcome",
+        shared.settings.max_deliveries
+    );
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match emails::mark_dead(
+            &shared.deps.pg,
+            ids,
+            &error,
+            shared.settings.visibility_timeout_ms as i64,
+        )
+        .await
+        {
+            Ok(_) => return,
+            Err(e) => {
+                METRICS.store_errors.with_label_values(&["mark_dead"]).inc();
+                tracing::warn!(error.message = %e, count = ids.len(), "marking dead-lettered jobs dead failed; retrying");
+            }
+        }
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -89,6 +123,7 @@ async fn sweep(
                 .with_label_values(&["max_deliveries"])
                 .inc_by(r.dead_lettered);
             tracing::warn!(partition = p, lane = %lane, count = r.dead_lettered, "dead-lettered entries over max deliveries");
+            mark_dead(shared, &r.dead_jobs, token).await;
         }
         if !r.entries.is_empty() {
             METRICS.reclaimed.inc_by(r.entries.len() as u64);

@@ -226,15 +226,19 @@ fn outcome(id: uuid::Uuid, token: uuid::Uuid, attempt: i32) -> Outcome {
 async fn a_stale_claim_tokens_outcome_is_rejected(pg: PgPool) {
     let id = uuid::Uuid::now_v7();
     let (old, new) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
-    let first = emails::claim(&pg, &[row(id)], old, 60_000).await.unwrap();
+    let first = emails::claim(&pg, &[row(id)], old, 60_000, 8)
+        .await
+        .unwrap();
     assert_eq!(first.claimed.len(), 1);
     assert!(!first.claimed[0].takeover, "a first claim is no takeover");
     // A live claim is not taken over, and the row is not reported final either...
-    let busy = emails::claim(&pg, &[row(id)], new, 60_000).await.unwrap();
+    let busy = emails::claim(&pg, &[row(id)], new, 60_000, 8)
+        .await
+        .unwrap();
     assert!(busy.claimed.is_empty() && busy.finished.is_empty());
     // ...an expired one is.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let c = emails::claim(&pg, &[row(id)], new, 10).await.unwrap();
+    let c = emails::claim(&pg, &[row(id)], new, 10, 8).await.unwrap();
     assert_eq!(c.claimed[0].attempt, 2);
     assert!(
         c.claimed[0].takeover,
@@ -268,7 +272,7 @@ async fn a_stale_claim_tokens_outcome_is_rejected(pg: PgPool) {
         .unwrap();
     assert_eq!(msg, "m-2");
     // A final row is never claimed again, however old.
-    let again = emails::claim(&pg, &[row(id)], uuid::Uuid::now_v7(), 0)
+    let again = emails::claim(&pg, &[row(id)], uuid::Uuid::now_v7(), 0, 8)
         .await
         .unwrap();
     assert!(again.claimed.is_empty());
@@ -292,8 +296,12 @@ async fn a_claim_retried_after_its_reply_was_lost_gets_its_jobs_back(pg: PgPool)
     // same token: the jobs are its own, not a live claim of someone else's to wait out.
     let id = uuid::Uuid::now_v7();
     let token = uuid::Uuid::now_v7();
-    let first = emails::claim(&pg, &[row(id)], token, 60_000).await.unwrap();
-    let again = emails::claim(&pg, &[row(id)], token, 60_000).await.unwrap();
+    let first = emails::claim(&pg, &[row(id)], token, 60_000, 8)
+        .await
+        .unwrap();
+    let again = emails::claim(&pg, &[row(id)], token, 60_000, 8)
+        .await
+        .unwrap();
     assert_eq!(again.claimed, first.claimed, "same attempt, no takeover");
     let unknown: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM email_attempts WHERE email_id = $1 AND outcome = 'unknown'",
@@ -321,24 +329,6 @@ async fn a_claim_retried_after_its_reply_was_lost_gets_its_jobs_back(pg: PgPool)
             .await
             .unwrap();
     assert_eq!(attempts, 1);
-}
-
-/// Read entries as a consumer that then "dies": they stay pending under its name.
-async fn read_and_die(redis: &TestRedis, lane: Lane, n: usize) -> Vec<String> {
-    let got = mailfleet::stream::consumer::read_now(
-        &mut *redis.conn().await,
-        &redis.keys,
-        0,
-        "crashed-worker",
-        n,
-        &[],
-    )
-    .await
-    .unwrap();
-    got.into_iter()
-        .filter(|e| e.lane == lane)
-        .map(|e| e.entry_id)
-        .collect()
 }
 
 #[sqlx::test]
@@ -470,7 +460,7 @@ async fn an_entry_delivered_more_than_max_deliveries_is_dead_lettered_with_its_h
 async fn the_heartbeat_skips_a_claim_being_recorded_instead_of_waiting_for_it(pg: PgPool) {
     let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
     let token = uuid::Uuid::now_v7();
-    let c = emails::claim(&pg, &[row(a), row(b)], token, 60_000)
+    let c = emails::claim(&pg, &[row(a), row(b)], token, 60_000, 8)
         .await
         .unwrap();
     assert_eq!(c.claimed.len(), 2);

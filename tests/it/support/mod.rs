@@ -413,3 +413,21 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
+
+/// Read entries as a consumer that then "dies": they stay pending under its name.
+pub async fn read_and_die(redis: &TestRedis, lane: Lane, n: usize) -> Vec<String> {
+    let got = mailfleet::stream::consumer::read_now(
+        &mut *redis.conn().await,
+        &redis.keys,
+        0,
+        "crashed-worker",
+        n,
+        &[],
+    )
+    .await
+    .unwrap();
+    got.into_iter()
+        .filter(|e| e.lane == lane)
+        .map(|e| e.entry_id)
+        .collect()
+}
