@@ -18,7 +18,8 @@ usage: scripts/services.sh [--stop | --test-tools]
   --stop        stop the private instances this script started (never the shared ones)
   --test-tools  install what the tests run besides the stores, when missing: Debian's
                 Prometheus (the observability test starts its own), openssl (SNS
-                certificates) and Chromium with ChromeDriver (the admin page test); --prometheus is an alias
+                certificates), Chromium with ChromeDriver (the admin page test) and
+                libfaketime (a CLI run with its clock off); --prometheus is an alias
 env: MAILFLEET_SERVICES_DIR (default /tmp/mailfleet-services), MAILFLEET_DB (default mailfleet),
      MAILFLEET_SERVICES_PRIVATE=1 to skip the standard ports and always use private instances,
      MAILFLEET_OWN_REDIS_PORT / MAILFLEET_OWN_PG_PORT (defaults 16379 / 15432) for their ports,
@@ -71,6 +72,7 @@ if [ "${1:-}" = "--test-tools" ] || [ "${1:-}" = "--prometheus" ]; then
   command -v openssl >/dev/null || missing+=(openssl)
   command -v chromium >/dev/null || missing+=(chromium)
   command -v chromedriver >/dev/null || missing+=(chromium-driver)
+  command -v faketime >/dev/null || missing+=(faketime)
   if [ "${#missing[@]}" -gt 0 ]; then apt_install "${missing[@]}"; fi
   exit 0
 fi

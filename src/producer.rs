@@ -94,12 +94,16 @@ pub enum ProducerError {
     Pool(#[from] crate::stream::PoolError),
     #[error("Redis answered enqueue with something unexpected: {0}")]
     Protocol(String),
+    #[error(transparent)]
+    Partitions(#[from] crate::stream::partitions::PartitionError),
 }
 
 #[derive(Clone)]
 pub struct Producer {
     pool: crate::stream::Pool,
     keys: Keys,
+    /// Set once this producer's partition count agreed with the deployment's (first send).
+    agreed: std::sync::Arc<tokio::sync::OnceCell<()>>,
     dedup_ttl: Duration,
     max_payload: usize,
 }
@@ -123,6 +127,7 @@ impl Producer {
         Producer {
             pool,
             keys,
+            agreed: Default::default(),
             dedup_ttl: Duration::from_secs(86_400),
             max_payload: 256 * 1024,
         }
@@ -225,6 +230,9 @@ impl Producer {
         prepared: &[Prepared],
     ) -> Result<Vec<Enqueued>, ProducerError> {
         let mut conn = self.pool.get().await?;
+        self.agreed
+            .get_or_try_init(|| crate::stream::partitions::agree(&mut *conn, &self.keys))
+            .await?;
         let mut out = Vec::with_capacity(prepared.len());
         let ttl_ms = self.dedup_ttl.as_millis().max(1) as u64;
         for chunk in prepared.chunks(CHUNK) {

@@ -10,7 +10,6 @@ use super::cron::{CronError, CronSpec};
 use crate::domain::{Lane, Mailbox};
 use crate::store::schedules::{self, NewSchedule, Schedule};
 use crate::store::{StoreError, audiences, templates};
-use chrono::Utc;
 use sqlx::PgPool;
 
 #[derive(Debug, thiserror::Error)]
@@ -75,8 +74,10 @@ pub async fn add(pg: &PgPool, d: &Definition) -> Result<Schedule, AdminError> {
     if templates::get(pg, &d.template, None).await?.is_none() {
         return Err(AdminError::NoTemplate(d.template.clone()));
     }
+    // From Postgres' clock, which the leader's due query compares with: a CLI host whose
+    // clock is off must not place the first tick in the past or skip it.
     let next_tick = spec
-        .next_after(Utc::now())
+        .next_after(crate::store::now(pg).await?)
         .ok_or_else(|| CronError::Expression {
             expr: d.cron.clone(),
             message: "never matches a time".into(),
@@ -124,7 +125,7 @@ pub async fn resume(pg: &PgPool, name: &str) -> Result<Schedule, AdminError> {
     }
     let spec = CronSpec::parse(&s.cron, &s.timezone)?;
     let next = spec
-        .next_after(Utc::now())
+        .next_after(crate::store::now(pg).await?)
         .ok_or_else(|| CronError::Expression {
             expr: s.cron.clone(),
             message: "never matches a time".into(),

@@ -58,6 +58,15 @@ pub fn redacted_target(opts: &PgConnectOptions) -> String {
 }
 
 /// Open a pool. Statement logging is off: statements carry addresses.
+/// Postgres' clock: the one every due time and schedule tick is compared with, so a host whose
+/// own clock is off cannot move them.
+pub async fn now(pool: &PgPool) -> Result<chrono::DateTime<chrono::Utc>, StoreError> {
+    sqlx::query_scalar("SELECT now()")
+        .fetch_one(pool)
+        .await
+        .map_err(q("reading the database clock"))
+}
+
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
     let opts = PgConnectOptions::from_str(url)
         .map_err(StoreError::BadUrl)?

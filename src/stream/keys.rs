@@ -33,6 +33,10 @@ impl Keys {
     pub fn dead(&self, p: u16) -> String {
         format!("{}:{{{p}}}:dead", self.prefix)
     }
+    /// The partition count producers and workers agree on (see `stream::partitions`).
+    pub fn partition_count(&self) -> String {
+        format!("{}:partitions", self.prefix)
+    }
     pub fn dedup(&self, p: u16, idem: &str) -> String {
         format!("{}:{{{p}}}:dedup:{idem}", self.prefix)
     }

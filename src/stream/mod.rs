@@ -15,6 +15,7 @@ pub mod consumer;
 pub mod depth;
 pub mod keys;
 pub mod local_cluster;
+pub mod partitions;
 pub mod pause;
 pub mod wire;
 

@@ -18,21 +18,25 @@ use uuid::Uuid;
 
 type EntriesByStream = BTreeMap<(u16, Lane), Vec<String>>;
 
-/// Jobs claimed by this worker whose outcome is not recorded yet: job id → (claim token, entry).
+/// Claims of this worker whose outcome is not recorded yet: (job id, claim token) → entry.
+/// Keyed by the claim, not the job: the same worker can hold an old and a new claim of one job
+/// (a reclaimed entry, a re-enqueued job), and the old claim's stale outcome must not end the
+/// heartbeat of the new one.
 #[derive(Default)]
-pub struct Live(std::sync::Mutex<HashMap<Uuid, (Uuid, EntryRef)>>);
+pub struct Live(std::sync::Mutex<HashMap<(Uuid, Uuid), EntryRef>>);
 
 impl Live {
     pub fn add(&self, token: Uuid, jobs: impl IntoIterator<Item = (Uuid, EntryRef)>) {
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
         for (id, e) in jobs {
-            m.insert(id, (token, e));
+            m.insert((id, token), e);
         }
     }
-    pub fn remove(&self, ids: impl IntoIterator<Item = Uuid>) {
+    /// Forget these (job id, claim token) claims: their outcome is recorded (or rejected).
+    pub fn remove(&self, claims: impl IntoIterator<Item = (Uuid, Uuid)>) {
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        for id in ids {
-            m.remove(&id);
+        for c in claims {
+            m.remove(&c);
         }
     }
     /// The live claims as (job id, token) pairs, and their entries grouped by stream.
@@ -40,8 +44,8 @@ impl Live {
         let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let mut claims = Vec::with_capacity(m.len());
         let mut entries: BTreeMap<(u16, Lane), Vec<String>> = BTreeMap::new();
-        for (id, (token, e)) in m.iter() {
-            claims.push((*id, *token));
+        for (claim, e) in m.iter() {
+            claims.push(*claim);
             entries
                 .entry((e.partition, e.lane))
                 .or_default()
@@ -91,5 +95,34 @@ async fn beat(shared: &Shared) {
     if let Err(e) = emails::touch_claims(&shared.deps.pg, &claims).await {
         METRICS.store_errors.with_label_values(&["heartbeat"]).inc();
         tracing::warn!(error.message = %e, claims = claims.len(), "heartbeat: refreshing claims failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str) -> EntryRef {
+        EntryRef {
+            partition: 0,
+            lane: Lane::Bulk,
+            entry_id: id.into(),
+        }
+    }
+
+    #[test]
+    fn a_stale_claims_outcome_does_not_end_the_heartbeat_of_a_newer_claim_of_the_job() {
+        let live = Live::default();
+        let job = Uuid::now_v7();
+        let (old, new) = (Uuid::now_v7(), Uuid::now_v7());
+        live.add(old, [(job, entry("1-0"))]);
+        live.add(new, [(job, entry("2-0"))]);
+        // The old claim's outcome arrives (and is rejected as stale): only it is forgotten.
+        live.remove([(job, old)]);
+        let (claims, entries) = live.snapshot();
+        assert_eq!(claims, vec![(job, new)]);
+        assert_eq!(entries[&(0, Lane::Bulk)], vec!["2-0".to_owned()]);
+        live.remove([(job, new)]);
+        assert!(live.snapshot().0.is_empty());
     }
 }

@@ -137,6 +137,8 @@ pub struct Deps {
 pub enum WorkerError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Partitions(#[from] crate::stream::partitions::PartitionError),
     #[error("Redis failed while {doing}: {source}")]
     Redis {
         doing: &'static str,
@@ -257,6 +259,7 @@ pub async fn start(
     }
     {
         let mut conn = deps.redis.get().await?;
+        crate::stream::partitions::agree(&mut *conn, &deps.keys).await?;
         consumer::ensure_groups(&mut *conn, &deps.keys)
             .await
             .map_err(|source| WorkerError::Redis {

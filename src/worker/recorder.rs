@@ -113,7 +113,7 @@ async fn flush(
     };
     if !outcomes.is_empty() {
         METRICS.record_batch.observe(outcomes.len() as f64);
-        shared.live.remove(outcomes.iter().map(|o| o.id));
+        shared.live.remove(outcomes.iter().map(|o| (o.id, o.token)));
     }
 
     let mut finish = Finish::default();

@@ -219,3 +219,109 @@ async fn a_pending_event_for_a_job_that_failed_is_let_go(pg: PgPool) {
         .unwrap();
     assert_eq!(pending, 0, "nothing waits forever");
 }
+
+#[sqlx::test]
+async fn producers_and_workers_that_disagree_on_the_partition_count_are_refused(pg: PgPool) {
+    let redis = TestRedis::new();
+    // The first to start records its count (1).
+    redis.enqueue(job(Lane::Tx, "first@example.com")).await;
+    let wider = mailfleet::Producer::from_pool(
+        redis.pool.clone(),
+        mailfleet::stream::Keys::new(redis.keys.prefix(), 4),
+    );
+    let err = wider
+        .send(job(Lane::Tx, "lost@example.com"))
+        .await
+        .expect_err("a producer writing to partitions no worker reads");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("4 partition(s)") && msg.contains("records 1"),
+        "{msg}"
+    );
+    assert_eq!(
+        redis.xlen(&redis.keys.lane(0, Lane::Tx)).await,
+        1,
+        "nothing of the refused producer was enqueued"
+    );
+    // A worker with another count does not start.
+    let out = mailfleet(&pg, &redis)
+        .arg("--partitions")
+        .arg("2")
+        .arg("worker")
+        .output()
+        .await
+        .expect("run a worker");
+    assert!(!out.status.success(), "a mismatched worker must not run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("records 1"), "{stderr}");
+}
+
+/// `mailfleet ARGS` with the process's clock two hours behind (libfaketime; monotonic time
+/// left alone), as on a CLI host whose clock is off.
+async fn mailfleet_two_hours_behind(pg: &PgPool, redis: &TestRedis, args: &[&str]) {
+    let out = tokio::process::Command::new("faketime")
+        .args(["-f", "-2h", BIN])
+        .args(args)
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .env("MAILFLEET_DATABASE_URL", db_url(pg))
+        .env("MAILFLEET_REDIS_URL", &redis.url)
+        .env("MAILFLEET_PREFIX", redis.keys.prefix())
+        .output()
+        .await
+        .expect("faketime (scripts/services.sh --test-tools installs it)");
+    assert!(
+        out.status.success(),
+        "mailfleet {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[sqlx::test]
+async fn schedule_times_come_from_postgres_not_the_cli_hosts_clock(pg: PgPool) {
+    let redis = TestRedis::new();
+    let behind = |args: &'static str| {
+        let args: Vec<&str> = args.split(' ').collect();
+        let (pg, redis) = (&pg, &redis);
+        async move { mailfleet_two_hours_behind(pg, redis, &args).await }
+    };
+    behind("template put digest --subject Hi --text Hello").await;
+    behind("audience create team").await;
+    let seconds_ahead = || async {
+        let (next, now): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
+            sqlx::query_as("SELECT next_tick, now() FROM schedules WHERE name = 'minutely'")
+                .fetch_one(&pg)
+                .await
+                .unwrap();
+        (next - now).num_seconds()
+    };
+    mailfleet_two_hours_behind(
+        &pg,
+        &redis,
+        &[
+            "schedule",
+            "add",
+            "minutely",
+            "--cron",
+            "* * * * *",
+            "--template",
+            "digest",
+            "--audience",
+            "team",
+            "--from",
+            "news@example.com",
+        ],
+    )
+    .await;
+    let ahead = seconds_ahead().await;
+    assert!(
+        (0..=60).contains(&ahead),
+        "the first tick is the next minute by Postgres' clock, not two hours ago: {ahead} s"
+    );
+    behind("schedule pause minutely").await;
+    behind("schedule resume minutely").await;
+    let ahead = seconds_ahead().await;
+    assert!(
+        (0..=60).contains(&ahead),
+        "resumed from Postgres' now: {ahead} s"
+    );
+}
