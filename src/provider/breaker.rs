@@ -363,4 +363,63 @@ mod tests {
         b.abandon(probe);
         assert_eq!(b.admit(later), Admit::Probe);
     }
+
+    #[test]
+    fn a_request_leaves_the_window_exactly_one_window_and_a_bucket_after_its_bucket_began() {
+        let window = Duration::from_secs(10);
+        let width = window / BUCKETS;
+        let t = Instant::now();
+        let mut w = Window::default();
+        w.add(t, true, window);
+        w.add(t + window + width - Duration::from_micros(1), false, window);
+        assert_eq!((w.total, w.failed), (2, 1), "still counted just before");
+        let mut w = Window::default();
+        w.add(t, true, window);
+        w.add(t + window + width, false, window);
+        assert_eq!((w.total, w.failed), (1, 0), "gone at the boundary");
+    }
+
+    #[test]
+    fn requests_share_a_bucket_only_within_its_width() {
+        let window = Duration::from_secs(10);
+        let width = window / BUCKETS;
+        let t = Instant::now();
+        let mut w = Window::default();
+        w.add(t, false, window);
+        w.add(t + width - Duration::from_micros(1), false, window);
+        assert_eq!(w.buckets.len(), 1);
+        w.add(t + width, false, window);
+        assert_eq!(w.buckets.len(), 2);
+        assert_eq!(w.total, 3);
+    }
+
+    #[test]
+    fn a_successful_probe_forgets_the_failures_before_the_outage() {
+        let b = Breaker::new(cfg());
+        let t = Instant::now();
+        // Nine requests, six failed, the last three in a row: open.
+        use Verdict::{Failure as F, Success as S};
+        for v in [F, S, F, S, F, S, F, F, F] {
+            b.record(Admit::Yes, v, t);
+        }
+        assert_eq!(b.state(), State::Open);
+        let later = t + Duration::from_secs(1);
+        assert_eq!(b.admit(later), Admit::Probe);
+        assert_eq!(b.record(Admit::Probe, S, later), State::Closed);
+        // Had the window kept those nine, one more failure would make 7 of 10 and trip it.
+        assert_eq!(b.record(Admit::Yes, F, later), State::Closed);
+    }
+
+    #[test]
+    fn a_closed_breaker_has_been_down_for_no_time() {
+        let b = Breaker::new(cfg());
+        let t = Instant::now();
+        assert_eq!(b.down_for(t + Duration::from_secs(5)), Duration::ZERO);
+        // And again after an outage that ended.
+        b.record(Admit::Yes, Verdict::Refused, t);
+        let later = t + Duration::from_secs(1);
+        assert_eq!(b.admit(later), Admit::Probe);
+        b.record(Admit::Probe, Verdict::Success, later);
+        assert_eq!(b.down_for(later + Duration::from_secs(30)), Duration::ZERO);
+    }
 }

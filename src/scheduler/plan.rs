@@ -226,4 +226,57 @@ mod tests {
         let (s, spec) = schedule("* * * * *", "2026-01-01T10:01:00Z", "once", 3600);
         assert!(plan(&s, &spec, at("2026-01-01T10:00:59Z"), GRACE).is_empty());
     }
+
+    #[test]
+    fn a_tick_exactly_the_grace_late_still_fires_on_its_own() {
+        // next_tick == now - grace: not missed (the rule is "more than the grace late").
+        let (s, spec) = schedule("* * * * *", "2026-01-01T10:00:00Z", "skip", 3600);
+        let items = plan(&s, &spec, at("2026-01-01T10:01:00Z"), GRACE);
+        assert_eq!(items[0].tick, at("2026-01-01T10:00:00Z"));
+        assert_eq!(items[0].result, TickResult::Fire, "not skipped");
+        assert_eq!(items[0].skipped, 0);
+        // A microsecond later it is missed, and `skip` records it skipped.
+        let items = plan(
+            &s,
+            &spec,
+            at("2026-01-01T10:01:00Z") + chrono::Duration::microseconds(1),
+            GRACE,
+        );
+        assert_eq!(items[0].result, TickResult::Skipped);
+    }
+
+    #[test]
+    fn a_tick_due_exactly_now_fires() {
+        let (s, spec) = schedule("* * * * *", "2026-01-01T10:00:00Z", "once", 3600);
+        let items = plan(&s, &spec, at("2026-01-01T10:00:00Z"), GRACE);
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].result, TickResult::Fire);
+        assert_eq!(items[0].next, at("2026-01-01T10:01:00Z"));
+    }
+
+    #[test]
+    fn a_tick_exactly_stale_after_late_still_fires() {
+        // Within the grace: 5 s late with stale_after 5 s fires; 6 s late is stale.
+        let (s, spec) = schedule("* * * * * *", "2026-01-01T10:00:00Z", "once", 5);
+        let items = plan(&s, &spec, at("2026-01-01T10:00:05Z"), GRACE);
+        assert_eq!(items[0].result, TickResult::Fire);
+        let items = plan(&s, &spec, at("2026-01-01T10:00:06Z"), GRACE);
+        assert_eq!(items[0].result, TickResult::Stale);
+        assert_eq!(items[1].result, TickResult::Fire);
+        // A missed tick caught up with `once` (the latest, 09:00): exactly stale_after late
+        // fires too.
+        let (s, spec) = schedule("0 * * * *", "2026-01-01T08:00:00Z", "once", 3600);
+        let items = plan(&s, &spec, at("2026-01-01T10:00:00Z"), GRACE);
+        assert_eq!(
+            (items[0].tick, items[0].result),
+            (at("2026-01-01T09:00:00Z"), TickResult::Fire)
+        );
+        let items = plan(
+            &s,
+            &spec,
+            at("2026-01-01T10:00:00Z") + chrono::Duration::microseconds(1),
+            GRACE,
+        );
+        assert_eq!(items[0].result, TickResult::Stale);
+    }
 }
