@@ -52,6 +52,9 @@ pub enum After {
 }
 
 /// The fate of one entry read (or, for `Abandon`, of several).
+// Nearly every item is an `Outcome`: boxing it would add an allocation per email to save
+// space on the rare small variants.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Item {
     /// An attempt's outcome: record, then finish the entry as `after` says.
