@@ -2,7 +2,7 @@
 //! telemetry, dispatch to `cli/`.
 
 use clap::Parser;
-use mailfleet::config::Cli;
+use mailfleet::cli::Cli;
 
 /// mimalloc instead of glibc's malloc: in the pipeline profile glibc's malloc/free took about a
 /// fifth of a worker's CPU (docs/performance.md).

@@ -1,73 +1,10 @@
 use crate::api::{self, ingest};
-use crate::config::{Global, Secret};
+use crate::config::{ApiArgs, Global};
 use crate::{shutdown, store};
 use anyhow::Context;
-use clap::Args;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use tokio_util::sync::CancellationToken;
-
-#[derive(Debug, Clone, Args)]
-pub struct ApiArgs {
-    /// Listen address.
-    #[arg(long, env = "MAILFLEET_API_LISTEN", default_value = "0.0.0.0:8080")]
-    pub listen: String,
-    /// Accepted bearer API keys, comma-separated. Requests without one get 401.
-    #[arg(
-        long,
-        env = "MAILFLEET_API_KEYS",
-        value_delimiter = ',',
-        hide_env_values = true,
-        required = true
-    )]
-    pub api_keys: Vec<Secret>,
-    /// SendGrid's Event Webhook verification key (base64 DER); enables /v1/webhooks/sendgrid.
-    #[arg(long, env = "MAILFLEET_WEBHOOK_SENDGRID_PUBLIC_KEY")]
-    pub webhook_sendgrid_public_key: Option<String>,
-    /// Mailgun's webhook signing key; enables /v1/webhooks/mailgun.
-    #[arg(
-        long,
-        env = "MAILFLEET_WEBHOOK_MAILGUN_SIGNING_KEY",
-        hide_env_values = true
-    )]
-    pub webhook_mailgun_signing_key: Option<Secret>,
-    /// Basic-auth user and password Postmark's webhook is configured with; enable
-    /// /v1/webhooks/postmark.
-    #[arg(long, env = "MAILFLEET_WEBHOOK_POSTMARK_USER")]
-    pub webhook_postmark_user: Option<String>,
-    #[arg(
-        long,
-        env = "MAILFLEET_WEBHOOK_POSTMARK_PASSWORD",
-        hide_env_values = true
-    )]
-    pub webhook_postmark_password: Option<Secret>,
-    /// SNS topic ARNs whose SES events are accepted (comma-separated); enables
-    /// /v1/webhooks/ses.
-    #[arg(long, env = "MAILFLEET_WEBHOOK_SES_TOPIC_ARNS", value_delimiter = ',')]
-    pub webhook_ses_topic_arns: Vec<String>,
-    /// Replace the SNS certificate URL rule (https://sns.<region>.amazonaws.com/...pem) with
-    /// these URL prefixes (comma-separated): for private endpoints and tests only.
-    #[arg(
-        long,
-        env = "MAILFLEET_WEBHOOK_SNS_URL_PREFIXES",
-        value_delimiter = ','
-    )]
-    pub webhook_sns_url_prefixes: Vec<String>,
-    /// Secret that signs unsubscribe links (the workers' MAILFLEET_UNSUBSCRIBE_SECRET);
-    /// enables /v1/unsubscribe/{token}.
-    #[arg(long, env = "MAILFLEET_UNSUBSCRIBE_SECRET", hide_env_values = true)]
-    pub unsubscribe_secret: Option<Secret>,
-    /// Token that signs in to the admin page (/admin); at least 16 characters. Without it the
-    /// page is off (404).
-    #[arg(long, env = "MAILFLEET_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<Secret>,
-    /// Mark the admin session cookie `Secure` (when the API is served over HTTPS).
-    #[arg(long, env = "MAILFLEET_ADMIN_SECURE_COOKIE")]
-    pub admin_secure_cookie: bool,
-    /// Largest accepted age (or clock skew) of a signed webhook's timestamp, in seconds.
-    #[arg(long, env = "MAILFLEET_WEBHOOK_TOLERANCE_SECS", default_value_t = 300)]
-    pub webhook_tolerance_secs: i64,
-}
 
 fn ses_hook(a: &ApiArgs) -> anyhow::Result<Option<Arc<api::webhooks::SesHook>>> {
     let topics: Vec<String> = a

@@ -18,23 +18,37 @@ pub mod template;
 pub mod worker;
 
 use crate::config::Global;
-use clap::Subcommand;
+use clap::{Parser, Subcommand};
+
+/// The command line: the settings every subcommand shares, then the subcommand.
+#[derive(Debug, Parser)]
+#[command(
+    name = "mailfleet",
+    version,
+    about = "A Redis-coordinated, horizontally scaled email delivery cluster"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Consume the lanes and send: the process you scale by replica count.
     Worker(crate::config::WorkerArgs),
     /// The HTTP ingest API (POST /v1/emails, /v1/emails/batch; GET /v1/emails/{id}).
-    Api(api::ApiArgs),
+    Api(crate::config::ApiArgs),
     /// Enqueue emails from the shell (flags for one email, or --file jobs.jsonl).
-    Send(send::SendArgs),
+    Send(crate::config::SendArgs),
     /// Apply the Postgres migrations.
     Migrate,
     /// Store and read named templates.
     #[command(subcommand)]
     Template(template::TemplateCmd),
     /// Run the mock email provider (SendGrid, SES, Mailgun, Postmark, SMTP) for development and tests.
-    MockProvider(mock::MockArgs),
+    MockProvider(crate::config::MockArgs),
     /// Inspect, replay and purge the dead-letter streams.
     #[command(subcommand)]
     Dlq(dlq::DlqCmd),

@@ -9,6 +9,7 @@
 mod address;
 mod email;
 mod job;
+mod secret;
 
 pub use address::{Address, AddressError, Mailbox};
 pub use email::{
@@ -16,6 +17,7 @@ pub use email::{
     ValidationErrors,
 };
 pub use job::{JobId, Lane, LaneParseError};
+pub use secret::Secret;
 
 /// True when `s` contains a byte that could split or smuggle a header line.
 pub fn has_header_breaking_char(s: &str) -> bool {

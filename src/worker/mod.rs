@@ -46,6 +46,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use crate::config::AmbiguousPolicy;
 pub use recorder::Item;
 
 /// How long a template lookup is cached: a `template put` takes effect within this.
@@ -80,19 +81,6 @@ pub struct Settings {
     pub reconcile_interval_ms: u64,
     /// One-click unsubscribe links for the bulk lane (None: no List-Unsubscribe header added).
     pub unsubscribe: Option<crate::unsubscribe::Links>,
-}
-
-/// What a worker does with a send whose outcome cannot be known (a timeout or reset after the
-/// request left): the provider may or may not have taken the email.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum AmbiguousPolicy {
-    /// Send again later (at-least-once). The attempt is logged `unknown`, and a duplicate it
-    /// causes is counted by `mailfleet_ambiguous_total`.
-    #[default]
-    Resend,
-    /// Record the job `unknown` and never send it again automatically (at-most-once for
-    /// ambiguous sends).
-    Hold,
 }
 
 impl Settings {

@@ -1,0 +1,106 @@
+//! Every setting in one place: its flag, its `MAILFLEET_*` environment variable, its default
+//! and its documentation, so `mailfleet --help` and `mailfleet <cmd> --help` are the reference.
+//! Providers (and their credentials) may also come from a TOML file (`MAILFLEET_CONFIG`), see
+//! docs/configuration.md and `mailfleet.example.toml`.
+//!
+//! Secrets live in [`Secret`], whose Debug prints `[redacted]`; URLs that may carry passwords
+//! are declared with `hide_env_values` so `--help` never echoes them.
+//!
+//! One file per concern: this file the settings every subcommand shares ([`Global`]);
+//! [`worker`] the worker's, [`api`] the HTTP API's, [`send`] `mailfleet send`'s, [`mock`] the
+//! mock provider's; [`providers`] the provider, route and breaker types; [`file`] the TOML
+//! file they are read from. Nothing here imports from the modules that use the settings.
+
+mod api;
+mod file;
+mod mock;
+mod providers;
+mod send;
+mod worker;
+
+pub use crate::domain::Secret;
+pub use api::ApiArgs;
+pub use file::{ConfigError, send_config};
+pub use mock::MockArgs;
+pub use providers::*;
+pub use send::SendArgs;
+pub use worker::{AmbiguousPolicy, SchedulerRole, WorkerArgs};
+
+use clap::Args;
+use std::path::PathBuf;
+
+/// Settings every subcommand shares.
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// Redis URL (redis://[user:password@]host:port[/db]).
+    #[arg(
+        long,
+        global = true,
+        env = "MAILFLEET_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    pub redis_url: Secret,
+    /// The Redis URL is a seed node of a Redis Cluster (a comma-separated list of URLs is a
+    /// cluster anyway). Every key a script touches shares one hash tag, so nothing else changes.
+    #[arg(long, global = true, env = "MAILFLEET_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
+    /// Postgres URL.
+    #[arg(
+        long,
+        global = true,
+        env = "MAILFLEET_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/mailfleet",
+        hide_env_values = true
+    )]
+    pub database_url: Secret,
+    /// Key prefix, so several deployments can share one Redis.
+    #[arg(long, global = true, env = "MAILFLEET_PREFIX", default_value = "mf")]
+    pub prefix: String,
+    /// Number of partitions jobs are spread over (hash tags); must match across producers and workers.
+    #[arg(long, global = true, env = "MAILFLEET_PARTITIONS", default_value_t = 1)]
+    pub partitions: u16,
+    /// Optional TOML file with providers and limits.
+    #[arg(long, global = true, env = "MAILFLEET_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format: `text` or `json`.
+    #[arg(
+        long,
+        global = true,
+        env = "MAILFLEET_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: String,
+    /// Largest accepted payload (the JSON `payload` field), in bytes.
+    #[arg(long, global = true, env = "MAILFLEET_MAX_PAYLOAD_BYTES", default_value_t = 256 * 1024)]
+    pub max_payload_bytes: usize,
+    /// How long a Redis command may take before it is treated as failed, in ms.
+    #[arg(
+        long,
+        global = true,
+        env = "MAILFLEET_REDIS_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
+    pub redis_timeout_ms: u64,
+    /// How long an idempotency key is remembered, in seconds.
+    #[arg(
+        long,
+        global = true,
+        env = "MAILFLEET_DEDUP_TTL_SECS",
+        default_value_t = 86_400
+    )]
+    pub dedup_ttl_secs: u64,
+}
+
+impl Global {
+    /// The Redis URL as the pool reads it: with `--redis-cluster`, a single URL becomes a
+    /// one-seed list (see [`crate::stream::cluster_nodes`]).
+    pub fn redis_target(&self) -> String {
+        let url = self.redis_url.expose();
+        if self.redis_cluster && !url.contains(',') {
+            format!("{url},")
+        } else {
+            url.to_owned()
+        }
+    }
+}
