@@ -7,7 +7,7 @@
 //! since the worker would only ack it. Each replay raises the job's `replays` count, and an entry
 //! at `max_replays` is refused, so nothing circulates between the lanes and the dead stream.
 
-use crate::domain::Lane;
+use crate::domain::{Lane, Status};
 use crate::scripts::{self, DLQ_REPLAY};
 use crate::store::{self, StoreError};
 use crate::stream::Keys;
@@ -288,9 +288,17 @@ async fn replay_batch<C: ConnectionLike + Send>(
         .iter()
         .filter_map(|e| e.job_id.as_deref()?.parse().ok())
         .collect();
-    let final_ids =
-        store::emails::ids_with_status(pg, &ids, &["sent", "failed", "unknown", "suppressed"])
-            .await?;
+    let final_ids = store::emails::ids_with_status(
+        pg,
+        &ids,
+        &[
+            Status::Sent,
+            Status::Failed,
+            Status::Unknown,
+            Status::Suppressed,
+        ],
+    )
+    .await?;
     let mut eligible = Vec::new();
     for e in batch {
         let id: Option<Uuid> = e.job_id.as_deref().and_then(|s| s.parse().ok());

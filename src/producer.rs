@@ -24,7 +24,9 @@ use crate::metrics::METRICS;
 use crate::scripts::{self, ENQUEUE};
 use crate::stream::{self, Keys};
 use redis::Value;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// Jobs per pipeline in [`Producer::send_many`].
 const CHUNK: usize = 500;
@@ -94,16 +96,71 @@ pub enum ProducerError {
     Pool(#[from] crate::stream::PoolError),
     #[error("Redis answered enqueue with something unexpected: {0}")]
     Protocol(String),
-    #[error(transparent)]
-    Partitions(#[from] crate::stream::partitions::PartitionError),
+    #[error("{0}")]
+    Partitions(PartitionMismatch),
+}
+
+/// A running partition-count check: what it found (`None` until Redis answered) and when it
+/// began.
+type Check = (
+    watch::Receiver<Option<Result<(), PartitionMismatch>>>,
+    tokio::time::Instant,
+);
+
+/// How long sends wait for the first answer of the partition-count check; after that they go
+/// on while it keeps retrying, so a stalled Redis node never holds up an enqueue for long.
+const CHECK_WAIT: Duration = Duration::from_secs(1);
+
+/// The deployment records another partition count than this producer's: its jobs would land
+/// where no worker reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionMismatch(String);
+
+impl std::fmt::Display for PartitionMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The partition-count check behind [`Producer::send_prepared`]: until Redis answers (every
+/// second), or until every clone of the producer is gone.
+async fn check_partitions(
+    pool: crate::stream::Pool,
+    keys: Keys,
+    tx: watch::Sender<Option<Result<(), PartitionMismatch>>>,
+) {
+    use crate::stream::partitions::{PartitionError, agree};
+    loop {
+        let found = match pool.get().await {
+            Ok(mut conn) => match agree(&mut *conn, &keys).await {
+                Ok(()) => Some(Ok(())),
+                Err(e @ PartitionError::Mismatch { .. }) => {
+                    Some(Err(PartitionMismatch(e.to_string())))
+                }
+                Err(PartitionError::Redis(e)) => {
+                    tracing::debug!(error.message = %e, "partition count not checked yet; retrying");
+                    None
+                }
+            },
+            Err(_) => None,
+        };
+        if found.is_some() {
+            let _ = tx.send(found);
+            return;
+        }
+        tokio::select! {
+            _ = tx.closed() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
 }
 
 #[derive(Clone)]
 pub struct Producer {
     pool: crate::stream::Pool,
     keys: Keys,
-    /// Set once this producer's partition count agreed with the deployment's (first send).
-    agreed: std::sync::Arc<tokio::sync::OnceCell<()>>,
+    /// The partition-count check, started by the first send (see [`Producer::send_prepared`]).
+    agreement: Arc<OnceLock<Check>>,
     dedup_ttl: Duration,
     max_payload: usize,
 }
@@ -127,7 +184,7 @@ impl Producer {
         Producer {
             pool,
             keys,
-            agreed: Default::default(),
+            agreement: Default::default(),
             dedup_ttl: Duration::from_secs(86_400),
             max_payload: 256 * 1024,
         }
@@ -192,6 +249,26 @@ impl Producer {
         })
     }
 
+    /// Producers and workers must agree on the partition count (`stream::partitions`). The
+    /// first send starts the check; sends wait for its answer at most [`CHECK_WAIT`] after it
+    /// began, and once it found a mismatch every send is refused.
+    async fn check_partitions(&self) -> Result<(), ProducerError> {
+        let (rx, began) = self.agreement.get_or_init(|| {
+            let (tx, rx) = watch::channel(None);
+            tokio::spawn(check_partitions(self.pool.clone(), self.keys.clone(), tx));
+            (rx, tokio::time::Instant::now())
+        });
+        let mut rx = rx.clone();
+        if rx.borrow().is_none() {
+            let _ =
+                tokio::time::timeout_at(*began + CHECK_WAIT, rx.wait_for(Option::is_some)).await;
+        }
+        match &*rx.borrow() {
+            Some(Err(m)) => Err(ProducerError::Partitions(m.clone())),
+            _ => Ok(()),
+        }
+    }
+
     pub async fn send(&self, job: NewJob) -> Result<Enqueued, ProducerError> {
         let p = self.prepare(job)?;
         let mut out = self.send_prepared(std::slice::from_ref(&p)).await?;
@@ -229,10 +306,8 @@ impl Producer {
         &self,
         prepared: &[Prepared],
     ) -> Result<Vec<Enqueued>, ProducerError> {
+        self.check_partitions().await?;
         let mut conn = self.pool.get().await?;
-        self.agreed
-            .get_or_try_init(|| crate::stream::partitions::agree(&mut *conn, &self.keys))
-            .await?;
         let mut out = Vec::with_capacity(prepared.len());
         let ttl_ms = self.dedup_ttl.as_millis().max(1) as u64;
         for chunk in prepared.chunks(CHUNK) {

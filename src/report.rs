@@ -5,6 +5,7 @@
 //! the first per job at the mock. Both come from evidence outside the worker, so a worker bug
 //! cannot hide them.
 
+use crate::domain::Status;
 use crate::mock;
 use crate::store::{self, StoreError};
 use sqlx::PgPool;
@@ -48,8 +49,8 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn count(&self, status: &str) -> i64 {
-        self.by_status.get(status).copied().unwrap_or(0)
+    pub fn count(&self, status: Status) -> i64 {
+        self.by_status.get(status.as_str()).copied().unwrap_or(0)
     }
     pub fn table(&self) -> String {
         let mut s = format!("{:<12} {:>10}\n", "status", "emails");
@@ -96,14 +97,14 @@ impl Report {
         let mut v = serde_json::json!({
             "scenario": scenario,
             "emails": self.enqueued,
-            "sent": self.count("sent"),
+            "sent": self.count(Status::Sent),
             "lost": self.lost,
             "duplicates": self.duplicates,
             "ambiguous": self.ambiguous,
             "not_final": self.not_final,
-            "failed": self.count("failed"),
-            "dead": self.count("dead"),
-            "unknown": self.count("unknown"),
+            "failed": self.count(Status::Failed),
+            "dead": self.count(Status::Dead),
+            "unknown": self.count(Status::Unknown),
             "dead_letters": dead_letters,
             "seconds": (self.seconds * 10.0).round() / 10.0,
             "ok": ok,
@@ -115,8 +116,8 @@ impl Report {
     }
 
     pub fn line(&self, label: &str) -> String {
-        let sent = self.count("sent");
-        let failed = self.count("failed") + self.count("dead");
+        let sent = self.count(Status::Sent);
+        let failed = self.count(Status::Failed) + self.count(Status::Dead);
         let rate = if self.seconds > 0.0 {
             sent as f64 / self.seconds
         } else {
@@ -161,11 +162,14 @@ pub async fn build(
         source,
     })?;
     let summary = store::emails::summary(pool, &ids).await?;
-    let unsent: HashSet<uuid::Uuid> =
-        store::emails::ids_with_status(pool, &ids, &["failed", "dead", "suppressed"])
-            .await?
-            .into_iter()
-            .collect();
+    let unsent: HashSet<uuid::Uuid> = store::emails::ids_with_status(
+        pool,
+        &ids,
+        &[Status::Failed, Status::Dead, Status::Suppressed],
+    )
+    .await?
+    .into_iter()
+    .collect();
     let lost = ids
         .iter()
         .filter(|id| !seen.contains_key(&id.to_string()) && !unsent.contains(id))
@@ -176,7 +180,7 @@ pub async fn build(
         .map(|&n| u64::from(n.saturating_sub(1)))
         .sum();
     let ambiguous = store::emails::ambiguous_attempts(pool, &ids).await?;
-    let final_n = store::emails::ids_with_status(pool, &ids, store::emails::FINAL)
+    let final_n = store::emails::ids_with_status(pool, &ids, &Status::FINAL)
         .await?
         .len();
     let unseen = ids.len() - store::emails::existing(pool, &ids).await?.len();

@@ -279,7 +279,7 @@ fn flash(code: &str) -> Option<&'static str> {
         "final" => "Not replayed: the job is already final in Postgres.",
         "refused" => "Not replayed: replayed too often already, or nothing to replay.",
         "missing" => "That dead letter is gone (replayed or purged meanwhile).",
-        "suppressed" => "Suppression added.",
+        "suppression-added" => "Suppression added.",
         "unsuppressed" => "Suppression removed.",
         "no-such-suppression" => "No such suppression.",
         "bad-address" => "Not added: that is not a valid address.",
@@ -770,7 +770,7 @@ async fn suppress_add(
     match suppressions::add(&s.pg, &[row]).await {
         Ok(_) => {
             tracing::info!("admin: suppression added");
-            done("suppressed")
+            done("suppression-added")
         }
         Err(e) => failed("Adding the suppression", e),
     }

@@ -5,7 +5,7 @@
 //! [`Producer`], and recorded `queued` in Postgres so `GET` and the reconciler know them at once.
 
 use crate::config::Secret;
-use crate::domain::{Lane, Payload, ValidationErrors};
+use crate::domain::{Lane, Payload, Status, ValidationErrors};
 use crate::metrics::METRICS;
 use crate::producer::{NewJob, Prepared, Producer, ProducerError};
 use crate::store::emails::{self, NewRow};
@@ -103,7 +103,7 @@ struct Accepted {
     duplicate: bool,
     /// `queued`, or `suppressed` when every `to` recipient is on the suppression list (the job
     /// is recorded and never enqueued).
-    status: &'static str,
+    status: Status,
 }
 
 fn field_errors(e: ValidationErrors) -> Reject {
@@ -232,13 +232,13 @@ async fn enqueue(s: &ApiState, prepared: Vec<Prepared>) -> Result<Vec<Accepted>,
             held.next().map(|p| Accepted {
                 id: p.id.to_string(),
                 duplicate: false,
-                status: "suppressed",
+                status: Status::Suppressed,
             })
         } else {
             queued.next().map(|e| Accepted {
                 id: e.id.to_string(),
                 duplicate: !e.added,
-                status: "queued",
+                status: Status::Queued,
             })
         };
         out.extend(next);

@@ -34,7 +34,7 @@ fn table(s: &Snapshot) -> String {
         let sent = s
             .recent
             .get(*lane)
-            .and_then(|m| m.get("sent"))
+            .and_then(|m| m.get(crate::domain::Status::Sent.as_str()))
             .copied()
             .unwrap_or(0);
         let _ = writeln!(

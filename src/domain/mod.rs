@@ -10,6 +10,7 @@ mod address;
 mod email;
 mod job;
 mod secret;
+mod status;
 
 pub use address::{Address, AddressError, Mailbox};
 pub use email::{
@@ -18,6 +19,7 @@ pub use email::{
 };
 pub use job::{JobId, Lane, LaneParseError};
 pub use secret::Secret;
+pub use status::{Status, StatusParseError};
 
 /// True when `s` contains a byte that could split or smuggle a header line.
 pub fn has_header_breaking_char(s: &str) -> bool {

@@ -2,15 +2,17 @@
 //! transaction counter of a database.
 
 use super::{StoreError, q};
+use crate::domain::Status;
 use sqlx::PgPool;
 
 /// Jobs recorded in a final status, and of those `sent`.
 pub async fn progress(pool: &PgPool) -> Result<(i64, i64), StoreError> {
     sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE status IN ('sent', 'failed', 'dead', 'suppressed', 'unknown')),
-                count(*) FILTER (WHERE status = 'sent')
+        "SELECT count(*) FILTER (WHERE status = ANY($1)), count(*) FILTER (WHERE status = $2)
            FROM emails",
     )
+    .bind(&Status::FINAL[..])
+    .bind(Status::Sent)
     .fetch_one(pool)
     .await
     .map_err(q("counting recorded jobs"))
@@ -36,7 +38,7 @@ pub async fn latency(pool: &PgPool, lane: Option<&str>) -> Result<Latency, Store
     let row: LatencyRow = sqlx::query_as(
         "WITH l AS (
             SELECT extract(epoch FROM recorded_at - enqueued_at) * 1000 AS ms, enqueued_at, recorded_at
-              FROM emails WHERE status = 'sent' AND ($1::text IS NULL OR lane = $1))
+              FROM emails WHERE status = $2 AND ($1::text IS NULL OR lane = $1))
          SELECT count(*),
                 percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY ms)::float8[],
                 max(ms)::float8,
@@ -45,6 +47,7 @@ pub async fn latency(pool: &PgPool, lane: Option<&str>) -> Result<Latency, Store
            FROM l",
     )
     .bind(lane)
+    .bind(Status::Sent)
     .fetch_one(pool)
     .await
     .map_err(q("measuring latency"))?;

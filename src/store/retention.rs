@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::emails::FINAL;
+use crate::domain::Status;
 
 /// The smallest UUIDv7 of the millisecond `t`: every v7 id made before `t` sorts below it.
 pub fn v7_floor(t: DateTime<Utc>) -> Uuid {
@@ -41,7 +41,7 @@ pub async fn count(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Pruned, Store
                 (SELECT count(*) FROM schedule_runs WHERE tick < $3 AND status <> 'fanning_out')",
     )
     .bind(v7_floor(cutoff))
-    .bind(FINAL)
+    .bind(&Status::FINAL[..])
     .bind(cutoff)
     .fetch_one(pool)
     .await
@@ -73,7 +73,7 @@ pub async fn prune(pool: &PgPool, cutoff: DateTime<Utc>, batch: i64) -> Result<P
              SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM gone_attempts)",
         )
         .bind(floor)
-        .bind(FINAL)
+        .bind(&Status::FINAL[..])
         .bind(cutoff)
         .bind(batch.max(1))
         .fetch_one(pool)

@@ -9,6 +9,7 @@
 //! [`PENDING_FOR`], are let go.
 
 use super::{StoreError, q};
+use crate::domain::Status;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -28,11 +29,11 @@ pub const PENDING_FOR: std::time::Duration = std::time::Duration::from_secs(7 * 
 
 impl Kind {
     /// The status an event sets, and the statuses it applies to (None: it changes no job).
-    fn transition(self) -> Option<(&'static str, &'static [&'static str])> {
+    fn transition(self) -> Option<(Status, &'static [Status])> {
         match self {
-            Kind::Delivered => Some(("delivered", &["sent"])),
-            Kind::HardBounce => Some(("bounced", &["sent", "delivered"])),
-            Kind::Complaint => Some(("complained", &["sent", "delivered"])),
+            Kind::Delivered => Some((Status::Delivered, &[Status::Sent])),
+            Kind::HardBounce => Some((Status::Bounced, &[Status::Sent, Status::Delivered])),
+            Kind::Complaint => Some((Status::Complained, &[Status::Sent, Status::Delivered])),
             Kind::Other => None,
         }
     }
@@ -151,14 +152,14 @@ pub async fn apply_once(
                  UPDATE webhook_events SET pending = true
                   WHERE provider = $4 AND event_id = $5 AND NOT EXISTS (SELECT 1 FROM upd)
                     AND NOT EXISTS (SELECT 1 FROM emails WHERE id = $1
-                                     AND status IN ('failed', 'dead', 'suppressed', 'unknown',
-                                                    'delivered', 'bounced', 'complained'))",
+                                     AND status = ANY($6) AND status <> ALL($3))",
             )
             .bind(id)
             .bind(status)
             .bind(from)
             .bind(e.provider)
             .bind(&e.event_id)
+            .bind(&Status::FINAL[..])
             .execute(&mut *tx)
             .await
             .map_err(q("updating a job from a webhook event"))?;
@@ -216,12 +217,12 @@ pub async fn apply_pending(pool: &PgPool) -> Result<u64, StoreError> {
               WHERE pending AND kind = $1
                 AND (received_at < now() - make_interval(secs => $3)
                      OR NOT EXISTS (SELECT 1 FROM emails e WHERE e.id = w.job_id
-                                     AND (e.status = ANY($2)
-                                          OR e.status IN ('queued', 'sending', 'retrying'))))",
+                                     AND (e.status = ANY($2) OR e.status = ANY($4))))",
         )
         .bind(kind.as_str())
         .bind(from)
         .bind(PENDING_FOR.as_secs_f64())
+        .bind(&Status::OPEN[..])
         .execute(pool)
         .await
         .map_err(q("letting go of stale webhook events"))?;

@@ -5,6 +5,7 @@
 use super::fate::{self, Fate};
 use super::recorder::{After, EntryRef, Item};
 use super::{Shared, backoff};
+use crate::domain::Status;
 use crate::metrics::METRICS;
 use crate::provider::breaker::Admit;
 use crate::provider::{ErrorClass, Message, SendError};
@@ -137,7 +138,7 @@ pub(super) async fn batch(shared: Arc<Shared>, entries: Vec<RawEntry>, out: Unbo
             outcome: Outcome {
                 id: job.id.as_uuid(),
                 token,
-                status: "suppressed",
+                status: Status::Suppressed,
                 attempt: attempts[&job.id.as_uuid()],
                 provider: None,
                 message_id: None,
@@ -359,7 +360,7 @@ async fn send_one(
     let providers = &shared.deps.providers;
     let started = Utc::now();
     let entry = EntryRef::of_job(job);
-    let outcome = |status: &'static str,
+    let outcome = |status: Status,
                    provider: Option<&str>,
                    error: Option<String>,
                    http: Option<u16>,
@@ -403,7 +404,7 @@ async fn send_one(
     let defer = |why: &str, wait: Duration| {
         METRICS.deferred.inc();
         let mut o = outcome(
-            "retrying",
+            Status::Retrying,
             None,
             Some(format!("deferred: {why}")),
             None,
@@ -441,7 +442,13 @@ async fn send_one(
         Ok(r) => r,
         Err(e) => {
             return finish(
-                outcome("failed", None, Some(format!("render: {e}")), None, None),
+                outcome(
+                    Status::Failed,
+                    None,
+                    Some(format!("render: {e}")),
+                    None,
+                    None,
+                ),
                 After::Ack,
             );
         }
@@ -449,7 +456,7 @@ async fn send_one(
     if route.is_empty() {
         return finish(
             outcome(
-                "failed",
+                Status::Failed,
                 None,
                 Some("no provider configured".into()),
                 None,
@@ -552,7 +559,7 @@ async fn send_one(
         match result {
             Ok(acc) => {
                 let mut o = outcome(
-                    "sent",
+                    Status::Sent,
                     Some(slot.name()),
                     None,
                     Some(acc.http_status),
@@ -609,7 +616,7 @@ async fn send_one(
         );
     };
     // The route ended in `e`: this attempt's own row; the providers before it are in `tried`.
-    let ended = |status: &'static str, e: &SendError| {
+    let ended = |status: Status, e: &SendError| {
         let mut o = outcome(
             status,
             Some(provider),
@@ -631,13 +638,13 @@ async fn send_one(
     }
     match fate::after_error(e.class, attempt, s.max_attempts, s.ambiguous) {
         // Final `unknown`: an operator decides (the attempt log has the error).
-        Fate::Failed => finish(ended("failed", &e), After::Ack),
-        Fate::Unknown => finish(ended("unknown", &e), After::Ack),
+        Fate::Failed => finish(ended(Status::Failed, &e), After::Ack),
+        Fate::Unknown => finish(ended(Status::Unknown, &e), After::Ack),
         Fate::RetryUnknown => {
             // At-least-once: send again later; the attempt is logged `unknown`, so a
             // duplicate it may cause is counted.
-            let mut o = ended("retrying", &e);
-            o.attempt_outcome = Some("unknown");
+            let mut o = ended(Status::Retrying, &e);
+            o.attempt_outcome = Some(Status::Unknown.as_str());
             retry(o, attempt, None)
         }
         Fate::Dead => {
@@ -648,8 +655,8 @@ async fn send_one(
                 error: e.message.clone(),
                 attempts: attempt,
             };
-            finish(ended("dead", &e), After::Dead(dl))
+            finish(ended(Status::Dead, &e), After::Dead(dl))
         }
-        Fate::Retry => retry(ended("retrying", &e), attempt, e.retry_after),
+        Fate::Retry => retry(ended(Status::Retrying, &e), attempt, e.retry_after),
     }
 }

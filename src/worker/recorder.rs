@@ -141,7 +141,7 @@ async fn flush(
                     .with_label_values(&[
                         entry.lane.as_str(),
                         outcome.provider.as_deref().unwrap_or("none"),
-                        outcome.status,
+                        outcome.status.as_str(),
                     ])
                     .inc();
                 METRICS

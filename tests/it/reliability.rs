@@ -208,7 +208,7 @@ fn outcome(id: uuid::Uuid, token: uuid::Uuid, attempt: i32) -> Outcome {
     Outcome {
         id,
         token,
-        status: "sent",
+        status: mailfleet::domain::Status::Sent,
         attempt,
         provider: Some("sendgrid".into()),
         message_id: Some(format!("m-{attempt}")),

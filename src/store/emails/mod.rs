@@ -1,0 +1,223 @@
+//! The `emails` ledger and its `email_attempts` log. One file per part of a job's life:
+//! [`claim`] (a worker takes a batch, and keeps its claims fresh), [`record`] (outcomes and
+//! their attempt rows), [`recover`] (the reconciler, dead-lettering and replay), and here the
+//! rows written at accept and the look-ups.
+//!
+//! Every status is a [`Status`], bound as a parameter: no statement spells one.
+
+mod claim;
+mod record;
+mod recover;
+
+pub use claim::{ClaimResult, Claimed, DeadRow, claim, touch_claims};
+pub use record::{Outcome, Tried, record};
+pub use recover::{Overdue, ambiguous_attempts, mark_dead, queued_of, revive_dead, take_overdue};
+
+use super::{StoreError, q};
+use crate::domain::Status;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// What the first sight of a job writes.
+#[derive(Debug, Clone)]
+pub struct NewRow {
+    pub id: Uuid,
+    pub lane: &'static str,
+    pub partition: i16,
+    pub idempotency_key: Option<String>,
+    pub tenant: Option<String>,
+    pub recipient_domain: String,
+    pub template: Option<String>,
+    pub payload: String,
+    pub enqueued_at: DateTime<Utc>,
+    /// A future `send_at`, if any: the reconciler leaves the row alone until then.
+    pub due_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Default)]
+pub(super) struct Columns {
+    pub(super) id: Vec<Uuid>,
+    pub(super) lane: Vec<&'static str>,
+    pub(super) partition: Vec<i16>,
+    pub(super) idem: Vec<Option<String>>,
+    pub(super) tenant: Vec<Option<String>>,
+    pub(super) domain: Vec<String>,
+    pub(super) template: Vec<Option<String>>,
+    pub(super) payload: Vec<String>,
+    pub(super) enqueued_at: Vec<DateTime<Utc>>,
+    pub(super) due_at: Vec<Option<DateTime<Utc>>>,
+}
+
+impl Columns {
+    pub(super) fn of(rows: &[NewRow]) -> Self {
+        let mut c = Columns::default();
+        for r in rows {
+            c.id.push(r.id);
+            c.lane.push(r.lane);
+            c.partition.push(r.partition);
+            c.idem.push(r.idempotency_key.clone());
+            c.tenant.push(r.tenant.clone());
+            c.domain.push(r.recipient_domain.clone());
+            c.template.push(r.template.clone());
+            c.payload.push(r.payload.clone());
+            c.enqueued_at.push(r.enqueued_at);
+            c.due_at.push(r.due_at);
+        }
+        c
+    }
+}
+
+/// Insert `queued` rows for jobs the API accepted or a schedule fanned out (no-op for rows that
+/// exist already). Runs on a pool or inside a transaction; returns how many rows were new.
+pub async fn insert_queued<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    rows: &[NewRow],
+) -> Result<u64, StoreError> {
+    insert_as(executor, rows, Status::Queued).await
+}
+
+/// Insert final `suppressed` rows for jobs the API refused to enqueue because every `to`
+/// recipient is suppressed (no-op for rows that exist already).
+pub async fn insert_suppressed(pool: &PgPool, rows: &[NewRow]) -> Result<u64, StoreError> {
+    insert_as(pool, rows, Status::Suppressed).await
+}
+
+async fn insert_as<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    rows: &[NewRow],
+    status: Status,
+) -> Result<u64, StoreError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let c = Columns::of(rows);
+    let r = sqlx::query(
+        r#"
+        INSERT INTO emails (id, status, lane, partition, idempotency_key, tenant, recipient_domain,
+                            template, payload, enqueued_at, due_at, recorded_at)
+        SELECT id, $11, lane, partition, idem, tenant, domain, template, payload, enq, due,
+               CASE WHEN $12 THEN now() END
+        FROM UNNEST($1::uuid[], $2::text[], $3::int2[], $4::text[], $5::text[], $6::text[], $7::text[],
+                    $8::text[], $9::timestamptz[], $10::timestamptz[])
+             AS t(id, lane, partition, idem, tenant, domain, template, payload, enq, due)
+        ON CONFLICT (id) DO NOTHING
+        "#,
+    )
+    .bind(&c.id)
+    .bind(&c.lane)
+    .bind(&c.partition)
+    .bind(&c.idem)
+    .bind(&c.tenant)
+    .bind(&c.domain)
+    .bind(&c.template)
+    .bind(&c.payload)
+    .bind(&c.enqueued_at)
+    .bind(&c.due_at)
+    .bind(status)
+    .bind(status.is_final())
+    .execute(executor)
+    .await
+    .map_err(q("recording accepted jobs"))?;
+    Ok(r.rows_affected())
+}
+
+/// What `GET /v1/emails/{id}` shows.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct EmailStatus {
+    pub id: Uuid,
+    pub status: String,
+    pub lane: String,
+    pub attempts: i32,
+    pub provider: Option<String>,
+    pub provider_message_id: Option<String>,
+    pub last_error: Option<String>,
+    pub enqueued_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub async fn status(pool: &PgPool, id: Uuid) -> Result<Option<EmailStatus>, StoreError> {
+    sqlx::query_as(
+        "SELECT id, status, lane, attempts, provider, provider_message_id, last_error, enqueued_at,
+                sent_at, updated_at
+           FROM emails WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+    .map_err(q("looking up an email"))
+}
+
+/// Counts by status and the enqueue-to-recorded latency of the sent ones, over these ids.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    pub by_status: Vec<(String, i64)>,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+pub async fn summary(pool: &PgPool, ids: &[Uuid]) -> Result<Summary, StoreError> {
+    let by_status: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT status, count(*) FROM emails WHERE id = ANY($1) GROUP BY status ORDER BY status",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await
+    .map_err(q("counting emails by status"))?;
+    let (p50, p99): (Option<f64>, Option<f64>) = sqlx::query_as(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)
+           FROM (SELECT extract(epoch FROM (recorded_at - enqueued_at))::float8 * 1000 AS ms
+                   FROM emails WHERE id = ANY($1) AND status = $2) t",
+    )
+    .bind(ids)
+    .bind(Status::Sent)
+    .fetch_one(pool)
+    .await
+    .map_err(q("measuring latency"))?;
+    Ok(Summary {
+        by_status,
+        p50_ms: p50.unwrap_or(0.0),
+        p99_ms: p99.unwrap_or(0.0),
+    })
+}
+
+/// Which of `ids` have one of `statuses`.
+pub async fn ids_with_status(
+    pool: &PgPool,
+    ids: &[Uuid],
+    statuses: &[Status],
+) -> Result<Vec<Uuid>, StoreError> {
+    sqlx::query_scalar("SELECT id FROM emails WHERE id = ANY($1) AND status = ANY($2)")
+        .bind(ids)
+        .bind(statuses)
+        .fetch_all(pool)
+        .await
+        .map_err(q("selecting emails by status"))
+}
+
+/// Which of `ids` have a row (a worker claimed them at least once).
+pub async fn existing(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError> {
+    sqlx::query_scalar("SELECT id FROM emails WHERE id = ANY($1)")
+        .bind(ids)
+        .fetch_all(pool)
+        .await
+        .map_err(q("selecting existing emails"))
+}
+
+/// Outcomes recorded in the last `secs` seconds, per lane and status (for `mailfleet status`).
+pub async fn recent_outcomes(
+    pool: &PgPool,
+    secs: f64,
+) -> Result<Vec<(String, String, i64)>, StoreError> {
+    sqlx::query_as(
+        "SELECT lane, status, count(*) FROM emails
+          WHERE recorded_at > now() - make_interval(secs => $1)
+          GROUP BY lane, status ORDER BY lane, status",
+    )
+    .bind(secs)
+    .fetch_all(pool)
+    .await
+    .map_err(q("counting recent outcomes"))
+}
