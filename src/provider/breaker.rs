@@ -422,4 +422,12 @@ mod tests {
         b.record(Admit::Probe, Verdict::Success, later);
         assert_eq!(b.down_for(later + Duration::from_secs(30)), Duration::ZERO);
     }
+
+    #[test]
+    fn the_state_gauge_is_zero_closed_one_half_open_two_open() {
+        assert_eq!(
+            [State::Closed, State::HalfOpen, State::Open].map(State::gauge),
+            [0, 1, 2]
+        );
+    }
 }
