@@ -36,25 +36,7 @@ pub enum LimitError {
     Reply(Value),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Keys {
-    pub window: String,
-    pub seq: String,
-    pub block: String,
-    pub tenant: Option<String>,
-}
-
-impl Keys {
-    pub fn new(prefix: &str, provider: &str, tenant: Option<&str>) -> Self {
-        let base = format!("{prefix}:rl:{{{provider}}}");
-        Keys {
-            window: format!("{base}:w"),
-            seq: format!("{base}:seq"),
-            block: format!("{base}:block"),
-            tenant: tenant.map(|t| format!("{base}:t:{t}")),
-        }
-    }
-}
+pub use crate::stream::keys::RateLimitKeys as Keys;
 
 /// What one `ratelimit.lua` call asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

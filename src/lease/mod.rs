@@ -74,22 +74,7 @@ impl fmt::Debug for FenceToken {
     }
 }
 
-/// The Redis keys of a lease: `<prefix>:lease:{<name>}` and its fence counter, which share a
-/// hash tag so the script touches one slot.
-#[derive(Debug, Clone)]
-pub struct LeaseKeys {
-    pub lease: String,
-    pub fence: String,
-}
-
-impl LeaseKeys {
-    pub fn new(prefix: &str, name: &str) -> Self {
-        LeaseKeys {
-            lease: format!("{prefix}:lease:{{{name}}}"),
-            fence: format!("{prefix}:lease:{{{name}}}:fence"),
-        }
-    }
-}
+pub use crate::stream::keys::LeaseKeys;
 
 /// A won lease. Acting on it is allowed only while [`Lease::is_valid`].
 #[derive(Debug)]

@@ -38,14 +38,6 @@ pub struct Depth {
 /// A worker is alive if it reported within this long.
 pub const ALIVE_MS: i64 = 30_000;
 
-fn workers_key(keys: &Keys) -> String {
-    format!("{}:workers", keys.prefix())
-}
-
-fn breakers_key(keys: &Keys) -> String {
-    format!("{}:breakers", keys.prefix())
-}
-
 fn int(v: &Value) -> u64 {
     match v {
         Value::Int(i) => (*i).max(0) as u64,
@@ -107,30 +99,30 @@ pub async fn read<C: redis::aio::ConnectionLike + Send>(
     let mut p = redis::pipe();
     if let Some((consumer, breakers)) = me {
         p.cmd("ZADD")
-            .arg(workers_key(keys))
+            .arg(keys.workers())
             .arg(now_ms)
             .arg(consumer)
             .ignore();
         for (provider, state) in breakers {
             p.cmd("HSET")
-                .arg(breakers_key(keys))
+                .arg(keys.breakers())
                 .arg(format!("{provider}\t{consumer}"))
                 .arg(*state)
                 .ignore();
         }
     }
     p.cmd("ZREMRANGEBYSCORE")
-        .arg(workers_key(keys))
+        .arg(keys.workers())
         .arg("-inf")
         .arg(now_ms - ALIVE_MS)
         .ignore();
     p.cmd("ZRANGE")
-        .arg(workers_key(keys))
+        .arg(keys.workers())
         .arg(0)
         .arg(-1)
         .arg("WITHSCORES");
-    p.cmd("HGETALL").arg(breakers_key(keys));
-    p.cmd("HGETALL").arg(format!("{}:paused", keys.prefix()));
+    p.cmd("HGETALL").arg(keys.breakers());
+    p.cmd("HGETALL").arg(keys.paused());
     for part in 0..keys.partitions() {
         for lane in Lane::ALL {
             let k = keys.lane(part, lane);
@@ -205,7 +197,7 @@ pub async fn read<C: redis::aio::ConnectionLike + Send>(
     if !stale.is_empty() {
         // Breaker states of workers that stopped reporting: drop them (best effort).
         let _: redis::RedisResult<()> = redis::cmd("HDEL")
-            .arg(breakers_key(keys))
+            .arg(keys.breakers())
             .arg(stale)
             .query_async(conn)
             .await;

@@ -1,6 +1,10 @@
-//! The Redis key layout. Keys are `<prefix>:{<partition>}:<name>`; the braces make the
-//! partition number the Redis Cluster hash tag, so a partition's streams, delayed set,
-//! dead-letter stream and dedup markers share one slot and one Lua script may touch them all.
+//! The Redis key layout, every key mailfleet uses, built here and nowhere else. Job keys are
+//! `<prefix>:{<partition>}:<name>`; the braces make the partition number the Redis Cluster
+//! hash tag, so a partition's streams, delayed set, dead-letter stream and dedup markers share
+//! one slot and one Lua script may touch them all. A lease's keys share the lease's name as
+//! their tag ([`LeaseKeys`]), a provider's rate-limit keys the provider's ([`RateLimitKeys`]).
+//! The deployment-wide keys (pauses, workers, breakers, the partition count) are single keys
+//! that no script combines with another.
 
 use crate::domain::Lane;
 
@@ -37,6 +41,18 @@ impl Keys {
     pub fn partition_count(&self) -> String {
         format!("{}:partitions", self.prefix)
     }
+    /// The pauses in force (a hash of `<scope>:<name>` → since, unix ms; `stream::pause`).
+    pub fn paused(&self) -> String {
+        format!("{}:paused", self.prefix)
+    }
+    /// The workers alive (a sorted set scored by their last report, unix ms).
+    pub fn workers(&self) -> String {
+        format!("{}:workers", self.prefix)
+    }
+    /// Each worker's breaker states (a hash of `<provider>\t<consumer>` → state).
+    pub fn breakers(&self) -> String {
+        format!("{}:breakers", self.prefix)
+    }
     pub fn dedup(&self, p: u16, idem: &str) -> String {
         format!("{}:{{{p}}}:dedup:{idem}", self.prefix)
     }
@@ -45,6 +61,45 @@ impl Keys {
     /// other languages place jobs identically.
     pub fn partition_for(&self, routing_key: &str) -> u16 {
         (fnv1a32(routing_key.as_bytes()) % u32::from(self.partitions)) as u16
+    }
+}
+
+/// The Redis keys of a lease: `<prefix>:lease:{<name>}` and its fence counter, which share a
+/// hash tag so the script touches one slot.
+#[derive(Debug, Clone)]
+pub struct LeaseKeys {
+    pub lease: String,
+    pub fence: String,
+}
+
+impl LeaseKeys {
+    pub fn new(prefix: &str, name: &str) -> Self {
+        LeaseKeys {
+            lease: format!("{prefix}:lease:{{{name}}}"),
+            fence: format!("{prefix}:lease:{{{name}}}:fence"),
+        }
+    }
+}
+
+/// The keys of one provider's cluster-wide window (`lua/ratelimit.lua`), all tagged with the
+/// provider's name: its log, grant counter, back-off flag, and a tenant's own log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitKeys {
+    pub window: String,
+    pub seq: String,
+    pub block: String,
+    pub tenant: Option<String>,
+}
+
+impl RateLimitKeys {
+    pub fn new(prefix: &str, provider: &str, tenant: Option<&str>) -> Self {
+        let base = format!("{prefix}:rl:{{{provider}}}");
+        RateLimitKeys {
+            window: format!("{base}:w"),
+            seq: format!("{base}:seq"),
+            block: format!("{base}:block"),
+            tenant: tenant.map(|t| format!("{base}:t:{t}")),
+        }
     }
 }
 

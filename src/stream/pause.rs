@@ -24,10 +24,6 @@ impl Scope {
     }
 }
 
-fn key(keys: &Keys) -> String {
-    format!("{}:paused", keys.prefix())
-}
-
 /// The pauses in force, as a worker uses them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pauses {
@@ -59,7 +55,7 @@ pub async fn set<C: redis::aio::ConnectionLike + Send>(
     name: &str,
 ) -> redis::RedisResult<bool> {
     let added: i64 = redis::cmd("HSETNX")
-        .arg(key(keys))
+        .arg(keys.paused())
         .arg(format!("{}:{name}", scope.as_str()))
         .arg(chrono::Utc::now().timestamp_millis())
         .query_async(conn)
@@ -74,7 +70,7 @@ pub async fn clear<C: redis::aio::ConnectionLike + Send>(
     name: &str,
 ) -> redis::RedisResult<bool> {
     let removed: i64 = redis::cmd("HDEL")
-        .arg(key(keys))
+        .arg(keys.paused())
         .arg(format!("{}:{name}", scope.as_str()))
         .query_async(conn)
         .await?;
@@ -86,7 +82,7 @@ pub async fn read<C: redis::aio::ConnectionLike + Send>(
     keys: &Keys,
 ) -> redis::RedisResult<Pauses> {
     let fields: HashMap<String, i64> = redis::cmd("HGETALL")
-        .arg(key(keys))
+        .arg(keys.paused())
         .query_async(conn)
         .await?;
     let mut p = Pauses::default();
