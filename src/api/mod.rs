@@ -42,14 +42,8 @@ async fn readyz(State(h): State<Health>) -> (StatusCode, String) {
     if h.draining.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining".into());
     }
-    let redis = async {
-        let mut c = h.redis.get().await.map_err(|e| e.to_string())?;
-        redis::cmd("PING")
-            .query_async::<String>(&mut *c)
-            .await
-            .map_err(|e| e.to_string())
-    };
-    let pg = sqlx::query("SELECT 1").execute(&h.pg);
+    let redis = crate::stream::ping(&h.redis);
+    let pg = crate::store::ping(&h.pg);
     let t = Duration::from_secs(1);
     let (r, p) = tokio::join!(tokio::time::timeout(t, redis), tokio::time::timeout(t, pg));
     let mut problems = Vec::new();

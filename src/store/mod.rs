@@ -58,6 +58,15 @@ pub fn redacted_target(opts: &PgConnectOptions) -> String {
 }
 
 /// Open a pool. Statement logging is off: statements carry addresses.
+/// Whether Postgres answers a trivial query (for `/readyz`).
+pub async fn ping(pool: &PgPool) -> Result<(), StoreError> {
+    sqlx::query("SELECT 1")
+        .execute(pool)
+        .await
+        .map(drop)
+        .map_err(q("checking the database"))
+}
+
 /// Postgres' clock: the one every due time and schedule tick is compared with, so a host whose
 /// own clock is off cannot move them.
 pub async fn now(pool: &PgPool) -> Result<chrono::DateTime<chrono::Utc>, StoreError> {

@@ -26,6 +26,16 @@ pub const GROUP: &str = "mailfleet";
 
 pub use conn::{Blocking, Pool, PoolError, blocking_connection, cluster_nodes, pool};
 
+/// Whether Redis answers a PING through `pool` (for `/readyz`).
+pub async fn ping(pool: &Pool) -> Result<(), String> {
+    let mut c = pool.get().await.map_err(|e| e.to_string())?;
+    redis::cmd("PING")
+        .query_async::<String>(&mut *c)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
 /// Delete every key under `prefix:` (SCAN, then DEL in batches): for scratch prefixes such as
 /// `mailfleet bench`'s, never a live deployment's. Returns how many keys went.
 pub async fn delete_prefix<C: redis::aio::ConnectionLike + Send>(
