@@ -97,12 +97,11 @@ pub async fn list(
     .map_err(q("listing suppressions"))
 }
 
-/// Which of `addresses` (lowercased) are suppressed now, as (address, tenant) pairs: a
-/// tenant of '' suppresses the address for everyone.
-pub async fn active(
-    pool: &PgPool,
-    addresses: &[String],
-) -> Result<HashSet<(String, String)>, StoreError> {
+/// Suppressed (address, tenant) pairs; a tenant of '' suppresses the address for everyone.
+pub type Active = HashSet<(String, String)>;
+
+/// Which of `addresses` (lowercased) are suppressed now.
+pub async fn active(pool: &PgPool, addresses: &[String]) -> Result<Active, StoreError> {
     if addresses.is_empty() {
         return Ok(HashSet::new());
     }
@@ -118,7 +117,7 @@ pub async fn active(
 }
 
 /// Whether `address` (lowercased) is suppressed for `tenant` given the [`active`] pairs.
-pub fn is_suppressed(set: &HashSet<(String, String)>, address: &str, tenant: Option<&str>) -> bool {
+pub fn is_suppressed(set: &Active, address: &str, tenant: Option<&str>) -> bool {
     set.contains(&(address.to_owned(), String::new()))
         || tenant.is_some_and(|t| set.contains(&(address.to_owned(), t.to_owned())))
 }

@@ -26,6 +26,7 @@
 
 mod fate;
 mod heartbeat;
+mod persist;
 mod process;
 mod reader;
 mod reclaim;

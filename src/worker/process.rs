@@ -3,6 +3,7 @@
 //! recorder can account for (ack or abandon) all of them.
 
 use super::fate::{self, Fate};
+use super::persist::{GiveUp, Op, until_ok};
 use super::recorder::{After, EntryRef, Item};
 use super::{Shared, backoff};
 use crate::domain::Status;
@@ -112,23 +113,24 @@ pub(super) async fn batch(shared: Arc<Shared>, entries: Vec<RawEntry>, out: Unbo
     // dropped; a job left with no `to` is recorded `suppressed` and never reaches a provider.
     let mut mine = mine;
     let suppressed = {
-        let mut wait = Duration::from_millis(100);
-        loop {
-            match suppress(&shared, &mut mine).await {
-                Ok(s) => break s,
-                Err(e) => {
-                    METRICS
-                        .store_errors
-                        .with_label_values(&["suppressions"])
-                        .inc();
-                    tracing::warn!(error.message = %e, "suppression check failed; backing off");
-                    if shared.draining.load(std::sync::atomic::Ordering::SeqCst) {
-                        let _ = out.send(Item::Abandon(mine.len()));
-                        return;
-                    }
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(5));
-                }
+        let addresses = recipients(&mine);
+        let found = until_ok(
+            &shared,
+            Op {
+                errors: &METRICS.store_errors,
+                label: "suppressions",
+                failed: "suppression check failed; backing off",
+                first: Duration::from_millis(100),
+                give_up: GiveUp::WhenDraining,
+            },
+            || suppressions::active(&shared.deps.pg, &addresses),
+        )
+        .await;
+        match found {
+            Some(set) => drop_suppressed(&mut mine, &set),
+            None => {
+                let _ = out.send(Item::Abandon(mine.len()));
+                return;
             }
         }
     };
@@ -187,21 +189,24 @@ pub(super) async fn batch(shared: Arc<Shared>, entries: Vec<RawEntry>, out: Unbo
     let templates = if names.is_empty() {
         HashMap::new()
     } else {
-        let mut wait = Duration::from_millis(100);
-        loop {
-            match shared.templates(&names).await {
-                Ok(t) => break t,
-                Err(e) => {
-                    METRICS.store_errors.with_label_values(&["templates"]).inc();
-                    tracing::warn!(error.message = %e, "template lookup failed; backing off");
-                    if shared.draining.load(std::sync::atomic::Ordering::SeqCst) {
-                        // Claimed but unsent: the claims expire and the entries are reclaimed.
-                        let _ = out.send(Item::Abandon(mine.len()));
-                        return;
-                    }
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(5));
-                }
+        let found = until_ok(
+            &shared,
+            Op {
+                errors: &METRICS.store_errors,
+                label: "templates",
+                failed: "template lookup failed; backing off",
+                first: Duration::from_millis(100),
+                give_up: GiveUp::WhenDraining,
+            },
+            || shared.templates(&names),
+        )
+        .await;
+        match found {
+            Some(t) => t,
+            None => {
+                // Claimed but unsent: the claims expire and the entries are reclaimed.
+                let _ = out.send(Item::Abandon(mine.len()));
+                return;
             }
         }
     };
@@ -231,25 +236,23 @@ pub(super) async fn batch(shared: Arc<Shared>, entries: Vec<RawEntry>, out: Unbo
         .await;
 }
 
+/// Every recipient of `jobs`, lower-cased, once each: the suppression look-up's input.
+fn recipients(jobs: &[Job]) -> Vec<String> {
+    let mut a: Vec<String> = jobs
+        .iter()
+        .flat_map(|j| j.email.to.iter().chain(&j.email.cc).chain(&j.email.bcc))
+        .map(|m| m.address.as_str().to_lowercase())
+        .collect();
+    a.sort_unstable();
+    a.dedup();
+    a
+}
+
 /// Drop the suppressed recipients of `jobs`; take out (and return, with how many recipients
 /// were suppressed) the jobs left with nobody in `to`.
-async fn suppress(
-    shared: &Shared,
-    jobs: &mut Vec<Job>,
-) -> Result<Vec<(Job, usize)>, crate::store::StoreError> {
-    let addresses: Vec<String> = {
-        let mut a: Vec<String> = jobs
-            .iter()
-            .flat_map(|j| j.email.to.iter().chain(&j.email.cc).chain(&j.email.bcc))
-            .map(|m| m.address.as_str().to_lowercase())
-            .collect();
-        a.sort_unstable();
-        a.dedup();
-        a
-    };
-    let set = suppressions::active(&shared.deps.pg, &addresses).await?;
+fn drop_suppressed(jobs: &mut Vec<Job>, set: &suppressions::Active) -> Vec<(Job, usize)> {
     if set.is_empty() {
-        return Ok(Vec::new());
+        return Vec::new();
     }
     let mut out = Vec::new();
     let mut kept = Vec::with_capacity(jobs.len());
@@ -259,7 +262,7 @@ async fn suppress(
         for list in [&mut job.email.to, &mut job.email.cc, &mut job.email.bcc] {
             list.retain(|m| {
                 let hit = suppressions::is_suppressed(
-                    &set,
+                    set,
                     &m.address.as_str().to_lowercase(),
                     tenant.as_deref(),
                 );
@@ -277,7 +280,7 @@ async fn suppress(
         }
     }
     *jobs = kept;
-    Ok(out)
+    out
 }
 
 /// The dead-letter entry for a job the claim found (or made) `dead`.
@@ -324,29 +327,27 @@ fn new_row(j: &Job) -> NewRow {
 }
 
 async fn claim_with_retry(shared: &Shared, rows: &[NewRow], token: Uuid) -> Option<ClaimResult> {
-    let mut wait = Duration::from_millis(100);
-    loop {
-        match emails::claim(
-            &shared.deps.pg,
-            rows,
-            token,
-            shared.settings.visibility_timeout_ms as i64,
-            shared.settings.max_attempts,
-        )
-        .await
-        {
-            Ok(c) => return Some(c),
-            Err(e) => {
-                METRICS.store_errors.with_label_values(&["claim"]).inc();
-                tracing::warn!(error.message = %e, retry_in_ms = wait.as_millis() as u64, "claim failed; backing off");
-                if shared.draining.load(std::sync::atomic::Ordering::SeqCst) {
-                    return None;
-                }
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+    let s = &shared.settings;
+    until_ok(
+        shared,
+        Op {
+            errors: &METRICS.store_errors,
+            label: "claim",
+            failed: "claim failed; backing off",
+            first: Duration::from_millis(100),
+            give_up: GiveUp::WhenDraining,
+        },
+        || {
+            emails::claim(
+                &shared.deps.pg,
+                rows,
+                token,
+                s.visibility_timeout_ms as i64,
+                s.max_attempts,
+            )
+        },
+    )
+    .await
 }
 
 async fn send_one(

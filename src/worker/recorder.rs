@@ -5,6 +5,7 @@
 //! applied, and runs only after that statement committed.
 
 use super::Shared;
+use super::persist::{GiveUp, Op, until_ok};
 use crate::domain::Lane;
 use crate::metrics::METRICS;
 use crate::store::emails::{self, Outcome};
@@ -101,19 +102,20 @@ async fn flush(
             _ => None,
         })
         .collect();
-    let mut wait = Duration::from_millis(50);
-    let applied: HashSet<uuid::Uuid> = loop {
-        match emails::record(&shared.deps.pg, &outcomes).await {
-            Ok(ids) => break ids.into_iter().collect(),
-            Err(e) => {
-                METRICS.store_errors.with_label_values(&["record"]).inc();
-                tracing::warn!(error.message = %e, outcomes = outcomes.len(), retry_in_ms = wait.as_millis() as u64,
-                    "recording outcomes failed; holding their acks");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-        }
-    };
+    let applied: HashSet<uuid::Uuid> = until_ok(
+        shared,
+        Op {
+            errors: &METRICS.store_errors,
+            label: "record",
+            failed: "recording outcomes failed; holding their acks",
+            first: Duration::from_millis(50),
+            give_up: GiveUp::Never,
+        },
+        || emails::record(&shared.deps.pg, &outcomes),
+    )
+    .await
+    .map(|ids| ids.into_iter().collect())
+    .unwrap_or_default();
     if !outcomes.is_empty() {
         METRICS.record_batch.observe(outcomes.len() as f64);
         shared.live.remove(outcomes.iter().map(|o| (o.id, o.token)));
@@ -178,33 +180,36 @@ async fn flush(
         }
     }
     if !finish.is_empty() {
-        let mut wait = Duration::from_millis(50);
-        for attempt in 1..=8 {
-            if conn.is_none() {
-                *conn = shared.deps.redis.get().await.ok();
-            }
-            let r = match conn.as_mut() {
-                Some(c) => finish
-                    .execute(&mut **c, &shared.deps.keys)
+        // Recorded in Postgres already: if acks never land, the entries are reclaimed later,
+        // the claim finds them final, and they are acked (or dead-lettered) then.
+        // The kept connection goes in and out of a slot so each try can own it.
+        let slot = std::sync::Mutex::new(conn.take());
+        let (slot_ref, finish) = (&slot, &finish);
+        until_ok(
+            shared,
+            Op {
+                errors: &METRICS.redis_errors,
+                label: "finish",
+                failed: "acking failed; retrying",
+                first: Duration::from_millis(50),
+                give_up: GiveUp::After(8),
+            },
+            move || async move {
+                let kept = slot_ref.lock().unwrap_or_else(|p| p.into_inner()).take();
+                let mut c = match kept {
+                    Some(c) => c,
+                    None => shared.deps.redis.get().await.map_err(|e| e.to_string())?,
+                };
+                finish
+                    .execute(&mut *c, &shared.deps.keys)
                     .await
-                    .map_err(|e| e.to_string()),
-                None => Err("no Redis connection".to_owned()),
-            };
-            if r.is_err() {
-                *conn = None;
-            }
-            match r {
-                Ok(()) => break,
-                Err(e) => {
-                    METRICS.redis_errors.with_label_values(&["finish"]).inc();
-                    // Recorded in Postgres already: if acks never land, the entries are
-                    // reclaimed later, the claim finds them final, and they are acked then.
-                    tracing::warn!(error.message = %e, attempt, entries = finish.len(), "acking failed; retrying");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+                    .map_err(|e| e.to_string())?;
+                *slot_ref.lock().unwrap_or_else(|p| p.into_inner()) = Some(c);
+                Ok::<(), String>(())
+            },
+        )
+        .await;
+        *conn = slot.into_inner().unwrap_or_else(|p| p.into_inner());
     }
     shared.release(entries);
 }
