@@ -57,19 +57,15 @@ impl Prepared {
     /// The `queued` row Postgres keeps for this job when it is recorded before a worker sees it
     /// (accepted by the API, or fanned out by a schedule).
     pub fn ledger_row(&self) -> crate::store::emails::NewRow {
-        crate::store::emails::NewRow {
-            id: self.id.as_uuid(),
-            lane: self.lane.as_str(),
-            partition: self.partition as i16,
-            idempotency_key: self.idempotency_key.clone(),
-            tenant: self.email.tenant.clone(),
-            recipient_domain: self.email.recipient_domain().to_owned(),
-            template: self.email.template_name().map(str::to_owned),
-            payload: self.payload_json.clone(),
-            enqueued_at: chrono::DateTime::from_timestamp_millis(self.enqueued_at_ms)
-                .unwrap_or_else(chrono::Utc::now),
-            due_at: self.email.send_at,
-        }
+        crate::store::emails::NewRow::of(crate::store::emails::JobFacts {
+            id: self.id,
+            lane: self.lane,
+            partition: self.partition,
+            idempotency_key: self.idempotency_key.as_deref(),
+            email: &self.email,
+            payload_json: &self.payload_json,
+            enqueued_at_ms: self.enqueued_at_ms,
+        })
     }
 }
 

@@ -14,7 +14,7 @@ use crate::store::emails::{self, ClaimResult, NewRow, Outcome, Tried};
 use crate::store::suppressions;
 use crate::stream::consumer::DeadLetter;
 use crate::stream::{Job, RawEntry, wire};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -312,18 +312,15 @@ fn dead_letter_of(j: &Job, d: &emails::DeadRow) -> DeadLetter {
 }
 
 fn new_row(j: &Job) -> NewRow {
-    NewRow {
-        id: j.id.as_uuid(),
-        lane: j.lane.as_str(),
-        partition: j.partition as i16,
-        idempotency_key: j.idem.clone(),
-        tenant: j.email.tenant.clone(),
-        recipient_domain: j.email.recipient_domain().to_owned(),
-        template: j.email.template_name().map(str::to_owned),
-        payload: j.payload_json.clone(),
-        enqueued_at: DateTime::from_timestamp_millis(j.enqueued_at_ms).unwrap_or_else(Utc::now),
-        due_at: j.email.send_at,
-    }
+    NewRow::of(emails::JobFacts {
+        id: j.id,
+        lane: j.lane,
+        partition: j.partition,
+        idempotency_key: j.idem.as_deref(),
+        email: &j.email,
+        payload_json: &j.payload_json,
+        enqueued_at_ms: j.enqueued_at_ms,
+    })
 }
 
 async fn claim_with_retry(shared: &Shared, rows: &[NewRow], token: Uuid) -> Option<ClaimResult> {

@@ -36,6 +36,36 @@ pub struct NewRow {
     pub due_at: Option<DateTime<Utc>>,
 }
 
+/// What a job's first row needs to know about it: the one builder for every place that writes
+/// one (the worker's claim, the API's and the fan-out's `queued` rows).
+pub struct JobFacts<'a> {
+    pub id: crate::domain::JobId,
+    pub lane: crate::domain::Lane,
+    pub partition: u16,
+    pub idempotency_key: Option<&'a str>,
+    pub email: &'a crate::domain::Email,
+    pub payload_json: &'a str,
+    pub enqueued_at_ms: i64,
+}
+
+impl NewRow {
+    pub fn of(j: JobFacts<'_>) -> Self {
+        NewRow {
+            id: j.id.as_uuid(),
+            lane: j.lane.as_str(),
+            partition: j.partition as i16,
+            idempotency_key: j.idempotency_key.map(str::to_owned),
+            tenant: j.email.tenant.clone(),
+            recipient_domain: j.email.recipient_domain().to_owned(),
+            template: j.email.template_name().map(str::to_owned),
+            payload: j.payload_json.to_owned(),
+            enqueued_at: DateTime::from_timestamp_millis(j.enqueued_at_ms).unwrap_or_else(Utc::now),
+            // A future `send_at`: the reconciler leaves the row alone until then.
+            due_at: j.email.send_at,
+        }
+    }
+}
+
 #[derive(Default)]
 pub(super) struct Columns {
     pub(super) id: Vec<Uuid>,
