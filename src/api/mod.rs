@@ -5,7 +5,6 @@
 
 pub mod admin;
 pub mod ingest;
-pub mod sns;
 pub mod unsubscribe;
 pub mod webhooks;
 

@@ -16,7 +16,7 @@ fn ses_hook(a: &ApiArgs) -> anyhow::Result<Option<Arc<api::webhooks::SesHook>>> 
     if topics.is_empty() {
         return Ok(None);
     }
-    let rule = api::sns::UrlRule {
+    let rule = api::webhooks::sns::UrlRule {
         prefixes: a
             .webhook_sns_url_prefixes
             .iter()
@@ -26,7 +26,7 @@ fn ses_hook(a: &ApiArgs) -> anyhow::Result<Option<Arc<api::webhooks::SesHook>>> 
     };
     Ok(Some(Arc::new(api::webhooks::SesHook {
         topic_arns: topics,
-        verifier: api::sns::SnsVerifier::new(rule)?,
+        verifier: api::webhooks::sns::SnsVerifier::new(rule)?,
     })))
 }
 

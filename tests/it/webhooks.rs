@@ -4,7 +4,7 @@
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use mailfleet::api::sns::{SnsVerifier, UrlRule};
+use mailfleet::api::webhooks::sns::{SnsVerifier, UrlRule};
 use mailfleet::api::webhooks::{SesHook, WebhookKeys, router};
 use mailfleet::config::Secret;
 use p256::ecdsa::signature::Signer;
@@ -305,7 +305,8 @@ impl SnsSigner {
     fn sign(&self, m: &mut Value) {
         use sha2::Digest;
         m["Signature"] = Value::String(String::new());
-        let parsed: mailfleet::api::sns::SnsMessage = serde_json::from_value(m.clone()).unwrap();
+        let parsed: mailfleet::api::webhooks::sns::SnsMessage =
+            serde_json::from_value(m.clone()).unwrap();
         let digest = Sha256::digest(parsed.string_to_sign().unwrap().as_bytes());
         let sig = self
             .key

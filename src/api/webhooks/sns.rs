@@ -10,7 +10,7 @@
 //! Version 1 (SHA-1) messages are refused: a topic's `SignatureVersion` attribute should be set
 //! to 2.
 
-use super::webhooks::Refused;
+use super::Refused;
 use rsa::pkcs8::DecodePublicKey;
 use rsa::{Pkcs1v15Sign, RsaPublicKey};
 use serde::Deserialize;

@@ -7,19 +7,35 @@
 //!   is accepted once (replay protection);
 //! - **Postmark**: HTTP basic auth with the configured user and password;
 //! - **SES** (through an SNS topic): SNS signature version 2, RSA/SHA-256 with a certificate
-//!   fetched only from an allow-listed URL ([`super::sns`]); only configured topic ARNs are
+//!   fetched only from an allow-listed URL ([`sns`]); only configured topic ARNs are
 //!   accepted; each MessageId once; subscription confirmations are confirmed.
 //!
 //! SendGrid, Mailgun and SNS timestamps must be within the tolerance window (default 5 minutes).
 //! A forged, stale or replayed request gets 401 and changes nothing; a webhook not configured
 //! answers 404. Events are applied once each ([`store::webhooks::apply`]): a hard bounce or a
 //! complaint suppresses the address and marks the job; a delivery marks it `delivered`.
+//!
+//! One file per vendor (mirroring `provider/`): its signature check and its event format;
+//! this file authenticates a request the vendor's way and applies its events.
 
-use super::sns::{SnsMessage, SnsVerifier};
-use crate::config::Secret;
+mod mailgun;
+mod postmark;
+mod refused;
+mod sendgrid;
+mod ses;
+pub mod sns;
+
+pub use mailgun::{mailgun_event, verify_mailgun};
+pub use postmark::postmark_event;
+pub use refused::Refused;
+pub use sendgrid::{sendgrid_events, verify_sendgrid};
+pub use ses::ses_events;
+use sns::{SnsMessage, SnsVerifier};
+
 use crate::domain::Address;
+use crate::domain::Secret;
 use crate::metrics::METRICS;
-use crate::store::webhooks::{self, Event, Kind};
+use crate::store::webhooks::{self, Event};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -68,26 +84,7 @@ pub fn router(pg: PgPool, keys: WebhookKeys) -> Router {
         })
 }
 
-/// Why a request was refused.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Refused {
-    #[error("missing {0}")]
-    Missing(&'static str),
-    #[error("bad signature")]
-    BadSignature,
-    #[error("timestamp outside the tolerance window")]
-    Stale,
-    #[error("token already used")]
-    Replayed,
-    #[error("not allowed: {0}")]
-    NotAllowed(&'static str),
-    #[error("malformed body: {0}")]
-    Malformed(String),
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
-}
-
-fn fresh(ts: &str, tolerance: i64, now: i64) -> Result<(), Refused> {
+pub(super) fn fresh(ts: &str, tolerance: i64, now: i64) -> Result<(), Refused> {
     let t: i64 = ts
         .trim()
         .parse()
@@ -98,47 +95,6 @@ fn fresh(ts: &str, tolerance: i64, now: i64) -> Result<(), Refused> {
     Ok(())
 }
 
-/// SendGrid: ECDSA P-256 / SHA-256 over `timestamp + body`, signature base64 DER.
-pub fn verify_sendgrid(
-    public_key_b64: &str,
-    timestamp: &str,
-    body: &[u8],
-    signature_b64: &str,
-) -> Result<(), Refused> {
-    use base64::Engine;
-    use p256::ecdsa::signature::Verifier;
-    use p256::pkcs8::DecodePublicKey;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let der = b64
-        .decode(public_key_b64.trim())
-        .map_err(|_| Refused::BadSignature)?;
-    let key =
-        p256::ecdsa::VerifyingKey::from_public_key_der(&der).map_err(|_| Refused::BadSignature)?;
-    let sig = b64
-        .decode(signature_b64.trim())
-        .map_err(|_| Refused::BadSignature)?;
-    let sig = p256::ecdsa::Signature::from_der(&sig).map_err(|_| Refused::BadSignature)?;
-    let mut msg = Vec::with_capacity(timestamp.len() + body.len());
-    msg.extend_from_slice(timestamp.as_bytes());
-    msg.extend_from_slice(body);
-    key.verify(&msg, &sig).map_err(|_| Refused::BadSignature)
-}
-
-/// Mailgun: hex HMAC-SHA256 of `timestamp + token` with the signing key (constant-time check).
-pub fn verify_mailgun(
-    key: &str,
-    timestamp: &str,
-    token: &str,
-    signature: &str,
-) -> Result<(), Refused> {
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(key.as_bytes()).map_err(|_| Refused::BadSignature)?;
-    mac.update(timestamp.as_bytes());
-    mac.update(token.as_bytes());
-    let sig = hex::decode(signature.trim()).map_err(|_| Refused::BadSignature)?;
-    mac.verify_slice(&sig).map_err(|_| Refused::BadSignature)
-}
-
 /// An RFC 3339 timestamp (SNS's) within `tolerance` seconds of `now`.
 fn fresh_rfc3339(ts: &str, tolerance: i64, now: i64) -> Result<(), Refused> {
     let t = chrono::DateTime::parse_from_rfc3339(ts.trim())
@@ -146,146 +102,15 @@ fn fresh_rfc3339(ts: &str, tolerance: i64, now: i64) -> Result<(), Refused> {
     fresh(&t.timestamp().to_string(), tolerance, now)
 }
 
-/// SES events in an SNS notification's `Message`: event publishing (`eventType`) or the older
-/// identity notifications (`notificationType`). One event per recipient, keyed by the SNS
-/// MessageId and the recipient's position.
-pub fn ses_events(message_id: &str, message: &str) -> Result<Vec<Event>, Refused> {
-    let v: Value = serde_json::from_str(message).map_err(|e| Refused::Malformed(e.to_string()))?;
-    let kind = v["eventType"]
-        .as_str()
-        .or_else(|| v["notificationType"].as_str())
-        .ok_or(Refused::Missing("eventType"))?;
-    let job = job_id(&v["mail"]["tags"]["mailfleet_id"][0]);
-    let (kind, rcpts): (Kind, Vec<&Value>) = match kind {
-        "Bounce" => {
-            let permanent = v["bounce"]["bounceType"].as_str() == Some("Permanent");
-            let r = v["bounce"]["bouncedRecipients"].as_array();
-            (
-                if permanent {
-                    Kind::HardBounce
-                } else {
-                    Kind::Other
-                },
-                r.map(|a| a.iter().map(|x| &x["emailAddress"]).collect())
-                    .unwrap_or_default(),
-            )
-        }
-        "Complaint" => {
-            let r = v["complaint"]["complainedRecipients"].as_array();
-            (
-                Kind::Complaint,
-                r.map(|a| a.iter().map(|x| &x["emailAddress"]).collect())
-                    .unwrap_or_default(),
-            )
-        }
-        "Delivery" => {
-            let r = v["delivery"]["recipients"].as_array();
-            (
-                Kind::Delivered,
-                r.map(|a| a.iter().collect()).unwrap_or_default(),
-            )
-        }
-        _ => (Kind::Other, Vec::new()),
-    };
-    if rcpts.is_empty() {
-        return Ok(vec![Event {
-            provider: "ses",
-            event_id: format!("{message_id}:0"),
-            kind,
-            job_id: job,
-            recipient: None,
-        }]);
-    }
-    Ok(rcpts
-        .into_iter()
-        .enumerate()
-        .map(|(i, r)| Event {
-            provider: "ses",
-            event_id: format!("{message_id}:{i}"),
-            kind,
-            job_id: job,
-            recipient: recipient(r),
-        })
-        .collect())
-}
-
-fn job_id(v: &Value) -> Option<uuid::Uuid> {
+pub(super) fn job_id(v: &Value) -> Option<uuid::Uuid> {
     v.as_str()?.parse().ok()
 }
 
 /// Keep a recipient only if it is an address (a suppression needs one).
-fn recipient(v: &Value) -> Option<String> {
+pub(super) fn recipient(v: &Value) -> Option<String> {
     Address::parse(v.as_str()?)
         .ok()
         .map(|a| a.as_str().to_lowercase())
-}
-
-pub fn sendgrid_events(body: &[u8]) -> Result<Vec<Event>, Refused> {
-    let v: Vec<Value> =
-        serde_json::from_slice(body).map_err(|e| Refused::Malformed(e.to_string()))?;
-    Ok(v.iter()
-        .filter_map(|e| {
-            let kind = match (e["event"].as_str()?, e["type"].as_str()) {
-                ("delivered", _) => Kind::Delivered,
-                ("bounce", Some("blocked")) => Kind::Other,
-                ("bounce", _) => Kind::HardBounce,
-                ("spamreport", _) => Kind::Complaint,
-                _ => Kind::Other,
-            };
-            Some(Event {
-                provider: "sendgrid",
-                event_id: e["sg_event_id"].as_str()?.to_owned(),
-                kind,
-                job_id: job_id(&e["mailfleet_id"]),
-                recipient: recipient(&e["email"]),
-            })
-        })
-        .collect())
-}
-
-pub fn mailgun_event(v: &Value) -> Option<Event> {
-    let d = &v["event-data"];
-    let kind = match (d["event"].as_str()?, d["severity"].as_str()) {
-        ("delivered", _) => Kind::Delivered,
-        ("failed", Some("permanent")) => Kind::HardBounce,
-        ("complained", _) => Kind::Complaint,
-        _ => Kind::Other,
-    };
-    Some(Event {
-        provider: "mailgun",
-        event_id: d["id"].as_str()?.to_owned(),
-        kind,
-        job_id: job_id(&d["user-variables"]["mailfleet_id"]),
-        recipient: recipient(&d["recipient"]),
-    })
-}
-
-pub fn postmark_event(v: &Value) -> Option<Event> {
-    let (kind, id) = match v["RecordType"].as_str()? {
-        "Delivery" => (
-            Kind::Delivered,
-            format!("delivery:{}", v["MessageID"].as_str()?),
-        ),
-        "Bounce" => {
-            let hard = matches!(v["Type"].as_str(), Some("HardBounce" | "BadEmailAddress"));
-            let kind = if hard { Kind::HardBounce } else { Kind::Other };
-            (kind, format!("bounce:{}", v["ID"].as_i64()?))
-        }
-        "SpamComplaint" => (Kind::Complaint, format!("complaint:{}", v["ID"].as_i64()?)),
-        other => (Kind::Other, format!("{other}:{}", v["MessageID"].as_str()?)),
-    };
-    let rcpt = if v["Recipient"].is_string() {
-        &v["Recipient"]
-    } else {
-        &v["Email"]
-    };
-    Some(Event {
-        provider: "postmark",
-        event_id: id,
-        kind,
-        job_id: job_id(&v["Metadata"]["mailfleet_id"]),
-        recipient: recipient(rcpt),
-    })
 }
 
 fn header_str<'a>(h: &'a HeaderMap, name: &'static str) -> Result<&'a str, Refused> {
@@ -492,42 +317,5 @@ fn provider_label(p: &str) -> &'static str {
         "postmark" => "postmark",
         "ses" => "ses",
         _ => "other",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The vector SendGrid's own SDKs test against (public key, signature, timestamp, payload).
-    #[test]
-    fn verifies_sendgrids_published_vector_and_rejects_changes() {
-        let key = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEEDr2LjtURuePQzplybdC+u4CwrqDqBaWjcMMsTbhdbcwHBcepxo7yAQGhHPTnlvFYPAZFceEu/1FwCM/QmGUhA==";
-        let sig = "MEUCIQCtIHJeH93Y+qpYeWrySphQgpNGNr/U+UyUlBkU6n7RAwIgJTz2C+8a8xonZGi6BpSzoQsbVRamr2nlxFDWYNH2j/0=";
-        let body =
-            br#"{"category":"example_payload","event":"test_event","message_id":"message_id"}"#;
-        assert_eq!(verify_sendgrid(key, "1588788367", body, sig), Ok(()));
-        assert_eq!(
-            verify_sendgrid(key, "1388788367", body, sig),
-            Err(Refused::BadSignature)
-        );
-        assert_eq!(
-            verify_sendgrid(key, "1588788367", b"{}", sig),
-            Err(Refused::BadSignature)
-        );
-    }
-
-    #[test]
-    fn mailgun_hmac_and_the_time_window() {
-        let mut m = Hmac::<Sha256>::new_from_slice(b"key-1").unwrap();
-        m.update(b"1700000000tok");
-        let sig = hex::encode(m.finalize().into_bytes());
-        assert_eq!(verify_mailgun("key-1", "1700000000", "tok", &sig), Ok(()));
-        assert_eq!(
-            verify_mailgun("key-2", "1700000000", "tok", &sig),
-            Err(Refused::BadSignature)
-        );
-        assert_eq!(fresh("1700000000", 300, 1700000299), Ok(()));
-        assert_eq!(fresh("1700000000", 300, 1700000301), Err(Refused::Stale));
     }
 }
