@@ -4,6 +4,7 @@
 
 use super::AmbiguousPolicy;
 use crate::provider::ErrorClass;
+use std::time::Duration;
 
 /// The job's next step after a failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +47,19 @@ pub fn may_fail_over(class: ErrorClass) -> bool {
     matches!(class, ErrorClass::Transient | ErrorClass::QuotaAuth)
 }
 
+/// Retry delay for `attempt` (1-based): full jitter over an exponential ceiling, at least the
+/// provider's Retry-After.
+pub fn backoff(attempt: i32, base_ms: u64, max_ms: u64, retry_after: Option<Duration>) -> Duration {
+    let exp = attempt.clamp(1, 30) as u32 - 1;
+    let ceiling = base_ms
+        .saturating_mul(1u64 << exp.min(40))
+        .min(max_ms)
+        .max(1);
+    let jittered = rand::random_range(0..=ceiling);
+    let floor = retry_after.map(|d| d.as_millis() as u64).unwrap_or(0);
+    Duration::from_millis(jittered.max(floor))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,5 +100,18 @@ mod tests {
         assert!(may_fail_over(QuotaAuth));
         assert!(!may_fail_over(Ambiguous));
         assert!(!may_fail_over(Permanent));
+    }
+
+    #[test]
+    fn backoff_is_bounded_and_honours_retry_after() {
+        for attempt in 1..40 {
+            let d = backoff(attempt, 1000, 60_000, None);
+            assert!(d <= Duration::from_millis(60_000));
+            let ceiling = 1000u64
+                .saturating_mul(1 << (attempt.min(31) - 1))
+                .min(60_000);
+            assert!(d.as_millis() as u64 <= ceiling);
+        }
+        assert!(backoff(1, 10, 100, Some(Duration::from_secs(7))) >= Duration::from_secs(7));
     }
 }

@@ -26,8 +26,11 @@
 
 mod fate;
 mod heartbeat;
+mod observer;
+mod pauses;
 mod persist;
 mod process;
+mod promoter;
 mod reader;
 mod reclaim;
 mod reconcile;
@@ -48,6 +51,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use crate::config::AmbiguousPolicy;
+pub use fate::backoff;
 pub use recorder::Item;
 
 /// How long a template lookup is cached: a `template put` takes effect within this.
@@ -290,9 +294,9 @@ async fn supervise(shared: Arc<Shared>, shutdown: CancellationToken) {
     let readers = TaskTracker::new();
     // The recorder stops only when every sender is gone: after readers and batch tasks.
     let recorder = tokio::spawn(recorder::run(shared.clone(), rx));
-    let promoter = tokio::spawn(promote_loop(shared.clone(), shutdown.child_token()));
-    let observer = tokio::spawn(observe_loop(shared.clone(), shutdown.child_token()));
-    let pauser = tokio::spawn(pause_loop(shared.clone(), shutdown.child_token()));
+    let promoter = tokio::spawn(promoter::run(shared.clone(), shutdown.child_token()));
+    let observer = tokio::spawn(observer::run(shared.clone(), shutdown.child_token()));
+    let pauser = tokio::spawn(pauses::run(shared.clone(), shutdown.child_token()));
     let reconciler = tokio::spawn(reconcile::run(shared.clone(), shutdown.child_token()));
     // The heartbeat outlives the drain: sends finishing during it must stay fresh.
     let beat_stop = CancellationToken::new();
@@ -338,151 +342,4 @@ async fn supervise(shared: Arc<Shared>, shutdown: CancellationToken) {
     }
     beat_stop.cancel();
     let _ = tokio::join!(promoter, observer, pauser, reconciler, beat);
-}
-
-/// How often a worker reads the pauses: a pause is honoured within a second.
-const PAUSE_POLL: Duration = Duration::from_millis(500);
-
-/// Every [`PAUSE_POLL`]: read the pauses (one HGETALL) into [`Shared::pauses`] and the
-/// `mailfleet_paused` gauge. On a Redis error the last known pauses stay in force.
-async fn pause_loop(shared: Arc<Shared>, token: CancellationToken) {
-    loop {
-        let read = match shared.deps.redis.get().await {
-            Ok(mut conn) => crate::stream::pause::read(&mut *conn, &shared.deps.keys)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        match read {
-            Ok(p) => {
-                let changed = *shared.pauses() != p;
-                if changed {
-                    METRICS.paused.reset();
-                    for (scope, name, _) in &p.all {
-                        METRICS.paused.with_label_values(&[scope, name]).set(1);
-                    }
-                    tracing::info!(pauses = p.all.len(), "pauses changed");
-                    *shared.pauses.write().unwrap_or_else(|e| e.into_inner()) = p;
-                }
-            }
-            Err(e) => {
-                METRICS.redis_errors.with_label_values(&["pauses"]).inc();
-                tracing::warn!(error.message = %e, "reading pauses failed; keeping the last ones");
-            }
-        }
-        tokio::select! {
-            _ = token.cancelled() => return,
-            _ = tokio::time::sleep(PAUSE_POLL) => {}
-        }
-    }
-}
-
-/// How often a worker publishes queue depths and reports itself alive.
-const OBSERVE_EVERY: Duration = Duration::from_secs(5);
-
-/// Every [`OBSERVE_EVERY`]: one pipelined read of every queue's depth, which also reports this
-/// worker alive with its breakers' states; the results become gauges.
-async fn observe_loop(shared: Arc<Shared>, token: CancellationToken) {
-    loop {
-        let states = shared.deps.providers.breaker_states();
-        let read = match shared.deps.redis.get().await {
-            Ok(mut conn) => crate::stream::depth::read(
-                &mut *conn,
-                &shared.deps.keys,
-                Some((&shared.settings.consumer, &states)),
-            )
-            .await
-            .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        match read {
-            Ok(d) => {
-                for (lane, l) in &d.lanes {
-                    METRICS
-                        .queue_length
-                        .with_label_values(&[lane])
-                        .set(l.length as i64);
-                    METRICS
-                        .queue_pending
-                        .with_label_values(&[lane])
-                        .set(l.pending as i64);
-                    METRICS
-                        .queue_lag
-                        .with_label_values(&[lane])
-                        .set(l.lag as i64);
-                    METRICS
-                        .oldest_pending
-                        .with_label_values(&[lane])
-                        .set(l.oldest_pending_ms as f64 / 1000.0);
-                }
-                METRICS.delayed.set(d.delayed as i64);
-                METRICS.dead_letter_length.set(d.dead as i64);
-                METRICS.workers_alive.set(d.workers.len() as i64);
-            }
-            Err(e) => {
-                METRICS.redis_errors.with_label_values(&["observe"]).inc();
-                tracing::warn!(error.message = %e, "observer: reading queue depths failed");
-            }
-        }
-        tokio::select! {
-            _ = token.cancelled() => return,
-            _ = tokio::time::sleep(OBSERVE_EVERY) => {}
-        }
-    }
-}
-
-async fn promote_loop(shared: Arc<Shared>, token: CancellationToken) {
-    let every = Duration::from_millis(shared.settings.promote_interval_ms.max(10));
-    loop {
-        tokio::select! {
-            _ = token.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-        let moved = match shared.deps.redis.get().await {
-            Ok(mut conn) => consumer::promote_due(&mut *conn, &shared.deps.keys, 500).await,
-            Err(e) => {
-                METRICS.redis_errors.with_label_values(&["promote"]).inc();
-                tracing::warn!(error.message = %e, "promoter: no Redis connection");
-                continue;
-            }
-        };
-        match moved {
-            Ok(n) => METRICS.promoted.inc_by(n),
-            Err(e) => {
-                METRICS.redis_errors.with_label_values(&["promote"]).inc();
-                tracing::warn!(error.message = %e, "promoter: promote failed");
-            }
-        }
-    }
-}
-
-/// Retry delay for `attempt` (1-based): full jitter over an exponential ceiling, at least the
-/// provider's Retry-After.
-pub fn backoff(attempt: i32, base_ms: u64, max_ms: u64, retry_after: Option<Duration>) -> Duration {
-    let exp = attempt.clamp(1, 30) as u32 - 1;
-    let ceiling = base_ms
-        .saturating_mul(1u64 << exp.min(40))
-        .min(max_ms)
-        .max(1);
-    let jittered = rand::random_range(0..=ceiling);
-    let floor = retry_after.map(|d| d.as_millis() as u64).unwrap_or(0);
-    Duration::from_millis(jittered.max(floor))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_is_bounded_and_honours_retry_after() {
-        for attempt in 1..40 {
-            let d = backoff(attempt, 1000, 60_000, None);
-            assert!(d <= Duration::from_millis(60_000));
-            let ceiling = 1000u64
-                .saturating_mul(1 << (attempt.min(31) - 1))
-                .min(60_000);
-            assert!(d.as_millis() as u64 <= ceiling);
-        }
-        assert!(backoff(1, 10, 100, Some(Duration::from_secs(7))) >= Duration::from_secs(7));
-    }
 }

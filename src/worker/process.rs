@@ -2,10 +2,11 @@
 //! every entry's fate to the recorder. Every entry read yields exactly one [`Item`], so the
 //! recorder can account for (ack or abandon) all of them.
 
+use super::Shared;
+use super::fate::backoff;
 use super::fate::{self, Fate};
 use super::persist::{GiveUp, Op, until_ok};
 use super::recorder::{After, EntryRef, Item};
-use super::{Shared, backoff};
 use crate::domain::Status;
 use crate::metrics::METRICS;
 use crate::provider::breaker::Admit;
