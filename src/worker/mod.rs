@@ -35,6 +35,7 @@ mod reader;
 mod reclaim;
 mod reconcile;
 mod recorder;
+mod send;
 
 use crate::metrics::METRICS;
 use crate::provider::Providers;
