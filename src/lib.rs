@@ -5,6 +5,7 @@
 //! integration tests and benchmarks drive the same code paths. See ARCHITECTURE.md for the map.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -96,6 +96,15 @@ pub enum ProducerError {
     Partitions(PartitionMismatch),
 }
 
+/// The Redis pool the shared settings describe (32 connections).
+pub fn redis_pool(g: &crate::config::Global) -> redis::RedisResult<crate::stream::Pool> {
+    stream::pool(
+        &g.redis_target(),
+        Duration::from_millis(g.redis_timeout_ms),
+        32,
+    )
+}
+
 /// A running partition-count check: what it found (`None` until Redis answered) and when it
 /// began.
 type Check = (
@@ -174,6 +183,18 @@ impl Producer {
             }
         })?;
         Ok(Self::from_pool(pool, Keys::new(prefix, partitions)))
+    }
+
+    /// The producer the shared settings describe (URL, prefix, partitions, dedup TTL, payload
+    /// limit): what every command and harness that enqueues uses.
+    pub fn for_global(g: &crate::config::Global) -> Result<Self, ProducerError> {
+        let pool = redis_pool(g).map_err(|source| ProducerError::Redis {
+            doing: "configuring the pool",
+            source,
+        })?;
+        Ok(Self::from_pool(pool, Keys::new(&g.prefix, g.partitions))
+            .with_dedup_ttl(Duration::from_secs(g.dedup_ttl_secs))
+            .with_max_payload(g.max_payload_bytes))
     }
 
     pub fn from_pool(pool: crate::stream::Pool, keys: Keys) -> Self {

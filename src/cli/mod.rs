@@ -60,7 +60,7 @@ pub enum Command {
     Audience(audience::AudienceCmd),
     /// Measure the whole pipeline (producer → workers → mock provider → Postgres → ack), or
     /// with `bench fanout` a schedule's audience fan-out.
-    Bench(bench::BenchArgs),
+    Bench(crate::config::BenchArgs),
     /// Compare enqueued ids with Postgres and a mock-provider log: sent, lost, duplicates.
     Report(report::ReportArgs),
     /// Retention: delete final emails, webhook event ids and schedule runs older than an age.
@@ -98,18 +98,9 @@ pub async fn dispatch(global: Global, command: Command) -> anyhow::Result<()> {
 }
 
 pub(crate) fn redis_pool(g: &Global) -> anyhow::Result<crate::stream::Pool> {
-    Ok(crate::stream::pool(
-        &g.redis_target(),
-        std::time::Duration::from_millis(g.redis_timeout_ms),
-        32,
-    )?)
+    Ok(crate::producer::redis_pool(g)?)
 }
 
 pub(crate) fn producer(g: &Global) -> anyhow::Result<crate::Producer> {
-    Ok(crate::Producer::from_pool(
-        redis_pool(g)?,
-        crate::stream::Keys::new(&g.prefix, g.partitions),
-    )
-    .with_dedup_ttl(std::time::Duration::from_secs(g.dedup_ttl_secs))
-    .with_max_payload(g.max_payload_bytes))
+    Ok(crate::Producer::for_global(g)?)
 }

@@ -262,7 +262,7 @@ pub fn send_config(
     let all_routes = std::iter::once(("(default)", &routes.default))
         .chain(routes.tenants.iter().map(|(t, r)| (t.as_str(), r)));
     for (who, r) in all_routes {
-        for lane in crate::Lane::ALL {
+        for lane in crate::domain::Lane::ALL {
             if let Some(list) = r.get(lane) {
                 if list.is_empty() {
                     return Err(ConfigError::Routes(format!(

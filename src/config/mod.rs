@@ -12,6 +12,7 @@
 //! file they are read from. Nothing here imports from the modules that use the settings.
 
 mod api;
+mod bench;
 mod file;
 mod mock;
 mod providers;
@@ -20,6 +21,7 @@ mod worker;
 
 pub use crate::domain::Secret;
 pub use api::ApiArgs;
+pub use bench::{BenchArgs, BenchCmd, PipelineArgs, Scenario};
 pub use file::{ConfigError, send_config};
 pub use mock::MockArgs;
 pub use providers::*;
@@ -94,7 +96,7 @@ pub struct Global {
 
 impl Global {
     /// The Redis URL as the pool reads it: with `--redis-cluster`, a single URL becomes a
-    /// one-seed list (see [`crate::stream::cluster_nodes`]).
+    /// one-seed list (see `stream::cluster_nodes`).
     pub fn redis_target(&self) -> String {
         let url = self.redis_url.expose();
         if self.redis_cluster && !url.contains(',') {

@@ -200,10 +200,10 @@ pub struct LaneRoutes {
 }
 
 impl LaneRoutes {
-    pub fn get(&self, lane: crate::Lane) -> Option<&[String]> {
+    pub fn get(&self, lane: crate::domain::Lane) -> Option<&[String]> {
         match lane {
-            crate::Lane::Tx => self.tx.as_deref(),
-            crate::Lane::Bulk => self.bulk.as_deref(),
+            crate::domain::Lane::Tx => self.tx.as_deref(),
+            crate::domain::Lane::Bulk => self.bulk.as_deref(),
         }
     }
 }

@@ -15,73 +15,15 @@
 //! - lost (enqueued, not `sent`) and duplicates (the mock's count of a job id seen twice).
 
 use super::Scratch;
-use crate::config::{Global, Secret};
+use super::procs::*;
+use crate::config::{Global, PipelineArgs, Scenario, Secret};
 use crate::domain::{Lane, Payload};
 use crate::producer::NewJob;
 use crate::store::{self, bench::Latency};
 use crate::stream::local_cluster::LocalCluster;
 use anyhow::{Context, bail};
-use clap::{Args, ValueEnum};
 use serde::Serialize;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scenario {
-    /// `--emails` over the lane mix, at `--rate` or as fast as possible.
-    Throughput,
-    /// A bulk backlog of `--emails` draining while tx email arrives at `--tx-rate`.
-    Priority,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct PipelineArgs {
-    /// Emails to send (the bulk backlog, for the priority scenario).
-    #[arg(long, default_value_t = 200_000)]
-    pub emails: u64,
-    /// Worker processes.
-    #[arg(long, default_value_t = 2)]
-    pub workers: usize,
-    /// Concurrent sends per worker (MAILFLEET_SEND_CONCURRENCY; default: the worker's).
-    #[arg(long)]
-    pub tasks: Option<usize>,
-    /// Offered rate in emails/s (open loop); 0 enqueues everything at once (maximum rate).
-    #[arg(long, default_value_t = 0)]
-    pub rate: u64,
-    /// Size of each email's text body, in bytes.
-    #[arg(long, default_value_t = 512)]
-    pub payload_bytes: usize,
-    /// Share of transactional email in the throughput scenario (the rest is bulk).
-    #[arg(long, default_value_t = 0.2)]
-    pub tx_share: f64,
-    /// The mock provider's latency per request, in ms (plus up to as much again of jitter).
-    #[arg(long, default_value_t = 0)]
-    pub mock_latency_ms: u64,
-    #[arg(long, value_enum, default_value_t = Scenario::Throughput)]
-    pub scenario: Scenario,
-    /// Transactional emails per second during the priority scenario.
-    #[arg(long, default_value_t = 200)]
-    pub tx_rate: u64,
-    /// Give up after this long.
-    #[arg(long, default_value_t = 900)]
-    pub timeout_secs: u64,
-    /// Print one JSON object instead of the table.
-    #[arg(long)]
-    pub json: bool,
-    /// Keep the scratch database and Redis keys.
-    #[arg(long)]
-    pub keep: bool,
-    /// Run against a Redis Cluster of 6 local redis-server processes started for the bench
-    /// (3 masters with a replica each; MAILFLEET_PARTITIONS, default 12 here), once per worker
-    /// count in --cluster-workers.
-    #[arg(long)]
-    pub cluster: bool,
-    /// Worker process counts measured with --cluster.
-    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
-    pub cluster_workers: Vec<usize>,
-}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Figures {
@@ -133,161 +75,6 @@ pub struct CpuBreakdown {
     pub machine_busy: f64,
 }
 
-/// CPU seconds of the processes the bench watches, and of the whole machine.
-#[derive(Debug, Clone, Copy, Default)]
-struct CpuSample {
-    workers: f64,
-    redis: f64,
-    mock: f64,
-    producer: f64,
-    busy: f64,
-    total: f64,
-}
-
-/// Busy and total CPU seconds of the machine (every core), from /proc/stat.
-pub fn machine_cpu(stat: &str, ticks: f64) -> anyhow::Result<(f64, f64)> {
-    let line = stat
-        .lines()
-        .find(|l| l.starts_with("cpu "))
-        .context("/proc/stat cpu line")?;
-    let v: Vec<f64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let total: f64 = v.iter().take(8).sum();
-    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
-    Ok(((total - idle) / ticks, total / ticks))
-}
-
-fn proc_cpu(pid: Option<u32>) -> f64 {
-    pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
-        .and_then(|s| cpu_seconds(&s, clock_ticks()).ok())
-        .unwrap_or(0.0)
-}
-
-fn sample(workers: &[Proc], redis: &[u32], mock: Option<u32>) -> CpuSample {
-    let (busy, total) = std::fs::read_to_string("/proc/stat")
-        .ok()
-        .and_then(|s| machine_cpu(&s, clock_ticks()).ok())
-        .unwrap_or_default();
-    CpuSample {
-        workers: workers.iter().map(|w| proc_cpu(w.child.id())).sum(),
-        redis: redis.iter().map(|p| proc_cpu(Some(*p))).sum(),
-        mock: proc_cpu(mock),
-        producer: proc_cpu(Some(std::process::id())),
-        busy,
-        total,
-    }
-}
-
-struct Proc {
-    child: Child,
-    metrics: String,
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// The mock provider as its own process; returns it and its base URL.
-async fn start_mock(latency_ms: u64) -> anyhow::Result<(Child, String)> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(["mock-provider", "--listen", "127.0.0.1:0"])
-        .args(["--latency-ms", &latency_ms.to_string()])
-        .args(["--jitter-ms", &latency_ms.to_string()])
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting the mock provider")?;
-    let stdout = child.stdout.take().context("the mock's stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let url = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(l) = lines.next_line().await? {
-            if let Some(u) = l.split_whitespace().find(|w| w.starts_with("http://")) {
-                return Ok::<_, std::io::Error>(Some(u.to_owned()));
-            }
-        }
-        Ok(None)
-    })
-    .await
-    .context("the mock provider did not start in 10 s")??
-    .context("the mock provider exited")?;
-    // Keep draining its stdout so it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((child, url))
-}
-
-async fn start_worker(
-    g: &Global,
-    s: &Scratch,
-    i: usize,
-    mock: &str,
-    tasks: Option<usize>,
-) -> anyhow::Result<Proc> {
-    let port = free_port()?;
-    let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.args(["worker", "--consumer", &format!("bench-{i}")])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env("MAILFLEET_DATABASE_URL", &s.url)
-        .env("MAILFLEET_REDIS_URL", g.redis_url.expose())
-        .env("MAILFLEET_PREFIX", &s.prefix)
-        .env("MAILFLEET_PARTITIONS", g.partitions.to_string())
-        .env("MAILFLEET_SENDGRID_URL", mock)
-        .env("MAILFLEET_SENDGRID_API_KEY", "bench-key")
-        .env_remove("MAILFLEET_CONFIG")
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true);
-    if let Some(t) = tasks {
-        cmd.env("MAILFLEET_SEND_CONCURRENCY", t.to_string());
-    }
-    let child = cmd.spawn().context("starting a worker")?;
-    Ok(Proc {
-        child,
-        metrics: format!("http://127.0.0.1:{port}"),
-    })
-}
-
-/// CPU seconds (user + system) and peak RSS in MiB of a live process, from /proc.
-fn cpu_and_rss(pid: u32) -> anyhow::Result<(f64, f64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    Ok((cpu_seconds(&stat, clock_ticks())?, peak_rss_mib(&status)?))
-}
-
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as f64 } else { 100.0 }
-}
-
-/// utime + stime (fields 14 and 15 of /proc/<pid>/stat, after the parenthesised name).
-pub fn cpu_seconds(stat: &str, ticks: f64) -> anyhow::Result<f64> {
-    let rest = stat.rsplit_once(')').context("a /proc stat line")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3 (state): utime is field 14, so index 11.
-    let utime: f64 = f.get(11).context("utime")?.parse()?;
-    let stime: f64 = f.get(12).context("stime")?.parse()?;
-    Ok((utime + stime) / ticks)
-}
-
-/// VmHWM of /proc/<pid>/status, in MiB.
-pub fn peak_rss_mib(status: &str) -> anyhow::Result<f64> {
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .context("VmHWM")?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()?;
-    Ok(kb / 1024.0)
-}
-
 fn email(i: u64, lane: Lane, body: &str) -> NewJob {
     NewJob {
         lane,
@@ -334,21 +121,6 @@ async fn produce(
         sent += take;
     }
     Ok(sent)
-}
-
-async fn ready(http: &reqwest::Client, url: &str, within: Duration) -> anyhow::Result<()> {
-    let end = Instant::now() + within;
-    loop {
-        if let Ok(r) = http.get(format!("{url}/readyz")).send().await
-            && r.status().is_success()
-        {
-            return Ok(());
-        }
-        if Instant::now() > end {
-            bail!("{url} not ready within {within:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 pub async fn run(g: Global, a: PipelineArgs) -> anyhow::Result<()> {
@@ -428,8 +200,8 @@ async fn measure(
     store::migrate(&pg).await?;
     let mut global = g.clone();
     global.prefix = s.prefix.clone();
-    let producer = crate::cli::producer(&global)?;
-    let redis = crate::cli::redis_pool(&global)?;
+    let producer = crate::Producer::for_global(&global)?;
+    let redis = crate::producer::redis_pool(&global)?;
     let http = reqwest::Client::new();
 
     let (mut mock, mock_url) = start_mock(a.mock_latency_ms).await?;

@@ -1,41 +1,18 @@
-//! `mailfleet bench`: the full pipeline ([`pipeline`], the default) and `bench fanout`.
+//! `mailfleet bench`: the full pipeline ([`pipeline`], the default) and `bench fanout`, run on
+//! this machine and measured from outside. A harness, not part of the product's data path: like
+//! `cli/` it prints and returns `anyhow` errors; nothing in the library calls it. `cli/bench.rs`
+//! only hands it its settings (`config::BenchArgs`).
 
 mod pipeline;
+mod procs;
 
-use crate::config::Global;
+use crate::config::{BenchArgs, BenchCmd, Global};
 use crate::lease::{self, LeaseKeys};
 use crate::scheduler::{self, admin};
 use crate::store::{self, audiences, schedules};
 use anyhow::{Context, bail};
-use clap::{Args, Subcommand};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-
-/// `mailfleet bench [pipeline options]` or `mailfleet bench fanout ...`.
-#[derive(Debug, Args)]
-#[command(args_conflicts_with_subcommands = true)]
-pub struct BenchArgs {
-    #[command(subcommand)]
-    pub cmd: Option<BenchCmd>,
-    #[command(flatten)]
-    pub pipeline: pipeline::PipelineArgs,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum BenchCmd {
-    /// Time one tick's audience fan-out: a scratch database (created next to the configured
-    /// one, dropped afterwards) and a scratch Redis prefix; prints members/s.
-    Fanout {
-        #[arg(long, default_value_t = 100_000)]
-        members: i64,
-        /// Members per fan-out transaction.
-        #[arg(long, default_value_t = 1000)]
-        batch: usize,
-        /// Keep the scratch database and Redis keys for inspection.
-        #[arg(long)]
-        keep: bool,
-    },
-}
 
 pub async fn run(g: Global, a: BenchArgs) -> anyhow::Result<()> {
     match a.cmd {
@@ -94,7 +71,7 @@ impl Scratch {
             // cluster goes away whole.
             return Ok(());
         }
-        let redis = crate::cli::redis_pool(g)?;
+        let redis = crate::producer::redis_pool(g)?;
         let mut conn = redis.get().await?;
         crate::stream::delete_prefix(&mut *conn, &self.prefix).await?;
         Ok(())
@@ -156,8 +133,8 @@ async fn measure(
         settings,
         scheduler::Deps {
             pg: pg.clone(),
-            redis: crate::cli::redis_pool(&global)?,
-            producer: crate::cli::producer(&global)?,
+            redis: crate::producer::redis_pool(&global)?,
+            producer: crate::Producer::for_global(&global)?,
             lease_keys: LeaseKeys::new(prefix, lease::SCHEDULER),
         },
         token.clone(),

@@ -1,0 +1,86 @@
+//! `mailfleet bench`'s settings: the pipeline scenario (the default) and `bench fanout`.
+
+use clap::{Args, Subcommand, ValueEnum};
+use serde::Serialize;
+
+/// `mailfleet bench [pipeline options]` or `mailfleet bench fanout ...`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub cmd: Option<BenchCmd>,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// Time one tick's audience fan-out: a scratch database (created next to the configured
+    /// one, dropped afterwards) and a scratch Redis prefix; prints members/s.
+    Fanout {
+        #[arg(long, default_value_t = 100_000)]
+        members: i64,
+        /// Members per fan-out transaction.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// Keep the scratch database and Redis keys for inspection.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// `--emails` over the lane mix, at `--rate` or as fast as possible.
+    Throughput,
+    /// A bulk backlog of `--emails` draining while tx email arrives at `--tx-rate`.
+    Priority,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PipelineArgs {
+    /// Emails to send (the bulk backlog, for the priority scenario).
+    #[arg(long, default_value_t = 200_000)]
+    pub emails: u64,
+    /// Worker processes.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Concurrent sends per worker (MAILFLEET_SEND_CONCURRENCY; default: the worker's).
+    #[arg(long)]
+    pub tasks: Option<usize>,
+    /// Offered rate in emails/s (open loop); 0 enqueues everything at once (maximum rate).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Size of each email's text body, in bytes.
+    #[arg(long, default_value_t = 512)]
+    pub payload_bytes: usize,
+    /// Share of transactional email in the throughput scenario (the rest is bulk).
+    #[arg(long, default_value_t = 0.2)]
+    pub tx_share: f64,
+    /// The mock provider's latency per request, in ms (plus up to as much again of jitter).
+    #[arg(long, default_value_t = 0)]
+    pub mock_latency_ms: u64,
+    #[arg(long, value_enum, default_value_t = Scenario::Throughput)]
+    pub scenario: Scenario,
+    /// Transactional emails per second during the priority scenario.
+    #[arg(long, default_value_t = 200)]
+    pub tx_rate: u64,
+    /// Give up after this long.
+    #[arg(long, default_value_t = 900)]
+    pub timeout_secs: u64,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Keep the scratch database and Redis keys.
+    #[arg(long)]
+    pub keep: bool,
+    /// Run against a Redis Cluster of 6 local redis-server processes started for the bench
+    /// (3 masters with a replica each; MAILFLEET_PARTITIONS, default 12 here), once per worker
+    /// count in --cluster-workers.
+    #[arg(long)]
+    pub cluster: bool,
+    /// Worker process counts measured with --cluster.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    pub cluster_workers: Vec<usize>,
+}
