@@ -24,21 +24,25 @@
 //! stopped mock's log is complete.
 
 pub mod dialects;
+mod log;
+mod serve;
 pub mod sigv4;
 pub mod smtp;
+
+pub use log::read_log;
+use log::write_log;
+pub use serve::{Reset, serve};
 
 use axum::Router;
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
-use tokio::sync::{Notify, mpsc};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::mpsc;
 
 /// A provider's window: at most `limit` requests in any `window`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,16 +194,6 @@ pub enum Answer {
     Reset,
     /// A server error with this status, though the email was taken.
     ServerError(u16),
-}
-
-/// Put into each request's extensions by [`serve`]: resets the request's connection.
-#[derive(Clone)]
-pub struct Reset(Arc<Notify>);
-
-impl Reset {
-    pub fn now(&self) {
-        self.0.notify_one();
-    }
 }
 
 impl Mock {
@@ -437,78 +431,4 @@ pub async fn build(cfg: MockConfig) -> std::io::Result<MockServer> {
         state,
         log_writer,
     })
-}
-
-/// Serve `router` on `listener` until `shutdown`, one HTTP/1.1 connection per task, each
-/// request carrying a [`Reset`] that closes its connection at once with a TCP reset (the
-/// sockets linger 0), which is how accept-then-drop leaves the client without an answer.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    use tower::ServiceExt;
-    loop {
-        let stream = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            accepted = listener.accept() => match accepted {
-                Ok((s, _)) => s,
-                // Out of file descriptors and the like: keep serving the others.
-                Err(_) => { tokio::time::sleep(Duration::from_millis(10)).await; continue; }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-        let router = router.clone();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let reset = Arc::new(Notify::new());
-            let r = reset.clone();
-            let svc = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(Reset(r.clone()));
-                    router.clone().oneshot(req)
-                },
-            );
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-            tokio::select! {
-                _ = conn => {}
-                _ = reset.notified() => {}
-                _ = stop.cancelled() => {}
-            }
-        });
-    }
-}
-
-async fn write_log(
-    file: tokio::fs::File,
-    mut rx: mpsc::UnboundedReceiver<String>,
-) -> std::io::Result<()> {
-    let mut w = tokio::io::BufWriter::new(file);
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    loop {
-        tokio::select! {
-            line = rx.recv() => match line {
-                Some(l) => { w.write_all(l.as_bytes()).await?; w.write_all(b"\n").await?; }
-                None => break,
-            },
-            _ = tick.tick() => w.flush().await?,
-        }
-    }
-    w.flush().await
-}
-
-/// Read a mock log: how many times each job id was accepted.
-pub fn read_log(path: &std::path::Path) -> std::io::Result<HashMap<String, u32>> {
-    let text = std::fs::read_to_string(path)?;
-    let mut out = HashMap::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let v: Value = serde_json::from_str(line)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-        if let Some(id) = v["id"].as_str() {
-            *out.entry(id.to_owned()).or_insert(0) += 1;
-        }
-    }
-    Ok(out)
 }

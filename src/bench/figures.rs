@@ -1,0 +1,54 @@
+//! What `mailfleet bench` prints: one run's figures (`--json` prints them as one object).
+
+use crate::config::Scenario;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Figures {
+    pub scenario: Scenario,
+    pub emails: u64,
+    pub workers: usize,
+    /// Redis: `single` or `cluster` (6 local nodes, 3 masters).
+    pub redis: &'static str,
+    pub partitions: u16,
+    pub offered_per_sec: Option<u64>,
+    pub payload_bytes: usize,
+    pub mock_latency_ms: u64,
+    pub seconds: f64,
+    pub emails_per_sec: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tx_p50_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tx_p99_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bulk_p50_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bulk_p99_ms: Option<f64>,
+    pub redis_cmds_per_email: f64,
+    /// The three commands that cost the most calls per email.
+    pub redis_top: Vec<(String, f64)>,
+    pub pg_xacts_per_email: f64,
+    pub worker_cpu_s_per_1k: f64,
+    pub worker_peak_rss_mib: f64,
+    pub lost: u64,
+    pub duplicates: u64,
+    /// Where the machine's CPU went during the run, in CPU seconds per 1,000 emails: the
+    /// workers, Redis (when local), the mock provider, this process (the producer), and the
+    /// rest of the machine (Postgres, mostly).
+    pub cpu_s_per_1k: CpuBreakdown,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CpuBreakdown {
+    pub workers: f64,
+    pub redis: f64,
+    pub mock: f64,
+    pub producer: f64,
+    pub rest: f64,
+    /// The machine's busy share of all its cores over the run.
+    pub machine_busy: f64,
+}
