@@ -8,7 +8,8 @@
 //! - anything on a stream that does not decode as wire format v1 is dead-lettered with a reason
 //!   by the worker, never dropped and never a crash ([`wire::decode`]).
 //!
-//! Only this module, `scripts.rs` and the producer speak Redis commands.
+//! Redis commands are issued here and by `scripts.rs`, the producer, `lease/`, `ratelimit/`
+//! and `dlq.rs` (see ARCHITECTURE.md); every key any of them uses comes from [`keys`].
 
 pub mod conn;
 pub mod consumer;
