@@ -442,4 +442,29 @@ mod tests {
         );
         assert!(smoother(0).is_none(), "0 means no cap");
     }
+
+    #[test]
+    fn every_provider_reports_its_breaker_state() {
+        let mut a = crate::config::ProviderConfig::new("a", ProviderKind::Sendgrid, "http://a");
+        a.api_key = crate::config::Secret::new("k");
+        let mut b = a.clone();
+        b.name = "b".into();
+        let cfg = SendConfig {
+            providers: vec![a, b],
+            routes: Routes::default(),
+            breaker: BreakerConfig::default(),
+        };
+        let client = http_client(1).expect("client");
+        let p = Providers::from_config(&cfg, &client).expect("providers");
+        assert_eq!(
+            p.breaker_states(),
+            vec![("a".to_owned(), 0), ("b".to_owned(), 0)]
+        );
+        p.slot(1)
+            .record(breaker::Admit::Yes, Err(ErrorClass::QuotaAuth));
+        assert_eq!(
+            p.breaker_states(),
+            vec![("a".to_owned(), 0), ("b".to_owned(), 2)]
+        );
+    }
 }

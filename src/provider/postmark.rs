@@ -155,5 +155,8 @@ mod tests {
         assert_eq!(classify(500, None), ErrorClass::Ambiguous);
         assert_eq!(classify(504, None), ErrorClass::Ambiguous);
         assert_eq!(classify(503, None), ErrorClass::Transient);
+        // The vendor's error code decides, whatever the status says.
+        assert_eq!(classify(500, Some(406)), ErrorClass::Permanent);
+        assert_eq!(classify(503, Some(10)), ErrorClass::QuotaAuth);
     }
 }

@@ -313,6 +313,9 @@ mod tests {
         assert_eq!(classify(504, ""), ErrorClass::Ambiguous);
         assert_eq!(classify(503, ""), ErrorClass::Transient);
         assert_eq!(classify(503, "ServiceUnavailable"), ErrorClass::Transient);
+        // The error type decides, whatever the status says.
+        assert_eq!(classify(400, "InternalFailure"), ErrorClass::Ambiguous);
+        assert_eq!(classify(500, "MessageRejected"), ErrorClass::Permanent);
         assert_eq!(classify(400, "BadRequestException"), ErrorClass::Permanent);
     }
 

@@ -279,4 +279,24 @@ mod tests {
         );
         assert_eq!(items[0].result, TickResult::Stale);
     }
+
+    #[test]
+    fn a_run_says_what_it_stands_for_only_when_it_stands_for_missed_ticks() {
+        let item = |result, skipped| PlanItem {
+            tick: at("2026-01-01T10:00:00Z"),
+            next: at("2026-01-01T11:00:00Z"),
+            result,
+            skipped,
+        };
+        assert_eq!(describe(&item(TickResult::Fire, 0)), None);
+        let caught_up = describe(&item(TickResult::Fire, 5)).expect("a note");
+        assert!(caught_up.contains("5 earlier missed"), "{caught_up}");
+        let skipped = describe(&item(TickResult::Skipped, 3)).expect("a note");
+        assert!(
+            skipped.contains("3 missed") && skipped.contains("skip"),
+            "{skipped}"
+        );
+        let stale = describe(&item(TickResult::Stale, 2)).expect("a note");
+        assert!(stale.contains("stale_after"), "{stale}");
+    }
 }
