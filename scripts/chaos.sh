@@ -60,8 +60,12 @@ log() { echo "[chaos] $*" >&2; }
 free_port() {
   local p
   while :; do
-    p=$(( 20000 + RANDOM % 40000 ))
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+    # At most 55535 with p + 10000 free too: a cluster node also binds its bus port there, and
+    # Redis refuses a cluster node above 55535 (a node that never starts failed the scenario).
+    p=$(( 20000 + RANDOM % 35000 ))
+    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && continue
+    (exec 3<>"/dev/tcp/127.0.0.1/$(( p + 10000 ))") 2>/dev/null && continue
+    echo "$p"; return
   done
 }
 
@@ -147,7 +151,9 @@ cluster_start() { # 6 redis-server nodes on free ports, 3 masters with a replica
   for p in "${CPORTS[@]}"; do
     for _ in $(seq 100); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.1; done
   done
-  redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes >"$RUN/cluster/create.log" 2>&1
+  if ! redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes >"$RUN/cluster/create.log" 2>&1; then
+    log "creating the cluster failed: $(tail -n 3 "$RUN/cluster/create.log")"; return 1
+  fi
   cluster_wait_ok 30 || { log "the cluster did not become ok"; return 1; }
   CLUSTER_URL=$(IFS=,; echo "${urls[*]}")
 }

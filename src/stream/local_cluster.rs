@@ -21,14 +21,24 @@ pub enum LocalClusterError {
     NotReady(String),
 }
 
+/// A free port for a cluster node whose bus port (the port + 10,000, which Redis also binds)
+/// is free too: Redis refuses a cluster node above 55535.
 fn free_port() -> Result<u16, LocalClusterError> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|source| LocalClusterError::Spawn {
-            what: "a free port",
-            source,
-        })
+    let spawn = |source| LocalClusterError::Spawn {
+        what: "a free port",
+        source,
+    };
+    for _ in 0..1000 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(spawn)?;
+        let port = l.local_addr().map_err(spawn)?.port();
+        if port <= 55_535 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(spawn(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "no port <= 55535 with its bus port free",
+    )))
 }
 
 pub struct LocalCluster {
