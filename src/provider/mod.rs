@@ -33,7 +33,6 @@ use futures::future::BoxFuture;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
@@ -266,7 +265,8 @@ pub struct Slot {
     /// The cluster-wide window, when mailfleet limits this provider.
     pub limit: Option<Limit>,
     smoother: Option<Smoother>,
-    concurrency: Option<Semaphore>,
+    /// The provider's concurrency cap in this worker, handed out tx first.
+    concurrency: Option<crate::priority::PrioritySemaphore>,
 }
 
 impl Slot {
@@ -285,12 +285,12 @@ impl Slot {
     }
 
     /// Wait for this worker's smoothing and concurrency cap; hold the permit while sending.
-    pub async fn ready(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+    pub async fn ready(&self, lane: Lane) -> Option<crate::priority::Permit> {
         if let Some(s) = &self.smoother {
             s.until_ready().await;
         }
         match &self.concurrency {
-            Some(sem) => sem.acquire().await.ok(),
+            Some(sem) => Some(sem.acquire(lane).await),
             None => None,
         }
     }
@@ -335,7 +335,7 @@ impl Providers {
             let mut slot = Slot::new(provider, cfg.breaker);
             slot.limit = c.limit;
             slot.smoother = c.rate_per_sec.and_then(smoother);
-            slot.concurrency = c.concurrency.map(Semaphore::new);
+            slot.concurrency = c.concurrency.map(crate::priority::PrioritySemaphore::new);
             slots.push(slot);
         }
         Ok(Self::with_slots(slots, cfg.routes.clone()))

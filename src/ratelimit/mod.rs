@@ -1,7 +1,8 @@
 //! The cluster-wide rate limiter's client: permits for a provider (and tenant) from
 //! `lua/ratelimit.lua`, fetched for many sends in one round trip.
 //!
-//! Every send that needs a permit registers its demand, then queues (FIFO) on its bucket. The
+//! Every send that needs a permit registers its demand, then queues on its bucket, tx sends
+//! before bulk ones and FIFO within a lane (`crate::priority`). The
 //! one at the head asks Redis for as many permits as there are sends waiting, keeps the
 //! surplus in a local stock the next sends take without a round trip, and when Redis grants
 //! fewer than asked, sleeps as long as the script says while the others queue behind it. So a
@@ -13,6 +14,7 @@
 //! back-off flag) for the Retry-After the provider gave.
 
 use crate::config::Limit;
+use crate::domain::Lane;
 use crate::metrics::METRICS;
 use crate::scripts;
 use redis::Value;
@@ -184,11 +186,23 @@ impl Stock {
     }
 }
 
-#[derive(Default)]
 struct Bucket {
     /// Sends waiting for a permit from this bucket.
     wanted: AtomicUsize,
+    /// Whose turn it is at the stock (and at asking Redis for more): a tx send's turn comes
+    /// before every bulk send's, so permits already fetched go to a waiting tx send first.
+    turn: crate::priority::PrioritySemaphore,
     stock: tokio::sync::Mutex<Stock>,
+}
+
+impl Default for Bucket {
+    fn default() -> Self {
+        Bucket {
+            wanted: AtomicUsize::new(0),
+            turn: crate::priority::PrioritySemaphore::new(1),
+            stock: tokio::sync::Mutex::new(Stock::default()),
+        }
+    }
 }
 
 struct Wanting<'a>(&'a AtomicUsize);
@@ -225,12 +239,14 @@ impl Limiter {
     }
 
     /// Wait for one permit to send to `provider` (for `tenant`, when the limit has a tenant
-    /// limit). Errs only when Redis failed [`TRIES`] times in a row.
+    /// limit) as a send of `lane`: tx sends are served first. Errs only when Redis failed
+    /// [`TRIES`] times in a row.
     pub async fn acquire(
         &self,
         provider: &str,
         limit: &Limit,
         tenant: Option<&str>,
+        lane: Lane,
     ) -> Result<(), LimitError> {
         let tenant = tenant.filter(|_| limit.tenant_limit.is_some());
         let bucket = self.bucket(provider, tenant);
@@ -240,8 +256,9 @@ impl Limiter {
         tokio::task::yield_now().await;
         let max_age = max_age(limit);
         let keys = Keys::new(&self.prefix, provider, tenant);
-        let mut stock = bucket.stock.lock().await;
         let started = Instant::now();
+        let _turn = bucket.turn.acquire(lane).await;
+        let mut stock = bucket.stock.lock().await;
         let mut failures = 0;
         let mut give_back = None;
         loop {

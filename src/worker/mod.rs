@@ -155,7 +155,8 @@ pub(crate) struct Shared {
     templates: std::sync::Mutex<TemplateCache>,
     /// Room for entries read but not yet finished (acked, retried or abandoned).
     pub in_flight: Arc<Semaphore>,
-    pub sends: Arc<Semaphore>,
+    /// Send slots, handed out tx first (`crate::priority`).
+    pub sends: crate::priority::PrioritySemaphore,
     /// Set once shutdown begins; also what `/readyz` reports.
     pub draining: Arc<AtomicBool>,
     /// Claimed jobs whose outcome is not recorded yet, kept fresh by the heartbeat.
@@ -276,7 +277,7 @@ pub async fn start(
         in_flight: Arc::new(Semaphore::new(
             settings.max_in_flight.max(settings.batch_size),
         )),
-        sends: Arc::new(Semaphore::new(settings.send_concurrency.max(1))),
+        sends: crate::priority::PrioritySemaphore::new(settings.send_concurrency.max(1)),
         draining: Arc::new(AtomicBool::new(false)),
         live: Default::default(),
         limiter: crate::ratelimit::Limiter::new(deps.redis.clone(), deps.keys.prefix()),

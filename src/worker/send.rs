@@ -163,8 +163,9 @@ pub(super) async fn one(
         }
         // Wait for this worker's smoothing and caps first, so a permit is used as soon as it
         // is granted: a permit that waits lands outside the window it was counted in.
-        let _cap = slot.ready().await;
-        let _permit = shared.sends.acquire().await;
+        // Every wait below serves a tx send before any bulk one (`crate::priority`).
+        let _cap = slot.ready(job.lane).await;
+        let _permit = shared.sends.acquire(job.lane).await;
         if let Some((provider, e)) = last.take() {
             tried.push(Tried {
                 provider: provider.to_owned(),
@@ -178,7 +179,10 @@ pub(super) async fn one(
         }
         try_started = Utc::now();
         if let Some(limit) = &slot.limit
-            && let Err(e) = shared.limiter.acquire(slot.name(), limit, tenant).await
+            && let Err(e) = shared
+                .limiter
+                .acquire(slot.name(), limit, tenant, job.lane)
+                .await
         {
             slot.breaker.abandon(admitted);
             METRICS.redis_errors.with_label_values(&["ratelimit"]).inc();

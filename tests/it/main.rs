@@ -14,6 +14,7 @@ mod leader;
 mod observability;
 mod pause;
 mod pipeline;
+mod priority;
 mod providers;
 mod ratelimit;
 mod recovery;

@@ -286,7 +286,11 @@ async fn the_client_serves_a_batch_of_sends_with_few_calls() {
     let sends = (0..300).map(|_| {
         let limiter = limiter.clone();
         let name = name.clone();
-        async move { limiter.acquire(&name, &l, None).await }
+        async move {
+            limiter
+                .acquire(&name, &l, None, mailfleet::Lane::Bulk)
+                .await
+        }
     });
     for r in futures::future::join_all(sends).await {
         r.expect("a permit");

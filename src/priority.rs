@@ -1,0 +1,224 @@
+//! [`PrioritySemaphore`]: a semaphore whose waiters are served transactional lane first. Every
+//! place a send waits for a scarce resource (a worker's send slots, a provider's concurrency
+//! cap, the limiter's local queue) takes its permit from one of these, so a password reset
+//! never queues behind bulk work that asked first: a released permit goes to the oldest `tx`
+//! waiter if there is one, else to the oldest `bulk` waiter. FIFO within a lane.
+//!
+//! A permit is handed to the waiter it is meant for inside the release, so no later arrival can
+//! overtake a waiter; a waiter that gave up (its future dropped) passes the permit on.
+
+use crate::domain::Lane;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// A permit; dropping it gives it back (to the next waiter, tx first).
+#[derive(Debug)]
+pub struct Permit {
+    /// `None` once defused (a permit that never reached its waiter).
+    sem: Option<Arc<Inner>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    available: usize,
+    /// Waiters per lane, oldest first: `[tx, bulk]`.
+    waiting: [VecDeque<oneshot::Sender<Permit>>; 2],
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    state: Mutex<State>,
+}
+
+/// See the module documentation.
+#[derive(Debug, Clone)]
+pub struct PrioritySemaphore(Arc<Inner>);
+
+fn class(lane: Lane) -> usize {
+    match lane {
+        Lane::Tx => 0,
+        Lane::Bulk => 1,
+    }
+}
+
+impl PrioritySemaphore {
+    pub fn new(permits: usize) -> Self {
+        PrioritySemaphore(Arc::new(Inner {
+            state: Mutex::new(State {
+                available: permits,
+                waiting: Default::default(),
+            }),
+        }))
+    }
+
+    /// Wait for a permit as a send of `lane`.
+    pub async fn acquire(&self, lane: Lane) -> Permit {
+        loop {
+            let rx = {
+                let mut s = self.0.lock();
+                // A free permit exists only while nobody of the same or a higher class waits
+                // (a release hands permits over), so a bulk send never takes one a queued tx
+                // send is owed.
+                let ahead = s.waiting[0].len()
+                    + if lane == Lane::Bulk {
+                        s.waiting[1].len()
+                    } else {
+                        0
+                    };
+                if s.available > 0 && ahead == 0 {
+                    s.available -= 1;
+                    return Permit {
+                        sem: Some(self.0.clone()),
+                    };
+                }
+                let (tx, rx) = oneshot::channel();
+                s.waiting[class(lane)].push_back(tx);
+                rx
+            };
+            // A sender is dropped unsent only with the semaphore itself, which `self` keeps
+            // alive; should it happen, queue again.
+            if let Ok(p) = rx.await {
+                return p;
+            }
+        }
+    }
+
+    /// Sends of each lane waiting now: `(tx, bulk)`.
+    pub fn waiting(&self) -> (usize, usize) {
+        let s = self.0.lock();
+        (s.waiting[0].len(), s.waiting[1].len())
+    }
+
+    /// Permits free now.
+    pub fn available(&self) -> usize {
+        self.0.lock().available
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hand one permit to the first waiter still waiting, tx first; or keep it.
+    fn release(self: &Arc<Self>) {
+        let mut s = self.lock();
+        for class in 0..2 {
+            while let Some(w) = s.waiting[class].pop_front() {
+                match w.send(Permit {
+                    sem: Some(self.clone()),
+                }) {
+                    Ok(()) => return,
+                    // That waiter gave up: defuse the permit (its drop would release again,
+                    // under this lock) and try the next one.
+                    Err(mut p) => p.sem = None,
+                }
+            }
+        }
+        s.available += 1;
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(sem) = self.sem.take() {
+            sem.release();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Queue `n` waiters of `lane`, each recording its name in `order` when served and holding
+    /// its permit until the test lets it go.
+    fn waiters(
+        sem: &PrioritySemaphore,
+        lane: Lane,
+        names: &[&'static str],
+        order: &Arc<Mutex<Vec<&'static str>>>,
+    ) -> Vec<tokio::task::JoinHandle<Permit>> {
+        names
+            .iter()
+            .map(|name| {
+                let (sem, order, name) = (sem.clone(), order.clone(), *name);
+                tokio::spawn(async move {
+                    let p = sem.acquire(lane).await;
+                    order.lock().unwrap().push(name);
+                    p
+                })
+            })
+            .collect()
+    }
+
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_waiting_tx_send_is_served_before_every_bulk_send_that_waited_longer() {
+        let sem = PrioritySemaphore::new(1);
+        let held = sem.acquire(Lane::Bulk).await;
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let bulk = waiters(&sem, Lane::Bulk, &["b1", "b2", "b3"], &order);
+        settle().await;
+        let tx = waiters(&sem, Lane::Tx, &["t1", "t2"], &order);
+        settle().await;
+        assert_eq!(sem.waiting(), (2, 3));
+        drop(held);
+        // Each served waiter hands its permit on when dropped: the order is the grant order.
+        for h in tx.into_iter().chain(bulk) {
+            drop(h.await.unwrap());
+            settle().await;
+        }
+        assert_eq!(*order.lock().unwrap(), ["t1", "t2", "b1", "b2", "b3"]);
+        assert_eq!(sem.available(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_bulk_send_never_takes_a_free_permit_a_queued_tx_send_is_owed() {
+        let sem = PrioritySemaphore::new(1);
+        let held = sem.acquire(Lane::Tx).await;
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let tx = waiters(&sem, Lane::Tx, &["t1"], &order);
+        settle().await;
+        drop(held);
+        // The permit went to t1 inside the release; a bulk send arriving now waits.
+        let late = sem.clone();
+        let bulk = tokio::spawn(async move { late.acquire(Lane::Bulk).await });
+        settle().await;
+        assert_eq!(*order.lock().unwrap(), ["t1"]);
+        assert!(!bulk.is_finished());
+        drop(tx.into_iter().next().unwrap().await.unwrap());
+        drop(bulk.await.unwrap());
+        assert_eq!(sem.available(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_gives_up_passes_its_permit_on() {
+        let sem = PrioritySemaphore::new(1);
+        let held = sem.acquire(Lane::Bulk).await;
+        let quitter = {
+            let sem = sem.clone();
+            tokio::spawn(async move { sem.acquire(Lane::Tx).await })
+        };
+        settle().await;
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let bulk = waiters(&sem, Lane::Bulk, &["b1"], &order);
+        settle().await;
+        quitter.abort();
+        let _ = quitter.await;
+        drop(held);
+        let p = tokio::time::timeout(Duration::from_secs(5), bulk.into_iter().next().unwrap())
+            .await
+            .expect("the permit reached the next waiter")
+            .unwrap();
+        drop(p);
+        assert_eq!(sem.available(), 1, "no permit lost or made");
+    }
+}
