@@ -20,21 +20,33 @@ async fn dlq(pg: &PgPool, redis: &TestRedis, args: &[&str]) -> (bool, String, St
     )
 }
 
-#[sqlx::test]
-async fn a_dead_job_replays_with_its_id_and_poison_never_loops(pg: PgPool) {
-    let redis = TestRedis::new();
-    redis.ensure_groups().await;
-    // A job that dies at max attempts against a failing provider...
+/// Two attempts, retried within milliseconds: a job dies fast.
+fn fast_death() -> mailfleet::worker::Settings {
+    let mut s = settings();
+    s.max_attempts = 2;
+    s.retry_base_ms = 10;
+    s.retry_max_ms = 20;
+    s
+}
+
+/// A worker whose provider answers 503 to everything, so every job dies after its retries.
+async fn dying_worker(pg: &PgPool, redis: &TestRedis) -> (TestMock, TestWorker) {
     let failing = TestMock::start(MockConfig {
         failure_rate: 1.0,
         ..MockConfig::default()
     })
     .await;
-    let mut s = settings();
-    s.max_attempts = 2;
-    s.retry_base_ms = 10;
-    s.retry_max_ms = 20;
-    let worker = TestWorker::start(&pg, &redis, &failing.url, s.clone()).await;
+    let worker = TestWorker::start(pg, redis, &failing.url, fast_death()).await;
+    (failing, worker)
+}
+
+#[sqlx::test]
+async fn a_dead_job_replays_with_its_id_and_poison_never_loops(pg: PgPool) {
+    let redis = TestRedis::new();
+    redis.ensure_groups().await;
+    // A job that dies at max attempts against a failing provider...
+    let (_failing, worker) = dying_worker(&pg, &redis).await;
+    let s = fast_death();
     let id = redis.enqueue(job(Lane::Tx, "replay@example.com")).await;
     // ...and a poison entry.
     let _: String = redis::cmd("XADD")
@@ -82,7 +94,7 @@ async fn a_dead_job_replays_with_its_id_and_poison_never_loops(pg: PgPool) {
 
     // With the provider healthy again, the replay sends the job under its own id, once.
     let healthy = TestMock::start(MockConfig::default()).await;
-    let worker = TestWorker::start(&pg, &redis, &healthy.url, s.clone()).await;
+    let worker = TestWorker::start(&pg, &redis, &healthy.url, s).await;
     let (ok, out, err) = dlq(&pg, &redis, &["replay", "--rate", "50"]).await;
     assert!(ok, "{err}");
     assert!(out.contains("replayed=2"), "{out}");
@@ -124,16 +136,7 @@ async fn a_job_that_dies_after_retries_keeps_its_replay_count_and_stops_at_max_r
     let redis = TestRedis::new();
     redis.ensure_groups().await;
     // Every attempt fails, so the job passes through the delayed set before it dies.
-    let failing = TestMock::start(MockConfig {
-        failure_rate: 1.0,
-        ..MockConfig::default()
-    })
-    .await;
-    let mut s = settings();
-    s.max_attempts = 2;
-    s.retry_base_ms = 10;
-    s.retry_max_ms = 20;
-    let worker = TestWorker::start(&pg, &redis, &failing.url, s).await;
+    let (_failing, worker) = dying_worker(&pg, &redis).await;
     let id = redis.enqueue(job(Lane::Tx, "again@example.com")).await;
     let dead_with = |replays: &'static str| {
         let (pg, redis) = (&pg, &redis);
