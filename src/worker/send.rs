@@ -139,9 +139,10 @@ pub(super) async fn one(
     // Down the route: the next provider is tried only when the last one's answer proves it did
     // not take the email (transient, quota/auth); an ambiguous or permanent answer ends it.
     // Every provider tried before the last one gets its own attempt row (`tried`).
-    let mut last: Option<(&str, SendError)> = None;
+    let mut last: Option<Failed> = None;
     let mut tried: Vec<Tried> = Vec::new();
-    let mut try_started = started;
+    let mut failed_over_from: Option<&str> = None;
+    let mut try_started;
     let mut reopens: Option<Duration> = None;
     let mut down_for: Option<Duration> = None;
     for &i in &route {
@@ -166,16 +167,9 @@ pub(super) async fn one(
         // Every wait below serves a tx send before any bulk one (`crate::priority`).
         let _cap = slot.ready(job.lane).await;
         let _permit = shared.sends.acquire(job.lane).await;
-        if let Some((provider, e)) = last.take() {
-            tried.push(Tried {
-                provider: provider.to_owned(),
-                http_status: e.http_status.map(i32::from),
-                error: e.message,
-                started_at: try_started,
-                finished_at: Utc::now(),
-            });
-            // Kept for the failover metric below.
-            last = Some((provider, SendError::permanent(String::new())));
+        if let Some(f) = last.take() {
+            failed_over_from = Some(f.provider);
+            tried.push(f.into_tried());
         }
         try_started = Utc::now();
         if let Some(limit) = &slot.limit
@@ -187,19 +181,21 @@ pub(super) async fn one(
             slot.breaker.abandon(admitted);
             METRICS.redis_errors.with_label_values(&["ratelimit"]).inc();
             tracing::warn!(job_id = %job.id, provider = slot.name(), error.message = %e, "no rate-limit permit; retrying later");
-            last = Some((
-                slot.name(),
-                SendError {
+            last = Some(Failed {
+                provider: slot.name(),
+                error: SendError {
                     class: ErrorClass::Transient,
                     message: e.to_string(),
                     http_status: None,
                     retry_after: None,
                 },
-            ));
+                started_at: try_started,
+                finished_at: Utc::now(),
+            });
             break;
         }
         tracing::Span::current().record("provider", slot.name());
-        if let Some((from, _)) = last.take() {
+        if let Some(from) = failed_over_from.take() {
             METRICS
                 .failovers
                 .with_label_values(&[from, slot.name()])
@@ -264,7 +260,12 @@ pub(super) async fn one(
                     }
                 }
                 let not_taken = fate::may_fail_over(e.class);
-                last = Some((slot.name(), e));
+                last = Some(Failed {
+                    provider: slot.name(),
+                    error: e,
+                    started_at: try_started,
+                    finished_at: Utc::now(),
+                });
                 if !not_taken {
                     break;
                 }
@@ -272,7 +273,13 @@ pub(super) async fn one(
         }
     }
 
-    let Some((provider, e)) = last else {
+    let Some(Failed {
+        provider,
+        error: e,
+        started_at: try_started,
+        ..
+    }) = last
+    else {
         // Every provider of the route has its breaker open: put the job back without using an
         // attempt (a quota or auth problem must not burn a job's retries), no sooner than the
         // first breaker half-opens, and, with full jitter, up to as long as the route has been
@@ -332,5 +339,26 @@ pub(super) async fn one(
             finish(ended(Status::Dead, &e), After::Dead(dl))
         }
         Fate::Retry => retry(ended(Status::Retrying, &e), attempt, e.retry_after),
+    }
+}
+
+/// A provider's answer that did not send the email, with when the attempt on it ran: either
+/// the route moved on (it becomes a `failed_over` row) or it decided the attempt.
+struct Failed<'a> {
+    provider: &'a str,
+    error: SendError,
+    started_at: chrono::DateTime<Utc>,
+    finished_at: chrono::DateTime<Utc>,
+}
+
+impl Failed<'_> {
+    fn into_tried(self) -> Tried {
+        Tried {
+            provider: self.provider.to_owned(),
+            http_status: self.error.http_status.map(i32::from),
+            error: self.error.message,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+        }
     }
 }
