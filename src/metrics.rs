@@ -15,6 +15,10 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     pub provider_duration: HistogramVec,
     pub end_to_end: HistogramVec,
+    /// Per-lane wait at each stage where a job can wait: `admission` (in its stream until a
+    /// reader had room), `send_slot`, `provider_slot` (a provider's concurrency cap) and
+    /// `limiter` (a rate-limit permit).
+    pub stage_wait: HistogramVec,
     pub record_batch: Histogram,
     pub stale_outcomes: IntCounter,
     pub ambiguous: IntCounterVec,
@@ -98,6 +102,18 @@ fn histogram_vec(
     h
 }
 
+/// Await `f`, observing how long it took as the `stage` wait of a `lane` job
+/// ([`Metrics::stage_wait`]).
+pub async fn timed<F: std::future::Future>(stage: &str, lane: &str, f: F) -> F::Output {
+    let t0 = std::time::Instant::now();
+    let out = f.await;
+    METRICS
+        .stage_wait
+        .with_label_values(&[stage, lane])
+        .observe(t0.elapsed().as_secs_f64());
+    out
+}
+
 const LATENCY_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
@@ -128,6 +144,13 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "mailfleet_provider_request_duration_seconds",
             "Provider request duration.",
             &["provider"],
+            LATENCY_BUCKETS.to_vec(),
+        ),
+        stage_wait: histogram_vec(
+            &r,
+            "mailfleet_stage_wait_seconds",
+            "Time a job waited at one stage (admission, send_slot, provider_slot, limiter), by lane.",
+            &["stage", "lane"],
             LATENCY_BUCKETS.to_vec(),
         ),
         end_to_end: histogram_vec(

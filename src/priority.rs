@@ -29,6 +29,8 @@ struct State {
 #[derive(Debug, Default)]
 struct Inner {
     state: Mutex<State>,
+    /// Woken whenever a tx waiter queues ([`PrioritySemaphore::until_tx_waits`]).
+    tx_queued: tokio::sync::Notify,
 }
 
 /// See the module documentation.
@@ -49,6 +51,7 @@ impl PrioritySemaphore {
                 available: permits,
                 waiting: Default::default(),
             }),
+            tx_queued: tokio::sync::Notify::new(),
         }))
     }
 
@@ -76,6 +79,9 @@ impl PrioritySemaphore {
                 s.waiting[class(lane)].push_back(tx);
                 rx
             };
+            if lane == Lane::Tx {
+                self.0.tx_queued.notify_waiters();
+            }
             // A sender is dropped unsent only with the semaphore itself, which `self` keeps
             // alive; should it happen, queue again.
             if let Ok(p) = rx.await {
@@ -88,6 +94,20 @@ impl PrioritySemaphore {
     pub fn waiting(&self) -> (usize, usize) {
         let s = self.0.lock();
         (s.waiting[0].len(), s.waiting[1].len())
+    }
+
+    /// Returns once a tx waiter is queued (at once if one is): a holder that is only waiting
+    /// (a bulk send asleep at the head of the limiter's queue) gives its permit up then.
+    pub async fn until_tx_waits(&self) {
+        loop {
+            let queued = self.0.tx_queued.notified();
+            tokio::pin!(queued);
+            queued.as_mut().enable();
+            if self.0.lock().waiting[0].iter().any(|w| !w.is_closed()) {
+                return;
+            }
+            queued.await;
+        }
     }
 
     /// Permits free now.

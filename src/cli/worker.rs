@@ -35,6 +35,7 @@ pub async fn run(g: Global, a: WorkerArgs) -> anyhow::Result<()> {
         consumer: a.consumer.clone().unwrap_or_else(default_consumer),
         batch_size: a.batch_size.max(1),
         max_in_flight: a.max_in_flight,
+        tx_in_flight: a.tx_in_flight,
         send_concurrency: a.send_concurrency,
         record_batch: a.record_batch,
         block_ms: a.block_ms,

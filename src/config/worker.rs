@@ -12,9 +12,13 @@ pub struct WorkerArgs {
     /// Entries per XREADGROUP.
     #[arg(long, env = "MAILFLEET_BATCH_SIZE", default_value_t = 256)]
     pub batch_size: usize,
-    /// Most entries read but not yet acked, per worker (back-pressure).
+    /// Most bulk entries read but not yet acked, per worker (back-pressure).
     #[arg(long, env = "MAILFLEET_MAX_IN_FLIGHT", default_value_t = 2048)]
     pub max_in_flight: usize,
+    /// Most tx entries read but not yet acked, per worker: the tx lane's own pool, which bulk
+    /// never uses.
+    #[arg(long, env = "MAILFLEET_TX_IN_FLIGHT", default_value_t = 512)]
+    pub tx_in_flight: usize,
     /// Most provider requests in flight at once, per worker.
     #[arg(long, env = "MAILFLEET_SEND_CONCURRENCY", default_value_t = 512)]
     pub send_concurrency: usize,

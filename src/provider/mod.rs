@@ -265,6 +265,8 @@ pub struct Slot {
     /// The cluster-wide window, when mailfleet limits this provider.
     pub limit: Option<Limit>,
     smoother: Option<Smoother>,
+    /// Whose turn it is at the smoother: tx before bulk (the smoother itself is unordered).
+    smooth_turn: crate::priority::PrioritySemaphore,
     /// The provider's concurrency cap in this worker, handed out tx first.
     concurrency: Option<crate::priority::PrioritySemaphore>,
 }
@@ -276,6 +278,7 @@ impl Slot {
             breaker: Breaker::new(breaker),
             limit: None,
             smoother: None,
+            smooth_turn: crate::priority::PrioritySemaphore::new(1),
             concurrency: None,
         }
     }
@@ -287,6 +290,7 @@ impl Slot {
     /// Wait for this worker's smoothing and concurrency cap; hold the permit while sending.
     pub async fn ready(&self, lane: Lane) -> Option<crate::priority::Permit> {
         if let Some(s) = &self.smoother {
+            let _turn = self.smooth_turn.acquire(lane).await;
             s.until_ready().await;
         }
         match &self.concurrency {

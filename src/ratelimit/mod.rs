@@ -3,7 +3,9 @@
 //!
 //! Every send that needs a permit registers its demand, then queues on its bucket, tx sends
 //! before bulk ones and FIFO within a lane (`crate::priority`). The
-//! one at the head asks Redis for as many permits as there are sends waiting, keeps the
+//! one at the head asks Redis for as many permits as there are sends of its lane waiting, as
+//! an ask of its lane's class (a bulk ask leaves headroom while the cluster has tx demand;
+//! a refused bulk head gives its turn up as soon as a tx send arrives), keeps the
 //! surplus in a local stock the next sends take without a round trip, and when Redis grants
 //! fewer than asked, sleeps as long as the script says while the others queue behind it. So a
 //! batch of 256 sends to one provider costs one script call, not 256. Stock older than the
@@ -51,6 +53,12 @@ pub struct Ask {
     pub give_back: Option<(u64, u64)>,
     /// Only set (or extend) the provider's back-off to this long, granting nothing.
     pub backoff: Option<Duration>,
+    /// The class of the ask: a tx ask may fill the window, and marks tx demand for a window,
+    /// during which bulk asks leave headroom (`lua/ratelimit.lua`).
+    pub lane: Lane,
+    /// Who asks (a worker's limiter and bucket): a tx ask granted short is recorded as this
+    /// asker's waiting demand, replaced by its next ask.
+    pub asker: u64,
 }
 
 /// What a `ratelimit.lua` call granted.
@@ -70,7 +78,13 @@ pub async fn call(
     limit: &Limit,
     ask: &Ask,
 ) -> Result<Grant, LimitError> {
-    let mut names = vec![keys.window.as_str(), keys.seq.as_str(), keys.block.as_str()];
+    let mut names = vec![
+        keys.window.as_str(),
+        keys.seq.as_str(),
+        keys.block.as_str(),
+        keys.tx_demand.as_str(),
+        keys.tx_waiting.as_str(),
+    ];
     let tenant_limit = match (&keys.tenant, limit.tenant_limit) {
         (Some(t), Some(l)) => {
             names.push(t);
@@ -85,7 +99,9 @@ pub async fn call(
         .arg(tenant_limit)
         .arg(ask.backoff.map_or(0, |d| d.as_millis().max(1) as u64))
         .arg(limit.spread_ms)
-        .arg(limit.spread_cap());
+        .arg(limit.spread_cap())
+        .arg(ask.lane.as_str())
+        .arg(format!("{:x}", ask.asker));
     if let Some((from, to)) = ask.give_back {
         cmd.arg(from).arg(to);
     }
@@ -103,7 +119,7 @@ pub async fn call(
 }
 
 /// One `ratelimit.lua` call for `n` permits (or, with `backoff`, only the back-off), over the
-/// window plus `margin_ms`: (granted, wait).
+/// window plus `margin_ms`, as a bulk ask: (granted, wait).
 pub async fn take(
     conn: &mut crate::stream::conn::Connection,
     keys: &Keys,
@@ -117,6 +133,8 @@ pub async fn take(
         margin_ms,
         give_back: None,
         backoff,
+        lane: Lane::Bulk,
+        asker: 0,
     };
     let g = call(conn, keys, limit, &ask).await?;
     Ok((g.granted, g.wait))
@@ -187,8 +205,8 @@ impl Stock {
 }
 
 struct Bucket {
-    /// Sends waiting for a permit from this bucket.
-    wanted: AtomicUsize,
+    /// Sends waiting for a permit from this bucket, per lane (`[tx, bulk]`).
+    wanted: [AtomicUsize; 2],
     /// Whose turn it is at the stock (and at asking Redis for more): a tx send's turn comes
     /// before every bulk send's, so permits already fetched go to a waiting tx send first.
     turn: crate::priority::PrioritySemaphore,
@@ -198,10 +216,17 @@ struct Bucket {
 impl Default for Bucket {
     fn default() -> Self {
         Bucket {
-            wanted: AtomicUsize::new(0),
+            wanted: Default::default(),
             turn: crate::priority::PrioritySemaphore::new(1),
             stock: tokio::sync::Mutex::new(Stock::default()),
         }
+    }
+}
+
+fn slot(lane: Lane) -> usize {
+    match lane {
+        Lane::Tx => 0,
+        Lane::Bulk => 1,
     }
 }
 
@@ -217,6 +242,8 @@ type BucketKey = (String, Option<String>);
 
 /// Permits for every provider this worker sends to.
 pub struct Limiter {
+    /// This limiter's name as an asker (random); each bucket asks as `id ^ hash(tenant)`.
+    id: u64,
     pool: crate::stream::Pool,
     prefix: String,
     buckets: std::sync::Mutex<HashMap<BucketKey, Arc<Bucket>>>,
@@ -225,6 +252,7 @@ pub struct Limiter {
 impl Limiter {
     pub fn new(pool: crate::stream::Pool, prefix: impl Into<String>) -> Self {
         Limiter {
+            id: rand::random(),
             pool,
             prefix: prefix.into(),
             buckets: std::sync::Mutex::new(HashMap::new()),
@@ -250,60 +278,90 @@ impl Limiter {
     ) -> Result<(), LimitError> {
         let tenant = tenant.filter(|_| limit.tenant_limit.is_some());
         let bucket = self.bucket(provider, tenant);
-        bucket.wanted.fetch_add(1, Ordering::SeqCst);
-        let _wanting = Wanting(&bucket.wanted);
+        let wanted = &bucket.wanted[slot(lane)];
+        wanted.fetch_add(1, Ordering::SeqCst);
+        let _wanting = Wanting(wanted);
         // Let the other sends of this batch register before the first of them asks Redis.
         tokio::task::yield_now().await;
         let max_age = max_age(limit);
         let keys = Keys::new(&self.prefix, provider, tenant);
+        let asker = self.id
+            ^ u64::from(crate::stream::keys::fnv1a32(
+                tenant.unwrap_or("").as_bytes(),
+            ));
         let started = Instant::now();
-        let _turn = bucket.turn.acquire(lane).await;
-        let mut stock = bucket.stock.lock().await;
         let mut failures = 0;
         let mut give_back = None;
-        loop {
-            match stock.take_one(max_age) {
-                Ok(()) => break,
-                Err(Some(stale)) => {
-                    give_back = Some(stale);
-                    METRICS
-                        .ratelimit_given_back
-                        .with_label_values(&[provider])
-                        .inc_by(stale.1 + 1 - stale.0);
-                }
-                Err(None) => {}
-            }
-            let asked = Instant::now();
-            let ask = Ask {
-                n: bucket.wanted.load(Ordering::SeqCst).clamp(1, chunk(limit)),
-                margin_ms: stock.margin_ms(limit, asked),
-                give_back,
-                backoff: None,
-            };
-            let result = match self.pool.get().await {
-                Ok(mut conn) => call(&mut conn, &keys, limit, &ask).await,
-                Err(e) => Err(e.into()),
-            };
-            METRICS.ratelimit_calls.with_label_values(&[provider]).inc();
-            match result {
-                Ok(g) => {
-                    failures = 0;
-                    give_back = None;
-                    if g.granted > 0 {
-                        stock.permits = g.granted - 1;
-                        stock.last = g.last;
-                        stock.asked_at = Some(asked);
-                        break;
+        // After a refusal: no ask before this (Redis said when the next permit can be).
+        let mut not_before: Option<Instant> = None;
+        'turn: loop {
+            let _turn = bucket.turn.acquire(lane).await;
+            let mut stock = bucket.stock.lock().await;
+            loop {
+                match stock.take_one(max_age) {
+                    Ok(()) => break 'turn,
+                    Err(Some(stale)) => {
+                        give_back = Some(stale);
+                        METRICS
+                            .ratelimit_given_back
+                            .with_label_values(&[provider])
+                            .inc_by(stale.1 + 1 - stale.0);
                     }
-                    tokio::time::sleep(g.wait.max(Duration::from_millis(1))).await;
+                    Err(None) => {}
                 }
-                Err(e) => {
-                    failures += 1;
-                    if failures >= TRIES {
-                        return Err(e);
+                if let Some(t) = not_before.take() {
+                    let left = t.saturating_duration_since(Instant::now());
+                    if !left.is_zero() {
+                        if lane == Lane::Tx {
+                            tokio::time::sleep(left).await;
+                        } else {
+                            // A refused bulk send sleeps at the head of the queue, but gives
+                            // its turn up to a tx send that queues meanwhile.
+                            tokio::select! {
+                                _ = tokio::time::sleep(left) => {}
+                                _ = bucket.turn.until_tx_waits() => {
+                                    not_before = Some(t);
+                                    continue 'turn;
+                                }
+                            }
+                        }
                     }
-                    tokio::time::sleep(Duration::from_millis(100 << failures)).await;
                 }
+                let asked = Instant::now();
+                let ask = Ask {
+                    n: wanted.load(Ordering::SeqCst).clamp(1, chunk(limit)),
+                    margin_ms: stock.margin_ms(limit, asked),
+                    give_back,
+                    backoff: None,
+                    lane,
+                    asker,
+                };
+                let result = match self.pool.get().await {
+                    Ok(mut conn) => call(&mut conn, &keys, limit, &ask).await,
+                    Err(e) => Err(e.into()),
+                };
+                METRICS.ratelimit_calls.with_label_values(&[provider]).inc();
+                let wait = match result {
+                    Ok(g) => {
+                        failures = 0;
+                        give_back = None;
+                        if g.granted > 0 {
+                            stock.permits = g.granted - 1;
+                            stock.last = g.last;
+                            stock.asked_at = Some(asked);
+                            break 'turn;
+                        }
+                        g.wait.max(Duration::from_millis(1))
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        if failures >= TRIES {
+                            return Err(e);
+                        }
+                        Duration::from_millis(100 << failures)
+                    }
+                };
+                not_before = Some(Instant::now() + wait);
             }
         }
         let waited = started.elapsed();

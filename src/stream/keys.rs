@@ -88,6 +88,10 @@ pub struct RateLimitKeys {
     pub window: String,
     pub seq: String,
     pub block: String,
+    /// Set for a window by every tx ask: while it exists, bulk asks leave headroom.
+    pub tx_demand: String,
+    /// Tx permits waiting, per asker: bulk asks leave them room.
+    pub tx_waiting: String,
     pub tenant: Option<String>,
 }
 
@@ -98,6 +102,8 @@ impl RateLimitKeys {
             window: format!("{base}:w"),
             seq: format!("{base}:seq"),
             block: format!("{base}:block"),
+            tx_demand: format!("{base}:txd"),
+            tx_waiting: format!("{base}:txw"),
             tenant: tenant.map(|t| format!("{base}:t:{t}")),
         }
     }

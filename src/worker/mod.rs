@@ -2,8 +2,9 @@
 //! records outcomes in batches, and only then acks.
 //!
 //! Tasks (all tracked, all stopped by the shutdown token, joined on drain):
-//! - one **reader** per partition ([`reader`]): waits for in-flight room, reads a batch (tx
-//!   strictly before bulk), hands it to a **batch task** ([`process`]);
+//! - one **reader** per partition and lane ([`reader`]): waits for room in its lane's in-flight
+//!   pool (tx has its own, so a bulk backlog never delays a tx read), reads a batch, hands it
+//!   to a **batch task** ([`process`]);
 //! - **batch tasks**: decode (poison → dead letter), claim the batch in one statement, send the
 //!   claimed jobs concurrently, and pass each outcome to the recorder;
 //! - one **recorder** ([`recorder`]): takes whatever outcomes are waiting (natural batching: low
@@ -62,7 +63,11 @@ const TEMPLATE_TTL: Duration = Duration::from_secs(5);
 pub struct Settings {
     pub consumer: String,
     pub batch_size: usize,
+    /// Most bulk entries read and not yet finished (back-pressure for the bulk lane).
     pub max_in_flight: usize,
+    /// Most tx entries read and not yet finished: the tx lane's own pool, so a bulk backlog
+    /// never holds the room a transactional email needs to be read.
+    pub tx_in_flight: usize,
     pub send_concurrency: usize,
     pub record_batch: usize,
     pub block_ms: u64,
@@ -95,6 +100,7 @@ impl Settings {
             consumer: consumer.into(),
             batch_size: 256,
             max_in_flight: 2048,
+            tx_in_flight: 512,
             send_concurrency: 512,
             record_batch: 1024,
             block_ms: 1000,
@@ -153,8 +159,9 @@ pub(crate) struct Shared {
     pub deps: Deps,
     pub renderer: Renderer,
     templates: std::sync::Mutex<TemplateCache>,
-    /// Room for entries read but not yet finished (acked, retried or abandoned).
-    pub in_flight: Arc<Semaphore>,
+    /// Room for entries read but not yet finished (acked, retried or abandoned), one pool per
+    /// lane (`[tx, bulk]`): bulk can never hold the room a tx entry needs to be admitted.
+    in_flight: [Arc<Semaphore>; 2],
     /// Send slots, handed out tx first (`crate::priority`).
     pub sends: crate::priority::PrioritySemaphore,
     /// Set once shutdown begins; also what `/readyz` reports.
@@ -181,10 +188,15 @@ impl Shared {
             .collect()
     }
 
-    /// Give back room for `n` finished entries.
-    pub fn release(&self, n: usize) {
+    /// The in-flight pool entries of `lane` are admitted from.
+    pub fn room(&self, lane: crate::domain::Lane) -> &Arc<Semaphore> {
+        &self.in_flight[lane_index(lane)]
+    }
+
+    /// Give back room for `n` finished entries of `lane`.
+    pub fn release(&self, lane: crate::domain::Lane, n: usize) {
         if n > 0 {
-            self.in_flight.add_permits(n);
+            self.room(lane).add_permits(n);
             METRICS.in_flight.sub(n as i64);
         }
     }
@@ -229,6 +241,13 @@ impl Shared {
     }
 }
 
+fn lane_index(lane: crate::domain::Lane) -> usize {
+    match lane {
+        crate::domain::Lane::Tx => 0,
+        crate::domain::Lane::Bulk => 1,
+    }
+}
+
 /// A running worker's handle: readiness for probes, and the join.
 pub struct Running {
     pub draining: Arc<AtomicBool>,
@@ -268,15 +287,19 @@ pub async fn start(
                 source,
             })?;
     }
-    // Two lanes share a blocking read's batch (half each), so a batch holds at least two.
     let mut settings = settings;
-    settings.batch_size = settings.batch_size.max(2);
+    settings.batch_size = settings.batch_size.max(1);
     let shared = Arc::new(Shared {
         renderer: Renderer::new(settings.render),
         templates: Default::default(),
-        in_flight: Arc::new(Semaphore::new(
-            settings.max_in_flight.max(settings.batch_size),
-        )),
+        in_flight: [
+            Arc::new(Semaphore::new(
+                settings.tx_in_flight.max(settings.batch_size),
+            )),
+            Arc::new(Semaphore::new(
+                settings.max_in_flight.max(settings.batch_size),
+            )),
+        ],
         sends: crate::priority::PrioritySemaphore::new(settings.send_concurrency.max(1)),
         draining: Arc::new(AtomicBool::new(false)),
         live: Default::default(),
@@ -303,14 +326,18 @@ async fn supervise(shared: Arc<Shared>, shutdown: CancellationToken) {
     // The heartbeat outlives the drain: sends finishing during it must stay fresh.
     let beat_stop = CancellationToken::new();
     let beat = tokio::spawn(heartbeat::run(shared.clone(), beat_stop.clone()));
+    // One reader per partition and lane: a lane's reads wait only for its own room.
     for p in 0..shared.deps.keys.partitions() {
-        readers.spawn(reader::run(
-            shared.clone(),
-            p,
-            tx.clone(),
-            batches.clone(),
-            shutdown.child_token(),
-        ));
+        for lane in crate::domain::Lane::ALL {
+            readers.spawn(reader::run(
+                shared.clone(),
+                p,
+                lane,
+                tx.clone(),
+                batches.clone(),
+                shutdown.child_token(),
+            ));
+        }
     }
     // Reclaim feeds the same pipeline, so it drains with the readers.
     readers.spawn(reclaim::run(

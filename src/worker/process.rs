@@ -20,6 +20,18 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::Instrument;
 use uuid::Uuid;
 
+/// Give up on `jobs` without any write: they stay pending, and their room goes back to their
+/// lanes' pools.
+fn abandon<'a>(out: &UnboundedSender<Item>, jobs: impl IntoIterator<Item = &'a Job>) {
+    let lanes: Vec<_> = jobs.into_iter().map(|j| j.lane).collect();
+    for lane in crate::domain::Lane::ALL {
+        let n = lanes.iter().filter(|&&l| l == lane).count();
+        if n > 0 {
+            let _ = out.send(Item::Abandon(lane, n));
+        }
+    }
+}
+
 pub(super) async fn batch(shared: Arc<Shared>, entries: Vec<RawEntry>, out: UnboundedSender<Item>) {
     let max_payload = shared.settings.max_payload;
     let mut jobs = Vec::with_capacity(entries.len());
@@ -58,7 +70,7 @@ pub(super) async fn batch(shared: Arc<Shared>, entries: Vec<RawEntry>, out: Unbo
         Some(c) => c,
         None => {
             // Shutting down with Postgres unreachable: leave the entries pending for reclaim.
-            let _ = out.send(Item::Abandon(jobs.len()));
+            abandon(&out, &jobs);
             return;
         }
     };
@@ -80,7 +92,7 @@ pub(super) async fn batch(shared: Arc<Shared>, entries: Vec<RawEntry>, out: Unbo
     let (mine, others): (Vec<Job>, Vec<Job>) = jobs
         .into_iter()
         .partition(|j| attempts.contains_key(&j.id.as_uuid()));
-    let mut busy = 0;
+    let mut busy = Vec::new();
     for j in &others {
         if let Some(d) = dead.get(&j.id.as_uuid()) {
             // Dead in the ledger: the entry goes to the dead stream (idempotent: only while
@@ -92,12 +104,10 @@ pub(super) async fn batch(shared: Arc<Shared>, entries: Vec<RawEntry>, out: Unbo
         } else {
             // Another live claim is sending this job: leave the entry pending; reclaim revisits
             // it once that claim is final (then it is acked) or expired (then it is sent).
-            busy += 1;
+            busy.push(j);
         }
     }
-    if busy > 0 {
-        let _ = out.send(Item::Abandon(busy));
-    }
+    abandon(&out, busy);
     if mine.is_empty() {
         return;
     }
@@ -126,7 +136,7 @@ pub(super) async fn batch(shared: Arc<Shared>, entries: Vec<RawEntry>, out: Unbo
         match found {
             Some(set) => drop_suppressed(&mut mine, &set),
             None => {
-                let _ = out.send(Item::Abandon(mine.len()));
+                abandon(&out, &mine);
                 return;
             }
         }
@@ -202,7 +212,7 @@ pub(super) async fn batch(shared: Arc<Shared>, entries: Vec<RawEntry>, out: Unbo
             Some(t) => t,
             None => {
                 // Claimed but unsent: the claims expire and the entries are reclaimed.
-                let _ = out.send(Item::Abandon(mine.len()));
+                abandon(&out, &mine);
                 return;
             }
         }

@@ -1,7 +1,10 @@
-//! One partition's read loop: wait for in-flight room, read a batch (tx before bulk), hand it
-//! to a batch task. Redis errors back off and retry; nothing here ever acks.
+//! One lane's read loop on one partition: wait for room in the lane's in-flight pool, read a
+//! batch, hand it to a batch task. Each lane has its own loop, pool and blocking connection,
+//! so a tx entry is read as soon as it arrives however much bulk is admitted. Redis errors
+//! back off and retry; nothing here ever acks.
 
 use super::{Item, Shared, process};
+use crate::domain::Lane;
 use crate::metrics::METRICS;
 use crate::stream::consumer;
 use std::sync::Arc;
@@ -13,6 +16,7 @@ use tokio_util::task::TaskTracker;
 pub(super) async fn run(
     shared: Arc<Shared>,
     partition: u16,
+    lane: Lane,
     out: UnboundedSender<Item>,
     batches: TaskTracker,
     token: CancellationToken,
@@ -38,7 +42,7 @@ pub(super) async fn run(
         // Room first: never read what we could not hold.
         let permit = tokio::select! {
             _ = token.cancelled() => return,
-            p = shared.in_flight.clone().acquire_many_owned(s.batch_size as u32) => match p {
+            p = shared.room(lane).clone().acquire_many_owned(s.batch_size as u32) => match p {
                 Ok(p) => p,
                 Err(_) => return,
             },
@@ -46,10 +50,10 @@ pub(super) async fn run(
         permit.forget();
         METRICS.in_flight.add(s.batch_size as i64);
         if token.is_cancelled() {
-            shared.release(s.batch_size);
+            shared.release(lane, s.batch_size);
             return;
         }
-        let read = read_once(&shared, partition, &mut pooled, &mut blocking).await;
+        let read = read_once(&shared, partition, lane, &mut pooled, &mut blocking).await;
         let entries = match read {
             Ok(e) => {
                 failures = 0;
@@ -57,7 +61,7 @@ pub(super) async fn run(
                 e
             }
             Err(e) => {
-                shared.release(s.batch_size);
+                shared.release(lane, s.batch_size);
                 METRICS.redis_errors.with_label_values(&["read"]).inc();
                 blocking = None;
                 pooled = None;
@@ -68,7 +72,7 @@ pub(super) async fn run(
                     recreate_groups(&shared).await;
                 }
                 let wait = Duration::from_millis((100u64 << failures.min(6)).min(5_000));
-                tracing::warn!(partition, error.message = %e, retry_in_ms = wait.as_millis() as u64, "read failed; backing off");
+                tracing::warn!(partition, lane = %lane, error.message = %e, retry_in_ms = wait.as_millis() as u64, "read failed; backing off");
                 tokio::select! {
                     _ = token.cancelled() => return,
                     _ = tokio::time::sleep(wait) => continue,
@@ -79,10 +83,11 @@ pub(super) async fn run(
             entries.len() <= s.batch_size,
             "read more entries than permits taken"
         );
-        shared.release(s.batch_size.saturating_sub(entries.len()));
+        shared.release(lane, s.batch_size.saturating_sub(entries.len()));
         if entries.is_empty() {
             continue;
         }
+        observe_admission(lane, &entries);
         let shared = shared.clone();
         let out = out.clone();
         batches.spawn(async move { process::batch(shared, entries, out).await });
@@ -145,14 +150,37 @@ impl Linger {
     }
 }
 
+/// Admission wait: how long each entry stood in its stream before it was read, by the entry
+/// ID's timestamp (Redis's clock when it was added or moved back to the lane) against ours.
+fn observe_admission(lane: Lane, entries: &[crate::stream::RawEntry]) {
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let h = METRICS
+        .stage_wait
+        .with_label_values(&["admission", lane.as_str()]);
+    for e in entries {
+        if let Some(ms) = entry_ms(&e.entry_id) {
+            h.observe((now_ms - ms).max(0) as f64 / 1000.0);
+        }
+    }
+}
+
+/// The milliseconds part of a stream entry ID (`<ms>-<seq>`).
+fn entry_ms(id: &str) -> Option<i64> {
+    id.split_once('-')?.0.parse().ok()
+}
+
 async fn read_once(
     shared: &Shared,
     partition: u16,
+    lane: Lane,
     pooled: &mut Option<crate::stream::conn::Connection>,
     blocking: &mut Option<crate::stream::Blocking>,
 ) -> Result<Vec<crate::stream::RawEntry>, String> {
     let s = &shared.settings;
     let d = &shared.deps;
+    // The other lane has its own reader: to this one it is as good as paused.
+    let mut closed = shared.paused_lanes();
+    closed.extend(Lane::ALL.into_iter().filter(|&l| l != lane));
     let now = {
         if pooled.is_none() {
             *pooled = Some(d.redis.get().await.map_err(|e| e.to_string())?);
@@ -164,7 +192,7 @@ async fn read_once(
             partition,
             &s.consumer,
             s.batch_size,
-            &shared.paused_lanes(),
+            &closed,
         )
         .await
         .map_err(|e| e.to_string())?
@@ -186,18 +214,16 @@ async fn read_once(
     let conn = blocking.as_mut().ok_or("no blocking connection")?;
     // Bounded by BLOCK; a dead server is caught by the outer timeout.
     let block = Duration::from_millis(s.block_ms);
-    let paused = shared.paused_lanes();
     match tokio::time::timeout(
         block + Duration::from_secs(5),
-        // COUNT applies per stream: half each keeps the total within the batch's permits.
         consumer::read_blocking(
             conn,
             &d.keys,
             partition,
             &s.consumer,
-            (s.batch_size / 2).max(1),
+            s.batch_size,
             s.block_ms,
-            &paused,
+            &closed,
         ),
     )
     .await

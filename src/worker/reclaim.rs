@@ -84,7 +84,7 @@ async fn sweep(
     loop {
         let permit = tokio::select! {
             _ = token.cancelled() => return false,
-            p = shared.in_flight.clone().acquire_many_owned(s.batch_size as u32) => match p {
+            p = shared.room(lane).clone().acquire_many_owned(s.batch_size as u32) => match p {
                 Ok(p) => p,
                 Err(_) => return false,
             },
@@ -110,13 +110,13 @@ async fn sweep(
         let r = match r {
             Ok(r) => r,
             Err(e) => {
-                shared.release(s.batch_size);
+                shared.release(lane, s.batch_size);
                 METRICS.redis_errors.with_label_values(&["reclaim"]).inc();
                 tracing::warn!(partition = p, lane = %lane, error.message = %e, "reclaim failed");
                 return true;
             }
         };
-        shared.release(s.batch_size.saturating_sub(r.entries.len()));
+        shared.release(lane, s.batch_size.saturating_sub(r.entries.len()));
         if r.dead_lettered > 0 {
             METRICS
                 .dead_letters

@@ -69,8 +69,9 @@ pub enum Item {
     Ack(EntryRef),
     /// Poison: dead-letter it (no Postgres row).
     Dead(EntryRef, DeadLetter),
-    /// Entries given up on without any write (shutdown during an outage); they stay pending.
-    Abandon(usize),
+    /// Entries of a lane given up on without any write (shutdown during an outage, or another
+    /// live claim sends them); they stay pending.
+    Abandon(Lane, usize),
 }
 
 pub(super) async fn run(shared: Arc<Shared>, mut rx: UnboundedReceiver<Item>) {
@@ -122,7 +123,8 @@ async fn flush(
     }
 
     let mut finish = Finish::default();
-    let mut entries = 0usize;
+    // Finished entries per lane, `[tx, bulk]`: their room goes back to the lane's pool.
+    let mut entries = [0usize; 2];
     let now_ms = chrono::Utc::now().timestamp_millis();
     for item in items.drain(..) {
         match item {
@@ -132,7 +134,7 @@ async fn flush(
                 after,
                 enqueued_at_ms,
             } => {
-                entries += 1;
+                entries[slot(entry.lane)] += 1;
                 if !applied.contains(&outcome.id) {
                     // The claim moved on: a newer attempt owns the job and its entry.
                     METRICS.stale_outcomes.inc();
@@ -169,14 +171,14 @@ async fn flush(
                 }
             }
             Item::Ack(entry) => {
-                entries += 1;
+                entries[slot(entry.lane)] += 1;
                 finish.ack(entry.partition, entry.lane, entry.entry_id);
             }
             Item::Dead(entry, d) => {
-                entries += 1;
+                entries[slot(entry.lane)] += 1;
                 finish.dead_letter(entry.partition, entry.lane, d);
             }
-            Item::Abandon(n) => entries += n,
+            Item::Abandon(lane, n) => entries[slot(lane)] += n,
         }
     }
     if !finish.is_empty() {
@@ -211,5 +213,14 @@ async fn flush(
         .await;
         *conn = slot.into_inner().unwrap_or_else(|p| p.into_inner());
     }
-    shared.release(entries);
+    for lane in Lane::ALL {
+        shared.release(lane, entries[slot(lane)]);
+    }
+}
+
+fn slot(lane: Lane) -> usize {
+    match lane {
+        Lane::Tx => 0,
+        Lane::Bulk => 1,
+    }
 }

@@ -6,7 +6,7 @@ use super::Shared;
 use super::fate::{self, Fate, backoff};
 use super::recorder::{After, EntryRef, Item};
 use crate::domain::Status;
-use crate::metrics::METRICS;
+use crate::metrics::{METRICS, timed};
 use crate::provider::breaker::Admit;
 use crate::provider::{ErrorClass, Message, SendError};
 use crate::store::emails::{Outcome, Tried};
@@ -165,18 +165,21 @@ pub(super) async fn one(
         // Wait for this worker's smoothing and caps first, so a permit is used as soon as it
         // is granted: a permit that waits lands outside the window it was counted in.
         // Every wait below serves a tx send before any bulk one (`crate::priority`).
-        let _cap = slot.ready(job.lane).await;
-        let _permit = shared.sends.acquire(job.lane).await;
+        let lane = job.lane.as_str();
+        let _cap = timed("provider_slot", lane, slot.ready(job.lane)).await;
+        let _permit = timed("send_slot", lane, shared.sends.acquire(job.lane)).await;
         if let Some(f) = last.take() {
             failed_over_from = Some(f.provider);
             tried.push(f.into_tried());
         }
         try_started = Utc::now();
         if let Some(limit) = &slot.limit
-            && let Err(e) = shared
-                .limiter
-                .acquire(slot.name(), limit, tenant, job.lane)
-                .await
+            && let Err(e) = timed(
+                "limiter",
+                lane,
+                shared.limiter.acquire(slot.name(), limit, tenant, job.lane),
+            )
+            .await
         {
             slot.breaker.abandon(admitted);
             METRICS.redis_errors.with_label_values(&["ratelimit"]).inc();

@@ -134,3 +134,106 @@ async fn the_send_slots_serve_a_tx_send_before_queued_bulk_sends(pg: PgPool) {
 async fn a_providers_concurrency_cap_serves_a_tx_send_before_queued_bulk_sends(pg: PgPool) {
     tx_overtakes_queued_bulk(pg, 64, Some(1)).await;
 }
+
+/// Admission: bulk holds every entry of its in-flight pool (one batch, stuck on a slow
+/// provider), and a tx email that arrives is still read at once, from the tx lane's own
+/// pool. With one pool for both lanes it waited until the bulk batch finished.
+#[sqlx::test(migrations = "./migrations")]
+async fn a_tx_entry_is_admitted_while_bulk_holds_its_whole_in_flight_pool(pg: PgPool) {
+    let redis = TestRedis::new();
+    let mock = TestMock::start(MockConfig {
+        latency: Duration::from_millis(1500),
+        ..MockConfig::default()
+    })
+    .await;
+    let mut s = settings();
+    s.batch_size = 10;
+    s.max_in_flight = 10;
+    s.tx_in_flight = 10;
+    for i in 0..50 {
+        redis
+            .enqueue(job(Lane::Bulk, &format!("b{i}@example.com")))
+            .await;
+    }
+    let w = TestWorker::start(&pg, &redis, &mock.url, s).await;
+    eventually("bulk fills its pool", WAIT, || async {
+        let (read, _) = redis.group_progress(Lane::Bulk).await;
+        (read == 10).then_some(())
+    })
+    .await;
+    let tx = redis.enqueue(job(Lane::Tx, "reset@example.com")).await;
+    eventually("the tx entry is read", WAIT, || async {
+        let (read, _) = redis.group_progress(Lane::Tx).await;
+        (read == 1).then_some(())
+    })
+    .await;
+    let (bulk_read, _) = redis.group_progress(Lane::Bulk).await;
+    assert_eq!(
+        (bulk_read, mock.state.stats().received),
+        (10, 0),
+        "the tx entry was read while bulk's pool was still full, its sends unanswered"
+    );
+    eventually("the tx email is sent", WAIT, || async {
+        (status_of(&pg, tx).await.as_deref() == Some("sent")).then_some(())
+    })
+    .await;
+    w.stop().await;
+}
+
+/// Across the cluster (`lua/ratelimit.lua`): one worker's bulk sends keep a provider's window
+/// full; tx sends on another worker take the permits that free next, before any of the bulk
+/// sends that were waiting longer. First come first served at Redis, the bulk sends (asking
+/// at the same instants) took about half of them.
+#[tokio::test]
+async fn the_cluster_window_serves_tx_sends_on_one_worker_before_bulk_sends_on_another() {
+    let redis = TestRedis::new();
+    let l = Limit {
+        limit: 20,
+        window_ms: 1000,
+        tenant_limit: None,
+        margin_ms: 0,
+        cold_margin_ms: 0,
+        spread_ms: 0,
+    };
+    let name = format!("cluster-{}", uuid::Uuid::now_v7().simple());
+    // The window fills over half a second, so its permits free one by one, 25 ms apart.
+    {
+        let keys = mailfleet::ratelimit::Keys::new(redis.keys.prefix(), &name, None);
+        let mut conn = redis.pool.get().await.unwrap();
+        for _ in 0..20 {
+            let (g, _) = mailfleet::ratelimit::take(&mut conn, &keys, &l, 0, 1, None)
+                .await
+                .unwrap();
+            assert_eq!(g, 1);
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+    let done: Arc<Mutex<Vec<Lane>>> = Arc::default();
+    let spawn = |limiter: &Arc<Limiter>, lane: Lane| {
+        let (limiter, name, done) = (limiter.clone(), name.clone(), done.clone());
+        tokio::spawn(async move {
+            limiter
+                .acquire(&name, &l, None, lane)
+                .await
+                .expect("a permit");
+            done.lock().unwrap().push(lane);
+        })
+    };
+    let bulk_worker = Arc::new(Limiter::new(redis.pool.clone(), redis.keys.prefix()));
+    let tx_worker = Arc::new(Limiter::new(redis.pool.clone(), redis.keys.prefix()));
+    let bulk: Vec<_> = (0..40).map(|_| spawn(&bulk_worker, Lane::Bulk)).collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let tx: Vec<_> = (0..10).map(|_| spawn(&tx_worker, Lane::Tx)).collect();
+    for t in tx {
+        t.await.unwrap();
+    }
+    let order = done.lock().unwrap().clone();
+    let bulk_first = order.iter().filter(|l| **l == Lane::Bulk).count();
+    assert!(
+        bulk_first <= 1,
+        "{bulk_first} bulk sends got permits before the last of 10 tx sends: {order:?}"
+    );
+    for b in bulk {
+        b.abort();
+    }
+}

@@ -38,6 +38,8 @@ async fn permits_given_back_unused_free_their_room_in_every_window() {
         margin_ms: 0,
         give_back,
         backoff: None,
+        lane: Lane::Bulk,
+        asker: 1,
     };
     let mut conn = redis.pool.get().await.unwrap();
     let g = call(&mut conn, &keys, &l, &ask(10, None)).await.unwrap();
@@ -62,6 +64,172 @@ async fn permits_given_back_unused_free_their_room_in_every_window() {
         .await
         .unwrap();
     assert_eq!(g.granted, 0, "numbers given back twice free nothing twice");
+}
+
+fn ask(lane: Lane, n: usize, asker: u64) -> Ask {
+    Ask {
+        n,
+        margin_ms: 0,
+        give_back: None,
+        backoff: None,
+        lane,
+        asker,
+    }
+}
+
+async fn window_count(conn: &mut mailfleet::stream::conn::Connection, keys: &Keys) -> i64 {
+    redis::cmd("ZCARD")
+        .arg(&keys.window)
+        .query_async(&mut **conn)
+        .await
+        .unwrap()
+}
+
+/// The two-class window: with no tx demand bulk may fill the window; once a tx ask was made,
+/// bulk leaves a headroom (ceil(limit / 100), at least 1) that tx takes at once, and tx may
+/// fill the window to the limit, never past it.
+#[tokio::test]
+async fn bulk_leaves_headroom_while_tx_demand_exists_and_tx_fills_the_window_exactly() {
+    let redis = TestRedis::new();
+    let mut conn = redis.pool.get().await.unwrap();
+    let l = limit(10, 30_000);
+    let quiet = Keys::new(redis.keys.prefix(), "two-class-quiet", None);
+    let g = call(&mut conn, &quiet, &l, &ask(Lane::Bulk, 20, 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        g.granted, 10,
+        "without tx demand bulk takes the whole window"
+    );
+
+    let keys = Keys::new(redis.keys.prefix(), "two-class", None);
+    let g = call(&mut conn, &keys, &l, &ask(Lane::Tx, 1, 1))
+        .await
+        .unwrap();
+    assert_eq!(g.granted, 1);
+    let g = call(&mut conn, &keys, &l, &ask(Lane::Bulk, 20, 2))
+        .await
+        .unwrap();
+    assert_eq!(g.granted, 8, "bulk fills the window to the limit less one");
+    assert!(g.wait > Duration::ZERO);
+    let g = call(&mut conn, &keys, &l, &ask(Lane::Bulk, 1, 2))
+        .await
+        .unwrap();
+    assert_eq!(g.granted, 0, "the headroom is not bulk's");
+    let g = call(&mut conn, &keys, &l, &ask(Lane::Tx, 5, 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        g.granted, 1,
+        "tx takes the headroom, and nothing past the limit"
+    );
+    assert!(
+        g.wait > Duration::ZERO,
+        "a short tx grant says when to ask again"
+    );
+    assert_eq!(window_count(&mut conn, &keys).await, 10);
+}
+
+/// A tx ask granted short records what it still wants; until it is served, bulk asks from
+/// any worker leave that much room too, so the permits that free go to tx first.
+#[tokio::test]
+async fn permits_that_free_while_tx_waits_are_left_for_tx() {
+    let redis = TestRedis::new();
+    let mut conn = redis.pool.get().await.unwrap();
+    let l = limit(10, 400);
+    let keys = Keys::new(redis.keys.prefix(), "tx-waits", None);
+    // Bulk fills the window before any tx demand.
+    let g = call(&mut conn, &keys, &l, &ask(Lane::Bulk, 10, 2))
+        .await
+        .unwrap();
+    assert_eq!(g.granted, 10);
+    // Three tx sends on another worker want permits: none is free.
+    let g = call(&mut conn, &keys, &l, &ask(Lane::Tx, 3, 1))
+        .await
+        .unwrap();
+    assert_eq!(g.granted, 0);
+    // The whole window leaves at once.
+    tokio::time::sleep(g.wait).await;
+    let g = call(&mut conn, &keys, &l, &ask(Lane::Bulk, 20, 2))
+        .await
+        .unwrap();
+    assert_eq!(
+        g.granted, 6,
+        "bulk leaves the headroom (1) and the three waiting tx permits"
+    );
+    let g = call(&mut conn, &keys, &l, &ask(Lane::Tx, 3, 1))
+        .await
+        .unwrap();
+    assert_eq!(g.granted, 3, "the waiting tx sends find their room");
+    let g = call(&mut conn, &keys, &l, &ask(Lane::Bulk, 20, 2))
+        .await
+        .unwrap();
+    assert_eq!(
+        g.granted, 0,
+        "served tx no longer holds room, the headroom still does"
+    );
+    assert_eq!(window_count(&mut conn, &keys).await, 9);
+}
+
+/// With a limit so small the headroom is the whole window, bulk waits while tx demand lasts
+/// and is told to come back when it ends, not in a millisecond.
+#[tokio::test]
+async fn bulk_held_back_by_tx_demand_is_told_when_the_demand_ends() {
+    let redis = TestRedis::new();
+    let mut conn = redis.pool.get().await.unwrap();
+    let l = limit(1, 250);
+    let keys = Keys::new(redis.keys.prefix(), "tiny", None);
+    let g = call(&mut conn, &keys, &l, &ask(Lane::Tx, 1, 1))
+        .await
+        .unwrap();
+    assert_eq!(g.granted, 1);
+    let g = call(&mut conn, &keys, &l, &ask(Lane::Bulk, 1, 2))
+        .await
+        .unwrap();
+    assert_eq!(g.granted, 0);
+    assert!(
+        g.wait >= Duration::from_millis(300) && g.wait <= Duration::from_millis(501),
+        "the demand lasts two windows: {:?}",
+        g.wait
+    );
+}
+
+/// Exactness holds for both classes together: tx and bulk callers racing never get more
+/// than the limit in a window between them.
+#[tokio::test]
+async fn tx_and_bulk_callers_together_never_get_more_than_the_limit() {
+    let redis = TestRedis::new();
+    let keys = Keys::new(redis.keys.prefix(), "exact-two-class", None);
+    let l = limit(100, 30_000);
+    let mut tasks = Vec::new();
+    for i in 0..10u64 {
+        let pool = redis.pool.clone();
+        let keys = keys.clone();
+        let lane = if i % 2 == 0 { Lane::Tx } else { Lane::Bulk };
+        tasks.push(tokio::spawn(async move {
+            let mut conn = pool.get().await.expect("conn");
+            let mut got = 0;
+            let mut refused = 0;
+            // Bulk may be refused while the window still has the headroom: stop after a few
+            // refusals in a row.
+            while refused < 3 {
+                let g = call(&mut conn, &keys, &l, &ask(lane, 7, i))
+                    .await
+                    .expect("call");
+                got += g.granted;
+                refused = if g.granted == 0 { refused + 1 } else { 0 };
+            }
+            got
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.expect("task");
+    }
+    assert_eq!(
+        total, 100,
+        "tx fills what bulk left; never more than the limit"
+    );
 }
 
 #[tokio::test]
