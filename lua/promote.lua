@@ -3,6 +3,8 @@
 -- KEYS[1]: delayed zset  mf:{p}:delayed
 -- KEYS[2]: tx stream     mf:{p}:tx
 -- KEYS[3]: bulk stream   mf:{p}:bulk
+-- KEYS[4]: tx delayed zset  mf:{p}:delayed:tx (optional): promoted first, so a tx retry or a
+--          tx send_at never waits behind a campaign's due bulk entries
 -- ARGV[1]: the most entries to move in this call (bounded, so one call never blocks Redis long)
 -- Returns: the number of entries moved.
 --
@@ -13,29 +15,36 @@ local limit = tonumber(ARGV[1])
 if limit == nil or limit <= 0 then return redis.error_reply('promote: bad limit') end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
 local moved = 0
-for _, member in ipairs(due) do
-  local ok, m = pcall(cjson.decode, member)
-  if ok and type(m) == 'table' and type(m.id) == 'string' and type(m.payload) == 'string' then
-    local stream = KEYS[3]
-    if m.lane == 'tx' then stream = KEYS[2] end
-    local fields = { 'v', m.v or '1', 'id', m.id }
-    if type(m.idem) == 'string' and m.idem ~= '' then
-      fields[#fields + 1] = 'idem'; fields[#fields + 1] = m.idem
+-- Move up to `room` due members of `set`; returns how many it looked at.
+local function promote(set, room)
+  local due = redis.call('ZRANGEBYSCORE', set, '-inf', now, 'LIMIT', 0, room)
+  for _, member in ipairs(due) do
+    local ok, m = pcall(cjson.decode, member)
+    if ok and type(m) == 'table' and type(m.id) == 'string' and type(m.payload) == 'string' then
+      local stream = KEYS[3]
+      if m.lane == 'tx' then stream = KEYS[2] end
+      local fields = { 'v', m.v or '1', 'id', m.id }
+      if type(m.idem) == 'string' and m.idem ~= '' then
+        fields[#fields + 1] = 'idem'; fields[#fields + 1] = m.idem
+      end
+      fields[#fields + 1] = 'enqueued_at'; fields[#fields + 1] = tostring(m.enqueued_at)
+      fields[#fields + 1] = 'payload'; fields[#fields + 1] = m.payload
+      -- A replayed job keeps its count, or --max-replays could never stop it.
+      if type(m.replays) == 'string' and m.replays ~= '' then
+        fields[#fields + 1] = 'replays'; fields[#fields + 1] = m.replays
+      end
+      redis.call('XADD', stream, '*', unpack(fields))
+      redis.call('ZREM', set, member)
+      moved = moved + 1
+    else
+      -- park it where a person can find it: 2^52 ms is far beyond any real due time
+      redis.call('ZADD', set, 4503599627370496, member)
     end
-    fields[#fields + 1] = 'enqueued_at'; fields[#fields + 1] = tostring(m.enqueued_at)
-    fields[#fields + 1] = 'payload'; fields[#fields + 1] = m.payload
-    -- A replayed job keeps its count, or --max-replays could never stop it.
-    if type(m.replays) == 'string' and m.replays ~= '' then
-      fields[#fields + 1] = 'replays'; fields[#fields + 1] = m.replays
-    end
-    redis.call('XADD', stream, '*', unpack(fields))
-    redis.call('ZREM', KEYS[1], member)
-    moved = moved + 1
-  else
-    -- park it where a person can find it: 2^52 ms is far beyond any real due time
-    redis.call('ZADD', KEYS[1], 4503599627370496, member)
   end
+  return #due
 end
+local looked = 0
+if KEYS[4] then looked = promote(KEYS[4], limit) end
+if looked < limit then promote(KEYS[1], limit - looked) end
 return moved

@@ -31,6 +31,13 @@
 #                   writes it had not replicated are lost with it: jobs no worker saw are counted
 #                   as redis_lost, and ok only when every job a worker saw is sent (the reconciler
 #                   re-enqueues the ones whose entries vanished)
+#   priority        transactional email under a provider limit: `mailfleet bench --scenario
+#                   priority` with a limit of 500/s enforced by the mock, 4 workers, a bulk
+#                   backlog of 100,000 (20,000 short), tx at 20/s for 60 s (20 s short), mock
+#                   latency 20 ms; adds tx_p99_ms, bulk_p50_ms, bulk_per_sec, limit_per_sec,
+#                   max_window_count, rejected_by_provider; ok only with nothing lost or
+#                   duplicated, no 429, every window <= the limit, bulk >= 90% of (limit - tx
+#                   rate), and tx p99 under a tenth of bulk's p50 (tx did not queue behind bulk)
 #   failover        two providers (SendGrid and Postmark dialects); the primary answers 503 for
 #                   20 s then recovers; adds moved_after_ms, returned_after_ms,
 #                   primary_during_outage, breaker_open_seen (workers whose metrics showed the
@@ -38,7 +45,7 @@
 set -euo pipefail
 
 if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
-  sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,41p' "$0" | sed 's/^# \{0,1\}//'
   echo "env: CHAOS_EMAILS (default 20000), CHAOS_SHORT=1 (fewer faults, for CI), CHAOS_KEEP=1 (keep logs),"
   echo "     CHAOS_PROFILE=dev (use the debug build), CHAOS_DEADLINE_SECS (default 240 per scenario)"
   exit 0
@@ -47,11 +54,13 @@ fi
 cd "$(dirname "$0")/.."
 EMAILS=${CHAOS_EMAILS:-20000}
 SHORT=${CHAOS_SHORT:-0}
-SCENARIOS=${*:-kill redis-stall redis-restart pg-restart provider-errors sigterm poison leader ratelimit failover cluster-failover}
+SCENARIOS=${*:-kill redis-stall redis-restart pg-restart provider-errors sigterm poison leader ratelimit priority failover cluster-failover}
 WORKERS=3
 RL_LIMIT=1000
 RL_EMAILS=${CHAOS_RL_EMAILS:-33000}
 if [ "$SHORT" = 1 ]; then CHUNKS=8; PAUSE=0.5; KILLS=4; ROUNDS=1; LEADER_SECS=30; else CHUNKS=20; PAUSE=1; KILLS=10; ROUNDS=2; LEADER_SECS=120; fi
+PR_LIMIT=500; PR_TX_RATE=20
+if [ "$SHORT" = 1 ]; then PR_EMAILS=20000; PR_TX_SECS=20; else PR_EMAILS=100000; PR_TX_SECS=60; fi
 LEASE_TTL_MS=2000
 MEMBERS=20
 DEADLINE_SECS=${CHAOS_DEADLINE_SECS:-240}
@@ -349,6 +358,40 @@ inject() { # the scenario's faults, while traffic flows
   esac
 }
 
+# The priority scenario is the bench's (its own mock, workers, scratch database and prefix, on
+# this suite's private Redis and Postgres), judged here.
+run_priority() {
+  local out
+  log "scenario priority: $PR_EMAILS bulk emails, tx at $PR_TX_RATE/s for ${PR_TX_SECS}s, limit $PR_LIMIT/s, 4 workers"
+  if ! out=$(MAILFLEET_REDIS_URL=$REDIS MAILFLEET_PARTITIONS=1 MAILFLEET_DATABASE_URL=${ADMIN%/*}/postgres \
+      RUST_LOG=warn "$BIN" bench --scenario priority --limit "$PR_LIMIT" --workers 4 --emails "$PR_EMAILS" \
+      --tx-rate "$PR_TX_RATE" --tx-secs "$PR_TX_SECS" --mock-latency-ms 20 --timeout-secs "$DEADLINE_SECS" --json \
+      2>"$RUN/priority-bench.err"); then
+    log "priority: the bench failed: $(tail -n 3 "$RUN/priority-bench.err")"
+    echo '{"scenario":"priority","ok":false}'
+    return 1
+  fi
+  python3 - "$out" "$PR_LIMIT" "$PR_TX_RATE" <<'PY'
+import json, sys
+f, limit, tx_rate = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+line = {
+    "scenario": "priority", "emails": f["emails"], "sent": f["emails"] - f["lost"],
+    "lost": f["lost"], "duplicates": f["duplicates"], "tx_emails": f.get("tx_emails"),
+    "tx_p50_ms": f.get("tx_p50_ms"), "tx_p99_ms": f.get("tx_p99_ms"),
+    "bulk_p50_ms": f.get("bulk_p50_ms"), "bulk_per_sec": f.get("bulk_per_sec"),
+    "limit_per_sec": limit, "max_window_count": f["max_window_count"],
+    "rejected_by_provider": f["rejected_by_provider"],
+}
+line["ok"] = (f["lost"] == 0 and f["duplicates"] == 0 and f["rejected_by_provider"] == 0
+              and f["max_window_count"] <= limit
+              and (f.get("bulk_per_sec") or 0) >= 0.9 * (limit - tx_rate)
+              and f.get("tx_p99_ms") is not None and f.get("bulk_p50_ms") is not None
+              and f["tx_p99_ms"] * 10 <= f["bulk_p50_ms"])
+print(json.dumps(line, separators=(",", ":")))
+sys.exit(0 if line["ok"] else 1)
+PY
+}
+
 final_count() {
   psql "$MAILFLEET_DATABASE_URL" -Atqc \
     "select count(*) from emails where status in ('sent','failed','dead','suppressed','unknown')" 2>/dev/null || echo 0
@@ -359,6 +402,7 @@ failures=0
 for SC in $SCENARIOS; do
   case $SC in kill|redis-stall|redis-restart|pg-restart|provider-errors|sigterm|poison|leader) ;;
     ratelimit|failover|cluster-failover) ;;
+    priority) run_priority || failures=$(( failures + 1 )); continue ;;
     *) log "unknown scenario $SC"; exit 2 ;; esac
   WORKERS=3; unset SC_EMAILS SC_CHUNKS SC_PAUSE MAILFLEET_CONFIG
   export MAILFLEET_REDIS_URL=$REDIS MAILFLEET_PARTITIONS=1

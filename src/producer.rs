@@ -338,7 +338,7 @@ impl Producer {
                     let mut c = ENQUEUE.call(&[
                         &dedup,
                         &self.keys.lane(p.partition, p.lane),
-                        &self.keys.delayed(p.partition),
+                        &self.keys.delayed_of(p.partition, p.lane),
                     ]);
                     c.arg(p.id.to_string())
                         .arg(idem)

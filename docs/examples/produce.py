@@ -46,7 +46,7 @@ def main() -> None:
     }
     job_id, idem = uuid7(), "order-42-confirmation"
     p = fnv1a32(idem.encode()) % partitions
-    keys = [f"{prefix}:{{{p}}}:dedup:{idem}", f"{prefix}:{{{p}}}:tx", f"{prefix}:{{{p}}}:delayed"]
+    keys = [f"{prefix}:{{{p}}}:dedup:{idem}", f"{prefix}:{{{p}}}:tx", f"{prefix}:{{{p}}}:delayed:tx"]
     now = int(time.time() * 1000)
     first_id, added = enqueue(keys=keys, args=[job_id, idem, now, json.dumps(payload), 86_400_000, 0, "tx"])
     print(first_id.decode(), "added" if added else "duplicate")

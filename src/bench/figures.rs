@@ -28,6 +28,19 @@ pub struct Figures {
     pub bulk_p50_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bulk_p99_ms: Option<f64>,
+    /// Tx emails sent during the priority scenario.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tx_emails: Option<u64>,
+    /// Bulk emails recorded per second, from the first bulk enqueue to the last bulk record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bulk_per_sec: Option<f64>,
+    /// The provider limit (`--limit`), per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_per_sec: Option<u32>,
+    /// The most requests the mock saw in any 1 s window (rejected ones included).
+    pub max_window_count: u64,
+    /// Requests the mock answered 429 (over its limit).
+    pub rejected_by_provider: u64,
     pub redis_cmds_per_email: f64,
     /// The three commands that cost the most calls per email.
     pub redis_top: Vec<(String, f64)>,

@@ -154,10 +154,25 @@ async fn measure(
     let redis = crate::producer::redis_pool(&global)?;
     let http = reqwest::Client::new();
 
-    let (mut mock, mock_url) = start_mock(a.mock_latency_ms).await?;
+    let (mut mock, mock_url) = start_mock(a.mock_latency_ms, a.limit).await?;
+    // With a limit, the workers limit the provider cluster-wide (lua/ratelimit.lua).
+    let config = (a.limit > 0)
+        .then(|| -> anyhow::Result<std::path::PathBuf> {
+            let path = std::env::temp_dir().join(format!("{}-providers.toml", s.prefix));
+            std::fs::write(
+                &path,
+                format!(
+                    "[[providers]]\nname = \"sendgrid\"\nkind = \"sendgrid\"\nbase_url = \"{mock_url}\"\napi_key = \"bench-key\"\nlimit = {}\nwindow_ms = 1000\n",
+                    a.limit
+                ),
+            )
+            .context("writing the workers' provider file")?;
+            Ok(path)
+        })
+        .transpose()?;
     let mut workers = Vec::with_capacity(a.workers);
     for i in 0..a.workers {
-        workers.push(start_worker(g, s, i, &mock_url, a.tasks).await?);
+        workers.push(start_worker(g, s, i, &mock_url, a.tasks, config.as_deref()).await?);
     }
     for w in &workers {
         ready(&http, &w.metrics, Duration::from_secs(30)).await?;
@@ -238,7 +253,8 @@ async fn measure(
             let length: u64 = d.lanes.values().map(|l| l.length).sum();
             let open: u64 = d.lanes.values().map(|l| l.lag + l.pending).sum::<u64>() + d.delayed;
             let bulk_open = d.lanes.get("bulk").map_or(0, |l| l.lag + l.pending);
-            if tx_open && length >= a.emails && bulk_open == 0 {
+            let tx_over = a.tx_secs > 0 && tx_start.elapsed().as_secs() >= a.tx_secs;
+            if tx_open && (tx_over || (a.tx_secs == 0 && length >= a.emails && bulk_open == 0)) {
                 tx_open = false;
             }
             if !tx_open && length >= total + tx_sent && open == 0 {
@@ -299,6 +315,9 @@ async fn measure(
         let _ = tokio::time::timeout(Duration::from_secs(40), w.child.wait()).await;
     }
     let _ = mock.kill().await;
+    if let Some(c) = &config {
+        let _ = std::fs::remove_file(c);
+    }
     pg.close().await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let xacts_after = store::bench::xacts(s.admin(), &s.db).await?;
@@ -341,6 +360,14 @@ async fn measure(
             .filter(|_| a.scenario == Scenario::Priority),
         bulk_p99_ms: pick(&bulk, |l| round(l.p99_ms, 1))
             .filter(|_| a.scenario == Scenario::Priority),
+        tx_emails: (a.scenario == Scenario::Priority).then_some(tx_sent),
+        bulk_per_sec: pick(&bulk, |l| {
+            let secs = ((l.last_recorded_ms - l.first_enqueued_ms) / 1000.0).max(0.001);
+            round(l.count as f64 / secs, 1)
+        }),
+        limit_per_sec: (a.limit > 0).then_some(a.limit),
+        max_window_count: stats.max_window_count,
+        rejected_by_provider: stats.rate_limited,
         redis_cmds_per_email: round(per(redis_total), 3),
         redis_top: deltas
             .into_iter()
@@ -402,7 +429,20 @@ fn table(f: &Figures) -> String {
         let _ = writeln!(o, "  tx lane           p50 {p50:.1} ms  p99 {p99:.1} ms");
     }
     if let (Some(p50), Some(p99)) = (f.bulk_p50_ms, f.bulk_p99_ms) {
-        let _ = writeln!(o, "  bulk lane         p50 {p50:.1} ms  p99 {p99:.1} ms");
+        let rate = f
+            .bulk_per_sec
+            .map_or(String::new(), |r| format!("  ({r:.1} emails/s)"));
+        let _ = writeln!(
+            o,
+            "  bulk lane         p50 {p50:.1} ms  p99 {p99:.1} ms{rate}"
+        );
+    }
+    if let Some(l) = f.limit_per_sec {
+        let _ = writeln!(
+            o,
+            "  provider limit    {l}/s: busiest 1 s window {}, rejected {}",
+            f.max_window_count, f.rejected_by_provider
+        );
     }
     let top: Vec<String> = f
         .redis_top

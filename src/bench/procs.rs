@@ -68,11 +68,14 @@ pub(super) fn free_port() -> anyhow::Result<u16> {
 }
 
 /// The mock provider as its own process; returns it and its base URL.
-pub(super) async fn start_mock(latency_ms: u64) -> anyhow::Result<(Child, String)> {
+/// With `limit` > 0 the mock answers 429 past `limit` requests in any 1 s window.
+pub(super) async fn start_mock(latency_ms: u64, limit: u32) -> anyhow::Result<(Child, String)> {
     let mut child = Command::new(std::env::current_exe()?)
         .args(["mock-provider", "--listen", "127.0.0.1:0"])
         .args(["--latency-ms", &latency_ms.to_string()])
         .args(["--jitter-ms", &latency_ms.to_string()])
+        .args(["--rate-limit", &limit.to_string()])
+        .args(["--rate-window-ms", "1000"])
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -102,6 +105,7 @@ pub(super) async fn start_worker(
     i: usize,
     mock: &str,
     tasks: Option<usize>,
+    config: Option<&std::path::Path>,
 ) -> anyhow::Result<Proc> {
     let port = free_port()?;
     let mut cmd = Command::new(std::env::current_exe()?);
@@ -119,6 +123,9 @@ pub(super) async fn start_worker(
         .kill_on_drop(true);
     if let Some(t) = tasks {
         cmd.env("MAILFLEET_SEND_CONCURRENCY", t.to_string());
+    }
+    if let Some(c) = config {
+        cmd.env("MAILFLEET_CONFIG", c);
     }
     let child = cmd.spawn().context("starting a worker")?;
     Ok(Proc {

@@ -66,6 +66,14 @@ pub struct PipelineArgs {
     /// Transactional emails per second during the priority scenario.
     #[arg(long, default_value_t = 200)]
     pub tx_rate: u64,
+    /// How long tx email arrives in the priority scenario, in seconds (0: until the bulk
+    /// backlog has drained).
+    #[arg(long, default_value_t = 0)]
+    pub tx_secs: u64,
+    /// A provider limit in emails per 1 s window (0: none): the mock enforces it (answering
+    /// 429 past it) and the workers are configured with it as the provider's cluster limit.
+    #[arg(long, default_value_t = 0)]
+    pub limit: u32,
     /// Give up after this long.
     #[arg(long, default_value_t = 900)]
     pub timeout_secs: u64,

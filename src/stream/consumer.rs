@@ -204,6 +204,7 @@ pub async fn promote_due<C: ConnectionLike + Send>(
                 &keys.delayed(p),
                 &keys.lane(p, Lane::Tx),
                 &keys.lane(p, Lane::Bulk),
+                &keys.delayed_tx(p),
             ]);
             c.arg(limit);
             c
@@ -383,7 +384,7 @@ impl Finish {
             cmds.push(c);
         }
         for ((p, lane), items) in &self.retries {
-            let mut c = RETRY.call(&[&keys.delayed(*p), &keys.lane(*p, *lane)]);
+            let mut c = RETRY.call(&[&keys.delayed_of(*p, *lane), &keys.lane(*p, *lane)]);
             c.arg(GROUP);
             for (id, due, member) in items {
                 c.arg(id).arg(*due).arg(member);

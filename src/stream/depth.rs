@@ -131,6 +131,7 @@ pub async fn read<C: redis::aio::ConnectionLike + Send>(
             p.cmd("XPENDING").arg(&k).arg(GROUP);
         }
         p.cmd("ZCARD").arg(keys.delayed(part));
+        p.cmd("ZCARD").arg(keys.delayed_tx(part));
         p.cmd("XLEN").arg(keys.dead(part));
     }
     p.ignore_errors();
@@ -191,6 +192,8 @@ pub async fn read<C: redis::aio::ConnectionLike + Send>(
                 l.oldest_pending_ms = l.oldest_pending_ms.max((now_ms - at).max(0) as u64);
             }
         }
+        // Both delayed sets: bulk's (and older producers'), then tx's.
+        d.delayed += int(&it.next().unwrap_or(Value::Nil));
         d.delayed += int(&it.next().unwrap_or(Value::Nil));
         d.dead += int(&it.next().unwrap_or(Value::Nil));
     }

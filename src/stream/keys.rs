@@ -31,8 +31,21 @@ impl Keys {
     pub fn lane(&self, p: u16, lane: Lane) -> String {
         format!("{}:{{{p}}}:{}", self.prefix, lane.as_str())
     }
+    /// The delayed set of bulk entries (and of any entry an older producer scheduled).
     pub fn delayed(&self, p: u16) -> String {
         format!("{}:{{{p}}}:delayed", self.prefix)
+    }
+    /// The delayed set of tx entries: promoted before the other, so a tx retry never waits
+    /// behind a campaign's due entries.
+    pub fn delayed_tx(&self, p: u16) -> String {
+        format!("{}:{{{p}}}:delayed:tx", self.prefix)
+    }
+    /// The delayed set entries of `lane` wait in.
+    pub fn delayed_of(&self, p: u16, lane: Lane) -> String {
+        match lane {
+            Lane::Tx => self.delayed_tx(p),
+            Lane::Bulk => self.delayed(p),
+        }
     }
     pub fn dead(&self, p: u16) -> String {
         format!("{}:{{{p}}}:dead", self.prefix)
@@ -130,6 +143,7 @@ mod tests {
             k.lane(p, Lane::Tx),
             k.lane(p, Lane::Bulk),
             k.delayed(p),
+            k.delayed_tx(p),
             k.dead(p),
             k.dedup(p, "order-42"),
         ] {

@@ -9,16 +9,28 @@ use tokio_util::sync::CancellationToken;
 
 use crate::stream::consumer;
 
-/// Every `promote_interval_ms`: one `promote.lua` call per partition, pipelined.
+/// Most entries one call moves per partition.
+const PER_CALL: usize = 500;
+
+/// Every `promote_interval_ms`: one `promote.lua` call per partition, pipelined; at once again
+/// while calls come back full (a campaign's entries falling due by the thousand).
 pub(super) async fn run(shared: Arc<Shared>, token: CancellationToken) {
     let every = Duration::from_millis(shared.settings.promote_interval_ms.max(10));
+    let mut full = false;
     loop {
-        tokio::select! {
-            _ = token.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
+        if full {
+            if token.is_cancelled() {
+                return;
+            }
+        } else {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
         }
+        full = false;
         let moved = match shared.deps.redis.get().await {
-            Ok(mut conn) => consumer::promote_due(&mut *conn, &shared.deps.keys, 500).await,
+            Ok(mut conn) => consumer::promote_due(&mut *conn, &shared.deps.keys, PER_CALL).await,
             Err(e) => {
                 METRICS.redis_errors.with_label_values(&["promote"]).inc();
                 tracing::warn!(error.message = %e, "promoter: no Redis connection");
@@ -26,7 +38,10 @@ pub(super) async fn run(shared: Arc<Shared>, token: CancellationToken) {
             }
         };
         match moved {
-            Ok(n) => METRICS.promoted.inc_by(n),
+            Ok(n) => {
+                METRICS.promoted.inc_by(n);
+                full = n >= PER_CALL as u64;
+            }
             Err(e) => {
                 METRICS.redis_errors.with_label_values(&["promote"]).inc();
                 tracing::warn!(error.message = %e, "promoter: promote failed");

@@ -204,7 +204,7 @@ async fn a_future_send_at_waits_in_the_delayed_set(pg: PgPool) {
     j.payload.send_at = Some(at);
     let id = redis.producer().send(j).await.unwrap().id.as_uuid();
     let delayed: i64 = redis::cmd("ZCARD")
-        .arg(redis.keys.delayed(0))
+        .arg(redis.keys.delayed_tx(0))
         .query_async(&mut *redis.conn().await)
         .await
         .unwrap();

@@ -181,7 +181,7 @@ async fn transient_failures_retry_through_the_delayed_set_then_die_at_max_attemp
     })
     .await;
     let zcard: i64 = redis::cmd("ZCARD")
-        .arg(redis.keys.delayed(0))
+        .arg(redis.keys.delayed_tx(0))
         .query_async(&mut *redis.conn().await)
         .await
         .unwrap();

@@ -269,6 +269,42 @@ async fn retry_schedules_by_redis_time_and_acks_atomically_and_a_repeat_is_a_no_
     );
 }
 
+/// A campaign's bulk entries fall due by the thousand; a tx retry due after them is still
+/// promoted by the first call, from the tx lane's own delayed set.
+#[tokio::test]
+async fn promote_moves_due_tx_entries_before_a_bulk_backlog_due_earlier() {
+    let redis = TestRedis::new();
+    let k = &redis.keys;
+    let now = chrono::Utc::now().timestamp_millis();
+    let member = |id: String, lane: &str| {
+        serde_json::json!({"v":"1","id":id,"idem":"","enqueued_at":"7","payload":"{\"x\":1}","lane":lane}).to_string()
+    };
+    let mut conn = redis.conn().await;
+    let mut p = redis::pipe();
+    for i in 0..50 {
+        p.cmd("ZADD")
+            .arg(k.delayed(0))
+            .arg(now - 10_000 + i)
+            .arg(member(format!("bulk-{i}"), "bulk"))
+            .ignore();
+    }
+    p.cmd("ZADD")
+        .arg(k.delayed_tx(0))
+        .arg(now - 1000)
+        .arg(member("tx-retry".into(), "tx"))
+        .ignore();
+    let _: () = p.query_async(&mut *conn).await.unwrap();
+    let moved = consumer::promote_due(&mut *conn, k, 10).await.unwrap();
+    drop(conn);
+    assert_eq!(moved, 10);
+    assert_eq!(
+        redis.xlen(&k.lane(0, Lane::Tx)).await,
+        1,
+        "the tx entry first"
+    );
+    assert_eq!(redis.xlen(&k.lane(0, Lane::Bulk)).await, 9);
+}
+
 #[tokio::test]
 async fn promote_moves_only_due_entries_and_parks_undecodable_ones() {
     let redis = TestRedis::new();
