@@ -36,9 +36,9 @@
 --
 -- Two classes: a tx ask may fill every window to its limit. While any worker asked for a tx
 -- permit in the last two windows (KEYS[4]), a bulk ask may fill each window (and each spread
--- window) only to its limit minus a headroom of ceil(limit / 100), at least 1; and the
+-- window) only to its limit minus a headroom of ceil(limit / 200), at least 1; and the
 -- provider's windows also less every tx permit still waiting on any worker (KEYS[5]: a tx
--- ask granted short records what it still wants, until it asks again or 250 ms after its
+-- ask granted short records what it still wants, until it asks again or 100 ms after its
 -- wait). So the next tx send finds room at
 -- once, and the permits that free while tx sends wait are left for them: bulk gets nothing
 -- until tx is served. Both classes are members of the same windows, so the bound above holds
@@ -52,7 +52,7 @@ local tx = ARGV[8] == 'tx'
 local window_ms = tonumber(ARGV[3])
 -- The room bulk leaves while tx demand exists.
 local function headroom(cap)
-  return math.max(1, math.ceil(cap / 100))
+  return math.max(1, math.ceil(cap / 200))
 end
 
 local windows = {{KEYS[1], tonumber(ARGV[2])}}
@@ -208,10 +208,10 @@ end
 if tx then
   -- What this asker still wants holds bulk back until it asks again (or shortly after).
   if granted < n then
-    local expiry = now + (wait + 250) * 1000
+    local expiry = now + (wait + 100) * 1000
     redis.call('HSET', KEYS[5], ARGV[9], (n - granted) .. ':' .. string.format('%d', expiry))
-    if redis.call('PTTL', KEYS[5]) < wait + 250 then
-      redis.call('PEXPIRE', KEYS[5], wait + 250)
+    if redis.call('PTTL', KEYS[5]) < wait + 100 then
+      redis.call('PEXPIRE', KEYS[5], wait + 100)
     end
   else
     redis.call('HDEL', KEYS[5], ARGV[9])

@@ -250,7 +250,9 @@ async fn measure(
                 let mut c = redis.get().await?;
                 crate::stream::depth::read(&mut *c, &s_keys(&global), None).await?
             };
-            let length: u64 = d.lanes.values().map(|l| l.length).sum();
+            // Entries added: what the group read plus its lag (the streams' lengths shrink as
+            // acked entries are trimmed).
+            let length: u64 = d.lanes.values().map(|l| l.entries_read + l.lag).sum();
             let open: u64 = d.lanes.values().map(|l| l.lag + l.pending).sum::<u64>() + d.delayed;
             let bulk_open = d.lanes.get("bulk").map_or(0, |l| l.lag + l.pending);
             let tx_over = a.tx_secs > 0 && tx_start.elapsed().as_secs() >= a.tx_secs;

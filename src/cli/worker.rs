@@ -22,7 +22,7 @@ fn default_consumer() -> String {
 
 pub async fn run(g: Global, a: WorkerArgs) -> anyhow::Result<()> {
     let send_config = config::send_config(g.config.as_deref(), &a.provider)?;
-    let client = http_client(a.send_concurrency)?;
+    let client = http_client(a.send_concurrency + a.tx_send_concurrency)?;
     let pg = store::connect(g.database_url.expose(), a.pg_pool).await?;
     // Every partition's reader keeps one connection (a checkout costs a round trip); the rest
     // serve the recorder, reclaimer, heartbeat, limiter and leader.
@@ -37,6 +37,7 @@ pub async fn run(g: Global, a: WorkerArgs) -> anyhow::Result<()> {
         max_in_flight: a.max_in_flight,
         tx_in_flight: a.tx_in_flight,
         send_concurrency: a.send_concurrency,
+        tx_send_concurrency: a.tx_send_concurrency,
         record_batch: a.record_batch,
         block_ms: a.block_ms,
         visibility_timeout_ms: a.visibility_timeout_ms,

@@ -22,6 +22,9 @@ pub struct WorkerArgs {
     /// Most provider requests in flight at once, per worker.
     #[arg(long, env = "MAILFLEET_SEND_CONCURRENCY", default_value_t = 512)]
     pub send_concurrency: usize,
+    /// Most tx provider requests in flight at once, per worker: the tx lane's own slots.
+    #[arg(long, env = "MAILFLEET_TX_SEND_CONCURRENCY", default_value_t = 128)]
+    pub tx_send_concurrency: usize,
     /// Most outcomes recorded in one Postgres statement.
     #[arg(long, env = "MAILFLEET_RECORD_BATCH", default_value_t = 1024)]
     pub record_batch: usize,

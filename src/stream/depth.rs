@@ -17,6 +17,8 @@ pub struct LaneDepth {
     pub length: u64,
     pub pending: u64,
     pub lag: u64,
+    /// Entries the group has read since the stream began (trimming does not lower it).
+    pub entries_read: u64,
     /// Age of the oldest pending entry, in ms (from its id's time), 0 when none is pending.
     pub oldest_pending_ms: u64,
 }
@@ -49,10 +51,11 @@ fn int(v: &Value) -> u64 {
     }
 }
 
-/// The `lag` and `pending` of our group in an XINFO GROUPS reply (RESP2 flat maps).
-fn group_info(v: &Value) -> (u64, u64) {
+/// The `lag`, `pending` and `entries-read` of our group in an XINFO GROUPS reply (RESP2 flat
+/// maps).
+fn group_info(v: &Value) -> (u64, u64, u64) {
     let Value::Array(groups) = v else {
-        return (0, 0);
+        return (0, 0, 0);
     };
     for g in groups {
         let fields: Vec<&Value> = match g {
@@ -68,10 +71,14 @@ fn group_info(v: &Value) -> (u64, u64) {
         let is_ours = matches!(get("name"), Some(Value::BulkString(b)) if b == GROUP.as_bytes());
         if is_ours {
             // `lag` is nil when Redis cannot tell (after deletions); count it as unknown (0).
-            return (get("lag").map_or(0, int), get("pending").map_or(0, int));
+            return (
+                get("lag").map_or(0, int),
+                get("pending").map_or(0, int),
+                get("entries-read").map_or(0, int),
+            );
         }
     }
-    (0, 0)
+    (0, 0, 0)
 }
 
 /// The id's time of the oldest pending entry in an XPENDING summary reply.
@@ -182,12 +189,13 @@ pub async fn read<C: redis::aio::ConnectionLike + Send>(
     for _ in 0..keys.partitions() {
         for lane in Lane::ALL {
             let length = int(&it.next().unwrap_or(Value::Nil));
-            let (lag, pending) = group_info(&it.next().unwrap_or(Value::Nil));
+            let (lag, pending, read) = group_info(&it.next().unwrap_or(Value::Nil));
             let oldest = oldest_pending_at(&it.next().unwrap_or(Value::Nil));
             let l = d.lanes.entry(lane.as_str()).or_default();
             l.length += length;
             l.lag += lag;
             l.pending += pending;
+            l.entries_read += read;
             if let Some(at) = oldest {
                 l.oldest_pending_ms = l.oldest_pending_ms.max((now_ms - at).max(0) as u64);
             }

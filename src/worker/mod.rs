@@ -68,7 +68,11 @@ pub struct Settings {
     /// Most tx entries read and not yet finished: the tx lane's own pool, so a bulk backlog
     /// never holds the room a transactional email needs to be read.
     pub tx_in_flight: usize,
+    /// Bulk sends in flight at once (each holds its slot while it waits for a permit).
     pub send_concurrency: usize,
+    /// Tx sends in flight at once: the tx lane's own slots, so bulk sends waiting for a
+    /// rate-limit permit never hold the slot a tx send needs.
+    pub tx_send_concurrency: usize,
     pub record_batch: usize,
     pub block_ms: u64,
     pub visibility_timeout_ms: u64,
@@ -102,6 +106,7 @@ impl Settings {
             max_in_flight: 2048,
             tx_in_flight: 512,
             send_concurrency: 512,
+            tx_send_concurrency: 128,
             record_batch: 1024,
             block_ms: 1000,
             visibility_timeout_ms: 300_000,
@@ -162,8 +167,9 @@ pub(crate) struct Shared {
     /// Room for entries read but not yet finished (acked, retried or abandoned), one pool per
     /// lane (`[tx, bulk]`): bulk can never hold the room a tx entry needs to be admitted.
     in_flight: [Arc<Semaphore>; 2],
-    /// Send slots, handed out tx first (`crate::priority`).
-    pub sends: crate::priority::PrioritySemaphore,
+    /// Send slots per lane (`[tx, bulk]`): bulk sends hold theirs while they wait for a
+    /// permit, so tx has its own.
+    sends: [crate::priority::PrioritySemaphore; 2],
     /// Set once shutdown begins; also what `/readyz` reports.
     pub draining: Arc<AtomicBool>,
     /// Claimed jobs whose outcome is not recorded yet, kept fresh by the heartbeat.
@@ -186,6 +192,11 @@ impl Shared {
             .into_iter()
             .filter(|&l| p.lane(l))
             .collect()
+    }
+
+    /// The send slots sends of `lane` take.
+    pub fn send_slots(&self, lane: crate::domain::Lane) -> &crate::priority::PrioritySemaphore {
+        &self.sends[lane_index(lane)]
     }
 
     /// The in-flight pool entries of `lane` are admitted from.
@@ -300,7 +311,10 @@ pub async fn start(
                 settings.max_in_flight.max(settings.batch_size),
             )),
         ],
-        sends: crate::priority::PrioritySemaphore::new(settings.send_concurrency.max(1)),
+        sends: [
+            crate::priority::PrioritySemaphore::new(settings.tx_send_concurrency.max(1)),
+            crate::priority::PrioritySemaphore::new(settings.send_concurrency.max(1)),
+        ],
         draining: Arc::new(AtomicBool::new(false)),
         live: Default::default(),
         limiter: crate::ratelimit::Limiter::new(deps.redis.clone(), deps.keys.prefix()),

@@ -167,7 +167,12 @@ pub(super) async fn one(
         // Every wait below serves a tx send before any bulk one (`crate::priority`).
         let lane = job.lane.as_str();
         let _cap = timed("provider_slot", lane, slot.ready(job.lane)).await;
-        let _permit = timed("send_slot", lane, shared.sends.acquire(job.lane)).await;
+        let _permit = timed(
+            "send_slot",
+            lane,
+            shared.send_slots(job.lane).acquire(job.lane),
+        )
+        .await;
         if let Some(f) = last.take() {
             failed_over_from = Some(f.provider);
             tried.push(f.into_tried());

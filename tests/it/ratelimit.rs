@@ -86,7 +86,7 @@ async fn window_count(conn: &mut mailfleet::stream::conn::Connection, keys: &Key
 }
 
 /// The two-class window: with no tx demand bulk may fill the window; once a tx ask was made,
-/// bulk leaves a headroom (ceil(limit / 100), at least 1) that tx takes at once, and tx may
+/// bulk leaves a headroom (ceil(limit / 200), at least 1) that tx takes at once, and tx may
 /// fill the window to the limit, never past it.
 #[tokio::test]
 async fn bulk_leaves_headroom_while_tx_demand_exists_and_tx_fills_the_window_exactly() {
