@@ -265,9 +265,15 @@ pub struct RateJudgement {
 impl RateJudgement {
     /// The limit held in every window, no 429, and at least 95% of the limit achieved.
     pub fn ok(&self) -> bool {
+        self.ok_with(0.95)
+    }
+
+    /// The limit held in every window, no 429, and at least `min_share` of the limit achieved
+    /// (0: the rate is reported, not judged).
+    pub fn ok_with(&self, min_share: f64) -> bool {
         self.rejected_by_provider == 0
             && self.max_window_count <= u64::from(self.limit_per_sec)
-            && self.achieved_per_sec >= 0.95 * f64::from(self.limit_per_sec)
+            && self.achieved_per_sec >= min_share * f64::from(self.limit_per_sec)
     }
 }
 
@@ -369,5 +375,32 @@ mod tests {
         let v = r.json("x", false, 0, None);
         assert_eq!(v["redis_lost"], 2);
         assert_eq!(v["lost"], 1);
+    }
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_judgement_always_judges_exactness_and_judges_the_rate_only_when_asked() {
+        let r = RateJudgement {
+            limit_per_sec: 1000,
+            max_window_count: 1000,
+            achieved_per_sec: 920.0,
+            rejected_by_provider: 0,
+        };
+        assert!(!r.ok(), "920 of 1,000 is under 95%");
+        assert!(r.ok_with(0.0), "reported, not judged");
+        let over = RateJudgement {
+            max_window_count: 1001,
+            ..r.clone()
+        };
+        assert!(!over.ok_with(0.0), "a window over the limit is never ok");
+        let rejected = RateJudgement {
+            rejected_by_provider: 1,
+            ..r
+        };
+        assert!(!rejected.ok_with(0.0), "a 429 is never ok");
     }
 }
