@@ -11,6 +11,25 @@ use sqlx::PgPool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// A send of `lane` waiting for a permit from `limiter`; it notes its lane in `done` once
+/// served.
+fn acquire(
+    limiter: &Arc<Limiter>,
+    name: &str,
+    l: Limit,
+    done: &Arc<Mutex<Vec<Lane>>>,
+    lane: Lane,
+) -> tokio::task::JoinHandle<()> {
+    let (limiter, name, done) = (limiter.clone(), name.to_owned(), done.clone());
+    tokio::spawn(async move {
+        limiter
+            .acquire(&name, &l, None, lane)
+            .await
+            .expect("a permit");
+        done.lock().unwrap().push(lane);
+    })
+}
+
 #[tokio::test]
 async fn the_limiters_queue_serves_a_tx_send_before_bulk_sends_that_waited_longer() {
     let redis = TestRedis::new();
@@ -26,16 +45,7 @@ async fn the_limiters_queue_serves_a_tx_send_before_bulk_sends_that_waited_longe
     };
     let name = format!("prio-{}", uuid::Uuid::now_v7().simple());
     let done: Arc<Mutex<Vec<Lane>>> = Arc::default();
-    let spawn = |lane: Lane| {
-        let (limiter, name, done) = (limiter.clone(), name.clone(), done.clone());
-        tokio::spawn(async move {
-            limiter
-                .acquire(&name, &l, None, lane)
-                .await
-                .expect("a permit");
-            done.lock().unwrap().push(lane);
-        })
-    };
+    let spawn = |lane: Lane| acquire(&limiter, &name, l, &done, lane);
     let bulk: Vec<_> = (0..15).map(|_| spawn(Lane::Bulk)).collect();
     // The bulk sends queue up (five get permits at once, the rest wait for the window).
     eventually("the window is full", WAIT, || async {
@@ -209,16 +219,7 @@ async fn the_cluster_window_serves_tx_sends_on_one_worker_before_bulk_sends_on_a
         }
     }
     let done: Arc<Mutex<Vec<Lane>>> = Arc::default();
-    let spawn = |limiter: &Arc<Limiter>, lane: Lane| {
-        let (limiter, name, done) = (limiter.clone(), name.clone(), done.clone());
-        tokio::spawn(async move {
-            limiter
-                .acquire(&name, &l, None, lane)
-                .await
-                .expect("a permit");
-            done.lock().unwrap().push(lane);
-        })
-    };
+    let spawn = |limiter: &Arc<Limiter>, lane: Lane| acquire(limiter, &name, l, &done, lane);
     let bulk_worker = Arc::new(Limiter::new(redis.pool.clone(), redis.keys.prefix()));
     let tx_worker = Arc::new(Limiter::new(redis.pool.clone(), redis.keys.prefix()));
     let bulk: Vec<_> = (0..40).map(|_| spawn(&bulk_worker, Lane::Bulk)).collect();
