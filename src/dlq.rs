@@ -68,11 +68,8 @@ impl DeadEntry {
                 .map(|(_, v)| v.clone())
                 .unwrap_or_default()
         };
-        let dead_at = dead_id
-            .split('-')
-            .next()
-            .and_then(|ms| ms.parse::<i64>().ok())
-            .and_then(DateTime::from_timestamp_millis);
+        let dead_at =
+            crate::stream::wire::entry_ms(&dead_id).and_then(DateTime::from_timestamp_millis);
         let job_id = Some(get("orig_id")).filter(|s| !s.is_empty());
         DeadEntry {
             partition,

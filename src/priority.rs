@@ -37,13 +37,6 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub struct PrioritySemaphore(Arc<Inner>);
 
-fn class(lane: Lane) -> usize {
-    match lane {
-        Lane::Tx => 0,
-        Lane::Bulk => 1,
-    }
-}
-
 impl PrioritySemaphore {
     pub fn new(permits: usize) -> Self {
         PrioritySemaphore(Arc::new(Inner {
@@ -76,7 +69,7 @@ impl PrioritySemaphore {
                     };
                 }
                 let (tx, rx) = oneshot::channel();
-                s.waiting[class(lane)].push_back(tx);
+                s.waiting[lane.index()].push_back(tx);
                 rx
             };
             if lane == Lane::Tx {

@@ -55,6 +55,92 @@ pub struct Figures {
     pub cpu_s_per_1k: CpuBreakdown,
 }
 
+impl Figures {
+    /// The run as a table, for a person.
+    pub fn table(&self) -> String {
+        let f = self;
+        let mut o = String::new();
+        use std::fmt::Write;
+        let offered = f
+            .offered_per_sec
+            .map_or("max".to_owned(), |r| format!("{r}/s"));
+        let _ = writeln!(
+            o,
+            "scenario {:?}: {} emails, {} worker process(es), offered {offered}, payload {} B, mock latency {} ms, Redis {} with {} partition(s)",
+            f.scenario,
+            f.emails,
+            f.workers,
+            f.payload_bytes,
+            f.mock_latency_ms,
+            f.redis,
+            f.partitions
+        );
+        let _ = writeln!(
+            o,
+            "  throughput        {:>10.0} emails/s over {:.2} s",
+            f.emails_per_sec, f.seconds
+        );
+        let _ = writeln!(
+            o,
+            "  enqueue→recorded  p50 {:.1} ms  p95 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+            f.p50_ms, f.p95_ms, f.p99_ms, f.max_ms
+        );
+        if let (Some(p50), Some(p99)) = (f.tx_p50_ms, f.tx_p99_ms) {
+            let _ = writeln!(o, "  tx lane           p50 {p50:.1} ms  p99 {p99:.1} ms");
+        }
+        if let (Some(p50), Some(p99)) = (f.bulk_p50_ms, f.bulk_p99_ms) {
+            let rate = f
+                .bulk_per_sec
+                .map_or(String::new(), |r| format!("  ({r:.1} emails/s)"));
+            let _ = writeln!(
+                o,
+                "  bulk lane         p50 {p50:.1} ms  p99 {p99:.1} ms{rate}"
+            );
+        }
+        if let Some(l) = f.limit_per_sec {
+            let _ = writeln!(
+                o,
+                "  provider limit    {l}/s: busiest 1 s window {}, rejected {}",
+                f.max_window_count, f.rejected_by_provider
+            );
+        }
+        let top: Vec<String> = f
+            .redis_top
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let _ = writeln!(
+            o,
+            "  redis commands    {:.3} per email ({})",
+            f.redis_cmds_per_email,
+            top.join(", ")
+        );
+        let _ = writeln!(
+            o,
+            "  pg transactions   {:.4} per email",
+            f.pg_xacts_per_email
+        );
+        let _ = writeln!(
+            o,
+            "  workers           {:.3} CPU s per 1k emails, peak RSS {:.1} MiB",
+            f.worker_cpu_s_per_1k, f.worker_peak_rss_mib
+        );
+        let c = &f.cpu_s_per_1k;
+        let _ = writeln!(
+            o,
+            "  CPU s per 1k      workers {:.3}, redis {:.3}, mock {:.3}, producer {:.3}, rest (postgres) {:.3}; machine {:.0}% busy",
+            c.workers,
+            c.redis,
+            c.mock,
+            c.producer,
+            c.rest,
+            c.machine_busy * 100.0
+        );
+        let _ = writeln!(o, "  lost {}  duplicates {}", f.lost, f.duplicates);
+        o
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CpuBreakdown {
     pub workers: f64,

@@ -59,6 +59,13 @@ pub enum Lane {
 
 impl Lane {
     pub const ALL: [Lane; 2] = [Lane::Tx, Lane::Bulk];
+    /// The lane's place in [`Lane::ALL`]: for per-lane arrays (`[tx, bulk]`).
+    pub fn index(self) -> usize {
+        match self {
+            Lane::Tx => 0,
+            Lane::Bulk => 1,
+        }
+    }
     pub fn as_str(self) -> &'static str {
         match self {
             Lane::Tx => "tx",

@@ -53,8 +53,8 @@ pub struct Ask {
     pub give_back: Option<(u64, u64)>,
     /// Only set (or extend) the provider's back-off to this long, granting nothing.
     pub backoff: Option<Duration>,
-    /// The class of the ask: a tx ask may fill the window, and marks tx demand for a window,
-    /// during which bulk asks leave headroom (`lua/ratelimit.lua`).
+    /// The class of the ask: a tx ask may fill the window, and marks tx demand for two
+    /// windows, during which bulk asks leave headroom (`lua/ratelimit.lua`).
     pub lane: Lane,
     /// Who asks (a worker's limiter and bucket): a tx ask granted short is recorded as this
     /// asker's waiting demand, replaced by its next ask.
@@ -223,13 +223,6 @@ impl Default for Bucket {
     }
 }
 
-fn slot(lane: Lane) -> usize {
-    match lane {
-        Lane::Tx => 0,
-        Lane::Bulk => 1,
-    }
-}
-
 struct Wanting<'a>(&'a AtomicUsize);
 impl Drop for Wanting<'_> {
     fn drop(&mut self) {
@@ -278,7 +271,7 @@ impl Limiter {
     ) -> Result<(), LimitError> {
         let tenant = tenant.filter(|_| limit.tenant_limit.is_some());
         let bucket = self.bucket(provider, tenant);
-        let wanted = &bucket.wanted[slot(lane)];
+        let wanted = &bucket.wanted[lane.index()];
         wanted.fetch_add(1, Ordering::SeqCst);
         let _wanting = Wanting(wanted);
         // Let the other sends of this batch register before the first of them asks Redis.

@@ -87,12 +87,7 @@ fn oldest_pending_at(v: &Value) -> Option<i64> {
     let Value::BulkString(id) = s.get(1)? else {
         return None;
     };
-    std::str::from_utf8(id)
-        .ok()?
-        .split('-')
-        .next()?
-        .parse()
-        .ok()
+    super::wire::entry_ms(std::str::from_utf8(id).ok()?)
 }
 
 /// Read every depth in one pipeline. With `me`, also report this worker alive (and its

@@ -101,7 +101,7 @@ pub struct RateLimitKeys {
     pub window: String,
     pub seq: String,
     pub block: String,
-    /// Set for a window by every tx ask: while it exists, bulk asks leave headroom.
+    /// Set for two windows by every tx ask: while it exists, bulk asks leave headroom.
     pub tx_demand: String,
     /// Tx permits waiting, per asker: bulk asks leave them room.
     pub tx_waiting: String,

@@ -148,6 +148,11 @@ pub fn decode(raw: &RawEntry, max_payload: usize) -> Result<Job, DecodeError> {
 }
 
 /// Parse a list of stream entries (`[[id, [k, v, ...]], ...]`) from a Redis reply.
+/// The milliseconds part of a stream entry ID (`<ms>-<seq>`): when Redis added the entry.
+pub fn entry_ms(id: &str) -> Option<i64> {
+    id.split('-').next()?.parse().ok()
+}
+
 pub fn parse_entries(v: &Value, lane: Lane, partition: u16) -> Vec<RawEntry> {
     let Value::Array(items) = v else {
         return Vec::new();

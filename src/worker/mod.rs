@@ -196,12 +196,12 @@ impl Shared {
 
     /// The send slots sends of `lane` take.
     pub fn send_slots(&self, lane: crate::domain::Lane) -> &crate::priority::PrioritySemaphore {
-        &self.sends[lane_index(lane)]
+        &self.sends[lane.index()]
     }
 
     /// The in-flight pool entries of `lane` are admitted from.
     pub fn room(&self, lane: crate::domain::Lane) -> &Arc<Semaphore> {
-        &self.in_flight[lane_index(lane)]
+        &self.in_flight[lane.index()]
     }
 
     /// Give back room for `n` finished entries of `lane`.
@@ -249,13 +249,6 @@ impl Shared {
             cache.insert(name, (now, t));
         }
         Ok(out)
-    }
-}
-
-fn lane_index(lane: crate::domain::Lane) -> usize {
-    match lane {
-        crate::domain::Lane::Tx => 0,
-        crate::domain::Lane::Bulk => 1,
     }
 }
 

@@ -23,11 +23,13 @@ use uuid::Uuid;
 /// Give up on `jobs` without any write: they stay pending, and their room goes back to their
 /// lanes' pools.
 fn abandon<'a>(out: &UnboundedSender<Item>, jobs: impl IntoIterator<Item = &'a Job>) {
-    let lanes: Vec<_> = jobs.into_iter().map(|j| j.lane).collect();
+    let mut counts = [0usize; 2];
+    for j in jobs {
+        counts[j.lane.index()] += 1;
+    }
     for lane in crate::domain::Lane::ALL {
-        let n = lanes.iter().filter(|&&l| l == lane).count();
-        if n > 0 {
-            let _ = out.send(Item::Abandon(lane, n));
+        if counts[lane.index()] > 0 {
+            let _ = out.send(Item::Abandon(lane, counts[lane.index()]));
         }
     }
 }

@@ -158,15 +158,10 @@ fn observe_admission(lane: Lane, entries: &[crate::stream::RawEntry]) {
         .stage_wait
         .with_label_values(&["admission", lane.as_str()]);
     for e in entries {
-        if let Some(ms) = entry_ms(&e.entry_id) {
+        if let Some(ms) = crate::stream::wire::entry_ms(&e.entry_id) {
             h.observe((now_ms - ms).max(0) as f64 / 1000.0);
         }
     }
-}
-
-/// The milliseconds part of a stream entry ID (`<ms>-<seq>`).
-fn entry_ms(id: &str) -> Option<i64> {
-    id.split_once('-')?.0.parse().ok()
 }
 
 async fn read_once(

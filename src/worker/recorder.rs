@@ -134,7 +134,7 @@ async fn flush(
                 after,
                 enqueued_at_ms,
             } => {
-                entries[slot(entry.lane)] += 1;
+                entries[entry.lane.index()] += 1;
                 if !applied.contains(&outcome.id) {
                     // The claim moved on: a newer attempt owns the job and its entry.
                     METRICS.stale_outcomes.inc();
@@ -171,14 +171,14 @@ async fn flush(
                 }
             }
             Item::Ack(entry) => {
-                entries[slot(entry.lane)] += 1;
+                entries[entry.lane.index()] += 1;
                 finish.ack(entry.partition, entry.lane, entry.entry_id);
             }
             Item::Dead(entry, d) => {
-                entries[slot(entry.lane)] += 1;
+                entries[entry.lane.index()] += 1;
                 finish.dead_letter(entry.partition, entry.lane, d);
             }
-            Item::Abandon(lane, n) => entries[slot(lane)] += n,
+            Item::Abandon(lane, n) => entries[lane.index()] += n,
         }
     }
     if !finish.is_empty() {
@@ -214,13 +214,6 @@ async fn flush(
         *conn = slot.into_inner().unwrap_or_else(|p| p.into_inner());
     }
     for lane in Lane::ALL {
-        shared.release(lane, entries[slot(lane)]);
-    }
-}
-
-fn slot(lane: Lane) -> usize {
-    match lane {
-        Lane::Tx => 0,
-        Lane::Bulk => 1,
+        shared.release(lane, entries[lane.index()]);
     }
 }
