@@ -2,7 +2,8 @@
 //! what it is still working on, in Redis (the entries' idle time, lua/touch.lua) and in Postgres
 //! (the claims' `claimed_at`), so neither another worker's reclaim nor its claim treats a slow
 //! but live send as abandoned. Entries are registered when claimed and deregistered when their
-//! outcome is recorded.
+//! outcome is recorded. The two refreshes run as separate beats, so a stalled Redis never
+//! delays the Postgres refresh that fences a live claim.
 
 use super::Shared;
 use super::recorder::EntryRef;
@@ -39,19 +40,22 @@ impl Live {
             m.remove(&c);
         }
     }
-    /// The live claims as (job id, token) pairs, and their entries grouped by stream.
-    fn snapshot(&self) -> (Vec<(Uuid, Uuid)>, EntriesByStream) {
+    /// The live claims as (job id, token) pairs.
+    fn claims(&self) -> Vec<(Uuid, Uuid)> {
         let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let mut claims = Vec::with_capacity(m.len());
-        let mut entries: BTreeMap<(u16, Lane), Vec<String>> = BTreeMap::new();
-        for (claim, e) in m.iter() {
-            claims.push(*claim);
+        m.keys().copied().collect()
+    }
+    /// The live claims' entries, grouped by stream.
+    fn entries(&self) -> EntriesByStream {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut entries: EntriesByStream = BTreeMap::new();
+        for e in m.values() {
             entries
                 .entry((e.partition, e.lane))
                 .or_default()
                 .push(e.entry_id.clone());
         }
-        (claims, entries)
+        entries
     }
 }
 
@@ -61,20 +65,38 @@ pub fn period(visibility_timeout_ms: u64) -> Duration {
     Duration::from_millis((visibility_timeout_ms / 4).max(50))
 }
 
+/// Two independent beats: the Postgres refresh is what keeps another worker's claim from
+/// taking a live send over, so it never waits on Redis (a touch to a dead or blackholed Redis
+/// node can hang for the whole command timeout, longer than the visibility timeout), and the
+/// Redis touch never waits on Postgres.
 pub(super) async fn run(shared: Arc<Shared>, token: CancellationToken) {
     let every = period(shared.settings.visibility_timeout_ms);
+    tokio::join!(
+        beat_every(every, &token, || refresh_claims(&shared)),
+        beat_every(every, &token, || touch_entries(&shared)),
+    );
+}
+
+async fn beat_every<F, Fut>(every: Duration, token: &CancellationToken, mut beat: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     loop {
         tokio::select! {
             _ = token.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        beat(&shared).await;
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = beat() => {}
+        }
     }
 }
 
-async fn beat(shared: &Shared) {
-    let (claims, entries) = shared.live.snapshot();
-    if claims.is_empty() {
+async fn touch_entries(shared: &Shared) {
+    let entries = shared.live.entries();
+    if entries.is_empty() {
         return;
     }
     let redis = match shared.deps.redis.get().await {
@@ -90,7 +112,14 @@ async fn beat(shared: &Shared) {
     };
     if let Err(e) = redis {
         METRICS.redis_errors.with_label_values(&["heartbeat"]).inc();
-        tracing::warn!(error.message = %e, entries = claims.len(), "heartbeat: refreshing entries failed");
+        tracing::warn!(error.message = %e, streams = entries.len(), "heartbeat: refreshing entries failed");
+    }
+}
+
+async fn refresh_claims(shared: &Shared) {
+    let claims = shared.live.claims();
+    if claims.is_empty() {
+        return;
     }
     if let Err(e) = emails::touch_claims(&shared.deps.pg, &claims).await {
         METRICS.store_errors.with_label_values(&["heartbeat"]).inc();
@@ -119,10 +148,9 @@ mod tests {
         live.add(new, [(job, entry("2-0"))]);
         // The old claim's outcome arrives (and is rejected as stale): only it is forgotten.
         live.remove([(job, old)]);
-        let (claims, entries) = live.snapshot();
-        assert_eq!(claims, vec![(job, new)]);
-        assert_eq!(entries[&(0, Lane::Bulk)], vec!["2-0".to_owned()]);
+        assert_eq!(live.claims(), vec![(job, new)]);
+        assert_eq!(live.entries()[&(0, Lane::Bulk)], vec!["2-0".to_owned()]);
         live.remove([(job, new)]);
-        assert!(live.snapshot().0.is_empty());
+        assert!(live.claims().is_empty() && live.entries().is_empty());
     }
 }

@@ -1,6 +1,7 @@
 //! Recovery paths: long sends keep their entries (heartbeat), ambiguous sends are logged and
 //! counted, and the reconciler re-enqueues jobs whose entries Redis lost.
 
+use crate::support::proxy::{Mode, Proxy, upstream_of};
 use crate::support::*;
 use mailfleet::Lane;
 use mailfleet::mock::MockConfig;
@@ -62,6 +63,56 @@ async fn a_send_longer_than_the_visibility_timeout_is_not_taken_over(pg: PgPool)
     for w in workers {
         w.stop().await;
     }
+}
+
+#[sqlx::test]
+async fn a_stalled_redis_does_not_let_another_worker_take_a_live_send_over(pg: PgPool) {
+    // The heartbeat's Postgres refresh is the fence against a takeover. If it waited on the
+    // Redis touch, a Redis that stalls longer than the visibility timeout (a dead cluster
+    // master, a partition) would let the other worker's claim take the send over and repeat
+    // it: the cluster failover test caught 42 such repeats.
+    let redis = TestRedis::new();
+    redis.ensure_groups().await;
+    let proxy = Proxy::start(upstream_of(&redis.url)).await;
+    let via_proxy = redis.via(&proxy.url_for(&redis.url));
+    let mock = TestMock::start(MockConfig {
+        latency: Duration::from_millis(4000),
+        ..Default::default()
+    })
+    .await;
+    let mut s = settings();
+    s.visibility_timeout_ms = 1200;
+    s.reclaim_interval_ms = 50;
+    let stalled = TestWorker::start_full(
+        &pg,
+        &via_proxy,
+        &via_proxy.url,
+        provider_config(&mock.url),
+        s.clone(),
+    )
+    .await;
+    let id = redis.enqueue(job(Lane::Tx, "stall@example.com")).await;
+    eventually("the stalled worker claims the job", WAIT, || async {
+        (count_status(&pg, "sending").await == 1).then_some(())
+    })
+    .await;
+    // Its Redis hangs (a touch waits out the 5 s command timeout) while its send goes on.
+    proxy.set(Mode::Blackhole);
+    let other = TestWorker::start(&pg, &redis, &mock.url, s).await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    proxy.set(Mode::Pass);
+    eventually("the job is sent and acked", WAIT, || async {
+        (count_status(&pg, "sent").await == 1 && redis.pending(Lane::Tx).await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        mock.state.counts().values().copied().collect::<Vec<_>>(),
+        vec![1],
+        "a live send was taken over and repeated"
+    );
+    assert_eq!(unknown_attempts(&pg, id).await, 0, "no takeover was logged");
+    stalled.stop().await;
+    other.stop().await;
 }
 
 async fn unknown_attempts(pg: &PgPool, id: uuid::Uuid) -> i64 {
