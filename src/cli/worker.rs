@@ -38,6 +38,7 @@ pub async fn run(g: Global, a: WorkerArgs) -> anyhow::Result<()> {
         tx_in_flight: a.tx_in_flight,
         send_concurrency: a.send_concurrency,
         tx_send_concurrency: a.tx_send_concurrency,
+        tx_pg_pool: a.tx_pg_pool,
         record_batch: a.record_batch,
         block_ms: a.block_ms,
         visibility_timeout_ms: a.visibility_timeout_ms,

@@ -118,6 +118,11 @@ pub struct WorkerArgs {
     /// Postgres connections per worker.
     #[arg(long, env = "MAILFLEET_PG_POOL", default_value_t = 8)]
     pub pg_pool: u32,
+    /// Postgres connections per worker for tx jobs alone (claims, suppression look-ups,
+    /// records), beside MAILFLEET_PG_POOL: a tx statement never waits for a connection behind
+    /// bulk statements.
+    #[arg(long, env = "MAILFLEET_TX_PG_POOL", default_value_t = 4)]
+    pub tx_pg_pool: u32,
     /// Template render fuel (bounds loops and work per render).
     #[arg(long, env = "MAILFLEET_RENDER_FUEL", default_value_t = 200_000)]
     pub render_fuel: u64,

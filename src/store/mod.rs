@@ -93,6 +93,16 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreErr
         .map_err(|source| StoreError::Connect { target, source })
 }
 
+/// A second pool of up to `max_connections` to `pool`'s database, with the same options;
+/// it connects on first use.
+pub fn companion(pool: &PgPool, max_connections: u32) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(max_connections.max(1))
+        .test_before_acquire(false)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_lazy_with((*pool.connect_options()).clone())
+}
+
 /// Fail with a clear message unless every migration this binary knows is applied.
 pub async fn ensure_migrated(pool: &PgPool) -> Result<(), StoreError> {
     let target = redacted_target(&pool.connect_options());

@@ -7,9 +7,11 @@
 //!   to a **batch task** ([`process`]);
 //! - **batch tasks**: decode (poison → dead letter), claim the batch in one statement, send the
 //!   claimed jobs concurrently, and pass each outcome to the recorder;
-//! - one **recorder** ([`recorder`]): takes whatever outcomes are waiting (natural batching: low
-//!   load flushes at once, high load gets big batches), records them in one statement, then
-//!   acks/retries/dead-letters in one Redis pipeline;
+//! - one **recorder** per lane ([`recorder`]): takes whatever outcomes are waiting (natural
+//!   batching: low load flushes at once, high load gets big batches), records them in one
+//!   statement, then acks/retries/dead-letters in one Redis pipeline; tx's recorder, claims
+//!   and suppression look-ups use tx's own Postgres connections, so a tx statement never
+//!   waits behind a bulk one;
 //! - one **promoter**: moves due delayed entries (retries, `send_at`) back to their lanes;
 //! - one **observer**: every 5 s, one pipelined read of every queue depth (published as gauges)
 //!   that also reports this worker alive with its breakers' states;
@@ -48,7 +50,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -73,6 +75,8 @@ pub struct Settings {
     /// Tx sends in flight at once: the tx lane's own slots, so bulk sends waiting for a
     /// rate-limit permit never hold the slot a tx send needs.
     pub tx_send_concurrency: usize,
+    /// Tx's own Postgres connections per worker, beside the main pool.
+    pub tx_pg_pool: u32,
     pub record_batch: usize,
     pub block_ms: u64,
     pub visibility_timeout_ms: u64,
@@ -107,6 +111,7 @@ impl Settings {
             tx_in_flight: 512,
             send_concurrency: 512,
             tx_send_concurrency: 128,
+            tx_pg_pool: 4,
             record_batch: 1024,
             block_ms: 1000,
             visibility_timeout_ms: 300_000,
@@ -178,6 +183,9 @@ pub(crate) struct Shared {
     pub limiter: crate::ratelimit::Limiter,
     /// The pauses in force, refreshed every [`PAUSE_POLL`].
     pub pauses: std::sync::RwLock<crate::stream::pause::Pauses>,
+    /// Tx's own Postgres connections (claims, suppressions, records), to the same database as
+    /// `deps.pg`: a tx statement never queues for a connection behind bulk statements.
+    pg_tx: PgPool,
 }
 
 impl Shared {
@@ -192,6 +200,14 @@ impl Shared {
             .into_iter()
             .filter(|&l| p.lane(l))
             .collect()
+    }
+
+    /// The Postgres pool statements for `lane`'s jobs use.
+    pub fn pg(&self, lane: crate::domain::Lane) -> &PgPool {
+        match lane {
+            crate::domain::Lane::Tx => &self.pg_tx,
+            crate::domain::Lane::Bulk => &self.deps.pg,
+        }
     }
 
     /// The send slots sends of `lane` take.
@@ -312,6 +328,7 @@ pub async fn start(
         live: Default::default(),
         limiter: crate::ratelimit::Limiter::new(deps.redis.clone(), deps.keys.prefix()),
         pauses: Default::default(),
+        pg_tx: store::companion(&deps.pg, settings.tx_pg_pool),
         settings,
         deps,
     });
@@ -321,11 +338,22 @@ pub async fn start(
 }
 
 async fn supervise(shared: Arc<Shared>, shutdown: CancellationToken) {
-    let (tx, rx) = mpsc::unbounded_channel::<Item>();
+    let (out, [tx_in, bulk_in]) = recorder::Outbox::new();
     let batches = TaskTracker::new();
     let readers = TaskTracker::new();
-    // The recorder stops only when every sender is gone: after readers and batch tasks.
-    let recorder = tokio::spawn(recorder::run(shared.clone(), rx));
+    // The recorders stop only when every outbox is gone: after readers and batch tasks.
+    let recorders = futures::future::join(
+        tokio::spawn(recorder::run(
+            shared.clone(),
+            crate::domain::Lane::Tx,
+            tx_in,
+        )),
+        tokio::spawn(recorder::run(
+            shared.clone(),
+            crate::domain::Lane::Bulk,
+            bulk_in,
+        )),
+    );
     let promoter = tokio::spawn(promoter::run(shared.clone(), shutdown.child_token()));
     let observer = tokio::spawn(observer::run(shared.clone(), shutdown.child_token()));
     let pauser = tokio::spawn(pauses::run(shared.clone(), shutdown.child_token()));
@@ -340,7 +368,7 @@ async fn supervise(shared: Arc<Shared>, shutdown: CancellationToken) {
                 shared.clone(),
                 p,
                 lane,
-                tx.clone(),
+                out.clone(),
                 batches.clone(),
                 shutdown.child_token(),
             ));
@@ -349,11 +377,11 @@ async fn supervise(shared: Arc<Shared>, shutdown: CancellationToken) {
     // Reclaim feeds the same pipeline, so it drains with the readers.
     readers.spawn(reclaim::run(
         shared.clone(),
-        tx.clone(),
+        out.clone(),
         batches.clone(),
         shutdown.child_token(),
     ));
-    drop(tx);
+    drop(out);
     readers.close();
     tracing::info!(consumer = %shared.settings.consumer, partitions = shared.deps.keys.partitions(), "worker started");
 
@@ -370,7 +398,7 @@ async fn supervise(shared: Arc<Shared>, shutdown: CancellationToken) {
             "drain deadline passed with sends in flight; their entries stay pending for reclaim"
         );
     }
-    match tokio::time::timeout_at(deadline, recorder).await {
+    match tokio::time::timeout_at(deadline, recorders).await {
         Ok(_) => tracing::info!("drained: every finished send is recorded and acked"),
         Err(_) => {
             tracing::warn!("drain deadline passed while recording; unrecorded entries stay pending")

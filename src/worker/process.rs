@@ -3,9 +3,9 @@
 //! recorder can account for (ack or abandon) all of them.
 
 use super::persist::{GiveUp, Op, until_ok};
-use super::recorder::{After, EntryRef, Item};
+use super::recorder::{After, EntryRef, Item, Outbox};
 use super::{Shared, send};
-use crate::domain::Status;
+use crate::domain::{Lane, Status};
 use crate::metrics::METRICS;
 use crate::store::emails::{self, ClaimResult, NewRow, Outcome};
 use crate::store::suppressions;
@@ -16,25 +16,24 @@ use futures::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc::UnboundedSender;
 use tracing::Instrument;
 use uuid::Uuid;
 
 /// Give up on `jobs` without any write: they stay pending, and their room goes back to their
 /// lanes' pools.
-fn abandon<'a>(out: &UnboundedSender<Item>, jobs: impl IntoIterator<Item = &'a Job>) {
+fn abandon<'a>(out: &Outbox, jobs: impl IntoIterator<Item = &'a Job>) {
     let mut counts = [0usize; 2];
     for j in jobs {
         counts[j.lane.index()] += 1;
     }
-    for lane in crate::domain::Lane::ALL {
+    for lane in Lane::ALL {
         if counts[lane.index()] > 0 {
             let _ = out.send(Item::Abandon(lane, counts[lane.index()]));
         }
     }
 }
 
-pub(super) async fn batch(shared: Arc<Shared>, entries: Vec<RawEntry>, out: UnboundedSender<Item>) {
+pub(super) async fn batch(shared: Arc<Shared>, entries: Vec<RawEntry>, out: Outbox) {
     let max_payload = shared.settings.max_payload;
     let mut jobs = Vec::with_capacity(entries.len());
     let mut seen = HashSet::with_capacity(entries.len());
@@ -66,9 +65,15 @@ pub(super) async fn batch(shared: Arc<Shared>, entries: Vec<RawEntry>, out: Unbo
         return;
     }
 
+    // A batch with a tx job in it (reclaim mixes lanes) uses tx's own connections.
+    let lane = if jobs.iter().any(|j| j.lane == Lane::Tx) {
+        Lane::Tx
+    } else {
+        Lane::Bulk
+    };
     let token = Uuid::now_v7();
     let rows: Vec<NewRow> = jobs.iter().map(new_row).collect();
-    let result = match claim_with_retry(&shared, &rows, token).await {
+    let result = match claim_with_retry(&shared, lane, &rows, token).await {
         Some(c) => c,
         None => {
             // Shutting down with Postgres unreachable: leave the entries pending for reclaim.
@@ -132,7 +137,7 @@ pub(super) async fn batch(shared: Arc<Shared>, entries: Vec<RawEntry>, out: Unbo
                 first: Duration::from_millis(100),
                 give_up: GiveUp::WhenDraining,
             },
-            || suppressions::active(&shared.deps.pg, &addresses),
+            || suppressions::active(shared.pg(lane), &addresses),
         )
         .await;
         match found {
@@ -174,10 +179,7 @@ pub(super) async fn batch(shared: Arc<Shared>, entries: Vec<RawEntry>, out: Unbo
     // Bulk email carries a one-click unsubscribe link (RFC 8058) for its first recipient.
     if let Some(links) = &shared.settings.unsubscribe {
         let now = Utc::now().timestamp();
-        for job in mine
-            .iter_mut()
-            .filter(|j| j.lane == crate::domain::Lane::Bulk)
-        {
+        for job in mine.iter_mut().filter(|j| j.lane == Lane::Bulk) {
             let Some(to) = job.email.to.first() else {
                 continue;
             };
@@ -332,7 +334,12 @@ fn new_row(j: &Job) -> NewRow {
     })
 }
 
-async fn claim_with_retry(shared: &Shared, rows: &[NewRow], token: Uuid) -> Option<ClaimResult> {
+async fn claim_with_retry(
+    shared: &Shared,
+    lane: Lane,
+    rows: &[NewRow],
+    token: Uuid,
+) -> Option<ClaimResult> {
     let s = &shared.settings;
     until_ok(
         shared,
@@ -345,7 +352,7 @@ async fn claim_with_retry(shared: &Shared, rows: &[NewRow], token: Uuid) -> Opti
         },
         || {
             emails::claim(
-                &shared.deps.pg,
+                shared.pg(lane),
                 rows,
                 token,
                 s.visibility_timeout_ms as i64,

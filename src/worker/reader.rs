@@ -3,13 +3,13 @@
 //! so a tx entry is read as soon as it arrives however much bulk is admitted. Redis errors
 //! back off and retry; nothing here ever acks.
 
-use super::{Item, Shared, process};
+use super::recorder::Outbox;
+use super::{Shared, process};
 use crate::domain::Lane;
 use crate::metrics::METRICS;
 use crate::stream::consumer;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -17,7 +17,7 @@ pub(super) async fn run(
     shared: Arc<Shared>,
     partition: u16,
     lane: Lane,
-    out: UnboundedSender<Item>,
+    out: Outbox,
     batches: TaskTracker,
     token: CancellationToken,
 ) {

@@ -4,20 +4,20 @@
 //! crashed worker may have sent it: that is the one legitimate duplicate, counted by the
 //! `attempts` column), a job still sending under a live claim is left pending.
 
-use super::{Item, Shared, process};
+use super::recorder::Outbox;
+use super::{Shared, process};
 use crate::domain::Lane;
 use crate::metrics::METRICS;
 use crate::store::emails;
 use crate::stream::consumer;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub(super) async fn run(
     shared: Arc<Shared>,
-    out: UnboundedSender<Item>,
+    out: Outbox,
     batches: TaskTracker,
     token: CancellationToken,
 ) {
@@ -75,7 +75,7 @@ async fn sweep(
     shared: &Arc<Shared>,
     p: u16,
     lane: Lane,
-    out: &UnboundedSender<Item>,
+    out: &Outbox,
     batches: &TaskTracker,
     token: &CancellationToken,
 ) -> bool {

@@ -14,7 +14,7 @@ use crate::stream::{Job, RawEntry};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 
 #[derive(Debug, Clone)]
 pub struct EntryRef {
@@ -74,7 +74,35 @@ pub enum Item {
     Abandon(Lane, usize),
 }
 
-pub(super) async fn run(shared: Arc<Shared>, mut rx: UnboundedReceiver<Item>) {
+impl Item {
+    fn lane(&self) -> Lane {
+        match self {
+            Item::Outcome { entry, .. } | Item::Ack(entry) | Item::Dead(entry, _) => entry.lane,
+            Item::Abandon(lane, _) => *lane,
+        }
+    }
+}
+
+/// Where batch tasks put their items: the recorder of the item's lane.
+#[derive(Clone)]
+pub struct Outbox([UnboundedSender<Item>; 2]);
+
+impl Outbox {
+    /// An outbox and the receiving end of each lane's recorder, `[tx, bulk]`.
+    pub fn new() -> (Outbox, [UnboundedReceiver<Item>; 2]) {
+        let (tx_out, tx_in) = mpsc::unbounded_channel();
+        let (bulk_out, bulk_in) = mpsc::unbounded_channel();
+        (Outbox([tx_out, bulk_out]), [tx_in, bulk_in])
+    }
+
+    /// False only once the lane's recorder is gone (the worker is stopping).
+    pub fn send(&self, item: Item) -> bool {
+        self.0[item.lane().index()].send(item).is_ok()
+    }
+}
+
+/// One lane's recorder: runs until every [`Outbox`] is dropped and its queue is empty.
+pub(super) async fn run(shared: Arc<Shared>, lane: Lane, mut rx: UnboundedReceiver<Item>) {
     let max = shared.settings.record_batch.max(1);
     let mut buf = Vec::with_capacity(max);
     // Kept across flushes: a pool checkout costs a recycle round trip (UNWATCH, PING).
@@ -87,12 +115,13 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: UnboundedReceiver<Item>) {
                 Err(_) => break,
             }
         }
-        flush(&shared, &mut buf, &mut conn).await;
+        flush(&shared, lane, &mut buf, &mut conn).await;
     }
 }
 
 async fn flush(
     shared: &Shared,
+    lane: Lane,
     items: &mut Vec<Item>,
     conn: &mut Option<crate::stream::conn::Connection>,
 ) {
@@ -112,7 +141,7 @@ async fn flush(
             first: Duration::from_millis(50),
             give_up: GiveUp::Never,
         },
-        || emails::record(&shared.deps.pg, &outcomes),
+        || emails::record(shared.pg(lane), &outcomes),
     )
     .await
     .map(|ids| ids.into_iter().collect())

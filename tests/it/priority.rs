@@ -238,3 +238,87 @@ async fn the_cluster_window_serves_tx_sends_on_one_worker_before_bulk_sends_on_a
         b.abort();
     }
 }
+
+/// Hold every bulk statement that matches `held` (a condition on the trigger's `NEW` row) on a
+/// lock, until at least `waiters` statements wait on it; then a tx email must still be
+/// claimed, sent and recorded, and nothing of bulk is.
+async fn tx_goes_past_held_bulk_statements(pg: PgPool, held: &str, waiters: i64) {
+    sqlx::query(&format!(
+        "CREATE FUNCTION hold_bulk() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.lane = 'bulk' AND {held} THEN PERFORM pg_advisory_xact_lock_shared(4242); END IF;
+           RETURN NEW;
+         END $$"
+    ))
+    .execute(&pg)
+    .await
+    .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER hold_bulk BEFORE INSERT OR UPDATE ON emails
+         FOR EACH ROW EXECUTE FUNCTION hold_bulk()",
+    )
+    .execute(&pg)
+    .await
+    .unwrap();
+    let mut holder = pg.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(4242)")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+
+    let redis = TestRedis::new();
+    let mock = TestMock::start(MockConfig::default()).await;
+    let mut s = settings();
+    s.batch_size = 1;
+    // The worker's main pool: two connections, soon waiting inside held bulk statements.
+    let small = mailfleet::store::companion(&pg, 2);
+    let w = TestWorker::start(&small, &redis, &mock.url, s).await;
+    for i in 0..6 {
+        redis
+            .enqueue(job(Lane::Bulk, &format!("b{i}@example.com")))
+            .await;
+    }
+    eventually("bulk statements wait on the lock", WAIT, || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+        )
+        .fetch_one(&pg)
+        .await
+        .unwrap();
+        (waiting >= waiters).then_some(())
+    })
+    .await;
+    let tx = redis.enqueue(job(Lane::Tx, "reset@example.com")).await;
+    eventually("the tx email is sent and recorded", WAIT, || async {
+        (status_of(&pg, tx).await.as_deref() == Some("sent")).then_some(())
+    })
+    .await;
+    assert_eq!(
+        count_status(&pg, "sent").await,
+        1,
+        "bulk stayed held behind the lock"
+    );
+    sqlx::query("SELECT pg_advisory_unlock(4242)")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    eventually("bulk goes on once the lock is released", WAIT, || async {
+        (count_status(&pg, "sent").await == 7).then_some(())
+    })
+    .await;
+    w.stop().await;
+}
+
+/// Postgres connections: bulk claims hold every connection of the main pool; tx has its own.
+/// With one pool the tx claim waited for the lock's release.
+#[sqlx::test(migrations = "./migrations")]
+async fn a_tx_email_is_claimed_while_bulk_claims_hold_every_connection(pg: PgPool) {
+    tx_goes_past_held_bulk_statements(pg, "true", 2).await;
+}
+
+/// The recorder: bulk's record statement waits inside Postgres; tx outcomes have their own
+/// recorder. With one recorder the tx outcome waited behind the bulk flush.
+#[sqlx::test(migrations = "./migrations")]
+async fn a_tx_outcome_is_recorded_while_a_bulk_record_statement_waits(pg: PgPool) {
+    tx_goes_past_held_bulk_statements(pg, "NEW.status = 'sent'", 1).await;
+}
