@@ -99,6 +99,8 @@ async fn session(stream: TcpStream, m: &Mock) -> std::io::Result<()> {
                 let mut id = String::new();
                 let mut size = 0usize;
                 let mut in_headers = true;
+                // The message's header block, for tests that capture (bounded by the size cap).
+                let mut head = Vec::new();
                 loop {
                     if !read_line(&mut r, &mut line).await? {
                         return Ok(());
@@ -107,6 +109,9 @@ async fn session(stream: TcpStream, m: &Mock) -> std::io::Result<()> {
                         break;
                     }
                     size += line.len();
+                    if in_headers && size <= MAX_MESSAGE {
+                        head.extend_from_slice(&line);
+                    }
                     let l = String::from_utf8_lossy(&line);
                     let l = l.trim_end();
                     if l.is_empty() {
@@ -119,6 +124,7 @@ async fn session(stream: TcpStream, m: &Mock) -> std::io::Result<()> {
                     }
                 }
                 rcpts = 0;
+                m.capture(NAME, "DATA", &axum::http::HeaderMap::new(), &head);
                 if size > MAX_MESSAGE {
                     b"552 5.3.4 Message size exceeds fixed limit\r\n"
                 } else {

@@ -1,12 +1,16 @@
 //! SMTP through lettre: a pooled async transport per provider, STARTTLS (required), implicit
 //! TLS, or plain (a local relay or test server only), with optional AUTH. The job id travels
-//! in the `X-Mailfleet-Id` header and in the `Message-ID` (`<job id@mailfleet>`); the message
-//! id recorded is the server's "queued as" id when its 250 reply names one.
+//! in the `X-Mailfleet-Id` header and in the `Message-ID` (`<job id@sender's domain>`, as
+//! receivers expect of a message id); the message id recorded is the server's "queued as" id
+//! when its 250 reply names one.
 //!
 //! Classes: a 5xx reply is permanent, except 530/534/535/538 (authentication), which are
 //! quota/auth; a 4xx reply is transient; a failed connection is transient (nothing was sent);
-//! a TLS failure is quota/auth (the configuration cannot work); a network error or timeout
-//! later in the dialogue is ambiguous, since the server may have accepted the DATA.
+//! a TLS failure is quota/auth (the configuration cannot work), and so is a client-side error
+//! of the dialogue (credentials set for a server that offers no mechanism lettre can use: the
+//! message was built already, so only the configuration can be at fault; the breaker opens and
+//! jobs wait instead of failing); a network error or timeout later in the dialogue is
+//! ambiguous, since the server may have accepted the DATA.
 
 use super::{Accepted, ErrorClass, Message, Provider, SendError, scrub};
 use crate::config::{ProviderConfig, SmtpTls};
@@ -67,7 +71,7 @@ pub(crate) fn build(m: &Message<'_>) -> Result<lettre::Message, SendError> {
     let mut b = lettre::Message::builder()
         .from(mailbox(&e.from)?)
         .subject(m.rendered.subject.clone())
-        .message_id(Some(format!("<{}@mailfleet>", m.job_id)));
+        .message_id(Some(format!("<{}@{}>", m.job_id, e.from.address.domain())));
     for t in &e.to {
         b = b.to(mailbox(t)?);
     }
@@ -121,7 +125,7 @@ fn classify(e: &lettre::transport::smtp::Error) -> SendError {
     } else if text.starts_with("Connection error") || e.is_transport_shutdown() {
         ErrorClass::Transient
     } else if e.is_client() {
-        ErrorClass::Permanent
+        ErrorClass::QuotaAuth
     } else {
         ErrorClass::Ambiguous
     };

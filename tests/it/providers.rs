@@ -252,6 +252,11 @@ async fn smtp_delivers_through_the_pool_and_classifies_replies() {
         "X-Mailfleet-Id carried each job"
     );
     assert_eq!(mock.state.stats().by_dialect["smtp"], 3);
+    let head = String::from_utf8_lossy(&mock.state.captured()[0].body).to_string();
+    assert!(
+        head.contains(&format!("Message-ID: <{}@example.com>", ids[0])),
+        "the message id names the sender's domain: {head}"
+    );
 
     // A recipient the server refuses with 550: permanent.
     let p2: Payload = serde_json::from_value(json!({
@@ -281,6 +286,40 @@ async fn smtp_delivers_through_the_pool_and_classifies_replies() {
     let err = send(adapter(wrong).as_ref(), JobId::new())
         .await
         .expect_err("refused");
+    assert_eq!(err.class, ErrorClass::QuotaAuth, "{}", err.message);
+
+    // Credentials set for a server that offers no AUTH: the configuration is wrong, not the
+    // email (it was once marked failed for good). Quota/auth: the breaker opens, jobs wait.
+    let no_auth = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let no_auth_addr = no_auth.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        while let Ok((sock, _)) = no_auth.accept().await {
+            tokio::spawn(async move {
+                let (r, mut w) = sock.into_split();
+                let mut lines = BufReader::new(r).lines();
+                let _ = w.write_all(b"220 plain.example ESMTP\r\n").await;
+                while let Ok(Some(l)) = lines.next_line().await {
+                    let reply: &[u8] = if l.starts_with("EHLO") {
+                        b"250-plain.example\r\n250 8BITMIME\r\n"
+                    } else if l.starts_with("QUIT") {
+                        b"221 bye\r\n"
+                    } else {
+                        b"502 not here\r\n"
+                    };
+                    if w.write_all(reply).await.is_err() || l.starts_with("QUIT") {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let err = send(
+        adapter(config(ProviderKind::Smtp, &no_auth_addr)).as_ref(),
+        JobId::new(),
+    )
+    .await
+    .expect_err("no mechanism");
     assert_eq!(err.class, ErrorClass::QuotaAuth, "{}", err.message);
 
     // Nobody listening: nothing was sent, transient.
