@@ -16,13 +16,18 @@ async fn main() -> std::process::ExitCode {
     mailfleet::install_crypto_provider();
     let cli = Cli::parse();
     mailfleet::telemetry::init(&cli.global.log_format);
+    let json = cli.global.log_format == "json";
     match mailfleet::cli::dispatch(cli.global, cli.command).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // The chain, not anyhow's Debug: that would append a backtrace under RUST_BACKTRACE.
-            let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
-            tracing::error!(error.message = %e, error.cause_chain = ?chain, "mailfleet failed");
-            eprintln!("error: {e:#}");
+            // Once, each cause once; not anyhow's Debug (a backtrace under RUST_BACKTRACE). A
+            // log collector (JSON logs) gets it as an event, a person as one plain line.
+            let line = mailfleet::telemetry::one_line(&e);
+            if json {
+                tracing::error!(error.message = %line, "mailfleet failed");
+            } else {
+                eprintln!("error: {line}");
+            }
             std::process::ExitCode::FAILURE
         }
     }

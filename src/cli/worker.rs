@@ -71,6 +71,7 @@ pub async fn run(g: Global, a: WorkerArgs) -> anyhow::Result<()> {
             ),
         },
     };
+    announce(&send_config, &settings, g.partitions);
     let deps = Deps {
         redis_url: g.redis_target(),
         redis: redis.clone(),
@@ -137,4 +138,52 @@ pub async fn run(g: Global, a: WorkerArgs) -> anyhow::Result<()> {
         let _ = s.await;
     }
     Ok(())
+}
+
+/// Where a provider sends: its base URL without credentials, or an SMTP relay's host and port.
+fn endpoint(p: &config::ProviderConfig) -> String {
+    if p.kind == config::ProviderKind::Smtp {
+        return format!(
+            "smtp://{}:{}",
+            p.host.as_deref().unwrap_or("?"),
+            p.port
+                .map_or_else(|| "default".to_owned(), |x| x.to_string())
+        );
+    }
+    match reqwest::Url::parse(&p.base_url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Err(_) => "(not a URL)".to_owned(),
+    }
+}
+
+/// Say at start what this worker will do: every provider with its endpoint and limits, the
+/// routes' order, the lanes' pools. Never a secret.
+fn announce(send: &config::SendConfig, s: &Settings, partitions: u16) {
+    for p in &send.providers {
+        tracing::info!(
+            provider = %p.name,
+            kind = ?p.kind,
+            endpoint = %endpoint(p),
+            limit = p.limit.map(|l| format!("{}/{} ms", l.limit, l.window_ms)),
+            tenant_limit = p.limit.and_then(|l| l.tenant_limit),
+            concurrency = p.concurrency,
+            rate_per_sec = p.rate_per_sec,
+            "provider configured"
+        );
+    }
+    tracing::info!(
+        partitions,
+        tx_in_flight = s.tx_in_flight,
+        bulk_in_flight = s.max_in_flight,
+        tx_send_slots = s.tx_send_concurrency,
+        bulk_send_slots = s.send_concurrency,
+        batch_size = s.batch_size,
+        visibility_timeout_ms = s.visibility_timeout_ms,
+        max_attempts = s.max_attempts,
+        "worker settings"
+    );
 }

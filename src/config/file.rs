@@ -237,7 +237,8 @@ pub fn send_config(
         }
         None => FileConfig::default(),
     };
-    let providers = if parsed.providers.is_empty() {
+    let from_file = !parsed.providers.is_empty();
+    let providers = if !from_file {
         let mut p = ProviderConfig::new("sendgrid", ProviderKind::Sendgrid, &default.sendgrid_url);
         p.api_key = default.sendgrid_api_key.clone();
         p.timeout_ms = default.provider_timeout_ms;
@@ -255,6 +256,27 @@ pub fn send_config(
             return Err(ConfigError::Provider {
                 name: p.name.clone(),
                 message: "named twice".into(),
+            });
+        }
+    }
+    // An empty credential is a mistake, never an intent: a worker with one would send every
+    // email to the vendor (the real SendGrid by default) and have it refused.
+    for p in &providers {
+        let needs_key = p.kind != ProviderKind::Smtp || p.key_id.is_some();
+        if needs_key && p.api_key.expose().is_empty() {
+            return Err(ConfigError::Provider {
+                name: p.name.clone(),
+                message: if from_file {
+                    "its api_key is empty: set api_key, api_key_env (to a variable that is set) \
+                     or api_key_file"
+                        .into()
+                } else {
+                    format!(
+                        "its API key is empty: set MAILFLEET_SENDGRID_API_KEY (and \
+                         MAILFLEET_SENDGRID_URL, now {}), or name providers in a --config file",
+                        p.base_url
+                    )
+                },
             });
         }
     }
@@ -407,7 +429,28 @@ mod file_tests {
 
     #[test]
     fn refuses_unknown_route_names_and_incomplete_providers() {
-        let sg = "[[providers]]\nname = \"a\"\nkind = \"sendgrid\"\n";
+        let sg = "[[providers]]\nname = \"a\"\nkind = \"sendgrid\"\napi_key = \"k\"\n";
+        assert!(matches!(
+            parse("[[providers]]\nname = \"a\"\nkind = \"sendgrid\"\n"),
+            Err(ConfigError::Provider { message, .. }) if message.contains("api_key is empty")
+        ));
+        // A relay without AUTH needs no key; one with a user does.
+        let relay = "[[providers]]\nname = \"r\"\nkind = \"smtp\"\nhost = \"localhost\"\n";
+        assert!(parse(relay).is_ok());
+        assert!(matches!(
+            parse(&format!("{relay}key_id = \"user\"\n")),
+            Err(ConfigError::Provider { message, .. }) if message.contains("api_key is empty")
+        ));
+        let unset = DefaultProvider {
+            sendgrid_url: "https://api.sendgrid.com".into(),
+            sendgrid_api_key: Secret::default(),
+            provider_timeout_ms: 5,
+        };
+        assert!(matches!(
+            send_config(None, &unset),
+            Err(ConfigError::Provider { message, .. })
+                if message.contains("MAILFLEET_SENDGRID_API_KEY") && message.contains("api.sendgrid.com")
+        ));
         assert!(matches!(
             parse(&format!("{sg}[routes]\ntx = [\"b\"]\n")),
             Err(ConfigError::Routes(m)) if m.contains("\"b\"")
