@@ -37,9 +37,6 @@ pub(crate) struct Scratch {
 
 impl Scratch {
     pub async fn new(g: &Global) -> anyhow::Result<Scratch> {
-        let admin = store::connect(g.database_url.expose(), 2).await?;
-        let db = format!("mailfleet_bench_{}", std::process::id());
-        store::create_database(&admin, &db).await?;
         let base = g.database_url.expose();
         let (head, tail) = base
             .rsplit_once('/')
@@ -48,6 +45,20 @@ impl Scratch {
             .split_once('?')
             .map(|(_, q)| format!("?{q}"))
             .unwrap_or_default();
+        // The bench needs only the server: when the configured database does not exist (a
+        // fresh machine), the server's `postgres` database serves to create the scratch one.
+        let admin = match store::connect(base, 2).await {
+            Ok(pool) => pool,
+            Err(store::StoreError::Connect { source, .. })
+                if source.as_database_error().and_then(|d| d.code()).as_deref()
+                    == Some("3D000") =>
+            {
+                store::connect(&format!("{head}/postgres{query}"), 2).await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let db = format!("mailfleet_bench_{}", std::process::id());
+        store::create_database(&admin, &db).await?;
         Ok(Scratch {
             admin,
             url: format!("{head}/{db}{query}"),
