@@ -45,6 +45,19 @@ pub enum RenderError {
     EmptySubject,
 }
 
+impl RenderError {
+    /// A short reason for logs: never the template's text, a variable's value or an address.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RenderError::UnknownTemplate(_) => "unknown_template",
+            RenderError::Template { .. } => "template_error",
+            RenderError::TooLarge(_) => "too_large",
+            RenderError::HeaderInjection => "header_injection",
+            RenderError::EmptySubject => "empty_subject",
+        }
+    }
+}
+
 /// What goes to the provider.
 #[derive(Clone, PartialEq)]
 pub struct Rendered {

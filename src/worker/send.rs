@@ -111,6 +111,9 @@ pub(super) async fn one(
     let rendered = match shared.renderer.render(&job.email, template) {
         Ok(r) => r,
         Err(e) => {
+            // The reason only: the error's text may quote the template or a variable.
+            tracing::warn!(job_id = %job.id, lane = %job.lane, reason = e.reason(),
+                "rendering failed; the email is failed (the reason is in its row)");
             return finish(
                 outcome(
                     Status::Failed,
@@ -253,7 +256,8 @@ pub(super) async fn one(
                     .with_label_values(&[slot.name(), e.class.as_str()])
                     .inc();
                 tracing::info!(job_id = %job.id, lane = %job.lane, provider = slot.name(), attempt,
-                    class = e.class.as_str(), http_status = e.http_status, "send failed");
+                    class = e.class.as_str(), http_status = e.http_status,
+                    error.message = %crate::provider::scrub(&e.message), "send failed");
                 if e.http_status == Some(429)
                     && let Some(limit) = &slot.limit
                 {
@@ -337,6 +341,9 @@ pub(super) async fn one(
             retry(o, attempt, None)
         }
         Fate::Dead => {
+            tracing::warn!(job_id = %job.id, lane = %job.lane, provider, attempt,
+                class = e.class.as_str(), http_status = e.http_status,
+                "attempts used up; dead-lettering");
             let dl = DeadLetter {
                 entry_id: job.entry_id.clone(),
                 reason: "max_attempts".into(),
