@@ -72,6 +72,23 @@ pub async fn run(g: Global, a: WorkerArgs) -> anyhow::Result<()> {
         },
     };
     announce(&send_config, &settings, g.partitions);
+    // Bound before anything starts, so a taken port stops the worker before it reads a job.
+    let listener = if a.listen.is_empty() {
+        None
+    } else {
+        Some(
+            tokio::net::TcpListener::bind(&a.listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "binding the worker's metrics address {} (another worker on this host? \
+                         give each its own MAILFLEET_WORKER_LISTEN, e.g. 0.0.0.0:9465, or \
+                         127.0.0.1:0 for a free port, which is logged)",
+                        a.listen
+                    )
+                })?,
+        )
+    };
     let deps = Deps {
         redis_url: g.redis_target(),
         redis: redis.clone(),
@@ -111,12 +128,7 @@ pub async fn run(g: Global, a: WorkerArgs) -> anyhow::Result<()> {
         .as_ref()
         .map(|r| r.draining.clone())
         .unwrap_or_else(|| Arc::new(AtomicBool::new(false)));
-    let server = if a.listen.is_empty() {
-        None
-    } else {
-        let listener = tokio::net::TcpListener::bind(&a.listen)
-            .await
-            .with_context(|| format!("binding the worker's metrics address {}", a.listen))?;
+    let server = if let Some(listener) = listener {
         tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
         let router = api::ops_router(api::Health {
             redis,
@@ -124,6 +136,8 @@ pub async fn run(g: Global, a: WorkerArgs) -> anyhow::Result<()> {
             draining: draining.clone(),
         });
         Some(tokio::spawn(api::serve(listener, router, token.clone())))
+    } else {
+        None
     };
     if let Some(r) = running {
         r.join().await;
