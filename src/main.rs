@@ -17,12 +17,22 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     mailfleet::telemetry::init(&cli.global.log_format);
     let json = cli.global.log_format == "json";
+    let redis_shown = cli.global.redis_shown();
     match mailfleet::cli::dispatch(cli.global, cli.command).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // Once, each cause once; not anyhow's Debug (a backtrace under RUST_BACKTRACE). A
             // log collector (JSON logs) gets it as an event, a person as one plain line.
-            let line = mailfleet::telemetry::one_line(&e);
+            let mut line = mailfleet::telemetry::one_line(&e);
+            if mailfleet::telemetry::is_redis_error(&e) && !line.contains(&redis_shown) {
+                line.push_str(&format!(
+                    " (Redis at {redis_shown}: is it running and reachable? \
+                     MAILFLEET_REDIS_URL names it)"
+                ));
+            }
+            if mailfleet::telemetry::is_missing_table(&e) && !line.contains("migrate") {
+                line.push_str(" (is the database migrated? run `mailfleet migrate`)");
+            }
             if json {
                 tracing::error!(error.message = %line, "mailfleet failed");
             } else {

@@ -38,6 +38,23 @@ pub fn one_line(e: &anyhow::Error) -> String {
     line
 }
 
+/// Whether `e` comes from Redis (a connection that failed, a command that did): the CLI's edge
+/// then names the server, which Redis' own errors do not.
+pub fn is_redis_error(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| c.is::<redis::RedisError>() || c.is::<crate::stream::PoolError>())
+}
+
+/// Whether `e` is Postgres saying a table does not exist: a database not migrated yet.
+pub fn is_missing_table(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<sqlx::Error>()
+            .and_then(|s| s.as_database_error())
+            .and_then(|d| d.code())
+            .is_some_and(|code| code == "42P01")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -97,6 +97,11 @@ pub struct Global {
 impl Global {
     /// The Redis URL as the pool reads it: with `--redis-cluster`, a single URL becomes a
     /// one-seed list (see `stream::cluster_nodes`).
+    /// The Redis target for messages, without credentials ([`redact_redis`]).
+    pub fn redis_shown(&self) -> String {
+        redact_redis(&self.redis_target())
+    }
+
     pub fn redis_target(&self) -> String {
         let url = self.redis_url.expose();
         if self.redis_cluster && !url.contains(',') {
@@ -104,5 +109,33 @@ impl Global {
         } else {
             url.to_owned()
         }
+    }
+}
+
+/// A Redis URL or seed list for messages: every user and password replaced by `***`.
+pub fn redact_redis(target: &str) -> String {
+    target
+        .split(',')
+        .map(|part| match (part.find("://"), part.rfind('@')) {
+            (Some(s), Some(at)) if at > s => format!("{}***{}", &part[..s + 3], &part[at..]),
+            _ => part.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod redact_tests {
+    #[test]
+    fn redis_credentials_never_show() {
+        assert_eq!(
+            super::redact_redis("redis://:pw@h:6379/0"),
+            "redis://***@h:6379/0"
+        );
+        assert_eq!(
+            super::redact_redis("rediss://u:p@a:1,redis://b:2"),
+            "rediss://***@a:1,redis://b:2"
+        );
+        assert_eq!(super::redact_redis("redis://h"), "redis://h");
     }
 }

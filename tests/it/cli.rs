@@ -374,3 +374,49 @@ async fn the_bench_sends_every_email_once_and_reports_its_figures(pg: PgPool) {
     .unwrap();
     assert_eq!(left, 0);
 }
+
+/// A failing command says so once, on one line, each cause once, naming the Redis server
+/// (never its password) or the next step for an unmigrated database; no colour codes in a
+/// pipe.
+#[sqlx::test(migrations = false)]
+async fn a_failing_command_prints_one_plain_line_that_names_the_server_or_the_fix(pg: PgPool) {
+    let redis = TestRedis::new();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let out = mailfleet(&pg, &redis)
+        .env(
+            "MAILFLEET_REDIS_URL",
+            format!("redis://:hunter2@127.0.0.1:{closed}"),
+        )
+        .args(["status"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line: {err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    assert!(
+        lines[0].contains(&format!("Redis at redis://***@127.0.0.1:{closed}")),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2") && !err.contains('\u{1b}'), "{err}");
+    assert_eq!(err.matches("Connection refused").count(), 1, "{err}");
+
+    let out = mailfleet(&pg, &redis)
+        .args(["status"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("run `mailfleet migrate`"), "{err}");
+    assert_eq!(
+        err.lines().filter(|l| !l.trim().is_empty()).count(),
+        1,
+        "{err}"
+    );
+}

@@ -386,6 +386,8 @@ pub fn mailfleet(pg: &PgPool, redis: &TestRedis) -> tokio::process::Command {
     c.env("MAILFLEET_DATABASE_URL", db_url(pg))
         .env("MAILFLEET_REDIS_URL", &redis.url)
         .env("MAILFLEET_PREFIX", redis.keys.prefix())
+        // A worker refuses an empty provider credential; tests that send set the URL too.
+        .env("MAILFLEET_SENDGRID_API_KEY", "test-key")
         .env("RUST_LOG", "info")
         .kill_on_drop(true);
     c
