@@ -32,7 +32,7 @@ pub struct ReportArgs {
     #[arg(long, requires = "until")]
     pub schedule: Option<String>,
     /// RFC 3339: the end of the judged tick range (when the schedule was paused).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::config::parse_time)]
     pub until: Option<chrono::DateTime<chrono::Utc>>,
     #[arg(long, default_value_t = 10_000)]
     pub lease_ttl_ms: u64,

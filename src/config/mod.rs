@@ -25,7 +25,7 @@ pub use bench::{BenchArgs, BenchCmd, PipelineArgs, Scenario};
 pub use file::{ConfigError, send_config};
 pub use mock::MockArgs;
 pub use providers::*;
-pub use send::SendArgs;
+pub use send::{SendArgs, parse_time};
 pub use worker::{AmbiguousPolicy, SchedulerRole, WorkerArgs};
 
 use clap::Args;

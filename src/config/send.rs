@@ -34,7 +34,7 @@ pub struct SendArgs {
     #[arg(long, default_value = "tx")]
     pub lane: Lane,
     /// Send later, at this RFC 3339 time.
-    #[arg(long = "at", alias = "send-at")]
+    #[arg(long = "at", alias = "send-at", value_parser = parse_time)]
     pub send_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Idempotency key: the same key within the dedup TTL enqueues once.
     #[arg(long)]
@@ -45,4 +45,50 @@ pub struct SendArgs {
     /// optional `lane` and `idempotency_key` beside its fields. Prints one id per line.
     #[arg(long, conflicts_with_all = ["to", "subject", "template", "html", "text"])]
     pub file: Option<PathBuf>,
+}
+
+/// An RFC 3339 time; a time without a zone is refused with the forms that work, since which
+/// zone was meant cannot be guessed.
+pub fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let naive = [
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%d %H:%M",
+    ]
+    .iter()
+    .any(|f| chrono::NaiveDateTime::parse_from_str(s, f).is_ok());
+    if naive {
+        Err(format!(
+            "{s:?} has no time zone; add one: {s}Z for UTC, or an offset such as {s}+02:00"
+        ))
+    } else {
+        Err(format!(
+            "{s:?} is not an RFC 3339 time; write it like 2030-01-01T09:00:00Z or 2030-01-01T09:00:00+02:00"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_time_needs_its_zone() {
+        assert!(super::parse_time("2030-01-01T09:00:00Z").is_ok());
+        assert_eq!(
+            super::parse_time("2030-01-01T09:00:00+02:00")
+                .unwrap()
+                .to_rfc3339(),
+            "2030-01-01T07:00:00+00:00"
+        );
+        let e = super::parse_time("2030-01-01T09:00:00").unwrap_err();
+        assert!(
+            e.contains("no time zone") && e.contains("2030-01-01T09:00:00Z"),
+            "{e}"
+        );
+        let e = super::parse_time("tomorrow").unwrap_err();
+        assert!(e.contains("RFC 3339"), "{e}");
+    }
 }
