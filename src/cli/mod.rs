@@ -5,6 +5,7 @@ pub mod api;
 pub mod audience;
 pub mod bench;
 pub mod dlq;
+pub mod email;
 pub mod migrate;
 pub mod mock;
 pub mod pause;
@@ -44,6 +45,9 @@ pub enum Command {
     Send(crate::config::SendArgs),
     /// Apply the Postgres migrations.
     Migrate,
+    /// One email: its status and every attempt with the provider's answer.
+    #[command(subcommand)]
+    Email(email::EmailCmd),
     /// Store and read named templates.
     #[command(subcommand)]
     Template(template::TemplateCmd),
@@ -87,6 +91,7 @@ pub async fn dispatch(global: Global, command: Command) -> anyhow::Result<()> {
         Command::Report(a) => report::run(global, a).await,
         Command::Prune(a) => prune::run(global, a).await,
         Command::Status(a) => status::run(global, a).await,
+        Command::Email(c) => email::run(global, c).await,
         Command::Suppress(c) => suppress::run(global, c).await,
         Command::Pause(a) => pause::run(global, a, true).await,
         Command::Resume(a) => pause::run(global, a, false).await,

@@ -91,6 +91,41 @@ async fn a_job_sent_with_the_cli_is_recorded_sent(pg: PgPool) {
     assert_eq!(mock.state.stats().received, 3);
     worker.stop().await;
     let _ = std::fs::remove_dir_all(dir);
+
+    // `email show`: the row and its attempt, as text and as JSON; an unknown id is an error.
+    let out = mailfleet(&pg, &redis)
+        .args(["email", "show", &id.to_string(), "--json"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["email"]["status"], "sent", "{v}");
+    assert_eq!(v["email"]["lane"], "bulk", "{v}");
+    assert_eq!(v["attempts"][0]["outcome"], "sent", "{v}");
+    assert_eq!(v["attempts"][0]["provider"], "sendgrid", "{v}");
+    let out = mailfleet(&pg, &redis)
+        .args(["email", "show", &id.to_string()])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("status      sent") && text.contains("ATTEMPT"),
+        "{text}"
+    );
+    assert!(!text.contains("ada@example.com"), "no address: {text}");
+    let out = mailfleet(&pg, &redis)
+        .args(["email", "show", &uuid::Uuid::now_v7().to_string()])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no email"));
 }
 
 #[sqlx::test(migrations = false)]

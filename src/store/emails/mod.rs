@@ -180,6 +180,30 @@ pub async fn status(pool: &PgPool, id: Uuid) -> Result<Option<EmailStatus>, Stor
     .map_err(q("looking up an email"))
 }
 
+/// One attempt of an email, as `mailfleet email show` lists it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct AttemptRow {
+    pub attempt: i32,
+    pub provider: Option<String>,
+    pub outcome: String,
+    pub http_status: Option<i32>,
+    pub error: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+}
+
+/// An email's attempts, oldest first (failed-over tries included).
+pub async fn attempts(pool: &PgPool, id: Uuid) -> Result<Vec<AttemptRow>, StoreError> {
+    sqlx::query_as(
+        "SELECT attempt, provider, outcome, http_status, error, started_at, finished_at
+           FROM email_attempts WHERE email_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
+    .map_err(q("reading an email's attempts"))
+}
+
 /// Counts by status and the enqueue-to-recorded latency of the sent ones, over these ids.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Summary {
