@@ -309,6 +309,14 @@ pub async fn start(
     }
     let mut settings = settings;
     settings.batch_size = settings.batch_size.max(1);
+    // Tx's connections open now, not at the first tx email (which would pay the handshake).
+    let pg_tx = store::companion(&deps.pg, settings.tx_pg_pool);
+    drop(pg_tx.acquire().await.map_err(|source| {
+        WorkerError::Store(StoreError::Connect {
+            target: store::redacted_target(&deps.pg.connect_options()),
+            source,
+        })
+    })?);
     let shared = Arc::new(Shared {
         renderer: Renderer::new(settings.render),
         templates: Default::default(),
@@ -328,7 +336,7 @@ pub async fn start(
         live: Default::default(),
         limiter: crate::ratelimit::Limiter::new(deps.redis.clone(), deps.keys.prefix()),
         pauses: Default::default(),
-        pg_tx: store::companion(&deps.pg, settings.tx_pg_pool),
+        pg_tx,
         settings,
         deps,
     });

@@ -147,9 +147,10 @@ async fn the_tx_lane_is_served_before_a_bulk_backlog(pg: PgPool) {
     .fetch_one(&pg)
     .await
     .unwrap();
-    // FIFO would have sent all 1000 first; tx-first allows at most the rest of its own batch.
+    // FIFO would have sent all 1000 first. Tx has its own reader, so what may finish before
+    // it is at most the one bulk batch read alongside it, never the backlog queued ahead.
     assert!(
-        bulk_before < 20,
+        bulk_before <= 20,
         "{bulk_before} bulk emails were recorded before the tx email"
     );
     worker.stop().await;
