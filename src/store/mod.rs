@@ -82,25 +82,26 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreErr
         .disable_statement_logging()
         .application_name("mailfleet");
     let target = redacted_target(&opts);
-    PgPoolOptions::new()
-        .max_connections(max_connections)
-        // No ping on every checkout: it is a round trip per statement on the hot path, and a
-        // dead connection fails its next statement anyway, which every caller handles.
-        .test_before_acquire(false)
-        .acquire_timeout(Duration::from_secs(10))
+    pool_options(max_connections)
         .connect_with(opts)
         .await
         .map_err(|source| StoreError::Connect { target, source })
 }
 
+/// Every pool's options.
+fn pool_options(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections.max(1))
+        // No ping on every checkout: it is a round trip per statement on the hot path, and a
+        // dead connection fails its next statement anyway, which every caller handles.
+        .test_before_acquire(false)
+        .acquire_timeout(Duration::from_secs(10))
+}
+
 /// A second pool of up to `max_connections` to `pool`'s database, with the same options;
 /// it connects on first use.
 pub fn companion(pool: &PgPool, max_connections: u32) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(max_connections.max(1))
-        .test_before_acquire(false)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_lazy_with((*pool.connect_options()).clone())
+    pool_options(max_connections).connect_lazy_with((*pool.connect_options()).clone())
 }
 
 /// Fail with a clear message unless every migration this binary knows is applied.
