@@ -31,6 +31,7 @@ fn entry(body_bytes: usize) -> RawEntry {
     RawEntry {
         lane: Lane::Tx,
         partition: 0,
+        stream_tenant: None,
         entry_id: "1700000000000-0".into(),
         fields: vec![
             (b"v".to_vec(), b"1".to_vec()),

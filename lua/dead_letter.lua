@@ -1,7 +1,7 @@
 -- dead_letter.lua: move stream entries to the dead-letter stream with a reason, and ack them.
 --
 -- KEYS[1]: dead-letter stream  mf:{p}:dead
--- KEYS[2]: lane stream         mf:{p}:tx | mf:{p}:bulk (the stream the entries were read from)
+-- KEYS[2]: lane stream         mf:{p}:tx | mf:{p}:bulk | a tenant's bulk stream (the one the entries were read from)
 -- ARGV[1]: consumer group
 -- ARGV[2]: lane name, recorded with each dead entry
 -- ARGV[3..]: quintuples of (stream entry id, reason, error class, last error, attempts)
@@ -13,6 +13,8 @@
 -- longer pending in the group is skipped, so a repeated call never dead-letters twice.
 local group, lane = ARGV[1], ARGV[2]
 if (#ARGV - 2) % 5 ~= 0 then return redis.error_reply('dead_letter: arguments must be quintuples') end
+-- A drained tenant stream is deleted: its entries were acked (and dead-lettered) already.
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 local n = 0
 for i = 3, #ARGV, 5 do
   local id = ARGV[i]

@@ -1,8 +1,9 @@
 -- enqueue.lua: idempotent enqueue of one email job (wire format v1).
 --
 -- KEYS[1]: dedup marker   mf:{p}:dedup:<idem>   (touched only when ARGV[2] ~= '')
--- KEYS[2]: lane stream    mf:{p}:tx | mf:{p}:bulk
+-- KEYS[2]: lane stream    mf:{p}:tx | mf:{p}:bulk | a tenant's bulk stream mf:{p}:bulk:t:<tenant>
 -- KEYS[3]: delayed zset   mf:{p}:delayed        (used when ARGV[6] is in the future)
+-- KEYS[4]: bulk ring      mf:{p}:bulk:ring      (only with a tenant stream as KEYS[2])
 -- ARGV[1]: job id (UUIDv7, producer-made)
 -- ARGV[2]: idempotency key, or '' for none
 -- ARGV[3]: enqueued_at, unix ms
@@ -11,12 +12,19 @@
 --          the wait, so a resubmission before the send, or within the TTL after it, is a duplicate)
 -- ARGV[6]: due time, unix ms, or '0' to send now
 -- ARGV[7]: lane name ('tx' | 'bulk'), recorded in a delayed member so promote.lua knows its stream
+-- ARGV[8]: the tenant whose stream KEYS[2] is ('' for a shared lane stream), also recorded in a
+--          delayed member
+-- ARGV[9]: consumer group (created with a tenant stream)
 -- Returns: { id, added } where id is the new job's id, or the first job's id when the idempotency
 --          key was seen within its TTL (added = 0, nothing written).
 --
 -- The dedup check, the write and the marker are one atomic step: two producers racing with one key
 -- can never both add. Time for the due check comes from Redis TIME, never a client clock.
-local id, idem = ARGV[1], ARGV[2]
+--
+-- A tenant stream exists exactly while its tenant is in the ring (read.lua deletes both when the
+-- stream drains): the XADD is NOMKSTREAM, and only when the stream is missing does the tenant
+-- join, with the group, at the ring's lowest virtual time. So the common case is one XADD.
+local id, idem, tenant = ARGV[1], ARGV[2], ARGV[8] or ''
 if id == '' then return redis.error_reply('enqueue: empty job id') end
 local ttl = tonumber(ARGV[5])
 local due = tonumber(ARGV[6])
@@ -35,13 +43,22 @@ if due > 0 then
 end
 if due > now then
   local member = cjson.encode({ v = '1', id = id, idem = idem, enqueued_at = ARGV[3],
-                                payload = ARGV[4], lane = ARGV[7] })
+                                payload = ARGV[4], lane = ARGV[7], tenant = tenant })
   redis.call('ZADD', KEYS[3], due, member)
 else
-  if idem ~= '' then
-    redis.call('XADD', KEYS[2], '*', 'v', '1', 'id', id, 'idem', idem, 'enqueued_at', ARGV[3], 'payload', ARGV[4])
+  local fields = { 'v', '1', 'id', id }
+  if idem ~= '' then fields[#fields + 1] = 'idem'; fields[#fields + 1] = idem end
+  fields[#fields + 1] = 'enqueued_at'; fields[#fields + 1] = ARGV[3]
+  fields[#fields + 1] = 'payload'; fields[#fields + 1] = ARGV[4]
+  if KEYS[4] and tenant ~= '' then
+    if not redis.call('XADD', KEYS[2], 'NOMKSTREAM', '*', unpack(fields)) then
+      redis.call('XGROUP', 'CREATE', KEYS[2], ARGV[9], '0', 'MKSTREAM')
+      local low = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+      redis.call('ZADD', KEYS[4], 'NX', tonumber(low[2]) or 0, tenant)
+      redis.call('XADD', KEYS[2], '*', unpack(fields))
+    end
   else
-    redis.call('XADD', KEYS[2], '*', 'v', '1', 'id', id, 'enqueued_at', ARGV[3], 'payload', ARGV[4])
+    redis.call('XADD', KEYS[2], '*', unpack(fields))
   end
 end
 if idem ~= '' then

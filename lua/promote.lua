@@ -5,7 +5,11 @@
 -- KEYS[3]: bulk stream   mf:{p}:bulk
 -- KEYS[4]: tx delayed zset  mf:{p}:delayed:tx (optional): promoted first, so a tx retry or a
 --          tx send_at never waits behind a campaign's due bulk entries
+-- KEYS[5]: bulk ring      mf:{p}:bulk:ring (optional): a bulk member with a tenant goes back to
+--          its tenant's stream, rejoining the ring as enqueue.lua does
 -- ARGV[1]: the most entries to move in this call (bounded, so one call never blocks Redis long)
+-- ARGV[2]: the tenant streams' key prefix mf:{p}:bulk:t: (with KEYS[5])
+-- ARGV[3]: consumer group (with KEYS[5])
 -- Returns: the number of entries moved.
 --
 -- Any worker may run it at any time: ZRANGEBYSCORE, XADD and ZREM happen in one script, so an
@@ -34,7 +38,17 @@ local function promote(set, room)
       if type(m.replays) == 'string' and m.replays ~= '' then
         fields[#fields + 1] = 'replays'; fields[#fields + 1] = m.replays
       end
-      redis.call('XADD', stream, '*', unpack(fields))
+      if m.lane ~= 'tx' and KEYS[5] and type(m.tenant) == 'string' and m.tenant ~= '' then
+        local key = ARGV[2] .. m.tenant
+        if not redis.call('XADD', key, 'NOMKSTREAM', '*', unpack(fields)) then
+          redis.call('XGROUP', 'CREATE', key, ARGV[3], '0', 'MKSTREAM')
+          local low = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
+          redis.call('ZADD', KEYS[5], 'NX', tonumber(low[2]) or 0, m.tenant)
+          redis.call('XADD', key, '*', unpack(fields))
+        end
+      else
+        redis.call('XADD', stream, '*', unpack(fields))
+      end
       redis.call('ZREM', set, member)
       moved = moved + 1
     else

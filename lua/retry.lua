@@ -1,7 +1,7 @@
 -- retry.lua: reschedule failed sends in the delayed set and ack their stream entries, atomically.
 --
 -- KEYS[1]: delayed zset  mf:{p}:delayed
--- KEYS[2]: lane stream   mf:{p}:tx | mf:{p}:bulk (the stream the entries were read from)
+-- KEYS[2]: lane stream   mf:{p}:tx | mf:{p}:bulk | a tenant's bulk stream (the one the entries were read from)
 -- ARGV[1]: consumer group
 -- ARGV[2..]: triples of (stream entry id, delay in ms, delayed member)
 -- Returns: the number of entries rescheduled.
@@ -19,6 +19,8 @@ for i = 2, #ARGV, 3 do
   local d = tonumber(ARGV[i + 1])
   if d == nil or d < 0 then return redis.error_reply('retry: bad delay') end
 end
+-- A drained tenant stream is deleted: its entries were acked (and rescheduled) already.
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n = 0

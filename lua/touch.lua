@@ -1,7 +1,7 @@
 -- touch.lua: keep a live consumer's in-flight entries from looking idle, so reclaim leaves a
 -- long send alone.
 --
--- KEYS[1]: lane stream   mf:{p}:tx | mf:{p}:bulk
+-- KEYS[1]: lane stream   mf:{p}:tx | mf:{p}:bulk | a tenant's bulk stream
 -- ARGV[1]: consumer group
 -- ARGV[2]: this consumer's name
 -- ARGV[3]: the lowest id of ARGV[5..] (stream order)
@@ -17,6 +17,8 @@
 -- one XCLAIM per 1,000 ids: a few commands per call, not two per id, so a worker holding
 -- thousands of entries does not stall Redis for every other client while it refreshes them.
 local group, me, low, high = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+-- A tenant stream is deleted once drained; an entry acked since the caller looked is not ours.
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local want = {}
 local wanted = 0
 for i = 5, #ARGV do

@@ -335,18 +335,32 @@ impl Producer {
                     let dedup = self
                         .keys
                         .dedup(p.partition, if idem.is_empty() { "-" } else { idem });
-                    let mut c = ENQUEUE.call(&[
-                        &dedup,
-                        &self.keys.lane(p.partition, p.lane),
-                        &self.keys.delayed_of(p.partition, p.lane),
-                    ]);
+                    let delayed = self.keys.delayed_of(p.partition, p.lane);
+                    // Bulk with a tenant waits on the tenant's own stream, in the fair ring.
+                    let tenant = match p.lane {
+                        Lane::Bulk => p.email.tenant.as_deref(),
+                        Lane::Tx => None,
+                    };
+                    let mut c = match tenant {
+                        Some(t) => ENQUEUE.call(&[
+                            &dedup,
+                            &self.keys.tenant_stream(p.partition, t),
+                            &delayed,
+                            &self.keys.bulk_ring(p.partition),
+                        ]),
+                        None => {
+                            ENQUEUE.call(&[&dedup, &self.keys.lane(p.partition, p.lane), &delayed])
+                        }
+                    };
                     c.arg(p.id.to_string())
                         .arg(idem)
                         .arg(p.enqueued_at_ms)
                         .arg(&p.payload_json)
                         .arg(ttl_ms)
                         .arg(p.due_ms)
-                        .arg(p.lane.as_str());
+                        .arg(p.lane.as_str())
+                        .arg(tenant.unwrap_or(""))
+                        .arg(crate::stream::GROUP);
                     c
                 })
                 .collect();

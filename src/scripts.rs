@@ -39,6 +39,8 @@ pub static PROMOTE: LazyLock<Lua> =
     LazyLock::new(|| Lua::new("promote", include_str!("../lua/promote.lua")));
 pub static RECLAIM: LazyLock<Lua> =
     LazyLock::new(|| Lua::new("reclaim", include_str!("../lua/reclaim.lua")));
+pub static RECLAIM_DUE: LazyLock<Lua> =
+    LazyLock::new(|| Lua::new("reclaim_due", include_str!("../lua/reclaim_due.lua")));
 pub static DEAD_LETTER: LazyLock<Lua> =
     LazyLock::new(|| Lua::new("dead_letter", include_str!("../lua/dead_letter.lua")));
 
@@ -56,7 +58,7 @@ pub static TRIM: LazyLock<Lua> =
 pub static RATELIMIT: LazyLock<Lua> =
     LazyLock::new(|| Lua::new("ratelimit", include_str!("../lua/ratelimit.lua")));
 
-fn all() -> [&'static Lua; 11] {
+fn all() -> [&'static Lua; 12] {
     [
         &ENQUEUE,
         &READ,
@@ -64,6 +66,7 @@ fn all() -> [&'static Lua; 11] {
         &PROMOTE,
         &DEAD_LETTER,
         &RECLAIM,
+        &RECLAIM_DUE,
         &TOUCH,
         &DLQ_REPLAY,
         &LEASE,

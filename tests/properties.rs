@@ -10,6 +10,7 @@ fn raw(fields: Vec<(Vec<u8>, Vec<u8>)>) -> RawEntry {
     RawEntry {
         lane: Lane::Tx,
         partition: 0,
+        stream_tenant: None,
         entry_id: "1-0".into(),
         fields,
     }

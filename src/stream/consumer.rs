@@ -5,9 +5,9 @@
 //! both are empty does the reader block, on a dedicated connection whose response timeout is
 //! off (redis 1.x times responses out after 500 ms by default, shorter than a BLOCK).
 
-use super::{GROUP, Keys, RawEntry, wire};
+use super::{GROUP, Keys, RawEntry, Source, wire};
 use crate::domain::Lane;
-use crate::scripts::{self, DEAD_LETTER, PROMOTE, READ, RECLAIM, RETRY, TOUCH, TRIM};
+use crate::scripts::{self, DEAD_LETTER, PROMOTE, READ, RECLAIM, RECLAIM_DUE, RETRY, TOUCH, TRIM};
 use redis::{RedisResult, Value, aio::ConnectionLike};
 use std::collections::BTreeMap;
 
@@ -35,7 +35,13 @@ pub async fn ensure_groups<C: ConnectionLike + Send>(conn: &mut C, keys: &Keys) 
     Ok(())
 }
 
-/// Non-blocking read of up to `count` entries of partition `p`, tx first.
+/// Entries one visit of the fair read takes from a tenant's bulk stream, times the tenant's
+/// weight (lua/read.lua): small enough that 50 tenants share a batch, large enough that the
+/// ring's bookkeeping is a fraction of a command per email.
+pub const FAIR_QUANTUM: usize = 16;
+
+/// Non-blocking read of up to `count` entries of partition `p`: tx first, then bulk fairly
+/// across the tenants with a backlog (lua/read.lua).
 pub async fn read_now<C: ConnectionLike + Send>(
     conn: &mut C,
     keys: &Keys,
@@ -44,22 +50,43 @@ pub async fn read_now<C: ConnectionLike + Send>(
     count: usize,
     paused: &[Lane],
 ) -> RedisResult<Vec<RawEntry>> {
-    let tx = keys.lane(p, Lane::Tx);
-    let bulk = keys.lane(p, Lane::Bulk);
-    let mut cmd = READ.call(&[&tx, &bulk]);
+    let mut cmd = READ.call(&[
+        &keys.lane(p, Lane::Tx),
+        &keys.lane(p, Lane::Bulk),
+        &keys.bulk_ring(p),
+        &keys.bulk_held(p),
+        &keys.bulk_weights(p),
+    ]);
     let open = |l| if paused.contains(&l) { "0" } else { "1" };
     cmd.arg(GROUP)
         .arg(consumer)
         .arg(count)
         .arg(open(Lane::Tx))
-        .arg(open(Lane::Bulk));
+        .arg(open(Lane::Bulk))
+        .arg(keys.tenant_stream_prefix(p))
+        .arg(FAIR_QUANTUM);
     let v = scripts::run_one(conn, cmd).await?;
     let mut out = Vec::new();
     if let Value::Array(lanes) = v
         && let [t, b] = lanes.as_slice()
     {
-        out.extend(wire::parse_entries(t, Lane::Tx, p));
-        out.extend(wire::parse_entries(b, Lane::Bulk, p));
+        out.extend(wire::parse_entries(t, &Source::shared(p, Lane::Tx)));
+        if let Value::Array(visits) = b {
+            for visit in visits.chunks_exact(2) {
+                let tenant = match &visit[0] {
+                    Value::BulkString(t) if !t.is_empty() => {
+                        Some(std::sync::Arc::from(String::from_utf8_lossy(t).as_ref()))
+                    }
+                    _ => None,
+                };
+                let source = Source {
+                    partition: p,
+                    lane: Lane::Bulk,
+                    tenant,
+                };
+                out.extend(wire::parse_entries(&visit[1], &source));
+            }
+        }
     }
     Ok(out)
 }
@@ -122,7 +149,7 @@ pub async fn read_blocking<C: ConnectionLike + Send>(
             Value::BulkString(b) if b.as_slice() == tx.as_bytes() => Lane::Tx,
             _ => Lane::Bulk,
         };
-        out.extend(wire::parse_entries(&entries, lane, p));
+        out.extend(wire::parse_entries(&entries, &Source::shared(p, lane)));
     }
     // Serve tx first even within a blocking read's result.
     out.sort_by_key(|e| e.lane != Lane::Tx);
@@ -141,21 +168,21 @@ pub struct Reclaimed {
     pub deleted: u64,
 }
 
-/// Claim entries of `lane` idle for at least `min_idle_ms` (their consumer is presumed dead),
+/// Claim entries of `source` idle for at least `min_idle_ms` (their consumer is presumed dead),
 /// dead-lettering those delivered more than `max_deliveries` times (lua/reclaim.lua).
 #[allow(clippy::too_many_arguments)]
 pub async fn reclaim<C: ConnectionLike + Send>(
     conn: &mut C,
     keys: &Keys,
-    p: u16,
-    lane: Lane,
+    source: &Source,
     consumer: &str,
     min_idle_ms: u64,
     cursor: &str,
     count: usize,
     max_deliveries: u32,
 ) -> RedisResult<Reclaimed> {
-    let mut cmd = RECLAIM.call(&[&keys.lane(p, lane), &keys.dead(p)]);
+    let lane = source.lane;
+    let mut cmd = RECLAIM.call(&[&keys.source(source), &keys.dead(source.partition)]);
     cmd.arg(GROUP)
         .arg(consumer)
         .arg(min_idle_ms)
@@ -174,7 +201,7 @@ pub async fn reclaim<C: ConnectionLike + Send>(
         if let Value::BulkString(c) = cursor {
             out.next_cursor = String::from_utf8_lossy(c).into_owned();
         }
-        out.entries = wire::parse_entries(entries, lane, p);
+        out.entries = wire::parse_entries(entries, source);
         if let Value::Array(ids) = dead {
             out.dead_lettered = ids.len() as u64;
             out.dead_jobs = ids
@@ -192,6 +219,39 @@ pub async fn reclaim<C: ConnectionLike + Send>(
     Ok(out)
 }
 
+/// The tenant bulk streams of partition `p` that may hold entries idle past `min_idle_ms`
+/// (lua/reclaim_due.lua), at most `limit`; each comes due again `recheck_ms` later.
+pub async fn reclaim_due<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    p: u16,
+    min_idle_ms: u64,
+    recheck_ms: u64,
+    limit: usize,
+) -> RedisResult<Vec<Source>> {
+    let mut cmd = RECLAIM_DUE.call(&[&keys.bulk_held(p)]);
+    cmd.arg(GROUP)
+        .arg(min_idle_ms)
+        .arg(recheck_ms)
+        .arg(limit)
+        .arg(keys.tenant_stream_prefix(p));
+    let v = scripts::run_one(conn, cmd).await?;
+    let Value::Array(items) = v else {
+        return Ok(Vec::new());
+    };
+    Ok(items
+        .iter()
+        .filter_map(|t| match t {
+            Value::BulkString(b) => Some(Source {
+                partition: p,
+                lane: Lane::Bulk,
+                tenant: Some(String::from_utf8_lossy(b).as_ref().into()),
+            }),
+            _ => None,
+        })
+        .collect())
+}
+
 /// Move due delayed entries of every partition back to their lanes; returns how many moved.
 pub async fn promote_due<C: ConnectionLike + Send>(
     conn: &mut C,
@@ -205,8 +265,9 @@ pub async fn promote_due<C: ConnectionLike + Send>(
                 &keys.lane(p, Lane::Tx),
                 &keys.lane(p, Lane::Bulk),
                 &keys.delayed_tx(p),
+                &keys.bulk_ring(p),
             ]);
-            c.arg(limit);
+            c.arg(limit).arg(keys.tenant_stream_prefix(p)).arg(GROUP);
             c
         })
         .collect();
@@ -256,17 +317,17 @@ pub async fn touch<C: ConnectionLike + Send>(
     conn: &mut C,
     keys: &Keys,
     consumer: &str,
-    entries: &BTreeMap<(u16, Lane), Vec<String>>,
+    entries: &BTreeMap<Source, Vec<String>>,
 ) -> RedisResult<u64> {
     let mut cmds = Vec::new();
-    for ((p, lane), ids) in entries {
+    for (source, ids) in entries {
         let mut ids: Vec<&String> = ids.iter().collect();
         ids.sort_by_key(|id| stream_order(id));
         for chunk in ids.chunks(TOUCH_CHUNK) {
             let (Some(low), Some(high)) = (chunk.first(), chunk.last()) else {
                 continue;
             };
-            let mut c = TOUCH.call(&[&keys.lane(*p, *lane)]);
+            let mut c = TOUCH.call(&[&keys.source(source)]);
             c.arg(GROUP).arg(consumer).arg(*low).arg(*high).arg(chunk);
             cmds.push(c);
         }
@@ -340,24 +401,24 @@ type Retry = (String, i64, String);
 /// one command per stream and kind.
 #[derive(Debug, Default)]
 pub struct Finish {
-    acks: BTreeMap<(u16, Lane), Vec<String>>,
-    retries: BTreeMap<(u16, Lane), Vec<Retry>>,
-    dead: BTreeMap<(u16, Lane), Vec<DeadLetter>>,
+    acks: BTreeMap<Source, Vec<String>>,
+    retries: BTreeMap<Source, Vec<Retry>>,
+    dead: BTreeMap<Source, Vec<DeadLetter>>,
 }
 
 impl Finish {
-    pub fn ack(&mut self, p: u16, lane: Lane, entry_id: String) {
-        self.acks.entry((p, lane)).or_default().push(entry_id);
+    pub fn ack(&mut self, source: Source, entry_id: String) {
+        self.acks.entry(source).or_default().push(entry_id);
     }
     /// Reschedule an entry `delay_ms` from now, by Redis' clock (lua/retry.lua).
-    pub fn retry(&mut self, p: u16, lane: Lane, entry_id: String, delay_ms: i64, member: String) {
+    pub fn retry(&mut self, source: Source, entry_id: String, delay_ms: i64, member: String) {
         self.retries
-            .entry((p, lane))
+            .entry(source)
             .or_default()
             .push((entry_id, delay_ms, member));
     }
-    pub fn dead_letter(&mut self, p: u16, lane: Lane, d: DeadLetter) {
-        self.dead.entry((p, lane)).or_default().push(d);
+    pub fn dead_letter(&mut self, source: Source, d: DeadLetter) {
+        self.dead.entry(source).or_default().push(d);
     }
     pub fn is_empty(&self) -> bool {
         self.acks.is_empty() && self.retries.is_empty() && self.dead.is_empty()
@@ -372,28 +433,41 @@ impl Finish {
     /// Issue everything in one pipeline. Every command is idempotent (XACK of an acked entry
     /// is a no-op; a retried member is a set member; a dead letter is only written for an entry
     /// still pending, see lua/dead_letter.lua and lua/retry.lua), so the caller may repeat a failed `execute`.
+    /// A tenant stream's entries are also deleted once acked (one XDEL per stream, after the
+    /// acks and scripts): nothing trims tenant streams, and read.lua deletes a stream (and
+    /// its tenant leaves the ring) once it is empty.
     pub async fn execute<C: ConnectionLike + Send>(
         &self,
         conn: &mut C,
         keys: &Keys,
     ) -> RedisResult<()> {
         let mut cmds = Vec::new();
-        for ((p, lane), ids) in &self.acks {
+        let mut done: BTreeMap<&Source, Vec<&String>> = BTreeMap::new();
+        for (source, ids) in &self.acks {
             let mut c = redis::cmd("XACK");
-            c.arg(keys.lane(*p, *lane)).arg(GROUP).arg(ids);
+            c.arg(keys.source(source)).arg(GROUP).arg(ids);
             cmds.push(c);
+            if source.tenant.is_some() {
+                done.entry(source).or_default().extend(ids);
+            }
         }
-        for ((p, lane), items) in &self.retries {
-            let mut c = RETRY.call(&[&keys.delayed_of(*p, *lane), &keys.lane(*p, *lane)]);
+        for (source, items) in &self.retries {
+            let (p, lane) = (source.partition, source.lane);
+            let mut c = RETRY.call(&[&keys.delayed_of(p, lane), &keys.source(source)]);
             c.arg(GROUP);
             for (id, due, member) in items {
                 c.arg(id).arg(*due).arg(member);
             }
             cmds.push(c);
+            if source.tenant.is_some() {
+                done.entry(source)
+                    .or_default()
+                    .extend(items.iter().map(|(id, _, _)| id));
+            }
         }
-        for ((p, lane), items) in &self.dead {
-            let mut c = DEAD_LETTER.call(&[&keys.dead(*p), &keys.lane(*p, *lane)]);
-            c.arg(GROUP).arg(lane.as_str());
+        for (source, items) in &self.dead {
+            let mut c = DEAD_LETTER.call(&[&keys.dead(source.partition), &keys.source(source)]);
+            c.arg(GROUP).arg(source.lane.as_str());
             for d in items {
                 c.arg(&d.entry_id)
                     .arg(&d.reason)
@@ -401,6 +475,16 @@ impl Finish {
                     .arg(&d.error)
                     .arg(d.attempts);
             }
+            cmds.push(c);
+            if source.tenant.is_some() {
+                done.entry(source)
+                    .or_default()
+                    .extend(items.iter().map(|d| &d.entry_id));
+            }
+        }
+        for (source, ids) in done {
+            let mut c = redis::cmd("XDEL");
+            c.arg(keys.source(source)).arg(ids);
             cmds.push(c);
         }
         for r in scripts::run_pipeline(conn, cmds).await? {

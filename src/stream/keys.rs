@@ -7,6 +7,27 @@
 //! that no script combines with another.
 
 use crate::domain::Lane;
+use std::sync::Arc;
+
+/// The stream an entry lives on: a lane's shared stream, or (bulk only) one tenant's own
+/// stream, which the fair read walks (`lua/read.lua`, docs/fairness.md).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Source {
+    pub partition: u16,
+    pub lane: Lane,
+    /// The tenant whose bulk stream it is; `None` for the lane's shared stream.
+    pub tenant: Option<Arc<str>>,
+}
+
+impl Source {
+    pub fn shared(partition: u16, lane: Lane) -> Self {
+        Source {
+            partition,
+            lane,
+            tenant: None,
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -30,6 +51,38 @@ impl Keys {
     }
     pub fn lane(&self, p: u16, lane: Lane) -> String {
         format!("{}:{{{p}}}:{}", self.prefix, lane.as_str())
+    }
+    /// The stream `s` names: the lane's shared stream or a tenant's bulk stream.
+    pub fn source(&self, s: &Source) -> String {
+        match &s.tenant {
+            Some(t) => self.tenant_stream(s.partition, t),
+            None => self.lane(s.partition, s.lane),
+        }
+    }
+    /// A tenant's own bulk stream, `<prefix>:{p}:bulk:t:<tenant>`: it exists (with the consumer
+    /// group) exactly while the tenant is a member of the partition's ring.
+    pub fn tenant_stream(&self, p: u16, tenant: &str) -> String {
+        format!("{}{tenant}", self.tenant_stream_prefix(p))
+    }
+    /// What every tenant stream's key of partition `p` starts with (the scripts build the keys
+    /// of the ring's members from it).
+    pub fn tenant_stream_prefix(&self, p: u16) -> String {
+        format!("{}:{{{p}}}:bulk:t:", self.prefix)
+    }
+    /// The ring of partition `p`'s bulk streams with work (a sorted set: tenant → virtual time,
+    /// `''` for the shared bulk stream); the fair read serves the lowest first.
+    pub fn bulk_ring(&self, p: u16) -> String {
+        format!("{}:{{{p}}}:bulk:ring", self.prefix)
+    }
+    /// Tenants of partition `p` whose streams may hold entries delivered and not yet acked (a
+    /// sorted set: tenant → a time at or before the oldest such delivery, unix ms by Redis'
+    /// clock), so reclaim looks only at streams that can hold a crashed consumer's entries.
+    pub fn bulk_held(&self, p: u16) -> String {
+        format!("{}:{{{p}}}:bulk:held", self.prefix)
+    }
+    /// The tenants' weights in partition `p`'s fair read (a hash: tenant → weight; absent = 1).
+    pub fn bulk_weights(&self, p: u16) -> String {
+        format!("{}:{{{p}}}:bulk:weights", self.prefix)
     }
     /// The delayed set of bulk entries (and of any entry an older producer scheduled).
     pub fn delayed(&self, p: u16) -> String {

@@ -20,7 +20,7 @@ pub mod partitions;
 pub mod pause;
 pub mod wire;
 
-pub use keys::Keys;
+pub use keys::{Keys, Source};
 pub use wire::{DecodeError, Job, RawEntry};
 
 pub const GROUP: &str = "mailfleet";

@@ -9,6 +9,7 @@
 
 use crate::domain::{Email, JobId, Lane, Payload, ValidationErrors};
 use redis::Value;
+use std::sync::Arc;
 
 pub const VERSION: &str = "1";
 
@@ -17,6 +18,8 @@ pub const VERSION: &str = "1";
 pub struct RawEntry {
     pub lane: Lane,
     pub partition: u16,
+    /// The tenant whose bulk stream holds the entry; `None` for the lane's shared stream.
+    pub stream_tenant: Option<Arc<str>>,
     pub entry_id: String,
     pub fields: Vec<(Vec<u8>, Vec<u8>)>,
 }
@@ -26,6 +29,8 @@ pub struct RawEntry {
 pub struct Job {
     pub lane: Lane,
     pub partition: u16,
+    /// The tenant whose bulk stream held the entry (`RawEntry::stream_tenant`).
+    pub stream_tenant: Option<Arc<str>>,
     pub entry_id: String,
     pub id: JobId,
     pub idem: Option<String>,
@@ -74,6 +79,14 @@ impl DecodeError {
 }
 
 impl RawEntry {
+    /// The stream the entry was read from (acks, retries and dead letters go back to it).
+    pub fn source(&self) -> super::Source {
+        super::Source {
+            partition: self.partition,
+            lane: self.lane,
+            tenant: self.stream_tenant.clone(),
+        }
+    }
     fn field(&self, name: &'static str) -> Option<&[u8]> {
         self.fields
             .iter()
@@ -137,6 +150,7 @@ pub fn decode(raw: &RawEntry, max_payload: usize) -> Result<Job, DecodeError> {
     Ok(Job {
         lane: raw.lane,
         partition: raw.partition,
+        stream_tenant: raw.stream_tenant.clone(),
         entry_id: raw.entry_id.clone(),
         id,
         idem,
@@ -153,7 +167,7 @@ pub fn entry_ms(id: &str) -> Option<i64> {
     id.split('-').next()?.parse().ok()
 }
 
-pub fn parse_entries(v: &Value, lane: Lane, partition: u16) -> Vec<RawEntry> {
+pub fn parse_entries(v: &Value, source: &super::Source) -> Vec<RawEntry> {
     let Value::Array(items) = v else {
         return Vec::new();
     };
@@ -176,8 +190,9 @@ pub fn parse_entries(v: &Value, lane: Lane, partition: u16) -> Vec<RawEntry> {
                 _ => Vec::new(),
             };
             Some(RawEntry {
-                lane,
-                partition,
+                lane: source.lane,
+                partition: source.partition,
+                stream_tenant: source.tenant.clone(),
                 entry_id,
                 fields,
             })
@@ -223,6 +238,12 @@ pub fn delayed_member(job: &Job) -> String {
         "payload": job.payload_json,
         "lane": job.lane.as_str(),
     });
+    // Bulk comes back to its tenant's stream (lua/promote.lua), so a retry keeps its fair place.
+    if job.lane == Lane::Bulk
+        && let Some(t) = &job.email.tenant
+    {
+        m["tenant"] = t.as_str().into();
+    }
     if job.replays > 0 {
         m["replays"] = job.replays.to_string().into();
     }
@@ -237,6 +258,7 @@ mod tests {
         RawEntry {
             lane: Lane::Tx,
             partition: 0,
+            stream_tenant: None,
             entry_id: "1-0".into(),
             fields: fields
                 .iter()

@@ -7,17 +7,16 @@
 
 use super::Shared;
 use super::recorder::EntryRef;
-use crate::domain::Lane;
 use crate::metrics::METRICS;
 use crate::store::emails;
-use crate::stream::consumer;
+use crate::stream::{Source, consumer};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-type EntriesByStream = BTreeMap<(u16, Lane), Vec<String>>;
+type EntriesByStream = BTreeMap<Source, Vec<String>>;
 
 /// Claims of this worker whose outcome is not recorded yet: (job id, claim token) → entry.
 /// Keyed by the claim, not the job: the same worker can hold an old and a new claim of one job
@@ -51,7 +50,7 @@ impl Live {
         let mut entries: EntriesByStream = BTreeMap::new();
         for e in m.values() {
             entries
-                .entry((e.partition, e.lane))
+                .entry(e.source())
                 .or_default()
                 .push(e.entry_id.clone());
         }
@@ -130,11 +129,13 @@ async fn refresh_claims(shared: &Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Lane;
 
     fn entry(id: &str) -> EntryRef {
         EntryRef {
             partition: 0,
             lane: Lane::Bulk,
+            stream_tenant: None,
             entry_id: id.into(),
         }
     }
@@ -149,7 +150,10 @@ mod tests {
         // The old claim's outcome arrives (and is rejected as stale): only it is forgotten.
         live.remove([(job, old)]);
         assert_eq!(live.claims(), vec![(job, new)]);
-        assert_eq!(live.entries()[&(0, Lane::Bulk)], vec!["2-0".to_owned()]);
+        assert_eq!(
+            live.entries()[&Source::shared(0, Lane::Bulk)],
+            vec!["2-0".to_owned()]
+        );
         live.remove([(job, new)]);
         assert!(live.claims().is_empty() && live.entries().is_empty());
     }

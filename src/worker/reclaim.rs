@@ -9,7 +9,7 @@ use super::{Shared, process};
 use crate::domain::Lane;
 use crate::metrics::METRICS;
 use crate::store::emails;
-use crate::stream::consumer;
+use crate::stream::{Source, consumer};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -29,10 +29,60 @@ pub(super) async fn run(
         }
         for p in 0..shared.deps.keys.partitions() {
             for lane in Lane::ALL {
-                if !sweep(&shared, p, lane, &out, &batches, &token).await {
+                if !sweep(&shared, &Source::shared(p, lane), &out, &batches, &token).await {
                     return;
                 }
             }
+            if !sweep_tenants(&shared, p, &out, &batches, &token).await {
+                return;
+            }
+        }
+    }
+}
+
+/// Tenants' bulk streams due for a look (lua/reclaim_due.lua) asked for per call: reclaim's
+/// cost follows the streams with deliveries outstanding, never the tenants known.
+const DUE_PER_CALL: usize = 256;
+
+/// The tenant streams of partition `p` that may hold a crashed consumer's entries, swept one
+/// by one. Returns false when shutting down.
+async fn sweep_tenants(
+    shared: &Arc<Shared>,
+    p: u16,
+    out: &Outbox,
+    batches: &TaskTracker,
+    token: &CancellationToken,
+) -> bool {
+    let s = &shared.settings;
+    loop {
+        let due = match shared.deps.redis.get().await {
+            Ok(mut conn) => consumer::reclaim_due(
+                &mut *conn,
+                &shared.deps.keys,
+                p,
+                s.visibility_timeout_ms,
+                s.reclaim_interval_ms,
+                DUE_PER_CALL,
+            )
+            .await
+            .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let due = match due {
+            Ok(d) => d,
+            Err(e) => {
+                METRICS.redis_errors.with_label_values(&["reclaim"]).inc();
+                tracing::warn!(partition = p, error.message = %e, "looking for tenant streams to reclaim failed");
+                return true;
+            }
+        };
+        for source in &due {
+            if !sweep(shared, source, out, batches, token).await {
+                return false;
+            }
+        }
+        if due.len() < DUE_PER_CALL {
+            return true;
         }
     }
 }
@@ -70,16 +120,16 @@ async fn mark_dead(shared: &Shared, ids: &[uuid::Uuid], token: &CancellationToke
     }
 }
 
-/// One pass over a lane's pending entries. Returns false when shutting down.
+/// One pass over a stream's pending entries. Returns false when shutting down.
 async fn sweep(
     shared: &Arc<Shared>,
-    p: u16,
-    lane: Lane,
+    source: &Source,
     out: &Outbox,
     batches: &TaskTracker,
     token: &CancellationToken,
 ) -> bool {
     let s = &shared.settings;
+    let (p, lane) = (source.partition, source.lane);
     let mut cursor = "0-0".to_owned();
     loop {
         let permit = tokio::select! {
@@ -95,8 +145,7 @@ async fn sweep(
             Ok(mut conn) => consumer::reclaim(
                 &mut *conn,
                 &shared.deps.keys,
-                p,
-                lane,
+                source,
                 &s.consumer,
                 s.visibility_timeout_ms,
                 &cursor,

@@ -10,7 +10,7 @@ use crate::domain::Lane;
 use crate::metrics::METRICS;
 use crate::store::emails::{self, Outcome};
 use crate::stream::consumer::{DeadLetter, Finish};
-use crate::stream::{Job, RawEntry};
+use crate::stream::{Job, RawEntry, Source};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +20,8 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 pub struct EntryRef {
     pub partition: u16,
     pub lane: Lane,
+    /// The tenant whose bulk stream holds the entry (`None`: the lane's shared stream).
+    pub stream_tenant: Option<Arc<str>>,
     pub entry_id: String,
 }
 
@@ -28,6 +30,7 @@ impl EntryRef {
         EntryRef {
             partition: r.partition,
             lane: r.lane,
+            stream_tenant: r.stream_tenant.clone(),
             entry_id: r.entry_id.clone(),
         }
     }
@@ -35,7 +38,16 @@ impl EntryRef {
         EntryRef {
             partition: j.partition,
             lane: j.lane,
+            stream_tenant: j.stream_tenant.clone(),
             entry_id: j.entry_id.clone(),
+        }
+    }
+    /// The stream the entry lives on.
+    pub fn source(&self) -> Source {
+        Source {
+            partition: self.partition,
+            lane: self.lane,
+            tenant: self.stream_tenant.clone(),
         }
     }
 }
@@ -182,30 +194,26 @@ async fn flush(
                     .with_label_values(&[entry.lane.as_str()])
                     .observe(((now_ms - enqueued_at_ms).max(0) as f64) / 1000.0);
                 match after {
-                    After::Ack => finish.ack(entry.partition, entry.lane, entry.entry_id),
-                    After::Retry { delay_ms, member } => finish.retry(
-                        entry.partition,
-                        entry.lane,
-                        entry.entry_id,
-                        delay_ms,
-                        member,
-                    ),
+                    After::Ack => finish.ack(entry.source(), entry.entry_id),
+                    After::Retry { delay_ms, member } => {
+                        finish.retry(entry.source(), entry.entry_id, delay_ms, member)
+                    }
                     After::Dead(d) => {
                         METRICS
                             .dead_letters
                             .with_label_values(&[d.reason.as_str()])
                             .inc();
-                        finish.dead_letter(entry.partition, entry.lane, d)
+                        finish.dead_letter(entry.source(), d)
                     }
                 }
             }
             Item::Ack(entry) => {
                 entries[entry.lane.index()] += 1;
-                finish.ack(entry.partition, entry.lane, entry.entry_id);
+                finish.ack(entry.source(), entry.entry_id);
             }
             Item::Dead(entry, d) => {
                 entries[entry.lane.index()] += 1;
-                finish.dead_letter(entry.partition, entry.lane, d);
+                finish.dead_letter(entry.source(), d);
             }
             Item::Abandon(lane, n) => entries[lane.index()] += n,
         }

@@ -3,7 +3,7 @@
 use crate::support::*;
 use mailfleet::Lane;
 use mailfleet::scripts::{self, DEAD_LETTER, ENQUEUE, PROMOTE, READ, RETRY};
-use mailfleet::stream::{GROUP, consumer, wire};
+use mailfleet::stream::{GROUP, Source, consumer, wire};
 use redis::Value;
 use std::time::Duration;
 
@@ -444,7 +444,7 @@ async fn touch_refreshes_only_this_consumers_entries_without_counting_a_delivery
     let ids: Vec<String> = read.iter().map(|e| e.entry_id.clone()).collect();
     tokio::time::sleep(Duration::from_millis(120)).await;
     let mut entries = std::collections::BTreeMap::new();
-    entries.insert((0u16, Lane::Tx), ids.clone());
+    entries.insert(Source::shared(0, Lane::Tx), ids.clone());
     // Another consumer cannot touch (and so cannot steal) them.
     let n = consumer::touch(&mut *conn, &redis.keys, "intruder", &entries)
         .await
@@ -526,7 +526,7 @@ async fn touch_in_chunks_refreshes_exactly_the_listed_entries_this_consumer_hold
         .map(id)
         .collect();
     let mut entries = std::collections::BTreeMap::new();
-    entries.insert((0u16, Lane::Bulk), listed);
+    entries.insert(Source::shared(0, Lane::Bulk), listed);
     let touched = consumer::touch(&mut *conn, &redis.keys, "alive", &entries)
         .await
         .unwrap();
