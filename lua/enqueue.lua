@@ -4,6 +4,7 @@
 -- KEYS[2]: lane stream    mf:{p}:tx | mf:{p}:bulk | a tenant's bulk stream mf:{p}:bulk:t:<tenant>
 -- KEYS[3]: delayed zset   mf:{p}:delayed        (used when ARGV[6] is in the future)
 -- KEYS[4]: bulk ring      mf:{p}:bulk:ring      (only with a tenant stream as KEYS[2])
+-- KEYS[5]: ring bell      mf:{p}:bulk:bell      (with KEYS[4]): rung when the tenant joins
 -- ARGV[1]: job id (UUIDv7, producer-made)
 -- ARGV[2]: idempotency key, or '' for none
 -- ARGV[3]: enqueued_at, unix ms
@@ -56,6 +57,7 @@ else
       local low = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
       redis.call('ZADD', KEYS[4], 'NX', tonumber(low[2]) or 0, tenant)
       redis.call('XADD', KEYS[2], '*', unpack(fields))
+      redis.call('XADD', KEYS[5], 'MAXLEN', '~', 64, '*', 't', tenant)
     end
   else
     redis.call('XADD', KEYS[2], '*', unpack(fields))

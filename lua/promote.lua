@@ -7,6 +7,7 @@
 --          tx send_at never waits behind a campaign's due bulk entries
 -- KEYS[5]: bulk ring      mf:{p}:bulk:ring (optional): a bulk member with a tenant goes back to
 --          its tenant's stream, rejoining the ring as enqueue.lua does
+-- KEYS[6]: ring bell      mf:{p}:bulk:bell (with KEYS[5]): rung when a tenant joins
 -- ARGV[1]: the most entries to move in this call (bounded, so one call never blocks Redis long)
 -- ARGV[2]: the tenant streams' key prefix mf:{p}:bulk:t: (with KEYS[5])
 -- ARGV[3]: consumer group (with KEYS[5])
@@ -45,6 +46,7 @@ local function promote(set, room)
           local low = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
           redis.call('ZADD', KEYS[5], 'NX', tonumber(low[2]) or 0, m.tenant)
           redis.call('XADD', key, '*', unpack(fields))
+          redis.call('XADD', KEYS[6], 'MAXLEN', '~', 64, '*', 't', m.tenant)
         end
       else
         redis.call('XADD', stream, '*', unpack(fields))

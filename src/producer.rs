@@ -347,6 +347,7 @@ impl Producer {
                             &self.keys.tenant_stream(p.partition, t),
                             &delayed,
                             &self.keys.bulk_ring(p.partition),
+                            &self.keys.bulk_bell(p.partition),
                         ]),
                         None => {
                             ENQUEUE.call(&[&dedup, &self.keys.lane(p.partition, p.lane), &delayed])

@@ -15,10 +15,14 @@ use std::collections::BTreeMap;
 pub async fn ensure_groups<C: ConnectionLike + Send>(conn: &mut C, keys: &Keys) -> RedisResult<()> {
     let mut cmds = Vec::new();
     for p in 0..keys.partitions() {
-        for lane in Lane::ALL {
+        for stream in [
+            keys.lane(p, Lane::Tx),
+            keys.lane(p, Lane::Bulk),
+            keys.bulk_bell(p),
+        ] {
             let mut c = redis::cmd("XGROUP");
             c.arg("CREATE")
-                .arg(keys.lane(p, lane))
+                .arg(stream)
                 .arg(GROUP)
                 .arg("0")
                 .arg("MKSTREAM");
@@ -104,11 +108,16 @@ pub async fn read_blocking<C: ConnectionLike + Send>(
 ) -> RedisResult<Vec<RawEntry>> {
     let tx = keys.lane(p, Lane::Tx);
     let bulk = keys.lane(p, Lane::Bulk);
-    let open: Vec<&String> = [(Lane::Tx, &tx), (Lane::Bulk, &bulk)]
+    let bell = keys.bulk_bell(p);
+    let mut open: Vec<&String> = [(Lane::Tx, &tx), (Lane::Bulk, &bulk)]
         .into_iter()
         .filter(|(l, _)| !paused.contains(l))
         .map(|(_, k)| k)
         .collect();
+    // Tenant streams come and go, so a bulk read blocks on the ring's bell as well.
+    if !paused.contains(&Lane::Bulk) {
+        open.push(&bell);
+    }
     if open.is_empty() {
         // Every lane paused: wait as a blocking read would, then let the caller look again.
         tokio::time::sleep(std::time::Duration::from_millis(block_ms)).await;
@@ -144,12 +153,30 @@ pub async fn read_blocking<C: ConnectionLike + Send>(
         Value::Map(kv) => kv,
         _ => Vec::new(),
     };
+    let mut rung = Vec::new();
     for (k, entries) in streams {
         let lane = match &k {
             Value::BulkString(b) if b.as_slice() == tx.as_bytes() => Lane::Tx,
+            Value::BulkString(b) if b.as_slice() == bell.as_bytes() => {
+                rung.extend(
+                    wire::parse_entries(&entries, &Source::shared(p, Lane::Bulk))
+                        .into_iter()
+                        .map(|e| e.entry_id),
+                );
+                continue;
+            }
             _ => Lane::Bulk,
         };
         out.extend(wire::parse_entries(&entries, &Source::shared(p, lane)));
+    }
+    // A ring: no job, only a wake-up; the caller's next read_now serves the new tenant.
+    if !rung.is_empty() {
+        redis::cmd("XACK")
+            .arg(&bell)
+            .arg(GROUP)
+            .arg(&rung)
+            .query_async::<i64>(conn)
+            .await?;
     }
     // Serve tx first even within a blocking read's result.
     out.sort_by_key(|e| e.lane != Lane::Tx);
@@ -266,6 +293,7 @@ pub async fn promote_due<C: ConnectionLike + Send>(
                 &keys.lane(p, Lane::Bulk),
                 &keys.delayed_tx(p),
                 &keys.bulk_ring(p),
+                &keys.bulk_bell(p),
             ]);
             c.arg(limit).arg(keys.tenant_stream_prefix(p)).arg(GROUP);
             c

@@ -80,6 +80,12 @@ impl Keys {
     pub fn bulk_held(&self, p: u16) -> String {
         format!("{}:{{{p}}}:bulk:held", self.prefix)
     }
+    /// The bell of partition `p`'s ring (a stream with the consumer group): a tenant joining
+    /// the ring rings it, so a bulk reader blocked on the shared stream wakes for the new
+    /// tenant stream it could not block on.
+    pub fn bulk_bell(&self, p: u16) -> String {
+        format!("{}:{{{p}}}:bulk:bell", self.prefix)
+    }
     /// The tenants' weights in partition `p`'s fair read (a hash: tenant → weight; absent = 1).
     pub fn bulk_weights(&self, p: u16) -> String {
         format!("{}:{{{p}}}:bulk:weights", self.prefix)

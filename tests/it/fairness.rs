@@ -314,6 +314,7 @@ async fn a_tenant_retry_goes_back_to_its_stream_and_scripts_on_a_drained_stream_
         &redis.keys.lane(0, Lane::Bulk),
         &redis.keys.delayed_tx(0),
         &redis.keys.bulk_ring(0),
+        &redis.keys.bulk_bell(0),
     ]);
     p.arg(10).arg(redis.keys.tenant_stream_prefix(0)).arg(GROUP);
     let moved: i64 =
@@ -362,4 +363,54 @@ async fn tenant_bulk_is_sent_once_each_through_a_crash_and_leaves_no_stream_behi
     let counts = mock.state.counts();
     assert_eq!(counts.len(), 120);
     assert!(counts.values().all(|&n| n == 1), "sent twice: {counts:?}");
+}
+
+#[tokio::test]
+async fn a_bulk_reader_blocked_on_an_idle_partition_wakes_when_a_tenant_joins() {
+    let redis = TestRedis::new();
+    redis.ensure_groups().await;
+    let mut blocking = mailfleet::stream::blocking_connection(
+        &redis.url,
+        Duration::from_secs(5),
+        Duration::from_secs(120),
+    )
+    .await
+    .unwrap();
+    let keys = redis.keys.clone();
+    // A minute-long block: without the ring's bell only the timeout would end it.
+    let reader = tokio::spawn(async move {
+        consumer::read_blocking(&mut blocking, &keys, 0, "c1", 10, 60_000, &[Lane::Tx]).await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    enqueue_bulk(&redis, Some("newcomer"), 3).await;
+    let woke = tokio::time::timeout(Duration::from_secs(30), reader)
+        .await
+        .expect("the blocked read was not woken by the tenant joining")
+        .unwrap()
+        .unwrap();
+    assert!(woke.is_empty(), "the bell is not a job");
+    let got = read(&redis, 10).await;
+    assert_eq!(by_tenant(&got)["newcomer"], 3);
+    // The ring was acked: a second blocking read does not wake for it again.
+    let mut blocking = mailfleet::stream::blocking_connection(
+        &redis.url,
+        Duration::from_secs(5),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let again = consumer::read_blocking(&mut blocking, &redis.keys, 0, "c1", 10, 100, &[Lane::Tx])
+        .await
+        .unwrap();
+    assert!(again.is_empty());
+    let pending: redis::Value = redis::cmd("XPENDING")
+        .arg(redis.keys.bulk_bell(0))
+        .arg(GROUP)
+        .query_async(&mut *redis.conn().await)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&pending, redis::Value::Array(v) if v.first() == Some(&redis::Value::Int(0))),
+        "{pending:?}"
+    );
 }
