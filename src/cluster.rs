@@ -33,6 +33,8 @@ pub struct Snapshot {
     pub lease: Option<(String, Duration)>,
     /// The fence's token and the holder that wrote it last.
     pub fence: (i64, Option<String>),
+    /// Emails sent over the last [`RATE_WINDOW_SECS`] by each of the busiest tenants.
+    pub tenant_sent: BTreeMap<String, i64>,
 }
 
 pub async fn snapshot(
@@ -48,11 +50,22 @@ pub async fn snapshot(
     for (lane, status, n) in store::emails::recent_outcomes(pg, RATE_WINDOW_SECS).await? {
         recent.entry(lane).or_default().insert(status, n);
     }
+    let busiest: Vec<String> = depth
+        .tenants
+        .busiest
+        .iter()
+        .map(|t| t.tenant.clone())
+        .collect();
+    let tenant_sent = store::emails::recent_sent_by_tenant(pg, &busiest, RATE_WINDOW_SECS)
+        .await?
+        .into_iter()
+        .collect();
     Ok(Snapshot {
         depth,
         recent,
         lease,
         fence,
+        tenant_sent,
     })
 }
 

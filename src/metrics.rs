@@ -55,6 +55,8 @@ pub struct Metrics {
     pub delayed: IntGauge,
     pub dead_letter_length: IntGauge,
     pub workers_alive: IntGauge,
+    pub tenants_active: IntGauge,
+    pub fair_spread: prometheus::Gauge,
     pub suppressed: IntCounter,
     pub paused: IntGaugeVec,
     pub webhooks: IntCounterVec,
@@ -414,6 +416,21 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "mailfleet_workers_alive",
             "Workers that reported in within the last 30 s (cluster-wide, as this process sees it).",
         ),
+        tenants_active: gauge(
+            &r,
+            "mailfleet_bulk_tenants_active",
+            "Tenants with bulk waiting or in flight on their own streams (once per partition), cluster-wide.",
+        ),
+        fair_spread: {
+            let g = prometheus::Gauge::new(
+                "mailfleet_bulk_fair_spread",
+                "Largest gap in emails served per unit of weight between tenants with bulk waiting (one partition's ring); a quantum or two is normal, growth means a tenant is starved.",
+            )
+            .expect("static metric definition");
+            r.register(Box::new(g.clone()))
+                .expect("metric registered once");
+            g
+        },
         suppressed: counter(
             &r,
             "mailfleet_suppressed_recipients_total",

@@ -41,6 +41,8 @@ pub static RECLAIM: LazyLock<Lua> =
     LazyLock::new(|| Lua::new("reclaim", include_str!("../lua/reclaim.lua")));
 pub static RECLAIM_DUE: LazyLock<Lua> =
     LazyLock::new(|| Lua::new("reclaim_due", include_str!("../lua/reclaim_due.lua")));
+pub static TENANTS: LazyLock<Lua> =
+    LazyLock::new(|| Lua::new("tenants", include_str!("../lua/tenants.lua")));
 pub static DEAD_LETTER: LazyLock<Lua> =
     LazyLock::new(|| Lua::new("dead_letter", include_str!("../lua/dead_letter.lua")));
 
@@ -58,7 +60,7 @@ pub static TRIM: LazyLock<Lua> =
 pub static RATELIMIT: LazyLock<Lua> =
     LazyLock::new(|| Lua::new("ratelimit", include_str!("../lua/ratelimit.lua")));
 
-fn all() -> [&'static Lua; 12] {
+fn all() -> [&'static Lua; 13] {
     [
         &ENQUEUE,
         &READ,
@@ -67,6 +69,7 @@ fn all() -> [&'static Lua; 12] {
         &DEAD_LETTER,
         &RECLAIM,
         &RECLAIM_DUE,
+        &TENANTS,
         &TOUCH,
         &DLQ_REPLAY,
         &LEASE,

@@ -78,6 +78,39 @@ fn table(s: &Snapshot) -> String {
             by_worker.len()
         );
     }
+    let t = &s.depth.tenants;
+    if t.active > 0 {
+        let _ = writeln!(
+            o,
+            "\nbulk tenants active {}{}   waiting {}   in flight {}   fairness spread {:.1}",
+            t.active,
+            if t.complete {
+                ""
+            } else {
+                " (summed over the first 10,000 per partition)"
+            },
+            t.waiting,
+            t.in_flight,
+            t.spread
+        );
+        let _ = writeln!(
+            o,
+            "{:<24} {:>10} {:>10} {:>12} {:>10}",
+            "TENANT", "WAITING", "IN FLIGHT", "OLDEST(s)", "SENT/s"
+        );
+        for b in &t.busiest {
+            let sent = s.tenant_sent.get(&b.tenant).copied().unwrap_or(0);
+            let _ = writeln!(
+                o,
+                "{:<24} {:>10} {:>10} {:>12.1} {:>10.1}",
+                b.tenant,
+                b.waiting,
+                b.in_flight,
+                b.oldest_waiting_ms as f64 / 1000.0,
+                sent as f64 / RATE_WINDOW_SECS
+            );
+        }
+    }
     if !s.depth.paused.is_empty() {
         let names: Vec<&str> = s.depth.paused.keys().map(String::as_str).collect();
         let _ = writeln!(o, "\npaused: {}", names.join(", "));
@@ -104,6 +137,8 @@ fn as_json(s: &Snapshot) -> serde_json::Value {
         "fence_token": s.fence.0,
         "breakers": s.depth.breakers,
         "paused": s.depth.paused,
+        "tenants": s.depth.tenants,
+        "tenant_sent_last_minute": s.tenant_sent,
         "last_minute": s.recent,
     })
 }

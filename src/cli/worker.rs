@@ -70,6 +70,7 @@ pub async fn run(g: Global, a: WorkerArgs) -> anyhow::Result<()> {
                 "set both MAILFLEET_UNSUBSCRIBE_URL and MAILFLEET_UNSUBSCRIBE_SECRET, or neither"
             ),
         },
+        tenant_weights: a.tenant_weights.0.clone(),
     };
     announce(&send_config, &settings, g.partitions);
     // Bound before anything starts, so a taken port stops the worker before it reads a job.

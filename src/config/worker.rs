@@ -123,6 +123,11 @@ pub struct WorkerArgs {
     /// bulk statements.
     #[arg(long, env = "MAILFLEET_TX_PG_POOL", default_value_t = 4)]
     pub tx_pg_pool: u32,
+    /// Tenants' weights in the fair bulk read, `tenant=weight` pairs separated by commas (for
+    /// example `acme=3,beta=2`); any other tenant weighs 1. Every worker should carry the same
+    /// list: each one writes it to Redis when it starts (docs/fairness.md).
+    #[arg(long, env = "MAILFLEET_TENANT_WEIGHTS", default_value = "", value_parser = parse_weights)]
+    pub tenant_weights: TenantWeights,
     /// Template render fuel (bounds loops and work per render).
     #[arg(long, env = "MAILFLEET_RENDER_FUEL", default_value_t = 200_000)]
     pub render_fuel: u64,
@@ -153,4 +158,59 @@ pub enum AmbiguousPolicy {
     /// Record the job `unknown` and never send it again automatically (at-most-once for
     /// ambiguous sends).
     Hold,
+}
+
+/// `tenant=weight` pairs (see `WorkerArgs::tenant_weights`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantWeights(pub Vec<(String, u32)>);
+
+/// The most a tenant may weigh: a visit of the fair read takes quantum x weight entries, so
+/// weights stay in a range where one visit is still a fraction of a batch's worth of work.
+pub const MAX_TENANT_WEIGHT: u32 = 100;
+
+pub fn parse_weights(s: &str) -> Result<TenantWeights, String> {
+    let mut out: Vec<(String, u32)> = Vec::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (t, w) = pair
+            .rsplit_once('=')
+            .ok_or_else(|| format!("{pair:?} is not tenant=weight"))?;
+        let t = t.trim();
+        if t.is_empty() || t.chars().any(char::is_control) {
+            return Err(format!(
+                "{pair:?}: the tenant name is empty or has control characters"
+            ));
+        }
+        let w: u32 = w
+            .trim()
+            .parse()
+            .ok()
+            .filter(|w| (1..=MAX_TENANT_WEIGHT).contains(w))
+            .ok_or_else(|| {
+                format!("{pair:?}: the weight must be a whole number from 1 to {MAX_TENANT_WEIGHT}")
+            })?;
+        if out.iter().any(|(x, _)| x == t) {
+            return Err(format!("tenant {t:?} is weighted twice"));
+        }
+        out.push((t.to_owned(), w));
+    }
+    Ok(TenantWeights(out))
+}
+
+#[cfg(test)]
+mod weight_tests {
+    use super::*;
+
+    #[test]
+    fn weights_parse_and_bad_ones_say_why() {
+        assert_eq!(parse_weights("").unwrap(), TenantWeights::default());
+        assert_eq!(
+            parse_weights(" acme=3, beta = 2 ").unwrap().0,
+            vec![("acme".into(), 3), ("beta".into(), 2)]
+        );
+        assert!(parse_weights("acme").unwrap_err().contains("tenant=weight"));
+        assert!(parse_weights("acme=0").unwrap_err().contains("1 to 100"));
+        assert!(parse_weights("acme=x").unwrap_err().contains("1 to 100"));
+        assert!(parse_weights("=3").unwrap_err().contains("empty"));
+        assert!(parse_weights("a=1,a=2").unwrap_err().contains("twice"));
+    }
 }

@@ -44,6 +44,37 @@ pub async fn ensure_groups<C: ConnectionLike + Send>(conn: &mut C, keys: &Keys) 
 /// ring's bookkeeping is a fraction of a command per email.
 pub const FAIR_QUANTUM: usize = 16;
 
+/// Replace every partition's tenant weights (read by lua/read.lua) with `weights` (a read in
+/// between sees every tenant at weight 1 for that moment); no weights leaves no hash, and the
+/// read skips the look-ups.
+pub async fn set_weights<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    weights: &[(String, u32)],
+) -> RedisResult<()> {
+    let mut cmds = Vec::new();
+    for p in 0..keys.partitions() {
+        let key = keys.bulk_weights(p);
+        cmds.push({
+            let mut c = redis::cmd("DEL");
+            c.arg(&key);
+            c
+        });
+        if !weights.is_empty() {
+            let mut c = redis::cmd("HSET");
+            c.arg(&key);
+            for (t, w) in weights {
+                c.arg(t).arg(*w);
+            }
+            cmds.push(c);
+        }
+    }
+    for r in scripts::run_pipeline(conn, cmds).await? {
+        r?;
+    }
+    Ok(())
+}
+
 /// Non-blocking read of up to `count` entries of partition `p`: tx first, then bulk fairly
 /// across the tenants with a backlog (lua/read.lua).
 pub async fn read_now<C: ConnectionLike + Send>(

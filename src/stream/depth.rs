@@ -1,7 +1,10 @@
 //! How deep the queues are, in one pipelined round trip: per lane the stream length, the
 //! entries pending (read, not acked), the consumer group's lag (entries not yet read) and the
 //! age of the oldest pending entry; the delayed set; the dead-letter streams; and the workers
-//! that reported in lately (with their providers' breaker states).
+//! that reported in lately (with their providers' breaker states); and the tenants of the fair
+//! bulk read (`lua/tenants.lua`, one call per partition in a second round trip): how many have
+//! work, the busiest ones, and the fairness spread. Tenant streams count in the bulk lane's
+//! length, lag and pending.
 //!
 //! Every worker runs this every few seconds (`worker::observe`) to publish gauges and its own
 //! liveness; `mailfleet status` runs it once per refresh.
@@ -23,6 +26,41 @@ pub struct LaneDepth {
     pub oldest_pending_ms: u64,
 }
 
+/// One tenant's bulk, summed over partitions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TenantDepth {
+    pub tenant: String,
+    /// Entries not yet read.
+    pub waiting: u64,
+    /// Entries read and not yet acked.
+    pub in_flight: u64,
+    /// Age of the oldest entry not yet read, in ms (from its id's time).
+    pub oldest_waiting_ms: u64,
+}
+
+/// The fair bulk read's tenants, summed over partitions.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Tenants {
+    /// Tenants with a stream (entries waiting or in flight), counted once per partition.
+    pub active: u64,
+    pub waiting: u64,
+    pub in_flight: u64,
+    /// Whether every active tenant was summed (a partition with more than [`TENANTS_LOOKED`]
+    /// is summed over that many).
+    pub complete: bool,
+    /// The largest gap, in emails per unit of weight, between the most and the least served
+    /// tenants with entries waiting in one partition: how far service has drifted from equal
+    /// shares (a quantum or two is the normal granularity; growth means starvation).
+    pub spread: f64,
+    /// The busiest tenants by entries waiting, most first, at most [`BUSIEST`].
+    pub busiest: Vec<TenantDepth>,
+}
+
+/// How many of the busiest tenants a depth read reports.
+pub const BUSIEST: usize = 10;
+/// The most ring members summed per partition in one depth read.
+pub const TENANTS_LOOKED: usize = 10_000;
+
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Depth {
     pub lanes: BTreeMap<&'static str, LaneDepth>,
@@ -35,6 +73,7 @@ pub struct Depth {
     pub breakers: BTreeMap<String, BTreeMap<String, i64>>,
     /// Pauses in force: `scope:name` -> unix ms since.
     pub paused: BTreeMap<String, i64>,
+    pub tenants: Tenants,
 }
 
 /// A worker is alive if it reported within this long.
@@ -200,6 +239,7 @@ pub async fn read<C: redis::aio::ConnectionLike + Send>(
         d.delayed += int(&it.next().unwrap_or(Value::Nil));
         d.dead += int(&it.next().unwrap_or(Value::Nil));
     }
+    read_tenants(conn, keys, now_ms, &mut d).await?;
     if !stale.is_empty() {
         // Breaker states of workers that stopped reporting: drop them (best effort).
         let _: redis::RedisResult<()> = redis::cmd("HDEL")
@@ -209,4 +249,74 @@ pub async fn read<C: redis::aio::ConnectionLike + Send>(
             .await;
     }
     Ok(d)
+}
+
+/// The tenants of every partition's ring (lua/tenants.lua), folded into `d`.
+async fn read_tenants<C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    now_ms: i64,
+    d: &mut Depth,
+) -> redis::RedisResult<()> {
+    let cmds = (0..keys.partitions())
+        .map(|p| {
+            let mut c = crate::scripts::TENANTS.call(&[&keys.bulk_ring(p)]);
+            c.arg(GROUP)
+                .arg(keys.tenant_stream_prefix(p))
+                .arg(BUSIEST)
+                .arg(TENANTS_LOOKED);
+            c
+        })
+        .collect();
+    let mut busiest: BTreeMap<String, TenantDepth> = BTreeMap::new();
+    let t = &mut d.tenants;
+    t.complete = true;
+    for r in crate::scripts::run_pipeline(conn, cmds).await? {
+        let Value::Array(v) = r? else { continue };
+        let [active, waiting, in_flight, looked, spread, rows] = v.as_slice() else {
+            continue;
+        };
+        let active = int(active);
+        t.active += active;
+        t.waiting += int(waiting);
+        t.in_flight += int(in_flight);
+        t.complete &= int(looked) >= active;
+        let spread = match spread {
+            Value::BulkString(b) => std::str::from_utf8(b)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0.0),
+            _ => 0.0,
+        };
+        t.spread = t.spread.max(spread);
+        if let Value::Array(rows) = rows {
+            for row in rows.chunks_exact(4) {
+                let Value::BulkString(name) = &row[0] else {
+                    continue;
+                };
+                let name = String::from_utf8_lossy(name).into_owned();
+                let e = busiest.entry(name.clone()).or_insert_with(|| TenantDepth {
+                    tenant: name,
+                    ..Default::default()
+                });
+                e.waiting += int(&row[1]);
+                e.in_flight += int(&row[2]);
+                if let Value::BulkString(id) = &row[3]
+                    && let Some(at) = std::str::from_utf8(id).ok().and_then(super::wire::entry_ms)
+                {
+                    e.oldest_waiting_ms = e.oldest_waiting_ms.max((now_ms - at).max(0) as u64);
+                }
+            }
+        }
+    }
+    let mut busiest: Vec<TenantDepth> = busiest.into_values().collect();
+    busiest.sort_by(|a, b| b.waiting.cmp(&a.waiting).then(a.tenant.cmp(&b.tenant)));
+    busiest.truncate(BUSIEST);
+    t.busiest = busiest;
+    // Tenant streams are bulk: their entries count in the lane's figures.
+    let bulk = d.lanes.entry(Lane::Bulk.as_str()).or_default();
+    bulk.length += t.waiting + t.in_flight;
+    bulk.lag += t.waiting;
+    bulk.pending += t.in_flight;
+    Ok(())
 }

@@ -100,6 +100,8 @@ pub struct Settings {
     pub reconcile_interval_ms: u64,
     /// One-click unsubscribe links for the bulk lane (None: no List-Unsubscribe header added).
     pub unsubscribe: Option<crate::unsubscribe::Links>,
+    /// Tenants' weights in the fair bulk read (others weigh 1), written to Redis at start.
+    pub tenant_weights: Vec<(String, u32)>,
 }
 
 impl Settings {
@@ -129,6 +131,7 @@ impl Settings {
             reconcile_after: Duration::from_secs(900),
             reconcile_interval_ms: 60_000,
             unsubscribe: None,
+            tenant_weights: Vec::new(),
         }
     }
 }
@@ -298,6 +301,12 @@ pub async fn start(
             .await
             .map_err(|source| WorkerError::Redis {
                 doing: "creating consumer groups",
+                source,
+            })?;
+        consumer::set_weights(&mut *conn, &deps.keys, &settings.tenant_weights)
+            .await
+            .map_err(|source| WorkerError::Redis {
+                doing: "writing the tenants' weights",
                 source,
             })?;
         crate::scripts::load_all(&mut *conn)

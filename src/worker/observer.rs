@@ -48,6 +48,8 @@ pub(super) async fn run(shared: Arc<Shared>, token: CancellationToken) {
                 METRICS.delayed.set(d.delayed as i64);
                 METRICS.dead_letter_length.set(d.dead as i64);
                 METRICS.workers_alive.set(d.workers.len() as i64);
+                METRICS.tenants_active.set(d.tenants.active as i64);
+                METRICS.fair_spread.set(d.tenants.spread);
             }
             Err(e) => {
                 METRICS.redis_errors.with_label_values(&["observe"]).inc();

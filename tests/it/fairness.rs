@@ -414,3 +414,33 @@ async fn a_bulk_reader_blocked_on_an_idle_partition_wakes_when_a_tenant_joins() 
         "{pending:?}"
     );
 }
+
+#[tokio::test]
+async fn depth_counts_tenant_streams_in_bulk_and_names_the_busiest_tenants() {
+    let redis = TestRedis::new();
+    redis.ensure_groups().await;
+    enqueue_bulk(&redis, Some("huge"), 300).await;
+    enqueue_bulk(&redis, Some("small"), 60).await;
+    enqueue_bulk(&redis, None, 5).await;
+    let got = read(&redis, 64).await;
+    let m = by_tenant(&got);
+    let d = mailfleet::stream::depth::read(&mut *redis.conn().await, &redis.keys, None)
+        .await
+        .unwrap();
+    let t = &d.tenants;
+    assert_eq!(t.active, 2, "the shared stream is not a tenant");
+    assert_eq!(t.waiting + t.in_flight, 360);
+    assert_eq!(t.in_flight as usize, m["huge"] + m["small"]);
+    assert!(t.complete);
+    let names: Vec<&str> = t.busiest.iter().map(|b| b.tenant.as_str()).collect();
+    assert_eq!(names, ["huge", "small"], "busiest first");
+    assert_eq!(t.busiest[0].waiting as usize, 300 - m["huge"]);
+    assert!(
+        t.spread > 0.0,
+        "huge has been served more than small: {t:?}"
+    );
+    let bulk = d.lanes["bulk"];
+    assert_eq!(bulk.length, 365, "tenant streams count in the bulk lane");
+    assert_eq!(bulk.pending as usize, got.len());
+    assert_eq!(bulk.lag as usize, 365 - got.len());
+}

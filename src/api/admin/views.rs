@@ -109,6 +109,36 @@ fn cluster_sections(o: &mut Markup, s: &Snapshot, csrf: &str) {
         s.depth.workers.len()
     );
 
+    let t = &s.depth.tenants;
+    html!(
+        o,
+        "<h2>Bulk tenants</h2><p>Active <b>{}</b> · waiting <b>{}</b> · in flight <b>{}</b> · \
+         fairness spread <b>{}</b></p>",
+        t.active,
+        t.waiting,
+        t.in_flight,
+        format!("{:.1}", t.spread)
+    );
+    if !t.busiest.is_empty() {
+        o.raw(
+            "<table id=\"tenants\"><tr><th>Tenant</th><th>Waiting</th><th>In flight</th>\
+             <th>Oldest waiting (s)</th><th>Sent in the last minute</th></tr>",
+        );
+        for b in &t.busiest {
+            html!(
+                o,
+                "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
+                 <td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+                b.tenant,
+                b.waiting,
+                b.in_flight,
+                format!("{:.1}", b.oldest_waiting_ms as f64 / 1000.0),
+                s.tenant_sent.get(&b.tenant).copied().unwrap_or(0)
+            );
+        }
+        o.raw("</table>");
+    }
+
     o.raw("<h2>Workers</h2><table id=\"workers\"><tr><th>Worker</th><th>Last report</th></tr>");
     let now_ms = Utc::now().timestamp_millis();
     for (w, at) in &s.depth.workers {

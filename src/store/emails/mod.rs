@@ -261,6 +261,30 @@ pub async fn existing(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreErr
 }
 
 /// Outcomes recorded in the last `secs` seconds, per lane and status (for `mailfleet status`).
+/// Emails of each of `tenants` sent over the last `secs` seconds (the busiest tenants'
+/// rates in `mailfleet status`).
+pub async fn recent_sent_by_tenant(
+    pool: &PgPool,
+    tenants: &[String],
+    secs: f64,
+) -> Result<Vec<(String, i64)>, StoreError> {
+    if tenants.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as(
+        "SELECT tenant, count(*) FROM emails
+          WHERE recorded_at > now() - make_interval(secs => $1)
+            AND tenant = ANY($2) AND status = $3
+          GROUP BY tenant",
+    )
+    .bind(secs)
+    .bind(tenants)
+    .bind(crate::domain::Status::Sent.as_str())
+    .fetch_all(pool)
+    .await
+    .map_err(q("counting the busiest tenants' recent sends"))
+}
+
 pub async fn recent_outcomes(
     pool: &PgPool,
     secs: f64,
