@@ -5,7 +5,8 @@
 -- ARGV[1]: consumer group
 -- ARGV[2]: the tenant streams' key prefix, mf:{p}:bulk:t:
 -- ARGV[3]: how many of the busiest tenants to return
--- ARGV[4]: the most ring members to look at (a bound on the work of one call)
+-- ARGV[4]: the most ring members to look at (a bound on the work of one call): with more in
+--          the ring, half of them from each end (the least and the most served)
 -- Returns: { active, waiting, in_flight, looked, spread, { tenant, waiting, in_flight,
 --          oldest waiting entry id, ... } } where active counts the tenants in the ring (the
 --          shared stream is not one), waiting the entries not yet read, in_flight those read
@@ -15,8 +16,16 @@
 --          list the busiest tenants by entries waiting, most first.
 local group, prefix = ARGV[1], ARGV[2]
 local top, cap = tonumber(ARGV[3]) or 10, tonumber(ARGV[4]) or 10000
-local members = redis.call('ZRANGE', KEYS[1], 0, cap - 1, 'WITHSCORES')
 local active = redis.call('ZCARD', KEYS[1])
+local members
+if active <= cap then
+  members = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+else
+  local half = math.max(1, math.floor(cap / 2))
+  members = redis.call('ZRANGE', KEYS[1], 0, half - 1, 'WITHSCORES')
+  local tail = redis.call('ZRANGE', KEYS[1], -half, -1, 'WITHSCORES')
+  for i = 1, #tail do members[#members + 1] = tail[i] end
+end
 if redis.call('ZSCORE', KEYS[1], '') then active = active - 1 end
 local waiting, in_flight, looked = 0, 0, 0
 local low, high = nil, nil

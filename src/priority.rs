@@ -2,13 +2,17 @@
 //! place a send waits for a scarce resource (a worker's send slots, a provider's concurrency
 //! cap, the limiter's local queue) takes its permit from one of these, so a password reset
 //! never queues behind bulk work that asked first: a released permit goes to the oldest `tx`
-//! waiter if there is one, else to the oldest `bulk` waiter. FIFO within a lane.
+//! waiter if there is one, else to a `bulk` waiter: bulk waiters queue per tenant and are
+//! served round-robin across tenants, oldest first within one, so a tenant whose email was
+//! read later is not served after everything another tenant had admitted before it (the fair
+//! read, lua/read.lua, decides what enters; this keeps the order fair once it is in). Tx is
+//! FIFO.
 //!
 //! A permit is handed to the waiter it is meant for inside the release, so no later arrival can
 //! overtake a waiter; a waiter that gave up (its future dropped) passes the permit on.
 
 use crate::domain::Lane;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
@@ -19,11 +23,48 @@ pub struct Permit {
     sem: Option<Arc<Inner>>,
 }
 
+type Waiter = oneshot::Sender<Permit>;
+
 #[derive(Debug, Default)]
 struct State {
     available: usize,
-    /// Waiters per lane, oldest first: `[tx, bulk]`.
-    waiting: [VecDeque<oneshot::Sender<Permit>>; 2],
+    /// Tx waiters, oldest first.
+    tx: VecDeque<Waiter>,
+    bulk: Fair,
+}
+
+/// Bulk waiters: a queue per tenant (`None`: email without one), served round-robin.
+#[derive(Debug, Default)]
+struct Fair {
+    queues: HashMap<Option<Arc<str>>, VecDeque<Waiter>>,
+    /// Tenants with waiters, in the order they are served next.
+    turns: VecDeque<Option<Arc<str>>>,
+    len: usize,
+}
+
+impl Fair {
+    fn push(&mut self, tenant: Option<&str>, w: Waiter) {
+        let key: Option<Arc<str>> = tenant.map(Arc::from);
+        let q = self.queues.entry(key.clone()).or_default();
+        if q.is_empty() {
+            self.turns.push_back(key);
+        }
+        q.push_back(w);
+        self.len += 1;
+    }
+    /// The next tenant's oldest waiter; that tenant goes to the back of the turns.
+    fn pop(&mut self) -> Option<Waiter> {
+        let key = self.turns.pop_front()?;
+        let q = self.queues.get_mut(&key)?;
+        let w = q.pop_front();
+        if q.is_empty() {
+            self.queues.remove(&key);
+        } else {
+            self.turns.push_back(key);
+        }
+        self.len -= usize::from(w.is_some());
+        w
+    }
 }
 
 #[derive(Debug, Default)]
@@ -42,26 +83,26 @@ impl PrioritySemaphore {
         PrioritySemaphore(Arc::new(Inner {
             state: Mutex::new(State {
                 available: permits,
-                waiting: Default::default(),
+                ..State::default()
             }),
             tx_queued: tokio::sync::Notify::new(),
         }))
     }
 
-    /// Wait for a permit as a send of `lane`.
+    /// Wait for a permit as a send of `lane` without a tenant.
     pub async fn acquire(&self, lane: Lane) -> Permit {
+        self.acquire_for(lane, None).await
+    }
+
+    /// Wait for a permit as a send of `lane` for `tenant` (which only orders bulk).
+    pub async fn acquire_for(&self, lane: Lane, tenant: Option<&str>) -> Permit {
         loop {
             let rx = {
                 let mut s = self.0.lock();
                 // A free permit exists only while nobody of the same or a higher class waits
                 // (a release hands permits over), so a bulk send never takes one a queued tx
                 // send is owed.
-                let ahead = s.waiting[0].len()
-                    + if lane == Lane::Bulk {
-                        s.waiting[1].len()
-                    } else {
-                        0
-                    };
+                let ahead = s.tx.len() + if lane == Lane::Bulk { s.bulk.len } else { 0 };
                 if s.available > 0 && ahead == 0 {
                     s.available -= 1;
                     return Permit {
@@ -69,7 +110,10 @@ impl PrioritySemaphore {
                     };
                 }
                 let (tx, rx) = oneshot::channel();
-                s.waiting[lane.index()].push_back(tx);
+                match lane {
+                    Lane::Tx => s.tx.push_back(tx),
+                    Lane::Bulk => s.bulk.push(tenant, tx),
+                }
                 rx
             };
             if lane == Lane::Tx {
@@ -86,7 +130,7 @@ impl PrioritySemaphore {
     /// Sends of each lane waiting now: `(tx, bulk)`.
     pub fn waiting(&self) -> (usize, usize) {
         let s = self.0.lock();
-        (s.waiting[0].len(), s.waiting[1].len())
+        (s.tx.len(), s.bulk.len)
     }
 
     /// Returns once a tx waiter is queued (at once if one is): a holder that is only waiting
@@ -96,7 +140,7 @@ impl PrioritySemaphore {
             let queued = self.0.tx_queued.notified();
             tokio::pin!(queued);
             queued.as_mut().enable();
-            if self.0.lock().waiting[0].iter().any(|w| !w.is_closed()) {
+            if self.0.lock().tx.iter().any(|w| !w.is_closed()) {
                 return;
             }
             queued.await;
@@ -114,19 +158,23 @@ impl Inner {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Hand one permit to the first waiter still waiting, tx first; or keep it.
+    /// Hand one permit to the first waiter still waiting, tx first, then bulk by tenant
+    /// turns; or keep it.
     fn release(self: &Arc<Self>) {
         let mut s = self.lock();
-        for class in 0..2 {
-            while let Some(w) = s.waiting[class].pop_front() {
-                match w.send(Permit {
-                    sem: Some(self.clone()),
-                }) {
-                    Ok(()) => return,
-                    // That waiter gave up: defuse the permit (its drop would release again,
-                    // under this lock) and try the next one.
-                    Err(mut p) => p.sem = None,
-                }
+        loop {
+            let next = match s.tx.pop_front() {
+                Some(w) => Some(w),
+                None => s.bulk.pop(),
+            };
+            let Some(w) = next else { break };
+            match w.send(Permit {
+                sem: Some(self.clone()),
+            }) {
+                Ok(()) => return,
+                // That waiter gave up: defuse the permit (its drop would release again,
+                // under this lock) and try the next one.
+                Err(mut p) => p.sem = None,
             }
         }
         s.available += 1;
@@ -209,6 +257,47 @@ mod tests {
         assert!(!bulk.is_finished());
         drop(tx.into_iter().next().unwrap().await.unwrap());
         drop(bulk.await.unwrap());
+        assert_eq!(sem.available(), 1);
+    }
+
+    #[tokio::test]
+    async fn bulk_waiters_are_served_round_robin_across_tenants_fifo_within_one() {
+        let sem = PrioritySemaphore::new(1);
+        let held = sem.acquire(Lane::Bulk).await;
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut all = Vec::new();
+        // The big tenant queued five sends before the small ones arrived.
+        for (tenant, names) in [
+            (Some("big"), &["a1", "a2", "a3", "a4", "a5"][..]),
+            (Some("small"), &["s1", "s2"][..]),
+            (None, &["n1"][..]),
+        ] {
+            for name in names {
+                let (sem, order, name) = (sem.clone(), order.clone(), *name);
+                all.push(tokio::spawn(async move {
+                    let p = sem.acquire_for(Lane::Bulk, tenant).await;
+                    order.lock().unwrap().push(name);
+                    p
+                }));
+                settle().await;
+            }
+        }
+        assert_eq!(sem.waiting(), (0, 8));
+        drop(held);
+        for _ in 0..8 {
+            settle().await;
+            // Whoever holds the permit now lets it go.
+            let i = all
+                .iter()
+                .position(|h| h.is_finished())
+                .expect("one served");
+            drop(all.remove(i).await.unwrap());
+        }
+        assert_eq!(
+            *order.lock().unwrap(),
+            ["a1", "s1", "n1", "a2", "s2", "a3", "a4", "a5"],
+            "first come, first served would be a1..a5 before s1"
+        );
         assert_eq!(sem.available(), 1);
     }
 

@@ -41,6 +41,9 @@ pub struct Figures {
     pub max_window_count: u64,
     /// Requests the mock answered 429 (over its limit).
     pub rejected_by_provider: u64,
+    /// The fairness scenarios' figures.
+    #[serde(flatten)]
+    pub fairness: Option<FairFigures>,
     pub redis_cmds_per_email: f64,
     /// The three commands that cost the most calls per email.
     pub redis_top: Vec<(String, f64)>,
@@ -104,6 +107,31 @@ impl Figures {
                 f.max_window_count, f.rejected_by_provider
             );
         }
+        if let Some(x) = &f.fairness {
+            let _ = writeln!(o, "  tenants           {}", x.tenants);
+            if let (Some(share), Some(max)) = (x.fair_share_s, x.max_small_tenant_finish_s) {
+                let _ = writeln!(
+                    o,
+                    "  small tenants     slowest finished in {max:.1} s; fair share {share:.1} s ({:.2}x)",
+                    max / share.max(1e-9)
+                );
+            }
+            if let (Some(big), Some(u)) = (x.big_tenant_per_sec, x.utilisation) {
+                let _ = writeln!(
+                    o,
+                    "  meanwhile         big sent {big:.1}/s; utilisation {:.1}% of the limit",
+                    u * 100.0
+                );
+            }
+            if let (Some(g), Some(e)) = (x.gold_share, x.gold_expected_share) {
+                let _ = writeln!(
+                    o,
+                    "  weights           gold got {:.1}% while both waited (entitled to {:.1}%)",
+                    g * 100.0,
+                    e * 100.0
+                );
+            }
+        }
         let top: Vec<String> = f
             .redis_top
             .iter()
@@ -139,6 +167,31 @@ impl Figures {
         let _ = writeln!(o, "  lost {}  duplicates {}", f.lost, f.duplicates);
         o
     }
+}
+
+/// What the fairness, weights and tenants scenarios measure (from the `emails` rows).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FairFigures {
+    /// Tenants that sent (the big one included).
+    pub tenants: u64,
+    /// Fairness: a small tenant's emails over its equal share of the limit, in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fair_share_s: Option<f64>,
+    /// Fairness: the slowest small tenant's first enqueue to last record, in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_small_tenant_finish_s: Option<f64>,
+    /// Fairness: tenant `big`'s sends per second while the small tenants were sending.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub big_tenant_per_sec: Option<f64>,
+    /// Fairness: everything sent while the small tenants were sending, over the limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub utilisation: Option<f64>,
+    /// Weights: `gold`'s share of the sends while both tenants had a backlog, and what its
+    /// weight entitles it to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gold_share: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gold_expected_share: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

@@ -15,7 +15,7 @@
 //! - lost (enqueued, not `sent`) and duplicates (the mock's count of a job id seen twice).
 
 use super::Scratch;
-use super::figures::{CpuBreakdown, Figures};
+use super::figures::{CpuBreakdown, FairFigures, Figures};
 use super::procs::*;
 use crate::config::{Global, PipelineArgs, Scenario, Secret};
 use crate::domain::{Lane, Payload};
@@ -26,6 +26,10 @@ use anyhow::{Context, bail};
 use std::time::{Duration, Instant};
 
 fn email(i: u64, lane: Lane, body: &str) -> NewJob {
+    tenant_email(i, lane, None, body)
+}
+
+fn tenant_email(i: u64, lane: Lane, tenant: Option<&str>, body: &str) -> NewJob {
     NewJob {
         lane,
         idempotency_key: None,
@@ -34,6 +38,7 @@ fn email(i: u64, lane: Lane, body: &str) -> NewJob {
             from: "Bench <bench@example.com>".into(),
             subject: Some(format!("Bench {i}")),
             text: Some(body.to_owned()),
+            tenant: tenant.map(str::to_owned),
             ..Payload::default()
         },
     }
@@ -48,6 +53,30 @@ async fn produce(
     rate: u64,
     lane_of: impl Fn(u64) -> Lane,
     body: &str,
+) -> anyhow::Result<u64> {
+    produce_with(producer, first, n, rate, |i| email(i, lane_of(i), body)).await
+}
+
+/// Enqueue `n` bulk emails of `tenant`, numbered from `first`, all at once in chunks.
+async fn produce_tenant(
+    producer: &crate::Producer,
+    first: u64,
+    n: u64,
+    tenant: &str,
+    body: &str,
+) -> anyhow::Result<u64> {
+    produce_with(producer, first, n, 0, |i| {
+        tenant_email(i, Lane::Bulk, Some(tenant), body)
+    })
+    .await
+}
+
+async fn produce_with(
+    producer: &crate::Producer,
+    first: u64,
+    n: u64,
+    rate: u64,
+    make: impl Fn(u64) -> NewJob,
 ) -> anyhow::Result<u64> {
     const CHUNK: u64 = 1000;
     let start = Instant::now();
@@ -64,9 +93,7 @@ async fn produce(
             }
             (due - sent).min(CHUNK)
         };
-        let jobs: Vec<NewJob> = (first + sent..first + sent + take)
-            .map(|i| email(i, lane_of(i), body))
-            .collect();
+        let jobs: Vec<NewJob> = (first + sent..first + sent + take).map(&make).collect();
         producer.send_many(jobs).await?;
         sent += take;
     }
@@ -76,6 +103,12 @@ async fn produce(
 pub async fn run(g: Global, a: PipelineArgs) -> anyhow::Result<()> {
     if a.workers == 0 || a.emails == 0 {
         bail!("--workers and --emails must be at least 1");
+    }
+    if matches!(a.scenario, Scenario::Fairness | Scenario::Tenants) && a.tenants == 0 {
+        bail!(
+            "--tenants must be at least 1 in the {:?} scenario",
+            a.scenario
+        );
     }
     if a.cluster {
         return run_cluster(g, a).await;
@@ -170,9 +203,28 @@ async fn measure(
             Ok(path)
         })
         .transpose()?;
+    let weights = (a.scenario == Scenario::Weights).then(|| format!("gold={}", a.gold_weight));
+    let start = |i: usize, name: String| {
+        let config = config.clone();
+        let mock_url = mock_url.clone();
+        let weights = weights.clone();
+        async move {
+            start_worker(
+                g,
+                s,
+                &name,
+                &mock_url,
+                a.tasks,
+                config.as_deref(),
+                weights.as_deref(),
+            )
+            .await
+            .with_context(|| format!("starting worker {i}"))
+        }
+    };
     let mut workers = Vec::with_capacity(a.workers);
     for i in 0..a.workers {
-        workers.push(start_worker(g, s, i, &mock_url, a.tasks, config.as_deref()).await?);
+        workers.push(start(i, format!("bench-{i}")).await?);
     }
     for w in &workers {
         ready(&http, &w.metrics, Duration::from_secs(30)).await?;
@@ -201,6 +253,7 @@ async fn measure(
     // Transactions of this process in the scratch database, subtracted from the count.
     let mut polls = 0i64;
 
+    let mut producing: Option<tokio::task::JoinHandle<anyhow::Result<()>>> = None;
     let total = match a.scenario {
         Scenario::Throughput => {
             let tx_every = if a.tx_share > 0.0 {
@@ -233,7 +286,60 @@ async fn measure(
             produce(&producer, 0, a.emails, 0, |_| Lane::Bulk, &body).await?;
             a.emails
         }
+        Scenario::Fairness => {
+            produce_tenant(&producer, 0, a.emails, "big", &body).await?;
+            let p = producer.clone();
+            let (after, tenants, each, body) = (
+                Duration::from_secs(a.tenants_after_secs),
+                a.tenants,
+                a.tenant_emails,
+                body.clone(),
+            );
+            let first = a.emails;
+            producing = Some(tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                for t in 0..tenants {
+                    produce_tenant(&p, first + t * each, each, &format!("t{t:05}"), &body).await?;
+                }
+                Ok(())
+            }));
+            a.emails + a.tenants * a.tenant_emails
+        }
+        Scenario::Weights => {
+            let half = a.emails / 2;
+            let p = producer.clone();
+            let body = body.clone();
+            producing = Some(tokio::spawn(async move {
+                // Interleaved in chunks, so neither starts with a head start.
+                for c in (0..half).step_by(1000) {
+                    let n = 1000.min(half - c);
+                    produce_tenant(&p, c, n, "gold", &body).await?;
+                    produce_tenant(&p, half + c, n, "free", &body).await?;
+                }
+                Ok(())
+            }));
+            half * 2
+        }
+        Scenario::Tenants => {
+            for t in 0..a.tenants {
+                produce_tenant(
+                    &producer,
+                    t * a.tenant_emails,
+                    a.tenant_emails,
+                    &format!("t{t:05}"),
+                    &body,
+                )
+                .await?;
+            }
+            let first = a.tenants * a.tenant_emails;
+            produce_tenant(&producer, first, a.emails, "big", &body).await?;
+            first + a.emails
+        }
     };
+    let tenant_run = matches!(
+        a.scenario,
+        Scenario::Fairness | Scenario::Weights | Scenario::Tenants
+    );
 
     // Wait until every enqueued email is acked (acks follow the Postgres commit), watching the
     // streams (one pipelined read, no Postgres load); in the priority scenario, feed tx at
@@ -243,8 +349,34 @@ async fn measure(
     let mut tx_open = a.scenario == Scenario::Priority;
     let tx_start = Instant::now();
     let mut next_poll = Instant::now();
+    let mut killed = false;
     loop {
-        if Instant::now() >= next_poll {
+        if a.kill_after_secs > 0 && !killed && tx_start.elapsed().as_secs() >= a.kill_after_secs {
+            killed = true;
+            if let Some(pid) = workers[0].child.id() {
+                // SAFETY: kill(2) with a pid we spawned and still own.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+            let _ = workers[0].child.wait().await;
+            workers[0] = start(0, "bench-0-replacement".into()).await?;
+        }
+        if tenant_run && Instant::now() >= next_poll {
+            // Done once every email is enqueued and every one is final in Postgres (the
+            // streams are not polled: with 10,000 tenants that would be most of the Redis
+            // commands measured).
+            next_poll = Instant::now() + Duration::from_millis(500);
+            let enqueued = producing.as_ref().is_none_or(|h| h.is_finished());
+            if enqueued {
+                if let Some(h) = producing.take() {
+                    h.await.context("the producer task")??;
+                }
+                let (final_, _) = store::bench::progress(&pg).await?;
+                polls += 1;
+                if final_ as u64 >= total {
+                    break;
+                }
+            }
+        } else if Instant::now() >= next_poll {
             next_poll = Instant::now() + Duration::from_millis(100);
             let d = {
                 let mut c = redis.get().await?;
@@ -298,6 +430,12 @@ async fn measure(
     let bulk = store::bench::latency(&pg, Some("bulk")).await?;
     let (_, sent) = store::bench::progress(&pg).await?;
     polls += 4; // the four reads just above
+    let fairness = if tenant_run {
+        polls += 2;
+        Some(fair_figures(&pg, a).await?)
+    } else {
+        None
+    };
     let stats: crate::mock::Stats = http
         .get(format!("{mock_url}/stats"))
         .send()
@@ -368,6 +506,7 @@ async fn measure(
             round(l.count as f64 / secs, 1)
         }),
         limit_per_sec: (a.limit > 0).then_some(a.limit),
+        fairness,
         max_window_count: stats.max_window_count,
         rejected_by_provider: stats.rate_limited,
         redis_cmds_per_email: round(per(redis_total), 3),
@@ -395,6 +534,58 @@ async fn measure(
             }
         },
     })
+}
+
+/// The fairness scenarios' figures, from the `emails` rows.
+async fn fair_figures(pg: &sqlx::PgPool, a: &PipelineArgs) -> anyhow::Result<FairFigures> {
+    let spans = store::bench::tenant_spans(pg).await?;
+    let mut f = FairFigures {
+        tenants: spans.len() as u64,
+        ..FairFigures::default()
+    };
+    let secs = |from: f64, to: f64| ((to - from) / 1000.0).max(0.001);
+    match a.scenario {
+        Scenario::Fairness => {
+            let small: Vec<_> = spans.iter().filter(|s| s.tenant != "big").collect();
+            let (Some(from), Some(to)) = (
+                small.iter().map(|s| s.first_enqueued_ms).reduce(f64::min),
+                small.iter().map(|s| s.last_recorded_ms).reduce(f64::max),
+            ) else {
+                return Ok(f);
+            };
+            f.max_small_tenant_finish_s = small
+                .iter()
+                .map(|s| round(secs(s.first_enqueued_ms, s.last_recorded_ms), 2))
+                .reduce(f64::max);
+            let during = store::bench::sent_between(pg, from, to).await?;
+            let all: i64 = during.iter().map(|(_, n)| n).sum();
+            let big = during
+                .iter()
+                .find(|(t, _)| t == "big")
+                .map_or(0, |(_, n)| *n);
+            f.big_tenant_per_sec = Some(round(big as f64 / secs(from, to), 1));
+            if a.limit > 0 {
+                let share = f64::from(a.limit) / (small.len() as f64 + 1.0);
+                f.fair_share_s = Some(round(a.tenant_emails as f64 / share, 2));
+                f.utilisation = Some(round(all as f64 / secs(from, to) / f64::from(a.limit), 3));
+            }
+        }
+        Scenario::Weights => {
+            let of = |t: &str| spans.iter().find(|s| s.tenant == t);
+            let (Some(gold), Some(free)) = (of("gold"), of("free")) else {
+                return Ok(f);
+            };
+            let from = gold.first_enqueued_ms.min(free.first_enqueued_ms);
+            let to = gold.last_recorded_ms.min(free.last_recorded_ms);
+            let during = store::bench::sent_between(pg, from, to).await?;
+            let n = |t: &str| during.iter().find(|(x, _)| x == t).map_or(0, |(_, n)| *n) as f64;
+            f.gold_share = Some(round(n("gold") / (n("gold") + n("free")).max(1.0), 3));
+            let w = f64::from(a.gold_weight.max(1));
+            f.gold_expected_share = Some(round(w / (w + 1.0), 3));
+        }
+        _ => {}
+    }
+    Ok(f)
 }
 
 fn s_keys(g: &Global) -> crate::stream::Keys {

@@ -102,14 +102,15 @@ pub(super) async fn start_mock(latency_ms: u64, limit: u32) -> anyhow::Result<(C
 pub(super) async fn start_worker(
     g: &Global,
     s: &Scratch,
-    i: usize,
+    consumer: &str,
     mock: &str,
     tasks: Option<usize>,
     config: Option<&std::path::Path>,
+    tenant_weights: Option<&str>,
 ) -> anyhow::Result<Proc> {
     let port = free_port()?;
     let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.args(["worker", "--consumer", &format!("bench-{i}")])
+    cmd.args(["worker", "--consumer", consumer])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("MAILFLEET_DATABASE_URL", &s.url)
         .env("MAILFLEET_REDIS_URL", g.redis_url.expose())
@@ -126,6 +127,9 @@ pub(super) async fn start_worker(
     }
     if let Some(c) = config {
         cmd.env("MAILFLEET_CONFIG", c);
+    }
+    if let Some(w) = tenant_weights {
+        cmd.env("MAILFLEET_TENANT_WEIGHTS", w);
     }
     let child = cmd.spawn().context("starting a worker")?;
     Ok(Proc {

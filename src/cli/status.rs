@@ -87,7 +87,7 @@ fn table(s: &Snapshot) -> String {
             if t.complete {
                 ""
             } else {
-                " (summed over the first 10,000 per partition)"
+                " (summed over the 10,000 least and most served per partition)"
             },
             t.waiting,
             t.in_flight,

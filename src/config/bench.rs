@@ -36,6 +36,16 @@ pub enum Scenario {
     Throughput,
     /// A bulk backlog of `--emails` draining while tx email arrives at `--tx-rate`.
     Priority,
+    /// Tenant `big` enqueues `--emails` bulk; `--tenants-after-secs` later `--tenants` other
+    /// tenants enqueue `--tenant-emails` each: how soon each small tenant finishes against its
+    /// fair share of the limit, while `big` keeps sending.
+    Fairness,
+    /// Tenants `gold` (weight `--gold-weight`) and `free` (weight 1) enqueue `--emails` / 2
+    /// bulk each: the share each gets while both have a backlog.
+    Weights,
+    /// `--tenants` tenants with `--tenant-emails` each plus tenant `big` with `--emails`, all
+    /// at once: Redis commands per email and Redis CPU as the tenant count grows.
+    Tenants,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -74,6 +84,22 @@ pub struct PipelineArgs {
     /// 429 past it) and the workers are configured with it as the provider's cluster limit.
     #[arg(long, default_value_t = 0)]
     pub limit: u32,
+    /// Small tenants in the fairness and tenants scenarios.
+    #[arg(long, default_value_t = 50)]
+    pub tenants: u64,
+    /// Bulk emails per small tenant (fairness and tenants scenarios).
+    #[arg(long, default_value_t = 1000)]
+    pub tenant_emails: u64,
+    /// How long after tenant `big` the small tenants enqueue, in seconds (fairness).
+    #[arg(long, default_value_t = 5)]
+    pub tenants_after_secs: u64,
+    /// Tenant `gold`'s weight in the weights scenario (`free` weighs 1).
+    #[arg(long, default_value_t = 3)]
+    pub gold_weight: u32,
+    /// SIGKILL worker 0 this many seconds into the run and start a replacement (0: never);
+    /// set MAILFLEET_VISIBILITY_TIMEOUT_MS short so its entries are reclaimed within the run.
+    #[arg(long, default_value_t = 0)]
+    pub kill_after_secs: u64,
     /// Give up after this long.
     #[arg(long, default_value_t = 900)]
     pub timeout_secs: u64,

@@ -288,13 +288,13 @@ impl Slot {
     }
 
     /// Wait for this worker's smoothing and concurrency cap; hold the permit while sending.
-    pub async fn ready(&self, lane: Lane) -> Option<crate::priority::Permit> {
+    pub async fn ready(&self, lane: Lane, tenant: Option<&str>) -> Option<crate::priority::Permit> {
         if let Some(s) = &self.smoother {
-            let _turn = self.smooth_turn.acquire(lane).await;
+            let _turn = self.smooth_turn.acquire_for(lane, tenant).await;
             s.until_ready().await;
         }
         match &self.concurrency {
-            Some(sem) => Some(sem.acquire(lane).await),
+            Some(sem) => Some(sem.acquire_for(lane, tenant).await),
             None => None,
         }
     }

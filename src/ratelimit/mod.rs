@@ -269,6 +269,9 @@ impl Limiter {
         tenant: Option<&str>,
         lane: Lane,
     ) -> Result<(), LimitError> {
+        // Whose turn it is in the local queue (bulk by tenant round-robin, `crate::priority`);
+        // the bucket is the tenant's own only under a tenant limit.
+        let who = tenant;
         let tenant = tenant.filter(|_| limit.tenant_limit.is_some());
         let bucket = self.bucket(provider, tenant);
         let wanted = &bucket.wanted[lane.index()];
@@ -288,7 +291,7 @@ impl Limiter {
         // After a refusal: no ask before this (Redis said when the next permit can be).
         let mut not_before: Option<Instant> = None;
         'turn: loop {
-            let _turn = bucket.turn.acquire(lane).await;
+            let _turn = bucket.turn.acquire_for(lane, who).await;
             let mut stock = bucket.stock.lock().await;
             loop {
                 match stock.take_one(max_age) {

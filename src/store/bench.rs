@@ -64,6 +64,58 @@ pub async fn latency(pool: &PgPool, lane: Option<&str>) -> Result<Latency, Store
     })
 }
 
+/// One tenant's sent jobs: how many, its first enqueue and last record (unix ms).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantSpan {
+    pub tenant: String,
+    pub sent: i64,
+    pub first_enqueued_ms: f64,
+    pub last_recorded_ms: f64,
+}
+
+/// Every tenant's [`TenantSpan`] (jobs without a tenant left out).
+pub async fn tenant_spans(pool: &PgPool) -> Result<Vec<TenantSpan>, StoreError> {
+    let rows: Vec<(String, i64, f64, f64)> = sqlx::query_as(
+        "SELECT tenant, count(*),
+                (extract(epoch FROM min(enqueued_at)) * 1000)::float8,
+                (extract(epoch FROM max(recorded_at)) * 1000)::float8
+           FROM emails WHERE status = $1 AND tenant IS NOT NULL GROUP BY tenant",
+    )
+    .bind(Status::Sent)
+    .fetch_all(pool)
+    .await
+    .map_err(q("measuring tenants' spans"))?;
+    Ok(rows
+        .into_iter()
+        .map(|(tenant, sent, f, l)| TenantSpan {
+            tenant,
+            sent,
+            first_enqueued_ms: f,
+            last_recorded_ms: l,
+        })
+        .collect())
+}
+
+/// Sent jobs recorded in `[from_ms, to_ms]` (unix ms), per tenant (`''` for none).
+pub async fn sent_between(
+    pool: &PgPool,
+    from_ms: f64,
+    to_ms: f64,
+) -> Result<Vec<(String, i64)>, StoreError> {
+    sqlx::query_as(
+        "SELECT coalesce(tenant, ''), count(*) FROM emails
+          WHERE status = $1
+            AND recorded_at >= to_timestamp($2 / 1000.0) AND recorded_at <= to_timestamp($3 / 1000.0)
+          GROUP BY 1",
+    )
+    .bind(Status::Sent)
+    .bind(from_ms)
+    .bind(to_ms)
+    .fetch_all(pool)
+    .await
+    .map_err(q("counting sends in a window"))
+}
+
 /// Transactions committed and rolled back in database `db` so far (the statistics collector's
 /// view: a backend reports its counts at most once a second and when it exits).
 pub async fn xacts(pool: &PgPool, db: &str) -> Result<i64, StoreError> {

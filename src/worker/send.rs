@@ -169,11 +169,11 @@ pub(super) async fn one(
         // is granted: a permit that waits lands outside the window it was counted in.
         // Every wait below serves a tx send before any bulk one (`crate::priority`).
         let lane = job.lane.as_str();
-        let _cap = timed("provider_slot", lane, slot.ready(job.lane)).await;
+        let _cap = timed("provider_slot", lane, slot.ready(job.lane, tenant)).await;
         let _permit = timed(
             "send_slot",
             lane,
-            shared.send_slots(job.lane).acquire(job.lane),
+            shared.send_slots(job.lane).acquire_for(job.lane, tenant),
         )
         .await;
         if let Some(f) = last.take() {
