@@ -40,6 +40,17 @@
 #                   duplicated, no 429, every window <= the limit, bulk >= 90% of (limit - tx
 #                   rate) (full run only), and tx p99 under a tenth of bulk's p50 (tx did not
 #                   queue behind bulk)
+#   fairness        fair bulk across tenants: `mailfleet bench --scenario fairness`, tenant `big`
+#                   with a backlog of 200,000 (20,000 short), 5 s later 50 tenants (10 short)
+#                   with 1,000 each (500 short), a limit of 2,000/s enforced by the mock, 4
+#                   workers, one SIGKILLed 15 s in (8 s short) and replaced (visibility timeout
+#                   5 s); adds tenants, fair_share_s, max_small_tenant_finish_s,
+#                   big_tenant_per_sec, utilisation, limit_per_sec, max_window_count,
+#                   rejected_by_provider; ok only with nothing lost, duplicates <= ambiguous,
+#                   no 429, every window <= the limit, big still sending while the small ones
+#                   did, and (full run only) utilisation >= 90% and the slowest small tenant
+#                   within 1.25x its fair share plus the 6 s the killed worker's entries wait
+#                   for reclaim
 #   failover        two providers (SendGrid and Postmark dialects); the primary answers 503 for
 #                   20 s then recovers; adds moved_after_ms, returned_after_ms,
 #                   primary_during_outage, breaker_open_seen (workers whose metrics showed the
@@ -47,7 +58,7 @@
 set -euo pipefail
 
 if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
-  sed -n '2,43p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,54p' "$0" | sed 's/^# \{0,1\}//'
   echo "env: CHAOS_EMAILS (default 20000), CHAOS_SHORT=1 (fewer faults, for CI), CHAOS_KEEP=1 (keep logs),"
   echo "     CHAOS_PROFILE=dev (use the debug build), CHAOS_DEADLINE_SECS (default 240 per scenario)"
   exit 0
@@ -56,7 +67,7 @@ fi
 cd "$(dirname "$0")/.."
 EMAILS=${CHAOS_EMAILS:-20000}
 SHORT=${CHAOS_SHORT:-0}
-SCENARIOS=${*:-kill redis-stall redis-restart pg-restart provider-errors sigterm poison leader ratelimit priority failover cluster-failover}
+SCENARIOS=${*:-kill redis-stall redis-restart pg-restart provider-errors sigterm poison leader ratelimit priority fairness failover cluster-failover}
 WORKERS=3
 RL_LIMIT=1000
 RL_EMAILS=${CHAOS_RL_EMAILS:-33000}
@@ -67,6 +78,8 @@ PR_LIMIT=500; PR_TX_RATE=20
 # a busy day; a rate is the machine's as much as ours. Exactness, losses and duplicates are
 # judged in both.
 if [ "$SHORT" = 1 ]; then PR_EMAILS=20000; PR_TX_SECS=20; RATE_SHARE=0; else PR_EMAILS=100000; PR_TX_SECS=60; RATE_SHARE=0.95; fi
+FA_LIMIT=2000
+if [ "$SHORT" = 1 ]; then FA_BIG=20000; FA_TENANTS=10; FA_EACH=500; FA_KILL=8; else FA_BIG=200000; FA_TENANTS=50; FA_EACH=1000; FA_KILL=15; fi
 LEASE_TTL_MS=2000
 MEMBERS=20
 DEADLINE_SECS=${CHAOS_DEADLINE_SECS:-240}
@@ -399,6 +412,43 @@ sys.exit(0 if line["ok"] else 1)
 PY
 }
 
+# The fairness scenario is the bench's too, with one worker SIGKILLed midway and replaced.
+run_fairness() {
+  local out
+  log "scenario fairness: big $FA_BIG, then $FA_TENANTS tenants x $FA_EACH, limit $FA_LIMIT/s, 4 workers, one killed at ${FA_KILL}s"
+  if ! out=$(MAILFLEET_REDIS_URL=$REDIS MAILFLEET_PARTITIONS=1 MAILFLEET_DATABASE_URL=${ADMIN%/*}/postgres \
+      MAILFLEET_VISIBILITY_TIMEOUT_MS=5000 MAILFLEET_RECLAIM_INTERVAL_MS=1000 \
+      RUST_LOG=warn "$BIN" bench --scenario fairness --limit "$FA_LIMIT" --workers 4 --emails "$FA_BIG" \
+      --tenants "$FA_TENANTS" --tenant-emails "$FA_EACH" --tenants-after-secs 5 --kill-after-secs "$FA_KILL" \
+      --timeout-secs "$DEADLINE_SECS" --json 2>"$RUN/fairness-bench.err"); then
+    log "fairness: the bench failed: $(tail -n 3 "$RUN/fairness-bench.err")"
+    echo '{"scenario":"fairness","ok":false}'
+    return 1
+  fi
+  python3 - "$out" "$FA_LIMIT" "$RATE_SHARE" <<'PY'
+import json, sys
+f, limit = json.loads(sys.argv[1]), int(sys.argv[2])
+full = float(sys.argv[3]) > 0
+line = {
+    "scenario": "fairness", "emails": f["emails"], "sent": f["emails"] - f["lost"],
+    "lost": f["lost"], "duplicates": f["duplicates"], "ambiguous": f["ambiguous"],
+    "tenants": f.get("tenants"), "fair_share_s": f.get("fair_share_s"),
+    "max_small_tenant_finish_s": f.get("max_small_tenant_finish_s"),
+    "big_tenant_per_sec": f.get("big_tenant_per_sec"), "utilisation": f.get("utilisation"),
+    "limit_per_sec": limit, "max_window_count": f["max_window_count"],
+    "rejected_by_provider": f["rejected_by_provider"],
+}
+share, finish = f.get("fair_share_s"), f.get("max_small_tenant_finish_s")
+line["ok"] = (f["lost"] == 0 and f["duplicates"] <= f["ambiguous"]
+              and f["rejected_by_provider"] == 0 and f["max_window_count"] <= limit
+              and (f.get("big_tenant_per_sec") or 0) > 0
+              and share is not None and finish is not None
+              and (not full or ((f.get("utilisation") or 0) >= 0.9 and finish <= 1.25 * share + 6)))
+print(json.dumps(line, separators=(",", ":")))
+sys.exit(0 if line["ok"] else 1)
+PY
+}
+
 final_count() {
   psql "$MAILFLEET_DATABASE_URL" -Atqc \
     "select count(*) from emails where status in ('sent','failed','dead','suppressed','unknown')" 2>/dev/null || echo 0
@@ -410,6 +460,7 @@ for SC in $SCENARIOS; do
   case $SC in kill|redis-stall|redis-restart|pg-restart|provider-errors|sigterm|poison|leader) ;;
     ratelimit|failover|cluster-failover) ;;
     priority) run_priority || failures=$(( failures + 1 )); continue ;;
+    fairness) run_fairness || failures=$(( failures + 1 )); continue ;;
     *) log "unknown scenario $SC"; exit 2 ;; esac
   WORKERS=3; unset SC_EMAILS SC_CHUNKS SC_PAUSE MAILFLEET_CONFIG
   export MAILFLEET_REDIS_URL=$REDIS MAILFLEET_PARTITIONS=1

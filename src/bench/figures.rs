@@ -52,6 +52,8 @@ pub struct Figures {
     pub worker_peak_rss_mib: f64,
     pub lost: u64,
     pub duplicates: u64,
+    /// Attempts recorded `unknown` (see `store::bench::ambiguous`): duplicates may not exceed it.
+    pub ambiguous: u64,
     /// Where the machine's CPU went during the run, in CPU seconds per 1,000 emails: the
     /// workers, Redis (when local), the mock provider, this process (the producer), and the
     /// rest of the machine (Postgres, mostly).
@@ -164,7 +166,11 @@ impl Figures {
             c.rest,
             c.machine_busy * 100.0
         );
-        let _ = writeln!(o, "  lost {}  duplicates {}", f.lost, f.duplicates);
+        let _ = writeln!(
+            o,
+            "  lost {}  duplicates {}  ambiguous {}",
+            f.lost, f.duplicates, f.ambiguous
+        );
         o
     }
 }

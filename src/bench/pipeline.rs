@@ -430,6 +430,8 @@ async fn measure(
     let bulk = store::bench::latency(&pg, Some("bulk")).await?;
     let (_, sent) = store::bench::progress(&pg).await?;
     polls += 4; // the four reads just above
+    let ambiguous = store::bench::ambiguous(&pg).await?;
+    polls += 1;
     let fairness = if tenant_run {
         polls += 2;
         Some(fair_figures(&pg, a).await?)
@@ -520,6 +522,7 @@ async fn measure(
         worker_peak_rss_mib: round(rss, 1),
         lost: emails.saturating_sub(sent.max(0) as u64),
         duplicates: stats.duplicates,
+        ambiguous: ambiguous.max(0) as u64,
         cpu_s_per_1k: {
             let k = 1000.0 / emails as f64;
             let d = |f: fn(&CpuSample) -> f64| (f(&cpu_after) - f(&cpu_before)).max(0.0);

@@ -116,6 +116,16 @@ pub async fn sent_between(
     .map_err(q("counting sends in a window"))
 }
 
+/// Attempts that ended without a known outcome (`unknown`: a worker stopped after claiming, a
+/// timeout after the request left): the only events after which a duplicate is legitimate.
+pub async fn ambiguous(pool: &PgPool) -> Result<i64, StoreError> {
+    sqlx::query_scalar("SELECT count(*) FROM email_attempts WHERE outcome = $1")
+        .bind(Status::Unknown)
+        .fetch_one(pool)
+        .await
+        .map_err(q("counting ambiguous attempts"))
+}
+
 /// Transactions committed and rolled back in database `db` so far (the statistics collector's
 /// view: a backend reports its counts at most once a second and when it exits).
 pub async fn xacts(pool: &PgPool, db: &str) -> Result<i64, StoreError> {
