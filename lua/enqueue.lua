@@ -24,7 +24,9 @@
 --
 -- A tenant stream exists exactly while its tenant is in the ring (read.lua deletes both when the
 -- stream drains): the XADD is NOMKSTREAM, and only when the stream is missing does the tenant
--- join, with the group, at the ring's lowest virtual time. So the common case is one XADD.
+-- join, with the group, at the ring's lowest virtual time (the shared stream, '', joins too if
+-- the ring was lost, so read.lua may take a ring of one for the shared stream alone). So the
+-- common case is one XADD.
 local id, idem, tenant = ARGV[1], ARGV[2], ARGV[8] or ''
 if id == '' then return redis.error_reply('enqueue: empty job id') end
 local ttl = tonumber(ARGV[5])
@@ -56,6 +58,7 @@ else
       redis.call('XGROUP', 'CREATE', KEYS[2], ARGV[9], '0', 'MKSTREAM')
       local low = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
       redis.call('ZADD', KEYS[4], 'NX', tonumber(low[2]) or 0, tenant)
+      redis.call('ZADD', KEYS[4], 'NX', tonumber(low[2]) or 0, '')
       redis.call('XADD', KEYS[2], '*', unpack(fields))
       redis.call('XADD', KEYS[5], 'MAXLEN', '~', 64, '*', 't', tenant)
     end

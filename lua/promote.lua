@@ -45,6 +45,7 @@ local function promote(set, room)
           redis.call('XGROUP', 'CREATE', key, ARGV[3], '0', 'MKSTREAM')
           local low = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
           redis.call('ZADD', KEYS[5], 'NX', tonumber(low[2]) or 0, m.tenant)
+          redis.call('ZADD', KEYS[5], 'NX', tonumber(low[2]) or 0, '')
           redis.call('XADD', key, '*', unpack(fields))
           redis.call('XADD', KEYS[6], 'MAXLEN', '~', 64, '*', 't', m.tenant)
         end

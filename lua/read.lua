@@ -53,12 +53,22 @@ if ARGV[4] ~= '0' then tx = read(KEYS[1], n) end
 local room = n - #tx
 local bulk = {}
 if room > 0 and ARGV[5] ~= '0' then
-  -- The shared stream is always a member (a new partition, or a ring lost with Redis).
-  if not redis.call('ZSCORE', KEYS[3], '') then
-    local low = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-    redis.call('ZADD', KEYS[3], tonumber(low[2]) or 0, '')
-  end
+  -- The shared stream is always a member: every join adds it too, and a new partition (or a
+  -- ring lost with Redis) starts with it.
   local card = redis.call('ZCARD', KEYS[3])
+  if card == 0 then
+    redis.call('ZADD', KEYS[3], 0, '')
+    card = 1
+  end
+  if card == 1 then
+    -- No tenant has work: the shared stream alone, as cheaply as before there were tenants.
+    local got = read(KEYS[2], room)
+    if #got > 0 then
+      bulk[1] = ''
+      bulk[2] = got
+    end
+    return { tx, bulk }
+  end
   local weighted = redis.call('EXISTS', KEYS[5]) == 1
   local now = nil
   local idle = 0
