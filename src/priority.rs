@@ -3,17 +3,38 @@
 //! cap, the limiter's local queue) takes its permit from one of these, so a password reset
 //! never queues behind bulk work that asked first: a released permit goes to the oldest `tx`
 //! waiter if there is one, else to a `bulk` waiter: bulk waiters queue per tenant and are
-//! served round-robin across tenants, oldest first within one, so a tenant whose email was
-//! read later is not served after everything another tenant had admitted before it (the fair
-//! read, lua/read.lua, decides what enters; this keeps the order fair once it is in). Tx is
-//! FIFO.
+//! served weighted round-robin across tenants (a tenant of weight w, see [`set_weights`], is
+//! served w times a turn), oldest first within one, so a tenant whose email was read later is
+//! not served after everything another tenant had admitted before it (the fair read,
+//! lua/read.lua, decides what enters; this keeps the shares once it is in). Tx is FIFO.
 //!
 //! A permit is handed to the waiter it is meant for inside the release, so no later arrival can
 //! overtake a waiter; a waiter that gave up (its future dropped) passes the permit on.
 
 use crate::domain::Lane;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// The tenants' weights every semaphore of this process serves bulk by (absent: 1).
+static WEIGHTS: RwLock<Option<HashMap<String, u32>>> = RwLock::new(None);
+
+/// Set the tenants' weights for every [`PrioritySemaphore`] of this process: the worker's
+/// `MAILFLEET_TENANT_WEIGHTS`, the same list the fair read uses.
+pub fn set_weights(weights: &[(String, u32)]) {
+    let map = (!weights.is_empty()).then(|| weights.iter().cloned().collect());
+    *WEIGHTS.write().unwrap_or_else(|p| p.into_inner()) = map;
+}
+
+fn weight_of(tenant: Option<&str>) -> u32 {
+    let Some(t) = tenant else { return 1 };
+    WEIGHTS
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .and_then(|m| m.get(t).copied())
+        .unwrap_or(1)
+        .max(1)
+}
 use tokio::sync::oneshot;
 
 /// A permit; dropping it gives it back (to the next waiter, tx first).
@@ -33,12 +54,13 @@ struct State {
     bulk: Fair,
 }
 
-/// Bulk waiters: a queue per tenant (`None`: email without one), served round-robin.
+/// Bulk waiters: a queue per tenant (`None`: email without one), served weighted round-robin.
 #[derive(Debug, Default)]
 struct Fair {
     queues: HashMap<Option<Arc<str>>, VecDeque<Waiter>>,
-    /// Tenants with waiters, in the order they are served next.
-    turns: VecDeque<Option<Arc<str>>>,
+    /// Tenants with waiters, in the order they are served next, each with what is left of its
+    /// turn (its weight at the start of one).
+    turns: VecDeque<(Option<Arc<str>>, u32)>,
     len: usize,
 }
 
@@ -47,20 +69,24 @@ impl Fair {
         let key: Option<Arc<str>> = tenant.map(Arc::from);
         let q = self.queues.entry(key.clone()).or_default();
         if q.is_empty() {
-            self.turns.push_back(key);
+            self.turns.push_back((key, weight_of(tenant)));
         }
         q.push_back(w);
         self.len += 1;
     }
-    /// The next tenant's oldest waiter; that tenant goes to the back of the turns.
+    /// The oldest waiter of the tenant whose turn it is; once its turn is used up (or its
+    /// queue empty) the tenant goes to the back.
     fn pop(&mut self) -> Option<Waiter> {
-        let key = self.turns.pop_front()?;
+        let (key, left) = self.turns.pop_front()?;
         let q = self.queues.get_mut(&key)?;
         let w = q.pop_front();
         if q.is_empty() {
             self.queues.remove(&key);
+        } else if left > 1 {
+            self.turns.push_front((key, left - 1));
         } else {
-            self.turns.push_back(key);
+            let full = weight_of(key.as_deref());
+            self.turns.push_back((key, full));
         }
         self.len -= usize::from(w.is_some());
         w
@@ -299,6 +325,38 @@ mod tests {
             "first come, first served would be a1..a5 before s1"
         );
         assert_eq!(sem.available(), 1);
+    }
+
+    #[test]
+    fn a_weighted_tenant_is_served_its_weight_in_each_turn() {
+        // Process-wide: no other test here uses these tenant names.
+        set_weights(&[("gold-w".into(), 3)]);
+        let mut f = Fair::default();
+        let mut rx = Vec::new();
+        for (t, n) in [("gold-w", 7), ("free-w", 4)] {
+            for i in 0..n {
+                let (tx, r) = oneshot::channel();
+                f.push(Some(t), tx);
+                rx.push((format!("{t}{i}"), r));
+            }
+        }
+        let mut order = Vec::new();
+        while let Some(w) = f.pop() {
+            assert!(w.send(Permit { sem: None }).is_ok());
+            let i = rx
+                .iter_mut()
+                .position(|(_, r)| r.try_recv().is_ok())
+                .expect("a queued waiter got it");
+            order.push(rx.remove(i).0);
+        }
+        assert_eq!(
+            order,
+            [
+                "gold-w0", "gold-w1", "gold-w2", "free-w0", "gold-w3", "gold-w4", "gold-w5",
+                "free-w1", "gold-w6", "free-w2", "free-w3"
+            ]
+        );
+        assert_eq!(f.len, 0);
     }
 
     #[tokio::test]

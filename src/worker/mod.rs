@@ -303,6 +303,7 @@ pub async fn start(
                 doing: "creating consumer groups",
                 source,
             })?;
+        crate::priority::set_weights(&settings.tenant_weights);
         consumer::set_weights(&mut *conn, &deps.keys, &settings.tenant_weights)
             .await
             .map_err(|source| WorkerError::Redis {
