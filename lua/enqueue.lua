@@ -56,11 +56,13 @@ else
   if KEYS[4] and tenant ~= '' then
     if not redis.call('XADD', KEYS[2], 'NOMKSTREAM', '*', unpack(fields)) then
       redis.call('XGROUP', 'CREATE', KEYS[2], ARGV[9], '0', 'MKSTREAM')
-      local low = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+      local low = redis.call('ZRANGE', KEYS[4], 0, 1, 'WITHSCORES')
       redis.call('ZADD', KEYS[4], 'NX', tonumber(low[2]) or 0, tenant)
-      redis.call('ZADD', KEYS[4], 'NX', tonumber(low[2]) or 0, '')
+      -- An empty ring was lost (or is new): the shared stream is always a member.
+      if not low[1] then redis.call('ZADD', KEYS[4], 'NX', 0, '') end
       redis.call('XADD', KEYS[2], '*', unpack(fields))
-      redis.call('XADD', KEYS[5], 'MAXLEN', '~', 64, '*', 't', tenant)
+      -- Readers block only when no stream in the ring has work: ring the bell only then.
+      if not low[3] then redis.call('XADD', KEYS[5], 'MAXLEN', '~', 64, '*', 't', tenant) end
     end
   else
     redis.call('XADD', KEYS[2], '*', unpack(fields))

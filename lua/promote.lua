@@ -43,11 +43,11 @@ local function promote(set, room)
         local key = ARGV[2] .. m.tenant
         if not redis.call('XADD', key, 'NOMKSTREAM', '*', unpack(fields)) then
           redis.call('XGROUP', 'CREATE', key, ARGV[3], '0', 'MKSTREAM')
-          local low = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
+          local low = redis.call('ZRANGE', KEYS[5], 0, 1, 'WITHSCORES')
           redis.call('ZADD', KEYS[5], 'NX', tonumber(low[2]) or 0, m.tenant)
-          redis.call('ZADD', KEYS[5], 'NX', tonumber(low[2]) or 0, '')
+          if not low[1] then redis.call('ZADD', KEYS[5], 'NX', 0, '') end
           redis.call('XADD', key, '*', unpack(fields))
-          redis.call('XADD', KEYS[6], 'MAXLEN', '~', 64, '*', 't', m.tenant)
+          if not low[3] then redis.call('XADD', KEYS[6], 'MAXLEN', '~', 64, '*', 't', m.tenant) end
         end
       else
         redis.call('XADD', stream, '*', unpack(fields))

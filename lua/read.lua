@@ -20,11 +20,14 @@
 -- Fairness (docs/fairness.md): start-time fair queueing over the ring. Each visit takes the
 -- member with the lowest virtual time, reads up to quantum x weight new entries from its stream
 -- and advances its time by entries / weight; a tenant alone gets everything (work-conserving).
--- A member with nothing new is parked a quantum behind the next one. A tenant stream found empty (every
--- entry acked and deleted) is deleted with its group and leaves the ring in the same step, so
--- the ring holds only tenants with work and a read costs O(batch), never O(tenants known).
--- enqueue.lua and promote.lua re-create the stream and rejoin at the ring's lowest time, so a
--- returning tenant neither jumps ahead of the others nor waits behind their history.
+--
+-- The ring holds only streams with entries waiting to be read (and the shared stream, always):
+-- a tenant whose visit leaves nothing unread leaves the ring, keeping its stream while its
+-- deliveries are outstanding. Every ack path ends in settle.lua, which deletes an empty stream
+-- (and the tenant's group with it) or puts the tenant back when entries wait; a tenant whose
+-- stream is missing joins through enqueue.lua / promote.lua. Either way it (re)joins at the
+-- ring's lowest time, neither ahead of the tenants waiting nor behind their history. So a read
+-- costs O(batch), never O(tenants known), and a tenant with nothing to read costs no visits.
 local n = tonumber(ARGV[3])
 if n == nil or n <= 0 then return redis.error_reply('read: bad batch size') end
 local quantum = tonumber(ARGV[7]) or 16
@@ -96,7 +99,15 @@ if room > 0 and ARGV[5] ~= '0' then
       bulk[#bulk + 1] = t
       bulk[#bulk + 1] = got
       room = room - #got
-      redis.call('ZADD', KEYS[3], 'XX', vt + #got / w, t)
+      if t ~= '' and #got < want then
+        -- Fewer than asked for: nothing is left to read, so the tenant leaves the ring
+        -- (its stream stays, with its deliveries; settle.lua brings it back when an ack
+        -- finds entries waiting, or deletes the stream once it is empty).
+        redis.call('ZREM', KEYS[3], t)
+        card = card - 1
+      else
+        redis.call('ZADD', KEYS[3], 'XX', vt + #got / w, t)
+      end
       if t ~= '' then
         if now == nil then
           local c = redis.call('TIME')
@@ -105,17 +116,20 @@ if room > 0 and ARGV[5] ~= '0' then
         redis.call('ZADD', KEYS[4], 'NX', now, t)
       end
       idle = 0
-    elseif t ~= '' and redis.call('XLEN', key) == 0 then
-      -- Drained: every entry was acked and deleted, so no delivery is outstanding either.
-      redis.call('DEL', key)
+    elseif t ~= '' then
+      if redis.call('XLEN', key) == 0 then
+        -- Drained: every entry was acked and deleted, so no delivery is outstanding either.
+        redis.call('DEL', key)
+        redis.call('ZREM', KEYS[4], t)
+      end
+      -- Either way nothing is waiting: out of the ring (see above).
       redis.call('ZREM', KEYS[3], t)
-      redis.call('ZREM', KEYS[4], t)
       card = card - 1
     else
-      -- Nothing new (the shared stream is empty, or the tenant's entries are all in flight):
-      -- parked a quantum behind the next member, so an idle member costs a visit per round.
+      -- The shared stream is empty: parked two quanta behind the next member, so a tenant
+      -- alone reads 48 entries a visit, and the shared stream is looked at again soon.
       if next_vt then
-        redis.call('ZADD', KEYS[3], 'XX', math.max(vt, next_vt) + quantum, t)
+        redis.call('ZADD', KEYS[3], 'XX', math.max(vt, next_vt) + 2 * quantum, t)
       end
       idle = idle + 1
     end

@@ -9,6 +9,8 @@
 -- ARGV[5]: most entries to claim in this call
 -- ARGV[6]: max deliveries: an entry delivered more often is dead-lettered instead of retried
 -- ARGV[7]: lane name, recorded with dead entries
+-- ARGV[8]: '1' when KEYS[1] is a tenant stream: a dead-lettered entry is deleted after its ack
+--          (the caller then runs settle.lua)
 -- Returns: { next_cursor, { {entry_id, {field, value, ...}}, ... }, { job id of each entry
 --          dead-lettered ('' when it had none) }, deleted }
 --
@@ -23,6 +25,8 @@ local min_idle, count, max_deliveries = tonumber(ARGV[3]), tonumber(ARGV[5]), to
 if min_idle == nil or count == nil or count <= 0 or max_deliveries == nil then
   return redis.error_reply('reclaim: bad arguments')
 end
+-- A tenant stream is deleted once drained (settle.lua): nothing to take over.
+if redis.call('EXISTS', KEYS[1]) == 0 then return { '0-0', {}, {}, 0 } end
 local r = redis.call('XAUTOCLAIM', KEYS[1], group, me, min_idle, ARGV[4], 'COUNT', count)
 local next_cursor, claimed, deleted = r[1], r[2], r[3] or {}
 local keep, dead = {}, {}
@@ -44,6 +48,7 @@ for _, entry in ipairs(claimed) do
     end
     redis.call('XADD', KEYS[2], '*', unpack(out))
     redis.call('XACK', KEYS[1], group, id)
+    if ARGV[8] == '1' then redis.call('XDEL', KEYS[1], id) end
     dead[#dead + 1] = job
   else
     keep[#keep + 1] = entry

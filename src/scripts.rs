@@ -41,6 +41,8 @@ pub static RECLAIM: LazyLock<Lua> =
     LazyLock::new(|| Lua::new("reclaim", include_str!("../lua/reclaim.lua")));
 pub static RECLAIM_DUE: LazyLock<Lua> =
     LazyLock::new(|| Lua::new("reclaim_due", include_str!("../lua/reclaim_due.lua")));
+pub static SETTLE: LazyLock<Lua> =
+    LazyLock::new(|| Lua::new("settle", include_str!("../lua/settle.lua")));
 pub static TENANTS: LazyLock<Lua> =
     LazyLock::new(|| Lua::new("tenants", include_str!("../lua/tenants.lua")));
 pub static DEAD_LETTER: LazyLock<Lua> =
@@ -60,7 +62,7 @@ pub static TRIM: LazyLock<Lua> =
 pub static RATELIMIT: LazyLock<Lua> =
     LazyLock::new(|| Lua::new("ratelimit", include_str!("../lua/ratelimit.lua")));
 
-fn all() -> [&'static Lua; 13] {
+fn all() -> [&'static Lua; 14] {
     [
         &ENQUEUE,
         &READ,
@@ -70,6 +72,7 @@ fn all() -> [&'static Lua; 13] {
         &RECLAIM,
         &RECLAIM_DUE,
         &TENANTS,
+        &SETTLE,
         &TOUCH,
         &DLQ_REPLAY,
         &LEASE,

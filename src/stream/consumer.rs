@@ -7,7 +7,9 @@
 
 use super::{GROUP, Keys, RawEntry, Source, wire};
 use crate::domain::Lane;
-use crate::scripts::{self, DEAD_LETTER, PROMOTE, READ, RECLAIM, RECLAIM_DUE, RETRY, TOUCH, TRIM};
+use crate::scripts::{
+    self, DEAD_LETTER, PROMOTE, READ, RECLAIM, RECLAIM_DUE, RETRY, SETTLE, TOUCH, TRIM,
+};
 use redis::{RedisResult, Value, aio::ConnectionLike};
 use std::collections::BTreeMap;
 
@@ -247,7 +249,8 @@ pub async fn reclaim<C: ConnectionLike + Send>(
         .arg(cursor)
         .arg(count)
         .arg(max_deliveries)
-        .arg(lane.as_str());
+        .arg(lane.as_str())
+        .arg(if source.tenant.is_some() { "1" } else { "0" });
     let v = scripts::run_one(conn, cmd).await?;
     let mut out = Reclaimed {
         next_cursor: "0-0".into(),
@@ -275,6 +278,31 @@ pub async fn reclaim<C: ConnectionLike + Send>(
         }
     }
     Ok(out)
+}
+
+/// `settle.lua` for a tenant stream, deleting `ids` (acked already).
+fn settle_cmd(keys: &Keys, source: &Source, ids: &[&String]) -> redis::Cmd {
+    let p = source.partition;
+    let mut c = SETTLE.call(&[&keys.source(source), &keys.bulk_ring(p), &keys.bulk_held(p)]);
+    c.arg(GROUP)
+        .arg(source.tenant.as_deref().unwrap_or(""))
+        .arg(ids);
+    c
+}
+
+/// Bring a tenant stream and the ring in step (lua/settle.lua) without deleting anything: after
+/// reclaim, whose dead letters at max deliveries are acked (and deleted) inside reclaim.lua.
+pub async fn settle<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    source: &Source,
+) -> RedisResult<()> {
+    if source.tenant.is_none() {
+        return Ok(());
+    }
+    scripts::run_one(conn, settle_cmd(keys, source, &[]))
+        .await
+        .map(drop)
 }
 
 /// The tenant bulk streams of partition `p` that may hold entries idle past `min_idle_ms`
@@ -492,9 +520,9 @@ impl Finish {
     /// Issue everything in one pipeline. Every command is idempotent (XACK of an acked entry
     /// is a no-op; a retried member is a set member; a dead letter is only written for an entry
     /// still pending, see lua/dead_letter.lua and lua/retry.lua), so the caller may repeat a failed `execute`.
-    /// A tenant stream's entries are also deleted once acked (one XDEL per stream, after the
-    /// acks and scripts): nothing trims tenant streams, and read.lua deletes a stream (and
-    /// its tenant leaves the ring) once it is empty.
+    /// A tenant stream's entries are also deleted once acked, by one `settle.lua` per stream
+    /// after the acks and scripts, which deletes the stream once it is empty or puts the tenant
+    /// back in the ring when entries wait (nothing trims tenant streams).
     pub async fn execute<C: ConnectionLike + Send>(
         &self,
         conn: &mut C,
@@ -542,9 +570,7 @@ impl Finish {
             }
         }
         for (source, ids) in done {
-            let mut c = redis::cmd("XDEL");
-            c.arg(keys.source(source)).arg(ids);
-            cmds.push(c);
+            cmds.push(settle_cmd(keys, source, &ids));
         }
         for r in scripts::run_pipeline(conn, cmds).await? {
             r?;

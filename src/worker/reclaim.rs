@@ -181,6 +181,20 @@ async fn sweep(
             batches.spawn(async move { process::batch(shared, r.entries, out).await });
         }
         if r.next_cursor == "0-0" {
+            if source.tenant.is_some() {
+                // Entries dead-lettered here were acked inside reclaim.lua: settle the stream
+                // as the recorder would (delete it if empty, back in the ring if entries wait).
+                let settled = match shared.deps.redis.get().await {
+                    Ok(mut conn) => consumer::settle(&mut *conn, &shared.deps.keys, source)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(e) = settled {
+                    METRICS.redis_errors.with_label_values(&["reclaim"]).inc();
+                    tracing::warn!(partition = p, error.message = %e, "settling a tenant stream after reclaim failed");
+                }
+            }
             return true;
         }
         cursor = r.next_cursor;

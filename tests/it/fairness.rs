@@ -444,3 +444,62 @@ async fn depth_counts_tenant_streams_in_bulk_and_names_the_busiest_tenants() {
     assert_eq!(bulk.pending as usize, got.len());
     assert_eq!(bulk.lag as usize, 365 - got.len());
 }
+
+#[tokio::test]
+async fn a_tenant_with_nothing_left_to_read_leaves_the_ring_and_its_next_ack_brings_it_back() {
+    let redis = TestRedis::new();
+    redis.ensure_groups().await;
+    enqueue_bulk(&redis, Some("t"), 5).await;
+    let first = read(&redis, 10).await;
+    assert_eq!(first.len(), 5);
+    let key = redis.keys.tenant_stream(0, "t");
+    let members = |r: Vec<(String, f64)>| r.into_iter().map(|(m, _)| m).collect::<Vec<_>>();
+    assert_eq!(
+        members(ring(&redis).await),
+        [""],
+        "nothing left to read: out of the ring, so no read visits it"
+    );
+    assert!(exists(&redis, &key).await, "its deliveries keep the stream");
+    // More of t's email arrives while it is out of the ring: it waits for t's next ack.
+    enqueue_bulk(&redis, Some("t"), 3).await;
+    assert!(read(&redis, 10).await.is_empty());
+    finish(&redis, &first).await;
+    assert_eq!(
+        members(ring(&redis).await),
+        ["", "t"],
+        "the ack found entries waiting"
+    );
+    let second = read(&redis, 10).await;
+    assert_eq!(by_tenant(&second)["t"], 3);
+    finish(&redis, &second).await;
+    assert!(
+        !exists(&redis, &key).await,
+        "the last ack deletes the stream"
+    );
+    assert_eq!(members(ring(&redis).await), [""]);
+    // Dead-lettered at max deliveries inside reclaim.lua: deleted there, and settle (which
+    // reclaim runs for a tenant stream) ends the stream.
+    enqueue_bulk(&redis, Some("t"), 1).await;
+    let got = consumer::read_now(&mut *redis.conn().await, &redis.keys, 0, "dead", 10, &[])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let r = consumer::reclaim(
+        &mut *redis.conn().await,
+        &redis.keys,
+        &got[0].source(),
+        "alive",
+        10,
+        "0-0",
+        10,
+        0,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.dead_lettered, 1);
+    assert_eq!(redis.xlen(&key).await, 0, "deleted with its ack");
+    consumer::settle(&mut *redis.conn().await, &redis.keys, &got[0].source())
+        .await
+        .unwrap();
+    assert!(!exists(&redis, &key).await);
+}
