@@ -328,42 +328,10 @@ impl Producer {
         let mut out = Vec::with_capacity(prepared.len());
         let ttl_ms = self.dedup_ttl.as_millis().max(1) as u64;
         for chunk in prepared.chunks(CHUNK) {
-            let cmds = chunk
+            let batches = enqueue_batches(chunk);
+            let cmds = batches
                 .iter()
-                .map(|p| {
-                    let idem = p.idempotency_key.as_deref().unwrap_or("");
-                    let dedup = self
-                        .keys
-                        .dedup(p.partition, if idem.is_empty() { "-" } else { idem });
-                    let delayed = self.keys.delayed_of(p.partition, p.lane);
-                    // Bulk with a tenant waits on the tenant's own stream, in the fair ring.
-                    let tenant = match p.lane {
-                        Lane::Bulk => p.email.tenant.as_deref(),
-                        Lane::Tx => None,
-                    };
-                    let mut c = match tenant {
-                        Some(t) => ENQUEUE.call(&[
-                            &dedup,
-                            &self.keys.tenant_stream(p.partition, t),
-                            &delayed,
-                            &self.keys.bulk_ring(p.partition),
-                            &self.keys.bulk_bell(p.partition),
-                        ]),
-                        None => {
-                            ENQUEUE.call(&[&dedup, &self.keys.lane(p.partition, p.lane), &delayed])
-                        }
-                    };
-                    c.arg(p.id.to_string())
-                        .arg(idem)
-                        .arg(p.enqueued_at_ms)
-                        .arg(&p.payload_json)
-                        .arg(ttl_ms)
-                        .arg(p.due_ms)
-                        .arg(p.lane.as_str())
-                        .arg(tenant.unwrap_or(""))
-                        .arg(crate::stream::GROUP);
-                    c
-                })
+                .map(|b| self.enqueue_cmd(chunk, b, ttl_ms))
                 .collect();
             let results = scripts::run_pipeline(&mut *conn, cmds)
                 .await
@@ -371,12 +339,26 @@ impl Producer {
                     doing: "enqueueing",
                     source,
                 })?;
-            for (p, r) in chunk.iter().zip(results) {
+            let mut got: Vec<Option<Enqueued>> = vec![None; chunk.len()];
+            for (b, r) in batches.iter().zip(results) {
                 let v = r.map_err(|source| ProducerError::Redis {
                     doing: "enqueueing",
                     source,
                 })?;
-                let e = parse_reply(&v)?;
+                let replies = parse_replies(&v)?;
+                if replies.len() != b.len() {
+                    return Err(ProducerError::Protocol(format!(
+                        "{} replies for {} jobs",
+                        replies.len(),
+                        b.len()
+                    )));
+                }
+                for (&i, e) in b.iter().zip(replies) {
+                    got[i] = Some(e);
+                }
+            }
+            for (p, e) in chunk.iter().zip(got) {
+                let e = e.ok_or_else(|| ProducerError::Protocol("a job got no reply".into()))?;
                 METRICS
                     .enqueued
                     .with_label_values(&[
@@ -389,6 +371,109 @@ impl Producer {
         }
         Ok(out)
     }
+}
+
+/// Most jobs in one enqueue.lua call, and most payload bytes: a call is one unit of work for
+/// Redis (every other client waits while it runs), so a batch is cut into calls of about a
+/// millisecond.
+const PER_CALL: usize = 64;
+const PER_CALL_BYTES: usize = 1 << 20;
+
+/// The stream a prepared job is written to: (partition, lane, tenant for bulk).
+fn stream_of(p: &Prepared) -> (u16, Lane, Option<&str>) {
+    let tenant = match p.lane {
+        Lane::Bulk => p.email.tenant.as_deref(),
+        Lane::Tx => None,
+    };
+    (p.partition, p.lane, tenant)
+}
+
+/// Indexes into `chunk` grouped by stream, in order within a stream, cut at [`PER_CALL`] jobs
+/// or [`PER_CALL_BYTES`]: one enqueue.lua call each.
+fn enqueue_batches(chunk: &[Prepared]) -> Vec<Vec<usize>> {
+    let mut open: Vec<((u16, Lane, Option<&str>), Vec<usize>, usize)> = Vec::new();
+    let mut done = Vec::new();
+    for (i, p) in chunk.iter().enumerate() {
+        let key = stream_of(p);
+        let at = match open.iter().position(|(k, _, _)| *k == key) {
+            Some(at) => at,
+            None => {
+                open.push((key, Vec::new(), 0));
+                open.len() - 1
+            }
+        };
+        let (_, ids, bytes) = &mut open[at];
+        if !ids.is_empty()
+            && (ids.len() >= PER_CALL || *bytes + p.payload_json.len() > PER_CALL_BYTES)
+        {
+            done.push(std::mem::take(ids));
+            *bytes = 0;
+        }
+        ids.push(i);
+        *bytes += p.payload_json.len();
+    }
+    done.extend(
+        open.into_iter()
+            .map(|(_, ids, _)| ids)
+            .filter(|v| !v.is_empty()),
+    );
+    done
+}
+
+impl Producer {
+    /// One enqueue.lua call for the jobs `batch` names (indexes into `chunk`, one stream).
+    fn enqueue_cmd(&self, chunk: &[Prepared], batch: &[usize], ttl_ms: u64) -> redis::Cmd {
+        let first = &chunk[batch[0]];
+        let (partition, lane, tenant) = stream_of(first);
+        let dedup = |p: &Prepared| {
+            let idem = p.idempotency_key.as_deref().unwrap_or("");
+            self.keys
+                .dedup(partition, if idem.is_empty() { "-" } else { idem })
+        };
+        let stream = match tenant {
+            Some(t) => self.keys.tenant_stream(partition, t),
+            None => self.keys.lane(partition, lane),
+        };
+        let mut keys = vec![
+            dedup(first),
+            stream,
+            self.keys.delayed_of(partition, lane),
+            self.keys.bulk_ring(partition),
+            self.keys.bulk_bell(partition),
+        ];
+        keys.extend(batch[1..].iter().map(|&i| dedup(&chunk[i])));
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let mut c = ENQUEUE.call(&refs);
+        c.arg(first.id.to_string())
+            .arg(first.idempotency_key.as_deref().unwrap_or(""))
+            .arg(first.enqueued_at_ms)
+            .arg(&first.payload_json)
+            .arg(ttl_ms)
+            .arg(first.due_ms)
+            .arg(lane.as_str())
+            .arg(tenant.unwrap_or(""))
+            .arg(crate::stream::GROUP);
+        for &i in &batch[1..] {
+            let p = &chunk[i];
+            c.arg(p.id.to_string())
+                .arg(p.idempotency_key.as_deref().unwrap_or(""))
+                .arg(p.enqueued_at_ms)
+                .arg(&p.payload_json)
+                .arg(p.due_ms);
+        }
+        c
+    }
+}
+
+/// `{ id, added, id, added, ... }` from enqueue.lua.
+fn parse_replies(v: &Value) -> Result<Vec<Enqueued>, ProducerError> {
+    let Value::Array(items) = v else {
+        return Err(ProducerError::Protocol(format!("{v:?}")));
+    };
+    items
+        .chunks(2)
+        .map(|pair| parse_reply(&Value::Array(pair.to_vec())))
+        .collect()
 }
 
 fn parse_reply(v: &Value) -> Result<Enqueued, ProducerError> {

@@ -344,9 +344,10 @@ async fn the_bench_sends_every_email_once_and_reports_its_figures(pg: PgPool) {
         assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{k}: {v}");
     }
     assert!(v["p50_ms"].as_f64() <= v["p99_ms"].as_f64(), "{v}");
-    // Every email costs at least its enqueue script and the XADD inside it.
+    // Every email costs at least the XADD inside its enqueue script (one script call enqueues
+    // a batch of a stream's jobs).
     assert!(
-        v["redis_cmds_per_email"].as_f64().is_some_and(|x| x >= 2.0),
+        v["redis_cmds_per_email"].as_f64().is_some_and(|x| x >= 1.0),
         "{v}"
     );
     // The scratch database is gone afterwards.

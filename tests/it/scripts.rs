@@ -701,3 +701,95 @@ async fn trim_removes_only_entries_every_group_has_acked() {
         0
     );
 }
+
+#[tokio::test]
+async fn one_enqueue_call_takes_a_batch_in_order_and_a_key_repeated_in_it_is_a_duplicate() {
+    let redis = TestRedis::new();
+    let k = &redis.keys;
+    let payload = r#"{"to":["a@example.com"],"from":"b@example.com","subject":"s","text":"t"}"#;
+    let mut c = ENQUEUE.call(&[
+        &k.dedup(0, "k"),
+        &k.lane(0, Lane::Bulk),
+        &k.delayed(0),
+        &k.bulk_ring(0),
+        &k.bulk_bell(0),
+        &k.dedup(0, "-"),
+        &k.dedup(0, "k"),
+        &k.dedup(0, "-"),
+    ]);
+    c.arg("id-1")
+        .arg("k")
+        .arg(1)
+        .arg(payload)
+        .arg(60_000)
+        .arg(0)
+        .arg("bulk")
+        .arg("")
+        .arg(GROUP);
+    c.arg("id-2").arg("").arg(1).arg(payload).arg(0);
+    c.arg("id-3").arg("k").arg(1).arg(payload).arg(0);
+    // Due far in the future: the delayed set.
+    c.arg("id-4")
+        .arg("")
+        .arg(1)
+        .arg(payload)
+        .arg(4_000_000_000_000i64);
+    let mut conn = redis.conn().await;
+    let v = scripts::run_one(&mut *conn, c).await.unwrap();
+    let r: Vec<(String, i64)> = redis::from_redis_value::<Vec<redis::Value>>(v)
+        .unwrap()
+        .chunks(2)
+        .map(|p| {
+            (
+                redis::from_redis_value(p[0].clone()).unwrap(),
+                redis::from_redis_value(p[1].clone()).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        r,
+        [
+            ("id-1".to_owned(), 1),
+            ("id-2".to_owned(), 1),
+            ("id-1".to_owned(), 0),
+            ("id-4".to_owned(), 1)
+        ]
+    );
+    drop(conn);
+    let ids: Vec<String> = redis
+        .entries(&k.lane(0, Lane::Bulk))
+        .await
+        .into_iter()
+        .map(|e| e["id"].clone())
+        .collect();
+    assert_eq!(ids, ["id-1", "id-2"], "in order, the duplicate not written");
+    assert_eq!(zcard(&redis, &k.delayed(0)).await, 1);
+    // Extra jobs need a dedup key each.
+    let mut bad = ENQUEUE.call(&[
+        &k.dedup(0, "-"),
+        &k.lane(0, Lane::Bulk),
+        &k.delayed(0),
+        &k.bulk_ring(0),
+        &k.bulk_bell(0),
+    ]);
+    bad.arg("id-5")
+        .arg("")
+        .arg(1)
+        .arg(payload)
+        .arg(60_000)
+        .arg(0)
+        .arg("bulk")
+        .arg("")
+        .arg(GROUP);
+    bad.arg("id-6").arg("").arg(1).arg(payload).arg(0);
+    assert!(
+        scripts::run_one(&mut *redis.conn().await, bad)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        redis.xlen(&k.lane(0, Lane::Bulk)).await,
+        2,
+        "nothing written"
+    );
+}
