@@ -380,7 +380,9 @@ const PER_CALL: usize = 64;
 const PER_CALL_BYTES: usize = 1 << 20;
 
 /// The stream a prepared job is written to: (partition, lane, tenant for bulk).
-fn stream_of(p: &Prepared) -> (u16, Lane, Option<&str>) {
+type StreamOf<'a> = (u16, Lane, Option<&'a str>);
+
+fn stream_of(p: &Prepared) -> StreamOf<'_> {
     let tenant = match p.lane {
         Lane::Bulk => p.email.tenant.as_deref(),
         Lane::Tx => None,
@@ -391,7 +393,8 @@ fn stream_of(p: &Prepared) -> (u16, Lane, Option<&str>) {
 /// Indexes into `chunk` grouped by stream, in order within a stream, cut at [`PER_CALL`] jobs
 /// or [`PER_CALL_BYTES`]: one enqueue.lua call each.
 fn enqueue_batches(chunk: &[Prepared]) -> Vec<Vec<usize>> {
-    let mut open: Vec<((u16, Lane, Option<&str>), Vec<usize>, usize)> = Vec::new();
+    // Per stream: its jobs so far in the open call, and their payload bytes.
+    let mut open: Vec<(StreamOf<'_>, Vec<usize>, usize)> = Vec::new();
     let mut done = Vec::new();
     for (i, p) in chunk.iter().enumerate() {
         let key = stream_of(p);
