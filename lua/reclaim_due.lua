@@ -7,7 +7,8 @@
 -- ARGV[3]: recheck, ms (at most ARGV[2]): when to look at a returned stream again
 -- ARGV[4]: the most tenants to return
 -- ARGV[5]: the tenant streams' key prefix, mf:{p}:bulk:t:
--- Returns: the tenants whose streams may hold entries idle past the min idle time.
+-- Returns: { tenant, entries pending, ... } for the tenants whose streams may hold entries idle
+--          past the min idle time (the count lets the caller take only that much room).
 --
 -- A stream is due once its score is at least the min idle time old: before that no entry on it
 -- can have been idle that long. A due stream with nothing pending (or gone) leaves the set; one
@@ -34,6 +35,7 @@ for _, tenant in ipairs(due) do
   else
     redis.call('ZADD', KEYS[1], now - min_idle + recheck, tenant)
     out[#out + 1] = tenant
+    out[#out + 1] = tonumber(p[1])
   end
 end
 return out

@@ -306,7 +306,8 @@ pub async fn settle<C: ConnectionLike + Send>(
 }
 
 /// The tenant bulk streams of partition `p` that may hold entries idle past `min_idle_ms`
-/// (lua/reclaim_due.lua), at most `limit`; each comes due again `recheck_ms` later.
+/// (lua/reclaim_due.lua), at most `limit`, with the entries pending on each; each comes due
+/// again `recheck_ms` later.
 pub async fn reclaim_due<C: ConnectionLike + Send>(
     conn: &mut C,
     keys: &Keys,
@@ -314,7 +315,7 @@ pub async fn reclaim_due<C: ConnectionLike + Send>(
     min_idle_ms: u64,
     recheck_ms: u64,
     limit: usize,
-) -> RedisResult<Vec<Source>> {
+) -> RedisResult<Vec<(Source, u64)>> {
     let mut cmd = RECLAIM_DUE.call(&[&keys.bulk_held(p)]);
     cmd.arg(GROUP)
         .arg(min_idle_ms)
@@ -326,13 +327,16 @@ pub async fn reclaim_due<C: ConnectionLike + Send>(
         return Ok(Vec::new());
     };
     Ok(items
-        .iter()
-        .filter_map(|t| match t {
-            Value::BulkString(b) => Some(Source {
-                partition: p,
-                lane: Lane::Bulk,
-                tenant: Some(String::from_utf8_lossy(b).as_ref().into()),
-            }),
+        .chunks_exact(2)
+        .filter_map(|pair| match pair {
+            [Value::BulkString(b), Value::Int(n)] => Some((
+                Source {
+                    partition: p,
+                    lane: Lane::Bulk,
+                    tenant: Some(String::from_utf8_lossy(b).as_ref().into()),
+                },
+                (*n).max(0) as u64,
+            )),
             _ => None,
         })
         .collect())

@@ -29,7 +29,17 @@ pub(super) async fn run(
         }
         for p in 0..shared.deps.keys.partitions() {
             for lane in Lane::ALL {
-                if !sweep(&shared, &Source::shared(p, lane), &out, &batches, &token).await {
+                let all = shared.settings.batch_size;
+                if !sweep(
+                    &shared,
+                    &Source::shared(p, lane),
+                    all,
+                    &out,
+                    &batches,
+                    &token,
+                )
+                .await
+                {
                     return;
                 }
             }
@@ -76,8 +86,11 @@ async fn sweep_tenants(
                 return true;
             }
         };
-        for source in &due {
-            if !sweep(shared, source, out, batches, token).await {
+        for (source, pending) in &due {
+            // Room for what is pending there, not a whole batch: a worker whose pool is full
+            // frees room a little at a time, and a tenant stream holds a few entries.
+            let want = (*pending as usize).clamp(1, s.batch_size);
+            if !sweep(shared, source, want, out, batches, token).await {
                 return false;
             }
         }
@@ -120,10 +133,11 @@ async fn mark_dead(shared: &Shared, ids: &[uuid::Uuid], token: &CancellationToke
     }
 }
 
-/// One pass over a stream's pending entries. Returns false when shutting down.
+/// One pass over a stream's pending entries, `want` at a time. Returns false when shutting down.
 async fn sweep(
     shared: &Arc<Shared>,
     source: &Source,
+    want: usize,
     out: &Outbox,
     batches: &TaskTracker,
     token: &CancellationToken,
@@ -134,13 +148,13 @@ async fn sweep(
     loop {
         let permit = tokio::select! {
             _ = token.cancelled() => return false,
-            p = shared.room(lane).clone().acquire_many_owned(s.batch_size as u32) => match p {
+            p = shared.room(lane).clone().acquire_many_owned(want as u32) => match p {
                 Ok(p) => p,
                 Err(_) => return false,
             },
         };
         permit.forget();
-        METRICS.in_flight.add(s.batch_size as i64);
+        METRICS.in_flight.add(want as i64);
         let r = match shared.deps.redis.get().await {
             Ok(mut conn) => consumer::reclaim(
                 &mut *conn,
@@ -149,7 +163,7 @@ async fn sweep(
                 &s.consumer,
                 s.visibility_timeout_ms,
                 &cursor,
-                s.batch_size,
+                want,
                 s.max_deliveries,
             )
             .await
@@ -159,13 +173,13 @@ async fn sweep(
         let r = match r {
             Ok(r) => r,
             Err(e) => {
-                shared.release(lane, s.batch_size);
+                shared.release(lane, want);
                 METRICS.redis_errors.with_label_values(&["reclaim"]).inc();
                 tracing::warn!(partition = p, lane = %lane, error.message = %e, "reclaim failed");
                 return true;
             }
         };
-        shared.release(lane, s.batch_size.saturating_sub(r.entries.len()));
+        shared.release(lane, want.saturating_sub(r.entries.len()));
         if r.dead_lettered > 0 {
             METRICS
                 .dead_letters

@@ -228,16 +228,20 @@ async fn reclaim_finds_a_crashed_consumers_tenant_entries_only_once_they_can_be_
         "nothing can be idle a minute yet"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let sources = due(200).await;
+    let found = due(200).await;
     assert_eq!(
-        sources,
-        vec![Source {
-            partition: 0,
-            lane: Lane::Bulk,
-            tenant: Some("t1".into())
-        }],
-        "t2 has nothing pending"
+        found,
+        vec![(
+            Source {
+                partition: 0,
+                lane: Lane::Bulk,
+                tenant: Some("t1".into())
+            },
+            5
+        )],
+        "t2 has nothing pending; t1 has its 5"
     );
+    let sources: Vec<Source> = found.into_iter().map(|(s, _)| s).collect();
     let r = consumer::reclaim(
         &mut *redis.conn().await,
         &redis.keys,
