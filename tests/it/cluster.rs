@@ -20,6 +20,11 @@ fn jobs(from: usize, n: usize, tag: &str) -> Vec<NewJob> {
                 &format!("user{i}@example.com"),
             );
             j.idempotency_key = Some(format!("{tag}-{i}"));
+            // Half the bulk belongs to one of four tenants: their own streams, in each
+            // partition's fair ring, on whichever master holds the partition.
+            if j.lane == Lane::Bulk && i % 2 == 0 {
+                j.payload.tenant = Some(format!("tenant{}", i % 8));
+            }
             j
         })
         .collect()
@@ -71,6 +76,30 @@ async fn twelve_partitions_on_a_redis_cluster_send_every_email_once(pg: PgPool) 
         (n as u64, n as u64, 0),
         "lost=0, duplicates=0"
     );
+    // Every tenant stream drained and deleted: each ring holds at most the shared stream.
+    eventually("every tenant stream gone", Duration::from_secs(30), || async {
+        let mut left = 0;
+        for p in 0..PARTITIONS {
+            let members: Vec<String> = redis::cmd("ZRANGE")
+                .arg(redis.keys.bulk_ring(p))
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut *redis.conn().await)
+                .await
+                .unwrap();
+            left += members.iter().filter(|m| !m.is_empty()).count();
+            for t in 0..8 {
+                let n: i64 = redis::cmd("EXISTS")
+                    .arg(redis.keys.tenant_stream(p, &format!("tenant{t}")))
+                    .query_async(&mut *redis.conn().await)
+                    .await
+                    .unwrap();
+                left += n as usize;
+            }
+        }
+        (left == 0).then_some(())
+    })
+    .await;
     let used: usize = {
         let mut k = 0;
         for p in 0..PARTITIONS {
