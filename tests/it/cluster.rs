@@ -77,28 +77,32 @@ async fn twelve_partitions_on_a_redis_cluster_send_every_email_once(pg: PgPool) 
         "lost=0, duplicates=0"
     );
     // Every tenant stream drained and deleted: each ring holds at most the shared stream.
-    eventually("every tenant stream gone", Duration::from_secs(30), || async {
-        let mut left = 0;
-        for p in 0..PARTITIONS {
-            let members: Vec<String> = redis::cmd("ZRANGE")
-                .arg(redis.keys.bulk_ring(p))
-                .arg(0)
-                .arg(-1)
-                .query_async(&mut *redis.conn().await)
-                .await
-                .unwrap();
-            left += members.iter().filter(|m| !m.is_empty()).count();
-            for t in 0..8 {
-                let n: i64 = redis::cmd("EXISTS")
-                    .arg(redis.keys.tenant_stream(p, &format!("tenant{t}")))
+    eventually(
+        "every tenant stream gone",
+        Duration::from_secs(30),
+        || async {
+            let mut left = 0;
+            for p in 0..PARTITIONS {
+                let members: Vec<String> = redis::cmd("ZRANGE")
+                    .arg(redis.keys.bulk_ring(p))
+                    .arg(0)
+                    .arg(-1)
                     .query_async(&mut *redis.conn().await)
                     .await
                     .unwrap();
-                left += n as usize;
+                left += members.iter().filter(|m| !m.is_empty()).count();
+                for t in 0..8 {
+                    let n: i64 = redis::cmd("EXISTS")
+                        .arg(redis.keys.tenant_stream(p, &format!("tenant{t}")))
+                        .query_async(&mut *redis.conn().await)
+                        .await
+                        .unwrap();
+                    left += n as usize;
+                }
             }
-        }
-        (left == 0).then_some(())
-    })
+            (left == 0).then_some(())
+        },
+    )
     .await;
     let used: usize = {
         let mut k = 0;
