@@ -87,15 +87,33 @@ DEADLINE_SECS=${CHAOS_DEADLINE_SECS:-240}
 
 log() { echo "[chaos] $*" >&2; }
 free_port() {
-  local p
-  while :; do
-    # At most 55535 with p + 10000 free too: a cluster node also binds its bus port there, and
-    # Redis refuses a cluster node above 55535 (a node that never starts failed the scenario).
-    p=$(( 20000 + RANDOM % 35000 ))
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && continue
-    (exec 3<>"/dev/tcp/127.0.0.1/$(( p + 10000 ))") 2>/dev/null && continue
-    echo "$p"; return
-  done
+  # A port that can be bound now, with p + 10000 bindable too (a cluster node also binds its bus
+  # port there), both below the kernel's ephemeral range: a port above it may be the local end
+  # of one of the many outgoing connections a scenario makes, which a connect test cannot see
+  # and a listener cannot bind (a cluster node that never started failed cluster-failover).
+  python3 - "${CLAIMED_PORTS:-}" <<'PY'
+import random, socket, sys
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+taken = {int(x) for x in sys.argv[1].split()}
+def bindable(p):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+top = max(20001, min(55535, low - 10001))
+for _ in range(10000):
+    p = random.randint(20000, top)
+    if p in taken or p + 10000 in taken:
+        continue
+    if bindable(p) and bindable(p + 10000):
+        print(p)
+        sys.exit(0)
+sys.exit("no free port pair below the ephemeral range")
+PY
 }
 
 if [ "${CHAOS_PROFILE:-release}" = dev ]; then
@@ -167,18 +185,30 @@ rcli() { redis-cli -u "$REDIS" "$@"; }
 cluster_start() { # 6 redis-server nodes on free ports, 3 masters with a replica each; sets CLUSTER_URL
   local p addrs=() urls=()
   CPORTS=()
+  local tries up
   for _ in 1 2 3 4 5 6; do
-    p=$(free_port); CPORTS+=("$p"); mkdir -p "$RUN/cluster/$p"
-    # A replica syncs at once (the default waits 5 s to batch replicas): it can take over early.
-    redis-server --port "$p" --bind 127.0.0.1 --dir "$RUN/cluster/$p" --cluster-enabled yes \
-      --cluster-config-file nodes.conf --cluster-node-timeout 2000 --repl-diskless-sync-delay 0 \
-      --appendonly no --save "" --daemonize no >"$RUN/cluster/$p.log" 2>&1 &
-    CPID[$p]=$!
-    disown "$!"  # killing a node on purpose is not news: no job-control message
+    # A node that does not come up (its port taken meanwhile) is started again on another one.
+    for tries in 1 2 3 4 5; do
+      p=$(CLAIMED_PORTS="${CPORTS[*]}" free_port); mkdir -p "$RUN/cluster/$p"
+      # A replica syncs at once (the default waits 5 s to batch replicas): it can take over early.
+      redis-server --port "$p" --bind 127.0.0.1 --dir "$RUN/cluster/$p" --cluster-enabled yes \
+        --cluster-config-file nodes.conf --cluster-node-timeout 2000 --repl-diskless-sync-delay 0 \
+        --appendonly no --save "" --daemonize no >"$RUN/cluster/$p.log" 2>&1 &
+      CPID[$p]=$!
+      disown "$!"  # killing a node on purpose is not news: no job-control message
+      up=0
+      for _ in $(seq 100); do
+        redis-cli -p "$p" ping >/dev/null 2>&1 && { up=1; break; }
+        kill -0 "${CPID[$p]}" 2>/dev/null || break
+        sleep 0.1
+      done
+      [ "$up" = 1 ] && break
+      log "cluster node on $p did not start (try $tries): $(tail -n 1 "$RUN/cluster/$p.log")"
+      kill "${CPID[$p]}" 2>/dev/null || true
+    done
+    [ "$up" = 1 ] || { log "creating the cluster failed: a node would not start"; return 1; }
+    CPORTS+=("$p")
     addrs+=("127.0.0.1:$p"); urls+=("redis://127.0.0.1:$p")
-  done
-  for p in "${CPORTS[@]}"; do
-    for _ in $(seq 100); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.1; done
   done
   if ! redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes >"$RUN/cluster/create.log" 2>&1; then
     log "creating the cluster failed: $(tail -n 3 "$RUN/cluster/create.log")"; return 1
