@@ -433,10 +433,11 @@ impl Producer {
             self.keys
                 .dedup(partition, if idem.is_empty() { "-" } else { idem })
         };
-        let stream = match tenant {
-            Some(t) => self.keys.tenant_stream(partition, t),
-            None => self.keys.lane(partition, lane),
-        };
+        let stream = self.keys.source(&stream::Source {
+            partition,
+            lane,
+            tenant: tenant.map(Arc::from),
+        });
         let mut keys = vec![
             dedup(first),
             stream,

@@ -60,7 +60,8 @@ impl Keys {
         }
     }
     /// A tenant's own bulk stream, `<prefix>:{p}:bulk:t:<tenant>`: it exists (with the consumer
-    /// group) exactly while the tenant is a member of the partition's ring.
+    /// group) while the tenant has email waiting or in flight; lua/settle.lua deletes it once
+    /// empty.
     pub fn tenant_stream(&self, p: u16, tenant: &str) -> String {
         format!("{}{tenant}", self.tenant_stream_prefix(p))
     }
