@@ -1,9 +1,14 @@
 //! One-click unsubscribe links (RFC 8058) for bulk email: a signed, expiring token naming the
 //! recipient, its tenant and, for scheduled email, the schedule (whose audience it leaves).
 //!
-//! Token: `base64url(payload) . base64url(HMAC-SHA256(secret, payload))`, payload
-//! `v1|<expires unix s>|<schedule id or empty>|<tenant or empty>|<address>`. The address is
-//! the recipient's own; the signature makes the link unforgeable, the expiry bounds its life.
+//! Token: `base64url(payload) . base64url(HMAC-SHA256(secret, payload))`, payload the JSON
+//! array `[2, <expires unix s>, <schedule id or null>, <tenant or null>, "<address>"]`. JSON
+//! keeps every field apart whatever it holds. The address is the recipient's own; the
+//! signature makes the link unforgeable, the expiry bounds its life.
+//!
+//! Links made before version 2 carry `v1|<expires>|<schedule>|<tenant>|<address>`. They are
+//! still honoured, except one whose address part holds a `|`: a tenant with a `|` (allowed
+//! then, refused now) made such a token ambiguous, so it is refused as tampered.
 
 use crate::config::Secret;
 use base64::Engine;
@@ -45,6 +50,22 @@ fn mac(secret: &Secret, payload: &[u8]) -> Hmac<Sha256> {
     m
 }
 
+/// The shortest secret that may sign links: 32 bytes, the HMAC-SHA256 key size, so a
+/// guessable word cannot forge unsubscribes.
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// Refuse a secret shorter than [`MIN_SECRET_LEN`], saying how to make one.
+pub fn check_secret(secret: &Secret) -> Result<(), String> {
+    if secret.expose().len() < MIN_SECRET_LEN {
+        return Err(format!(
+            "MAILFLEET_UNSUBSCRIBE_SECRET is {} bytes; it must be at least {MIN_SECRET_LEN} \
+             (for example the output of `openssl rand -hex 32`)",
+            secret.expose().len()
+        ));
+    }
+    Ok(())
+}
+
 /// Makes links; workers hold one when `MAILFLEET_UNSUBSCRIBE_URL` and `_SECRET` are set.
 #[derive(Clone)]
 pub struct Links {
@@ -63,13 +84,9 @@ impl std::fmt::Debug for Links {
 
 impl Links {
     pub fn token(&self, c: &Claims) -> String {
-        let payload = format!(
-            "v1|{}|{}|{}|{}",
-            c.expires,
-            c.schedule_id.map(|s| s.to_string()).unwrap_or_default(),
-            c.tenant.as_deref().unwrap_or(""),
-            c.address
-        );
+        let payload =
+            serde_json::json!([2, c.expires, c.schedule_id, c.tenant.as_deref(), c.address])
+                .to_string();
         let sig = mac(&self.secret, payload.as_bytes())
             .finalize()
             .into_bytes();
@@ -107,6 +124,38 @@ pub fn verify(secret: &Secret, token: &str, now: i64) -> Result<Claims, Invalid>
         .verify_slice(&sig)
         .map_err(|_| Invalid::Tampered)?;
     let text = String::from_utf8(payload).map_err(|_| Invalid::Tampered)?;
+    let claims = if text.starts_with('[') {
+        v2(&text)?
+    } else {
+        v1(&text)?
+    };
+    if now > claims.expires {
+        return Err(Invalid::Expired);
+    }
+    Ok(claims)
+}
+
+fn v2(text: &str) -> Result<Claims, Invalid> {
+    let (version, expires, schedule_id, tenant, address): (
+        u8,
+        i64,
+        Option<i64>,
+        Option<String>,
+        String,
+    ) = serde_json::from_str(text).map_err(|_| Invalid::Tampered)?;
+    if version != 2 {
+        return Err(Invalid::Tampered);
+    }
+    Ok(Claims {
+        address,
+        tenant: tenant.filter(|t| !t.is_empty()),
+        schedule_id,
+        expires,
+    })
+}
+
+/// A link made before version 2 (see the module's doc).
+fn v1(text: &str) -> Result<Claims, Invalid> {
     let mut parts = text.splitn(5, '|');
     let (Some("v1"), Some(exp), Some(sched), Some(tenant), Some(address)) = (
         parts.next(),
@@ -117,10 +166,10 @@ pub fn verify(secret: &Secret, token: &str, now: i64) -> Result<Claims, Invalid>
     ) else {
         return Err(Invalid::Tampered);
     };
-    let expires: i64 = exp.parse().map_err(|_| Invalid::Tampered)?;
-    if now > expires {
-        return Err(Invalid::Expired);
+    if address.contains('|') {
+        return Err(Invalid::Tampered);
     }
+    let expires: i64 = exp.parse().map_err(|_| Invalid::Tampered)?;
     Ok(Claims {
         address: address.to_owned(),
         tenant: Some(tenant.to_owned()).filter(|t| !t.is_empty()),
@@ -176,6 +225,42 @@ mod tests {
         let forged = format!("{}.{sig}", B64.encode("v1|9999|7|acme|eve@example.com"));
         assert_eq!(verify(&l.secret, &forged, 1050), Err(Invalid::Tampered));
         assert_eq!(schedule_of(Some("sched:12:1700000000000:5")), Some(12));
+        assert_eq!(schedule_of(Some("order-1")), None);
+    }
+
+    fn signed(l: &Links, payload: &str) -> String {
+        let sig = mac(&l.secret, payload.as_bytes()).finalize().into_bytes();
+        format!("{}.{}", B64.encode(payload), B64.encode(sig))
+    }
+
+    #[test]
+    fn a_tenant_or_address_with_a_pipe_cannot_name_anyone_else() {
+        let l = links();
+        // Version 2 keeps the fields apart whatever they hold.
+        let c = Claims {
+            address: "a@example.com".into(),
+            tenant: Some("acme|zz".into()),
+            schedule_id: None,
+            expires: 2000,
+        };
+        let back = verify(&l.secret, &l.token(&c), 1000).unwrap();
+        assert_eq!(back, c);
+        // A version-1 link with a `|` in its tenant read as tenant `acme` and address
+        // `zz|a@example.com`: it is refused now.
+        let old = signed(&l, "v1|2000||acme|zz|a@example.com");
+        assert_eq!(verify(&l.secret, &old, 1000), Err(Invalid::Tampered));
+        // An ordinary version-1 link still works.
+        let old = signed(&l, "v1|2000|7|acme|a@example.com");
+        let c = verify(&l.secret, &old, 1000).unwrap();
+        assert_eq!(
+            (c.address.as_str(), c.tenant.as_deref(), c.schedule_id),
+            ("a@example.com", Some("acme"), Some(7))
+        );
+        let bad_version = signed(&l, r#"[3,2000,null,null,"a@example.com"]"#);
+        assert_eq!(
+            verify(&l.secret, &bad_version, 1000),
+            Err(Invalid::Tampered)
+        );
         assert_eq!(schedule_of(Some("order-1")), None);
     }
 }

@@ -59,6 +59,7 @@ pub async fn run(g: Global, a: ApiArgs) -> anyhow::Result<()> {
         }));
     }
     if let Some(secret) = a.unsubscribe_secret.clone().filter(|s| !s.is_empty()) {
+        crate::unsubscribe::check_secret(&secret).map_err(anyhow::Error::msg)?;
         router = router.merge(api::unsubscribe::router(pg.clone(), secret));
     }
     let router = router.merge(api::ops_router(api::Health {

@@ -20,6 +20,10 @@ pub async fn run(g: Global, a: PauseArgs, on: bool) -> anyhow::Result<()> {
     if a.scope == Scope::Lane {
         a.name.parse::<Lane>().map_err(|e| anyhow::anyhow!("{e}"))?;
     }
+    if a.scope == Scope::Tenant {
+        crate::domain::check_tenant(&a.name)
+            .map_err(|e| anyhow::anyhow!("the tenant name {:?} {e}", a.name))?;
+    }
     anyhow::ensure!(
         !a.name.is_empty() && !a.name.contains(':') && a.name.len() <= 200,
         "a name is 1 to 200 characters without ':'"

@@ -21,7 +21,7 @@ pub enum SuppressCmd {
         /// bounce, complaint, unsubscribe or manual.
         #[arg(long, default_value = "manual")]
         reason: String,
-        #[arg(long)]
+        #[arg(long, value_parser = crate::domain::parse_tenant)]
         tenant: Option<String>,
         /// Lift it after this long (`30d`, `12h`) or at this RFC 3339 time.
         #[arg(long)]
@@ -32,12 +32,12 @@ pub enum SuppressCmd {
     /// Lift an address's suppression (the every-tenant row unless --tenant).
     Rm {
         address: String,
-        #[arg(long)]
+        #[arg(long, value_parser = crate::domain::parse_tenant)]
         tenant: Option<String>,
     },
     /// Suppressions, newest first.
     List {
-        #[arg(long)]
+        #[arg(long, value_parser = crate::domain::parse_tenant)]
         tenant: Option<String>,
         #[arg(long)]
         reason: Option<String>,
@@ -72,6 +72,9 @@ fn row(
     let a = Address::parse(address.trim()).map_err(|e| anyhow::anyhow!("not an address: {e}"))?;
     if !REASONS.contains(&reason) {
         bail!("reason must be one of {}", REASONS.join(", "));
+    }
+    if let Some(t) = tenant {
+        crate::domain::check_tenant(t).map_err(|e| anyhow::anyhow!("the tenant name {e}"))?;
     }
     Ok(Suppression {
         address: a.as_str().to_lowercase(),

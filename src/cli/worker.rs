@@ -47,6 +47,8 @@ pub async fn run(g: Global, a: WorkerArgs) -> anyhow::Result<()> {
         max_attempts: a.max_attempts.max(1),
         retry_base_ms: a.retry_base_ms,
         retry_max_ms: a.retry_max_ms,
+        max_retry_after: Duration::from_secs(a.max_retry_after_secs.max(1)),
+        permit_wait_max: Duration::from_millis(a.permit_wait_max_ms.max(1)),
         promote_interval_ms: a.promote_interval_ms,
         read_linger_ms: a.read_linger_ms,
         drain_timeout: Duration::from_secs(a.drain_timeout_secs),
@@ -60,11 +62,14 @@ pub async fn run(g: Global, a: WorkerArgs) -> anyhow::Result<()> {
         reconcile_after: Duration::from_secs(a.reconcile_after_secs),
         reconcile_interval_ms: a.reconcile_interval_ms,
         unsubscribe: match (&a.unsubscribe_url, &a.unsubscribe_secret) {
-            (Some(url), Some(secret)) if !secret.is_empty() => Some(crate::unsubscribe::Links {
-                base_url: url.clone(),
-                secret: secret.clone(),
-                ttl_secs: a.unsubscribe_ttl_days.max(1) * 86_400,
-            }),
+            (Some(url), Some(secret)) if !secret.is_empty() => {
+                crate::unsubscribe::check_secret(secret).map_err(anyhow::Error::msg)?;
+                Some(crate::unsubscribe::Links {
+                    base_url: url.clone(),
+                    secret: secret.clone(),
+                    ttl_secs: a.unsubscribe_ttl_days.max(1) * 86_400,
+                })
+            }
             (None, None) => None,
             _ => anyhow::bail!(
                 "set both MAILFLEET_UNSUBSCRIBE_URL and MAILFLEET_UNSUBSCRIBE_SECRET, or neither"

@@ -55,6 +55,17 @@ pub struct WorkerArgs {
     /// Longest retry delay, in ms.
     #[arg(long, env = "MAILFLEET_RETRY_MAX_MS", default_value_t = 300_000)]
     pub retry_max_ms: u64,
+    /// The longest a provider's `Retry-After` (or `X-RateLimit-Reset`) is honoured, in
+    /// seconds: a longer one is cut to this, so one answer cannot park a job for years or
+    /// block a provider cluster-wide for longer.
+    #[arg(long, env = "MAILFLEET_MAX_RETRY_AFTER_SECS", default_value_t = 3600)]
+    pub max_retry_after_secs: u64,
+    /// The longest a send waits for a rate-limit permit while it holds a send slot, in ms. A
+    /// provider whose next permit is further off (a back-off after a 429, or a queue that long)
+    /// is skipped like an open breaker: the send fails over or is put back without using an
+    /// attempt, so a blocked provider never holds the slots other providers' sends need.
+    #[arg(long, env = "MAILFLEET_PERMIT_WAIT_MAX_MS", default_value_t = 10_000)]
+    pub permit_wait_max_ms: u64,
     /// How often due delayed entries are promoted to their lanes, in ms.
     #[arg(long, env = "MAILFLEET_PROMOTE_INTERVAL_MS", default_value_t = 250)]
     pub promote_interval_ms: u64,
@@ -175,10 +186,8 @@ pub fn parse_weights(s: &str) -> Result<TenantWeights, String> {
             .rsplit_once('=')
             .ok_or_else(|| format!("{pair:?} is not tenant=weight"))?;
         let t = t.trim();
-        if t.is_empty() || t.chars().any(char::is_control) {
-            return Err(format!(
-                "{pair:?}: the tenant name is empty or has control characters"
-            ));
+        if let Err(e) = crate::domain::check_tenant(t) {
+            return Err(format!("{pair:?}: the tenant name {e}"));
         }
         let w: u32 = w
             .trim()
@@ -211,6 +220,11 @@ mod weight_tests {
         assert!(parse_weights("acme=0").unwrap_err().contains("1 to 100"));
         assert!(parse_weights("acme=x").unwrap_err().contains("1 to 100"));
         assert!(parse_weights("=3").unwrap_err().contains("empty"));
+        assert!(
+            parse_weights("a|b=3")
+                .unwrap_err()
+                .contains("letters, digits")
+        );
         assert!(parse_weights("a=1,a=2").unwrap_err().contains("twice"));
     }
 }

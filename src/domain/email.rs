@@ -31,6 +31,16 @@ const RESERVED_HEADERS: &[&str] = &[
     "return-path",
 ];
 
+/// Header names a job may not set because a provider reads them as instructions (SendGrid's
+/// `X-SMTPAPI`, Mailgun's `X-Mailgun-*`, SES's `X-SES-*`, Postmark's `X-PM-*`) or because they
+/// carry mailfleet's own metadata that webhooks use to find jobs (`X-Mailfleet-*`). Matched
+/// case-insensitively, as a name or a prefix.
+const VENDOR_HEADERS: &[&str] = &["x-smtpapi"];
+const VENDOR_HEADER_PREFIXES: &[&str] = &["x-mailgun-", "x-ses-", "x-pm-", "x-mailfleet-"];
+
+/// Most field errors one email reports; the rest are counted in one more entry.
+pub const MAX_REPORTED_ERRORS: usize = 20;
+
 /// The JSON payload exactly as producers write it. Unknown fields are an error: a typo such as
 /// `subjet` must not silently send an email without a subject.
 #[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -105,6 +115,20 @@ fn summary(errs: &[FieldError]) -> String {
 }
 
 impl ValidationErrors {
+    /// At most `max` errors: the first `max - 1` and one that counts the rest, so an error
+    /// answer stays small whatever the request held.
+    pub fn capped(mut self, max: usize) -> Self {
+        let max = max.max(1);
+        if self.0.len() > max {
+            let more = self.0.len() - (max - 1);
+            self.0.truncate(max - 1);
+            self.0.push(FieldError {
+                field: String::new(),
+                message: format!("and {more} more errors"),
+            });
+        }
+        self
+    }
     pub fn single(field: impl Into<String>, message: impl Into<String>) -> Self {
         ValidationErrors(vec![FieldError {
             field: field.into(),
@@ -256,16 +280,22 @@ impl TryFrom<Payload> for Email {
         if p.to.is_empty() {
             c.push("to", "must list at least one recipient");
         }
-        let to = c.mailboxes("to", &p.to);
-        let cc = c.mailboxes("cc", &p.cc);
-        let bcc = c.mailboxes("bcc", &p.bcc);
+        // Counted before any is parsed: a list of a million bad entries is one error, not a
+        // million.
         let n = p.to.len() + p.cc.len() + p.bcc.len();
-        if n > MAX_RECIPIENTS {
+        let (to, cc, bcc) = if n > MAX_RECIPIENTS {
             c.push(
                 "to",
                 format!("{n} recipients; at most {MAX_RECIPIENTS} per email"),
             );
-        }
+            (Vec::new(), Vec::new(), Vec::new())
+        } else {
+            (
+                c.mailboxes("to", &p.to),
+                c.mailboxes("cc", &p.cc),
+                c.mailboxes("bcc", &p.bcc),
+            )
+        };
         let from = c.mailbox("from", &p.from);
         let reply_to = p.reply_to.as_deref().and_then(|r| c.mailbox("reply_to", r));
         if let Some(s) = &p.subject {
@@ -300,11 +330,12 @@ impl TryFrom<Payload> for Email {
                 })
             }
         };
-        let mut headers = Vec::with_capacity(p.headers.len());
-        if p.headers.len() > MAX_HEADERS {
+        let mut headers = Vec::with_capacity(p.headers.len().min(MAX_HEADERS));
+        let too_many_headers = p.headers.len() > MAX_HEADERS;
+        if too_many_headers {
             c.push("headers", format!("at most {MAX_HEADERS} headers"));
         }
-        for (name, value) in p.headers {
+        for (name, value) in p.headers.into_iter().filter(|_| !too_many_headers) {
             let field = format!("headers.{}", name.escape_debug());
             let valid_name = !name.is_empty()
                 && name.len() <= 76
@@ -313,6 +344,11 @@ impl TryFrom<Payload> for Email {
                 c.push(field, "is not a valid header name");
             } else if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
                 c.push(field, "is set by mailfleet and may not be overridden");
+            } else if is_vendor_header(&name) {
+                c.push(
+                    field,
+                    "is a provider's control header or mailfleet's own and may not be set",
+                );
             } else if has_header_breaking_char(&value) {
                 c.push(field, "contains CR, LF or NUL");
             } else if value.len() > MAX_SUBJECT_LEN {
@@ -323,12 +359,15 @@ impl TryFrom<Payload> for Email {
         }
         if p.tags.len() > MAX_TAGS {
             c.push("tags", format!("at most {MAX_TAGS} tags"));
+        } else {
+            for (i, t) in p.tags.iter().enumerate() {
+                c.safe_text(&format!("tags[{i}]"), t, MAX_TAG_LEN);
+            }
         }
-        for (i, t) in p.tags.iter().enumerate() {
-            c.safe_text(&format!("tags[{i}]"), t, MAX_TAG_LEN);
-        }
-        if let Some(t) = &p.tenant {
-            c.safe_text("tenant", t, MAX_NAME_LEN);
+        if let Some(t) = &p.tenant
+            && let Err(e) = super::check_tenant(t)
+        {
+            c.push("tenant", e);
         }
         if let Some(pr) = &p.provider {
             c.safe_text("provider", pr, MAX_NAME_LEN);
@@ -348,9 +387,15 @@ impl TryFrom<Payload> for Email {
                 provider: p.provider,
                 send_at: p.send_at,
             }),
-            _ => Err(ValidationErrors(c.0)),
+            _ => Err(ValidationErrors(c.0).capped(MAX_REPORTED_ERRORS)),
         }
     }
+}
+
+fn is_vendor_header(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    VENDOR_HEADERS.contains(&lower.as_str())
+        || VENDOR_HEADER_PREFIXES.iter().any(|p| lower.starts_with(p))
 }
 
 #[cfg(test)]
@@ -383,6 +428,51 @@ mod tests {
         let errs = Email::try_from(p).unwrap_err().0;
         let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["to[1]", "subject", "headers.Bcc", "headers.X-Tag"]);
+    }
+
+    #[test]
+    fn a_long_recipient_list_is_one_error_and_every_list_of_errors_is_capped() {
+        let mut p = base();
+        p.to = vec!["not an address".into(); 100_000];
+        let errs = Email::try_from(p).unwrap_err().0;
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].message.contains("100000 recipients"));
+        let mut p = base();
+        p.to = vec!["bad".into(); 50];
+        let errs = Email::try_from(p).unwrap_err().0;
+        assert_eq!(errs.len(), MAX_REPORTED_ERRORS);
+        assert_eq!(errs.last().unwrap().message, "and 31 more errors");
+    }
+
+    #[test]
+    fn provider_control_headers_and_mailfleets_own_are_refused() {
+        for name in [
+            "X-SMTPAPI",
+            "x-smtpapi",
+            "X-Mailgun-Variables",
+            "X-SES-CONFIGURATION-SET",
+            "X-PM-Message-Stream",
+            "X-Mailfleet-Job",
+        ] {
+            let mut p = base();
+            p.headers.insert(name.into(), "{}".into());
+            let errs = Email::try_from(p).unwrap_err().0;
+            assert!(errs[0].message.contains("control header"), "{name}");
+        }
+        let mut p = base();
+        p.headers.insert("X-Campaign".into(), "spring".into());
+        assert!(Email::try_from(p).is_ok());
+    }
+
+    #[test]
+    fn a_tenant_outside_the_safe_set_is_refused() {
+        let mut p = base();
+        p.tenant = Some("acme|zz".into());
+        let errs = Email::try_from(p).unwrap_err().0;
+        assert_eq!(errs[0].field, "tenant");
+        let mut p = base();
+        p.tenant = Some("acme-eu.1".into());
+        assert!(Email::try_from(p).is_ok());
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod email;
 mod job;
 mod secret;
 mod status;
+mod tenant;
 
 pub use address::{Address, AddressError, Mailbox};
 pub use email::{
@@ -20,6 +21,7 @@ pub use email::{
 pub use job::{JobId, Lane, LaneParseError};
 pub use secret::Secret;
 pub use status::{Status, StatusParseError};
+pub use tenant::{MAX_TENANT_LEN, TenantError, check_tenant, parse_tenant};
 
 /// True when `s` contains a byte that could split or smuggle a header line.
 pub fn has_header_breaking_char(s: &str) -> bool {
@@ -30,7 +32,9 @@ pub fn has_header_breaking_char(s: &str) -> bool {
 /// seconds; `None` for anything else or on overflow.
 pub fn parse_span(s: &str) -> Option<i64> {
     let s = s.trim();
-    let (num, unit) = s.split_at(s.len().checked_sub(1)?);
+    // The unit is the last character, whatever its width (`5é` is refused, not a panic).
+    let (at, _) = s.char_indices().last()?;
+    let (num, unit) = s.split_at(at);
     let n: i64 = num.parse().ok().filter(|n| *n >= 0)?;
     match unit {
         "s" => Some(n),
@@ -38,5 +42,21 @@ pub fn parse_span(s: &str) -> Option<i64> {
         "h" => n.checked_mul(3600),
         "d" => n.checked_mul(86_400),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_span;
+
+    #[test]
+    fn a_span_has_a_number_and_a_unit_and_anything_else_is_none() {
+        assert_eq!(parse_span("90s"), Some(90));
+        assert_eq!(parse_span(" 2h "), Some(7200));
+        assert_eq!(parse_span("7d"), Some(604_800));
+        // A non-ASCII unit was a panic (a split inside a character).
+        for bad in ["5é", "é", "", "s", "-1s", "5x", "99999999999999999999d"] {
+            assert_eq!(parse_span(bad), None, "{bad:?}");
+        }
     }
 }

@@ -29,6 +29,8 @@ use std::time::{Duration, Instant};
 const MAX_PER_CALL: usize = 1000;
 /// Redis failures tolerated in a row before a send gives up on its permit.
 const TRIES: u32 = 3;
+/// How long a send waits for a permit by default ([`Limiter::with_deadline`]).
+const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LimitError {
@@ -38,6 +40,10 @@ pub enum LimitError {
     Pool(#[from] crate::stream::PoolError),
     #[error("rate limiter returned {0:?}")]
     Reply(Value),
+    /// The next permit is further off than the limiter's deadline (a back-off after a 429,
+    /// or a queue that long): the send should not hold its slot waiting for it.
+    #[error("the provider's next permit is {0:?} away")]
+    Blocked(Duration),
 }
 
 pub use crate::stream::keys::RateLimitKeys as Keys;
@@ -240,6 +246,8 @@ pub struct Limiter {
     pool: crate::stream::Pool,
     prefix: String,
     buckets: std::sync::Mutex<HashMap<BucketKey, Arc<Bucket>>>,
+    /// The longest one [`Limiter::acquire`] waits.
+    deadline: Duration,
 }
 
 impl Limiter {
@@ -249,7 +257,16 @@ impl Limiter {
             pool,
             prefix: prefix.into(),
             buckets: std::sync::Mutex::new(HashMap::new()),
+            deadline: DEFAULT_DEADLINE,
         }
+    }
+
+    /// The longest one [`Limiter::acquire`] waits: when Redis says the next permit is further
+    /// off than what is left of it, `acquire` returns [`LimitError::Blocked`] at once instead
+    /// of sleeping.
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
     }
 
     fn bucket(&self, provider: &str, tenant: Option<&str>) -> Arc<Bucket> {
@@ -260,8 +277,9 @@ impl Limiter {
     }
 
     /// Wait for one permit to send to `provider` (for `tenant`, when the limit has a tenant
-    /// limit) as a send of `lane`: tx sends are served first. Errs only when Redis failed
-    /// [`TRIES`] times in a row.
+    /// limit) as a send of `lane`: tx sends are served first. Errs when Redis failed
+    /// [`TRIES`] times in a row, or with [`LimitError::Blocked`] when the next permit is
+    /// further off than the deadline allows.
     pub async fn acquire(
         &self,
         provider: &str,
@@ -347,7 +365,11 @@ impl Limiter {
                             stock.asked_at = Some(asked);
                             break 'turn;
                         }
-                        g.wait.max(Duration::from_millis(1))
+                        let wait = g.wait.max(Duration::from_millis(1));
+                        if started.elapsed() + wait > self.deadline {
+                            return Err(LimitError::Blocked(wait));
+                        }
+                        wait
                     }
                     Err(e) => {
                         failures += 1;

@@ -87,6 +87,10 @@ pub struct Settings {
     pub max_attempts: i32,
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
+    /// The longest Retry-After honoured (a longer one is cut to this).
+    pub max_retry_after: Duration,
+    /// The longest a send waits for a rate-limit permit (`ratelimit::Limiter::with_deadline`).
+    pub permit_wait_max: Duration,
     pub promote_interval_ms: u64,
     /// The longest a read waits for entries to accumulate under load (0: never).
     pub read_linger_ms: u64,
@@ -122,6 +126,8 @@ impl Settings {
             max_attempts: 8,
             retry_base_ms: 1000,
             retry_max_ms: 300_000,
+            max_retry_after: Duration::from_secs(3600),
+            permit_wait_max: Duration::from_secs(10),
             promote_interval_ms: 250,
             read_linger_ms: 5,
             drain_timeout: Duration::from_secs(30),
@@ -344,7 +350,8 @@ pub async fn start(
         ],
         draining: Arc::new(AtomicBool::new(false)),
         live: Default::default(),
-        limiter: crate::ratelimit::Limiter::new(deps.redis.clone(), deps.keys.prefix()),
+        limiter: crate::ratelimit::Limiter::new(deps.redis.clone(), deps.keys.prefix())
+            .with_deadline(settings.permit_wait_max),
         pauses: Default::default(),
         pg_tx,
         settings,

@@ -190,6 +190,15 @@ pub(super) async fn one(
             .await
         {
             slot.breaker.abandon(admitted);
+            if let crate::ratelimit::LimitError::Blocked(wait) = e {
+                // Rate-limited for longer than a send may hold its slot: skipped like an open
+                // breaker, so the route's next provider is tried or the job is put back.
+                tracing::info!(job_id = %job.id, provider = slot.name(), wait_ms = wait.as_millis() as u64,
+                    "the provider's next permit is too far off; skipped");
+                reopens = Some(reopens.map_or(wait, |r| r.min(wait)));
+                down_for = Some(down_for.unwrap_or(Duration::ZERO));
+                continue;
+            }
             METRICS.redis_errors.with_label_values(&["ratelimit"]).inc();
             tracing::warn!(job_id = %job.id, provider = slot.name(), error.message = %e, "no rate-limit permit; retrying later");
             last = Some(Failed {
@@ -214,7 +223,7 @@ pub(super) async fn one(
         }
         let result = {
             let t0 = std::time::Instant::now();
-            let r = slot
+            let mut r = slot
                 .provider
                 .send(Message {
                     job_id: job.id,
@@ -226,6 +235,10 @@ pub(super) async fn one(
                 .provider_duration
                 .with_label_values(&[slot.name()])
                 .observe(t0.elapsed().as_secs_f64());
+            // A provider's Retry-After is honoured up to the configured cap, never longer.
+            if let Err(e) = &mut r {
+                e.retry_after = e.retry_after.map(|d| d.min(s.max_retry_after));
+            }
             r
         };
         // A 429 is a healthy provider asking us to slow down (the back-off and Retry-After
@@ -304,7 +317,7 @@ pub(super) async fn one(
         let wait =
             reopen + Duration::from_millis(rand::random_range(0..=spread.as_millis() as u64));
         return defer(
-            "every provider of the route is paused or has its breaker open",
+            "every provider of the route is paused, rate-limited or has its breaker open",
             wait,
         );
     };

@@ -733,3 +733,107 @@ async fn all_ids(pg: &PgPool) -> Vec<uuid::Uuid> {
         .await
         .unwrap()
 }
+
+/// A SendGrid-shaped server that answers its first `refuse` requests 429 with a Retry-After
+/// of about 3,000 years, and 202 after that; returns its URL and its request count.
+async fn throttler(refuse: usize) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let app = axum::Router::new().route(
+        "/v3/mail/send",
+        axum::routing::post(move || {
+            let h = h.clone();
+            async move {
+                if h.fetch_add(1, Ordering::SeqCst) < refuse {
+                    (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        [("retry-after", "99999999999")],
+                        "slow down",
+                    )
+                        .into_response()
+                } else {
+                    (StatusCode::ACCEPTED, [("x-message-id", "t-1")], "").into_response()
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, hits)
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_retry_after_of_centuries_is_cut_to_the_configured_cap(pg: PgPool) {
+    let redis = TestRedis::new();
+    let (url, hits) = throttler(1).await;
+    let mut s = settings();
+    s.max_retry_after = Duration::from_secs(1);
+    s.retry_base_ms = 10;
+    let w = TestWorker::start(&pg, &redis, &url, s).await;
+    let id = redis.enqueue(job(Lane::Tx, "ada@example.com")).await;
+    // Without the cap the retry would be due in the year 5195.
+    eventually(
+        "sent on its second attempt",
+        Duration::from_secs(20),
+        || async { (status_of(&pg, id).await.as_deref() == Some("sent")).then_some(()) },
+    )
+    .await;
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+    w.stop().await;
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_rate_limited_provider_blocked_by_a_429_is_skipped_not_waited_for(pg: PgPool) {
+    let redis = TestRedis::new();
+    let (url, hits) = throttler(usize::MAX).await;
+    let secondary = TestMock::start(MockConfig::default()).await;
+    let mut cfg = two_providers("blk", &url, &secondary.url);
+    cfg.providers[0].limit = Some(mailfleet::config::Limit {
+        limit: 100,
+        window_ms: 1000,
+        tenant_limit: None,
+        margin_ms: 30,
+        cold_margin_ms: 100,
+        spread_ms: 0,
+    });
+    let mut s = settings();
+    s.max_retry_after = Duration::from_secs(60);
+    s.permit_wait_max = Duration::from_millis(500);
+    let w = TestWorker::start_config(&pg, &redis, &redis.url, cfg, s).await;
+    // The first job's 429 sets the cluster-wide back-off (cut to 60 s) and fails over.
+    let first = redis.enqueue(job(Lane::Tx, "ada@example.com")).await;
+    eventually(
+        "the first sent by the secondary",
+        Duration::from_secs(20),
+        || async { (status_of(&pg, first).await.as_deref() == Some("sent")).then_some(()) },
+    )
+    .await;
+    let block = format!("{}:rl:{{blk-primary}}:block", redis.keys.prefix());
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&block)
+        .query_async(&mut *redis.conn().await)
+        .await
+        .unwrap();
+    assert!(
+        (1..=60_000).contains(&pttl),
+        "the back-off is the capped Retry-After, not centuries: {pttl} ms"
+    );
+    // While the primary is blocked, new jobs do not wait 60 s for its permit holding a send
+    // slot: they go to the secondary at once, and the primary sees no request.
+    let ids: Vec<_> = futures::future::join_all(
+        (0..5).map(|i| redis.enqueue(job(Lane::Tx, &format!("b{i}@example.com")))),
+    )
+    .await;
+    for id in ids {
+        eventually("sent by the secondary", Duration::from_secs(20), || async {
+            (status_of(&pg, id).await.as_deref() == Some("sent")).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    w.stop().await;
+}

@@ -13,7 +13,7 @@ use sqlx::PgPool;
 fn links() -> Links {
     Links {
         base_url: "https://mail.example.com".into(),
-        secret: Secret::new("unsub-secret"),
+        secret: Secret::new("unsub-secret-of-at-least-32-bytes!"),
         ttl_secs: 3600,
     }
 }

@@ -74,10 +74,14 @@ pub(super) async fn suppress_add(
     let Ok(addr) = Address::parse(field(&f, "address")) else {
         return done("bad-address");
     };
+    let tenant = field(&f, "tenant");
+    if !tenant.is_empty() && crate::domain::check_tenant(tenant).is_err() {
+        return done("bad-tenant");
+    }
     let note = field(&f, "note");
     let row = Suppression {
         address: addr.as_str().to_lowercase(),
-        tenant: field(&f, "tenant").chars().take(100).collect(),
+        tenant: tenant.to_owned(),
         reason: "manual".into(),
         note: Some(if note.is_empty() {
             "admin page".into()
@@ -130,7 +134,10 @@ fn pause_target(f: &HashMap<String, String>) -> Option<(Scope, String)> {
             Scope::Lane
         }
         "provider" => Scope::Provider,
-        "tenant" => Scope::Tenant,
+        "tenant" => {
+            crate::domain::check_tenant(name).ok()?;
+            Scope::Tenant
+        }
         _ => return None,
     };
     Some((scope, name.to_owned()))
@@ -209,6 +216,7 @@ mod tests {
         );
         assert_eq!(pause_target(&f("tenant", "a:b")), None);
         assert_eq!(pause_target(&f("tenant", "")), None);
+        assert_eq!(pause_target(&f("tenant", "a|b")), None);
         assert_eq!(pause_target(&f("everything", "x")), None);
     }
 }

@@ -186,6 +186,7 @@ pub fn flash(code: &str) -> Option<&'static str> {
         "unsuppressed" => "Suppression removed.",
         "no-such-suppression" => "No such suppression.",
         "bad-address" => "Not added: that is not a valid address.",
+        "bad-tenant" => "Not added: a tenant name is 1 to 64 letters, digits, '.', '_' or '-'.",
         "paused" => "Paused: every worker honours it within a second.",
         "resumed" => "Resumed.",
         "not-paused" => "That was not paused.",
