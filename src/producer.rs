@@ -249,6 +249,7 @@ impl Producer {
             });
         }
         let email = Email::try_from(job.payload)?;
+        email.check_lane(job.lane)?;
         let routing = job
             .idempotency_key
             .clone()

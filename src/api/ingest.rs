@@ -27,6 +27,9 @@ use std::sync::Arc;
 type Reject = Box<Response>;
 
 pub const MAX_BATCH: usize = 1000;
+/// Most field errors one batch answer reports (each email reports at most
+/// `domain::MAX_REPORTED_ERRORS`); the rest are counted in its last entry.
+pub const MAX_BATCH_ERRORS: usize = 100;
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -334,7 +337,10 @@ async fn create_batch(State(s): State<ApiState>, body: Bytes) -> Response {
             }
         }
         if !errors.is_empty() {
-            return Err(field_errors(ValidationErrors(errors)));
+            // However many items failed, the answer stays small.
+            return Err(field_errors(
+                ValidationErrors(errors).capped(MAX_BATCH_ERRORS),
+            ));
         }
         enqueue(&s, prepared).await
     }

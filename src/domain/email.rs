@@ -227,6 +227,25 @@ impl fmt::Debug for Email {
 }
 
 impl Email {
+    /// Refuse a bulk email with more than one recipient. Bulk email carries a one-click
+    /// unsubscribe link (RFC 8058) that names its recipient, and one message carries one
+    /// link: sent to several, every recipient's click would suppress the first. So bulk email
+    /// goes to exactly one address (`to`, no `cc` or `bcc`); send one job per recipient.
+    /// Transactional email, which carries no link, may have up to [`MAX_RECIPIENTS`].
+    pub fn check_lane(&self, lane: super::Lane) -> Result<(), ValidationErrors> {
+        let n = self.to.len() + self.cc.len() + self.bcc.len();
+        if lane == super::Lane::Bulk && n != 1 {
+            return Err(ValidationErrors::single(
+                "to",
+                format!(
+                    "{n} recipients; bulk email goes to one recipient, so that its unsubscribe \
+                     link is that recipient's own (send one job per recipient)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The first recipient's domain: what we record and log instead of an address.
     pub fn recipient_domain(&self) -> &str {
         self.to.first().map(|m| m.address.domain()).unwrap_or("")
@@ -442,6 +461,19 @@ mod tests {
         let errs = Email::try_from(p).unwrap_err().0;
         assert_eq!(errs.len(), MAX_REPORTED_ERRORS);
         assert_eq!(errs.last().unwrap().message, "and 31 more errors");
+    }
+
+    #[test]
+    fn bulk_email_has_exactly_one_recipient() {
+        use crate::domain::Lane;
+        let e = Email::try_from(base()).unwrap();
+        assert!(e.check_lane(Lane::Bulk).is_ok());
+        let mut p = base();
+        p.bcc = vec!["other@example.com".into()];
+        let e = Email::try_from(p).unwrap();
+        assert!(e.check_lane(Lane::Tx).is_ok());
+        let err = e.check_lane(Lane::Bulk).unwrap_err();
+        assert!(err.0[0].message.contains("one recipient"), "{err}");
     }
 
     #[test]

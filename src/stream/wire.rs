@@ -147,6 +147,7 @@ pub fn decode(raw: &RawEntry, max_payload: usize) -> Result<Job, DecodeError> {
     let payload: Payload =
         serde_json::from_str(&payload_json).map_err(|e| DecodeError::BadJson(e.to_string()))?;
     let email = Email::try_from(payload)?;
+    email.check_lane(raw.lane)?;
     Ok(Job {
         lane: raw.lane,
         partition: raw.partition,

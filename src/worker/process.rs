@@ -176,7 +176,8 @@ pub(super) async fn batch(shared: Arc<Shared>, entries: Vec<RawEntry>, out: Outb
     if mine.is_empty() {
         return;
     }
-    // Bulk email carries a one-click unsubscribe link (RFC 8058) for its first recipient.
+    // Bulk email carries a one-click unsubscribe link (RFC 8058) for its one recipient
+    // (`Email::check_lane`: a bulk entry with several is dead-lettered when it is decoded).
     if let Some(links) = &shared.settings.unsubscribe {
         let now = Utc::now().timestamp();
         for job in mine.iter_mut().filter(|j| j.lane == Lane::Bulk) {

@@ -170,3 +170,184 @@ async fn a_batch_is_all_or_nothing_with_indexed_errors(pg: PgPool) {
         1
     );
 }
+
+/// Hostile requests, one table: each gets the answer it should, the answer stays small, and
+/// nothing is enqueued or recorded. Forged webhooks are in `webhooks.rs`.
+#[sqlx::test]
+async fn hostile_requests_get_a_clear_small_answer_and_nothing_is_enqueued(pg: PgPool) {
+    let redis = TestRedis::new();
+    let url = spawn_api(&pg, &redis, 64 * 1024).await;
+    let http = reqwest::Client::new();
+    let with = |patch: Value| {
+        let mut e = email();
+        for (k, v) in patch.as_object().unwrap() {
+            e[k] = v.clone();
+        }
+        e
+    };
+    let bad_batch = json!({"emails": (0..1000)
+        .map(|_| with(json!({"to": vec!["not an address"; 50]})))
+        .collect::<Vec<_>>()});
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    // (what, path, key, body, status, a word the answer holds)
+    let cases: Vec<(&str, &str, Option<&str>, Vec<u8>, u16, &str)> = vec![
+        (
+            "no key",
+            "/v1/emails",
+            None,
+            email().to_string().into(),
+            401,
+            "API key",
+        ),
+        (
+            "a wrong key",
+            "/v1/emails",
+            Some("nope"),
+            email().to_string().into(),
+            401,
+            "API key",
+        ),
+        (
+            "not JSON",
+            "/v1/emails",
+            Some("k-1"),
+            b"{\"to\":".to_vec(),
+            400,
+            "not valid JSON",
+        ),
+        (
+            "deep nesting",
+            "/v1/emails",
+            Some("k-1"),
+            deep.into(),
+            400,
+            "not valid JSON",
+        ),
+        (
+            "CRLF in the subject",
+            "/v1/emails",
+            Some("k-1"),
+            with(json!({"subject": "Hi\r\nBcc: x@evil.test"}))
+                .to_string()
+                .into(),
+            400,
+            "CR, LF",
+        ),
+        (
+            "CRLF in a header",
+            "/v1/emails",
+            Some("k-1"),
+            with(json!({"headers": {"X-A": "a\r\nBcc: x@evil.test"}}))
+                .to_string()
+                .into(),
+            400,
+            "CR, LF",
+        ),
+        (
+            "a CRLF address",
+            "/v1/emails",
+            Some("k-1"),
+            with(json!({"to": ["a@example.com\r\nBcc: x@evil.test"]}))
+                .to_string()
+                .into(),
+            400,
+            "to[0]",
+        ),
+        (
+            "an oversized payload",
+            "/v1/emails",
+            Some("k-1"),
+            with(json!({"text": "x".repeat(70_000)})).to_string().into(),
+            413,
+            "limit",
+        ),
+        (
+            "10,000 recipients",
+            "/v1/emails",
+            Some("k-1"),
+            with(json!({"to": vec!["x"; 10_000]})).to_string().into(),
+            400,
+            "10000 recipients",
+        ),
+        (
+            "1,000 emails of 50 bad recipients",
+            "/v1/emails/batch",
+            Some("k-1"),
+            bad_batch.to_string().into(),
+            400,
+            "more errors",
+        ),
+        (
+            "a tenant with a '|'",
+            "/v1/emails",
+            Some("k-1"),
+            with(json!({"tenant": "acme|zz"})).to_string().into(),
+            400,
+            "tenant",
+        ),
+        (
+            "a provider's control header",
+            "/v1/emails",
+            Some("k-1"),
+            with(json!({"headers": {"X-SMTPAPI": "{\"to\":[\"x@evil.test\"]}"}}))
+                .to_string()
+                .into(),
+            400,
+            "control header",
+        ),
+        (
+            "mailfleet's own header",
+            "/v1/emails",
+            Some("k-1"),
+            with(json!({"headers": {"X-Mailfleet-Id": "x"}}))
+                .to_string()
+                .into(),
+            400,
+            "control header",
+        ),
+        (
+            "bulk to two recipients",
+            "/v1/emails",
+            Some("k-1"),
+            with(json!({"lane": "bulk", "bcc": ["victim@example.com"]}))
+                .to_string()
+                .into(),
+            400,
+            "one recipient",
+        ),
+        (
+            "an unknown field",
+            "/v1/emails",
+            Some("k-1"),
+            with(json!({"subjet": "x"})).to_string().into(),
+            400,
+            "subjet",
+        ),
+    ];
+    for (what, path, key, body, status, word) in cases {
+        let mut rq = http
+            .post(format!("{url}{path}"))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(k) = key {
+            rq = rq.bearer_auth(k);
+        }
+        let r = rq.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "{what}");
+        let text = r.text().await.unwrap();
+        assert!(text.contains(word), "{what}: {text:.300}");
+        assert!(
+            text.len() < 16 * 1024,
+            "{what}: a {} byte answer",
+            text.len()
+        );
+    }
+    for lane in [mailfleet::Lane::Tx, mailfleet::Lane::Bulk] {
+        assert_eq!(
+            redis.xlen(&redis.keys.lane(0, lane)).await,
+            0,
+            "nothing enqueued"
+        );
+    }
+    assert_eq!(count_status(&pg, "queued").await, 0, "nothing recorded");
+}

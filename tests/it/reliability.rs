@@ -487,3 +487,66 @@ async fn the_heartbeat_skips_a_claim_being_recorded_instead_of_waiting_for_it(pg
         0
     );
 }
+
+#[sqlx::test]
+async fn a_bulk_entry_for_several_recipients_or_a_bad_tenant_is_dead_lettered_unsent(pg: PgPool) {
+    let redis = TestRedis::new();
+    redis.ensure_groups().await;
+    let lane = redis.keys.lane(0, Lane::Bulk);
+    let payloads = [
+        // One message, one link: the victim's link would have gone to `other` too.
+        r#"{"to":["victim@example.com"],"bcc":["other@example.com"],"from":"b@example.com","subject":"s","text":"t"}"#,
+        // A `|` in the tenant made unsubscribe tokens ambiguous.
+        r#"{"to":["a@example.com"],"tenant":"acme|zz","from":"b@example.com","subject":"s","text":"t"}"#,
+    ];
+    let mut conn = redis.conn().await;
+    for p in payloads {
+        let _: String = redis::cmd("XADD")
+            .arg(&lane)
+            .arg("*")
+            .arg("v")
+            .arg("1")
+            .arg("id")
+            .arg(uuid::Uuid::now_v7().to_string())
+            .arg("enqueued_at")
+            .arg("1")
+            .arg("payload")
+            .arg(p)
+            .query_async(&mut *conn)
+            .await
+            .unwrap();
+    }
+    drop(conn);
+    let good = redis
+        .producer()
+        .send(job(Lane::Bulk, "ok@example.com"))
+        .await
+        .unwrap();
+    let mock = TestMock::start(MockConfig::default()).await;
+    let mut s = settings();
+    s.unsubscribe = Some(mailfleet::unsubscribe::Links {
+        base_url: "https://mail.example.com".into(),
+        secret: mailfleet::config::Secret::new("a-secret-of-at-least-thirty-two-bytes"),
+        ttl_secs: 3600,
+    });
+    let worker = TestWorker::start(&pg, &redis, &mock.url, s).await;
+    eventually("the valid bulk job is sent", WAIT, || async {
+        (status_of(&pg, good.id.as_uuid()).await.as_deref() == Some("sent")).then_some(())
+    })
+    .await;
+    eventually("both dead-lettered", WAIT, || async {
+        (redis.xlen(&redis.keys.dead(0)).await == 2).then_some(())
+    })
+    .await;
+    let dead = redis.dead_entries().await;
+    assert!(
+        dead.iter().all(|m| m["reason"] == "invalid_email"),
+        "{dead:?}"
+    );
+    assert_eq!(
+        mock.state.stats().received,
+        1,
+        "only the valid one reached the provider"
+    );
+    worker.stop().await;
+}
