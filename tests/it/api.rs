@@ -190,7 +190,8 @@ async fn hostile_requests_get_a_clear_small_answer_and_nothing_is_enqueued(pg: P
         .collect::<Vec<_>>()});
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
     // (what, path, key, body, status, a word the answer holds)
-    let cases: Vec<(&str, &str, Option<&str>, Vec<u8>, u16, &str)> = vec![
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "no key",
             "/v1/emails",
