@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod ingest;
+pub mod serve;
 pub mod unsubscribe;
 pub mod webhooks;
 
@@ -29,8 +30,17 @@ pub struct Health {
 /// `/metrics`, `/healthz`, `/livez` (alive, no dependency checks) and `/readyz` (Redis and
 /// Postgres answer within a second, and the process is not draining).
 pub fn ops_router(health: Health) -> Router {
+    health_router(health).merge(metrics_router())
+}
+
+/// `/metrics` alone: the API serves it on its own listener, not on its public port.
+pub fn metrics_router() -> Router {
+    Router::new().route("/metrics", get(|| async { metrics::render() }))
+}
+
+/// `/healthz`, `/livez` and `/readyz`, without `/metrics`.
+pub fn health_router(health: Health) -> Router {
     Router::new()
-        .route("/metrics", get(|| async { metrics::render() }))
         .route("/healthz", get(|| async { "ok" }))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -59,13 +69,13 @@ async fn readyz(State(h): State<Health>) -> (StatusCode, String) {
     }
 }
 
-/// Serve `router` on `listener` until `shutdown` is cancelled.
+/// Serve `router` on `listener` until `shutdown` is cancelled, bounded in connections and
+/// time ([`serve::Bounds`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
+    bounds: serve::Bounds,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    serve::serve(listener, router, bounds, shutdown).await
 }

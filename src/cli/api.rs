@@ -4,6 +4,7 @@ use crate::{shutdown, store};
 use anyhow::Context;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 fn ses_hook(a: &ApiArgs) -> anyhow::Result<Option<Arc<api::webhooks::SesHook>>> {
@@ -62,19 +63,48 @@ pub async fn run(g: Global, a: ApiArgs) -> anyhow::Result<()> {
         crate::unsubscribe::check_secret(&secret).map_err(anyhow::Error::msg)?;
         router = router.merge(api::unsubscribe::router(pg.clone(), secret));
     }
-    let router = router.merge(api::ops_router(api::Health {
+    let router = router.merge(api::health_router(api::Health {
         redis,
         pg,
         draining: draining.clone(),
     }));
+    let bounds = api::serve::Bounds {
+        max_connections: a.max_connections.max(1),
+        header_timeout: Duration::from_millis(a.header_timeout_ms.max(1)),
+        request_timeout: Duration::from_millis(a.request_timeout_ms.max(1)),
+        idle_timeout: Duration::from_millis(a.idle_timeout_ms.max(1)),
+    };
     let listener = tokio::net::TcpListener::bind(&a.listen)
         .await
         .with_context(|| format!("binding the API address {}", a.listen))?;
     let addr = listener.local_addr()?;
+    let token = CancellationToken::new();
+    // `/metrics` on its own listener, so the public port serves no unauthenticated figures.
+    let metrics = if a.metrics_listen.is_empty() {
+        None
+    } else {
+        let l = tokio::net::TcpListener::bind(&a.metrics_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "binding the API's metrics address {} (MAILFLEET_API_METRICS_LISTEN; empty turns it off)",
+                    a.metrics_listen
+                )
+            })?;
+        tracing::info!(addr = %l.local_addr()?, "api metrics listening");
+        Some(tokio::spawn(api::serve(
+            l,
+            api::metrics_router(),
+            api::serve::Bounds::default(),
+            token.clone(),
+        )))
+    };
     tracing::info!(%addr, "api listening");
     println!("api listening on http://{addr}");
-    let token = CancellationToken::new();
     shutdown::cancel_on_signal(token.clone());
-    api::serve(listener, router, token).await?;
+    api::serve(listener, router, bounds, token).await?;
+    if let Some(m) = metrics {
+        let _ = m.await;
+    }
     Ok(())
 }

@@ -141,7 +141,12 @@ pub async fn run(g: Global, a: WorkerArgs) -> anyhow::Result<()> {
             pg,
             draining: draining.clone(),
         });
-        Some(tokio::spawn(api::serve(listener, router, token.clone())))
+        Some(tokio::spawn(api::serve(
+            listener,
+            router,
+            api::serve::Bounds::default(),
+            token.clone(),
+        )))
     } else {
         None
     };

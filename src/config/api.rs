@@ -61,6 +61,30 @@ pub struct ApiArgs {
     /// Mark the admin session cookie `Secure` (when the API is served over HTTPS).
     #[arg(long, env = "MAILFLEET_ADMIN_SECURE_COOKIE")]
     pub admin_secure_cookie: bool,
+    /// Where `/metrics` is served: its own listener, never the public port. Empty turns it
+    /// off.
+    #[arg(
+        long,
+        env = "MAILFLEET_API_METRICS_LISTEN",
+        default_value = "0.0.0.0:9465"
+    )]
+    pub metrics_listen: String,
+    /// Most client connections open at once; more wait to be accepted.
+    #[arg(long, env = "MAILFLEET_API_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// A request's headers must arrive within this many ms, or the connection is closed.
+    #[arg(long, env = "MAILFLEET_API_HEADER_TIMEOUT_MS", default_value_t = 5_000)]
+    pub header_timeout_ms: u64,
+    /// A request, body included, must be answered within this many ms, or it gets 408.
+    #[arg(
+        long,
+        env = "MAILFLEET_API_REQUEST_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pub request_timeout_ms: u64,
+    /// A connection with no request for this many ms is closed.
+    #[arg(long, env = "MAILFLEET_API_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
     /// Largest accepted age (or clock skew) of a signed webhook's timestamp, in seconds.
     #[arg(long, env = "MAILFLEET_WEBHOOK_TOLERANCE_SECS", default_value_t = 300)]
     pub webhook_tolerance_secs: i64,

@@ -352,3 +352,91 @@ async fn hostile_requests_get_a_clear_small_answer_and_nothing_is_enqueued(pg: P
     }
     assert_eq!(count_status(&pg, "queued").await, 0, "nothing recorded");
 }
+
+/// 200 connections that never finish their headers, one that sends 1 byte of a 100,000-byte
+/// body and one that sends nothing: a normal request is still answered while they are open,
+/// and the server closes each of them by its timeout.
+#[sqlx::test]
+async fn slow_and_silent_clients_are_closed_by_their_timeouts_and_hold_nothing_up(pg: PgPool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    mailfleet::install_crypto_provider();
+    let redis = TestRedis::new();
+    let state = ApiState::new(
+        redis.producer(),
+        pg.clone(),
+        &[Secret::new("k-1")],
+        64 * 1024,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let bounds = mailfleet::api::serve::Bounds {
+        max_connections: 512,
+        header_timeout: std::time::Duration::from_secs(1),
+        request_timeout: std::time::Duration::from_secs(2),
+        idle_timeout: std::time::Duration::from_secs(2),
+    };
+    tokio::spawn(mailfleet::api::serve(
+        listener,
+        router(state),
+        bounds,
+        tokio_util::sync::CancellationToken::new(),
+    ));
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /v1/emails HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    let mut body = tokio::net::TcpStream::connect(addr).await.unwrap();
+    body.write_all(
+        b"POST /v1/emails HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k-1\r\n\
+          Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+
+    // A normal request is answered while all of them are open (its time is printed for the
+    // record, not judged).
+    let t0 = std::time::Instant::now();
+    let r = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/emails"))
+        .bearer_auth("k-1")
+        .json(&email())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    eprintln!(
+        "a normal request beside 202 slow connections: {:?}",
+        t0.elapsed()
+    );
+
+    // The slow body gets 408; every other connection is closed (a read ends).
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, body.read_to_end(&mut answer))
+        .await
+        .expect("the slow body's connection is closed")
+        .ok();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:.200}");
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(WAIT, silent.read(&mut buf))
+        .await
+        .expect("the silent connection is closed");
+    assert!(matches!(n, Ok(0) | Err(_)), "closed without an answer");
+    for s in &mut slow {
+        let r = tokio::time::timeout(WAIT, async {
+            let mut all = Vec::new();
+            s.read_to_end(&mut all).await.map(|_| all)
+        })
+        .await
+        .expect("a slow header's connection is closed");
+        // hyper closes it (possibly with a 408 first): never a 2xx.
+        if let Ok(all) = r {
+            assert!(!String::from_utf8_lossy(&all).contains(" 202 "));
+        }
+    }
+}

@@ -19,6 +19,7 @@ async fn serve_ops(health: Health) -> String {
     tokio::spawn(mailfleet::api::serve(
         listener,
         ops_router(health),
+        mailfleet::api::serve::Bounds::default(),
         tokio_util::sync::CancellationToken::new(),
     ));
     url
