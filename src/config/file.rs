@@ -80,15 +80,33 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config file {path} is invalid: {source}")]
+    /// Only the parser's message and where: its usual rendering quotes the offending line,
+    /// which can hold an inline `api_key`.
+    #[error("config file {path} is invalid at line {line}, column {column}: {message}")]
     Parse {
         path: PathBuf,
-        source: toml::de::Error,
+        line: usize,
+        column: usize,
+        message: String,
     },
     #[error("provider {name:?}: {message}")]
     Provider { name: String, message: String },
     #[error("routes: {0}")]
     Routes(String),
+}
+
+/// A parse error that says where, never what the line holds.
+fn parse_error(path: &std::path::Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let at = e.span().map_or(0, |s| s.start).min(text.len());
+    let before = text.get(..at).unwrap_or("");
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    ConfigError::Parse {
+        path: path.to_owned(),
+        line,
+        column,
+        message: e.message().to_owned(),
+    }
 }
 
 /// Read a secret given inline, by environment variable or by file (at most one of them).
@@ -230,10 +248,7 @@ pub fn send_config(
                 path: path.to_owned(),
                 source,
             })?;
-            toml::from_str::<FileConfig>(&text).map_err(|source| ConfigError::Parse {
-                path: path.to_owned(),
-                source,
-            })?
+            toml::from_str::<FileConfig>(&text).map_err(|e| parse_error(path, &text, &e))?
         }
         None => FileConfig::default(),
     };
@@ -373,6 +388,15 @@ mod file_tests {
         let r = send_config(Some(&path), &d);
         let _ = std::fs::remove_dir_all(&dir);
         r
+    }
+
+    #[test]
+    fn a_parse_error_says_where_and_never_quotes_the_line() {
+        let e = parse("[[providers]]\nname = \"sg\"\napi_key = \"SG.very-secret\" oops\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 3"), "{e}");
+        assert!(!e.contains("very-secret"), "{e}");
     }
 
     #[test]

@@ -239,13 +239,37 @@ impl Drop for Wanting<'_> {
 /// (provider, tenant when the limit has a tenant limit).
 type BucketKey = (String, Option<String>);
 
+/// The fewest buckets at which unused ones are swept out.
+const SWEEP_FLOOR: usize = 1024;
+
+/// The buckets in use, by provider and tenant. A tenant's bucket exists only while its sends
+/// need it: once the map reaches `sweep_at`, buckets no send holds are dropped, and the next
+/// sweep waits until it doubles, so a worker that saw a million tenants keeps only the ones
+/// sending now, at a cost amortised over the inserts.
+struct Buckets {
+    map: HashMap<BucketKey, Arc<Bucket>>,
+    sweep_at: usize,
+}
+
+impl Buckets {
+    fn get(&mut self, key: BucketKey) -> Arc<Bucket> {
+        if !self.map.contains_key(&key) && self.map.len() >= self.sweep_at {
+            // A bucket only this map holds has no send waiting on it; its unused stock, if
+            // any, is only room left unused in the window, never a request over it.
+            self.map.retain(|_, b| Arc::strong_count(b) > 1);
+            self.sweep_at = (self.map.len() * 2).max(SWEEP_FLOOR);
+        }
+        self.map.entry(key).or_default().clone()
+    }
+}
+
 /// Permits for every provider this worker sends to.
 pub struct Limiter {
     /// This limiter's name as an asker (random); each bucket asks as `id ^ hash(tenant)`.
     id: u64,
     pool: crate::stream::Pool,
     prefix: String,
-    buckets: std::sync::Mutex<HashMap<BucketKey, Arc<Bucket>>>,
+    buckets: std::sync::Mutex<Buckets>,
     /// The longest one [`Limiter::acquire`] waits.
     deadline: Duration,
 }
@@ -256,7 +280,10 @@ impl Limiter {
             id: rand::random(),
             pool,
             prefix: prefix.into(),
-            buckets: std::sync::Mutex::new(HashMap::new()),
+            buckets: std::sync::Mutex::new(Buckets {
+                map: HashMap::new(),
+                sweep_at: SWEEP_FLOOR,
+            }),
             deadline: DEFAULT_DEADLINE,
         }
     }
@@ -271,9 +298,7 @@ impl Limiter {
 
     fn bucket(&self, provider: &str, tenant: Option<&str>) -> Arc<Bucket> {
         let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        b.entry((provider.to_owned(), tenant.map(str::to_owned)))
-            .or_default()
-            .clone()
+        b.get((provider.to_owned(), tenant.map(str::to_owned)))
     }
 
     /// Wait for one permit to send to `provider` (for `tenant`, when the limit has a tenant
