@@ -56,7 +56,7 @@ pub async fn run(g: Global, a: ApiArgs) -> anyhow::Result<()> {
             redis: redis.clone(),
             keys: crate::stream::Keys::new(&g.prefix, g.partitions),
             token,
-            secure_cookie: a.admin_secure_cookie,
+            secure_cookie: !a.admin_insecure_cookie,
         }));
     }
     if let Some(secret) = a.unsubscribe_secret.clone().filter(|s| !s.is_empty()) {

@@ -58,9 +58,10 @@ pub struct ApiArgs {
     /// page is off (404).
     #[arg(long, env = "MAILFLEET_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<Secret>,
-    /// Mark the admin session cookie `Secure` (when the API is served over HTTPS).
-    #[arg(long, env = "MAILFLEET_ADMIN_SECURE_COOKIE")]
-    pub admin_secure_cookie: bool,
+    /// Drop `Secure` (and the `__Host-` prefix) from the admin session cookie: for plain-HTTP
+    /// development only. By default the cookie is `Secure`, so the page needs HTTPS.
+    #[arg(long, env = "MAILFLEET_ADMIN_INSECURE_COOKIE")]
+    pub admin_insecure_cookie: bool,
     /// Where `/metrics` is served: its own listener, never the public port. Empty turns it
     /// off.
     #[arg(

@@ -429,3 +429,111 @@ async fn the_admin_page_signs_in_shows_the_cluster_and_replays_a_dead_letter(pg:
     worker.stop().await;
     assert_eq!(ok.state.stats().received, 1);
 }
+
+async fn spawn_admin_with(pg: &PgPool, redis: &TestRedis, secure: bool) -> String {
+    let app = router(AdminState {
+        pg: pg.clone(),
+        redis: redis.pool.clone(),
+        keys: redis.keys.clone(),
+        token: Secret::new(TOKEN),
+        secure_cookie: secure,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+fn no_redirects() -> reqwest::Client {
+    mailfleet::install_crypto_provider();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+async fn sign_in(http: &reqwest::Client, url: &str) -> reqwest::Response {
+    http.post(format!("{url}/admin/login"))
+        .form(&[("token", TOKEN)])
+        .send()
+        .await
+        .unwrap()
+}
+
+#[sqlx::test]
+async fn the_session_cookie_is_secure_by_default_and_a_sign_out_ends_it_on_the_server(pg: PgPool) {
+    let redis = TestRedis::new();
+    let http = no_redirects();
+    // By default: `__Host-`, `Secure`, `Path=/`.
+    let url = spawn_admin_with(&pg, &redis, true).await;
+    let r = sign_in(&http, &url).await;
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(set.starts_with("__Host-mailfleet_admin="), "{set}");
+    assert!(set.contains("; Secure") && set.contains("Path=/;"), "{set}");
+
+    // The plain-HTTP opt-out; a signed-out cookie no longer works, even replayed.
+    let url = spawn_admin_with(&pg, &redis, false).await;
+    let r = sign_in(&http, &url).await;
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let session = set
+        .strip_prefix("mailfleet_admin=")
+        .and_then(|v| v.split(';').next())
+        .unwrap()
+        .to_owned();
+    let page = |cookie: String| {
+        http.get(format!("{url}/admin"))
+            .header("cookie", cookie)
+            .send()
+    };
+    let r = page(format!("mailfleet_admin={session}")).await.unwrap();
+    assert_eq!(r.status(), 200, "signed in");
+    let csrf = mailfleet::api::admin::csrf_for(&Secret::new(TOKEN), &session);
+    let r = http
+        .post(format!("{url}/admin/logout"))
+        .header("cookie", format!("mailfleet_admin={session}"))
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_redirection(), "{}", r.status());
+    let r = page(format!("mailfleet_admin={session}")).await.unwrap();
+    assert!(
+        r.status().is_redirection(),
+        "the old cookie is refused: {}",
+        r.status()
+    );
+}
+
+#[sqlx::test]
+async fn token_guesses_are_throttled_even_in_parallel(pg: PgPool) {
+    let redis = TestRedis::new();
+    let url = spawn_admin_with(&pg, &redis, false).await;
+    let http = no_redirects();
+    let answers = futures::future::join_all((0..40).map(|i| {
+        http.post(format!("{url}/admin/login"))
+            .form(&[("token", format!("guess-{i}"))])
+            .send()
+    }))
+    .await;
+    let codes: Vec<u16> = answers
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    let wrong = codes.iter().filter(|c| **c == 401).count();
+    let throttled = codes.iter().filter(|c| **c == 429).count();
+    // Ten a minute; a run that straddles a minute may see two minutes' allowance.
+    assert!(wrong <= 20, "{wrong} guesses were compared: {codes:?}");
+    assert_eq!(wrong + throttled, 40, "{codes:?}");
+    // A bearer guess counts against the same allowance.
+    let r = http
+        .get(format!("{url}/admin"))
+        .bearer_auth("guess")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        [429, 303, 307].contains(&r.status().as_u16()),
+        "{}",
+        r.status()
+    );
+}

@@ -23,7 +23,7 @@ pub(super) async fn replay(
     headers: HeaderMap,
     Form(f): Form<HashMap<String, String>>,
 ) -> Response {
-    if let Some(r) = authorize(&s, &headers, &f) {
+    if let Some(r) = authorize(&s, &headers, &f).await {
         return r;
     }
     let (Ok(partition), id) = (field(&f, "partition").parse::<u16>(), field(&f, "id")) else {
@@ -68,7 +68,7 @@ pub(super) async fn suppress_add(
     headers: HeaderMap,
     Form(f): Form<HashMap<String, String>>,
 ) -> Response {
-    if let Some(r) = authorize(&s, &headers, &f) {
+    if let Some(r) = authorize(&s, &headers, &f).await {
         return r;
     }
     let Ok(addr) = Address::parse(field(&f, "address")) else {
@@ -105,7 +105,7 @@ pub(super) async fn suppress_remove(
     headers: HeaderMap,
     Form(f): Form<HashMap<String, String>>,
 ) -> Response {
-    if let Some(r) = authorize(&s, &headers, &f) {
+    if let Some(r) = authorize(&s, &headers, &f).await {
         return r;
     }
     match suppressions::remove(&s.pg, field(&f, "address"), field(&f, "tenant")).await {
@@ -165,7 +165,7 @@ async fn set_pause(
     f: &HashMap<String, String>,
     on: bool,
 ) -> Response {
-    if let Some(r) = authorize(s, headers, f) {
+    if let Some(r) = authorize(s, headers, f).await {
         return r;
     }
     let Some((scope, name)) = pause_target(f) else {

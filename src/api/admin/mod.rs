@@ -6,9 +6,13 @@
 //!
 //! Protection:
 //! - **Login** with the admin token (`MAILFLEET_ADMIN_TOKEN`) at `/admin/login`; the answer is
-//!   a session cookie (`HttpOnly`, `SameSite=Strict`, `Path=/admin`, 12 h; `Secure` with
-//!   `MAILFLEET_ADMIN_SECURE_COOKIE`), signed with HMAC-SHA256 keyed by the token, so changing
-//!   the token ends every session. Scripts may send `Authorization: Bearer <token>` instead.
+//!   a session cookie (`__Host-mailfleet_admin`: `Secure`, `Path=/`, `HttpOnly`,
+//!   `SameSite=Strict`, 12 h; `MAILFLEET_ADMIN_INSECURE_COOKIE` drops `Secure` for plain-HTTP
+//!   development), signed with HMAC-SHA256 keyed by the token, so changing the token ends
+//!   every session. Scripts may send `Authorization: Bearer <token>` instead.
+//! - **Throttled**: at most 10 token attempts (sign-ins and bearer requests) per minute
+//!   across every API replica, counted in Redis before the token is compared.
+//! - **Sign-out** is recorded in Redis: the session stops working everywhere at once.
 //! - **CSRF**: every action is a POST carrying a token, HMAC of the session under the admin
 //!   token, checked in constant time (Bearer requests need none: a browser cannot forge that
 //!   header across sites). `SameSite=Strict` is a second line.
@@ -42,7 +46,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The session cookie without `Secure` (the plain-HTTP opt-out), scoped to `/admin`.
 const COOKIE: &str = "mailfleet_admin";
+/// The session cookie by default: `Secure`, `Path=/`, host-only (the `__Host-` rules).
+const SECURE_COOKIE: &str = "__Host-mailfleet_admin";
 const SESSION_SECS: i64 = 12 * 3600;
 /// Rows shown per list.
 const SHOWN: usize = 50;
@@ -56,7 +63,8 @@ pub struct AdminState {
     pub redis: crate::stream::Pool,
     pub keys: stream::Keys,
     pub token: Secret,
-    /// Mark the session cookie `Secure` (serve the API over HTTPS then).
+    /// A `Secure` `__Host-` session cookie (the default; the API is served over HTTPS). False
+    /// only with `MAILFLEET_ADMIN_INSECURE_COOKIE`, for plain-HTTP development.
     pub secure_cookie: bool,
 }
 
@@ -93,6 +101,10 @@ fn login_form(status: StatusCode, note: &'static str) -> Response {
 
 async fn login(State(s): S, Form(f): Form<HashMap<String, String>>) -> Response {
     let given = f.get("token").map(String::as_str).unwrap_or("");
+    if !session::token_attempt_allowed(&s).await {
+        tracing::warn!("admin: a sign-in over the minute's allowance was refused");
+        return session::too_many();
+    }
     if given.is_empty() || !token_matches(&s.token, given) {
         tracing::warn!("admin: a sign-in with a wrong token was refused");
         // Slow down guessing.
@@ -103,10 +115,11 @@ async fn login(State(s): S, Form(f): Form<HashMap<String, String>>) -> Response 
         );
     }
     let v = new_session(&s.token, Utc::now().timestamp());
-    let secure = if s.secure_cookie { "; Secure" } else { "" };
     let mut r = Redirect::to("/admin").into_response();
     if let Ok(c) = HeaderValue::from_str(&format!(
-        "{COOKIE}={v}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECS}{secure}"
+        "{}={v}; {}",
+        session::cookie_name(&s),
+        cookie_attributes(&s, SESSION_SECS)
     )) {
         r.headers_mut().insert(header::SET_COOKIE, c);
     }
@@ -119,17 +132,42 @@ async fn logout(
     headers: HeaderMap,
     Form(f): Form<HashMap<String, String>>,
 ) -> Response {
-    if let Some(r) = authorize(&s, &headers, &f) {
+    if let Some(r) = authorize(&s, &headers, &f).await {
         return r;
     }
+    // Signed out on the server too: the cookie no longer works on any replica, even if the
+    // browser (or someone who copied it) keeps it.
+    if let Some(sess) = session::cookie(&s, &headers)
+        && let Err(e) = session::revoke(&s, sess).await
+    {
+        tracing::warn!(error.message = %e, "admin: could not record the sign-out");
+        return page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Not signed out",
+            Markup::new().raw("<p>Redis did not record the sign-out. Try again.</p>"),
+        );
+    }
     let mut r = Redirect::to("/admin/login").into_response();
-    r.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static(
-            "mailfleet_admin=; Path=/admin; HttpOnly; SameSite=Strict; Max-Age=0",
-        ),
-    );
+    if let Ok(c) = HeaderValue::from_str(&format!(
+        "{}=; {}",
+        session::cookie_name(&s),
+        cookie_attributes(&s, 0)
+    )) {
+        r.headers_mut().insert(header::SET_COOKIE, c);
+    }
+    tracing::info!("admin: signed out");
     r
+}
+
+/// The session cookie's attributes: `__Host-` rules (`Secure`, `Path=/`) by default, or
+/// `Path=/admin` without `Secure` under the plain-HTTP opt-out.
+fn cookie_attributes(s: &AdminState, max_age: i64) -> String {
+    let scope = if s.secure_cookie {
+        "Path=/; Secure"
+    } else {
+        "Path=/admin"
+    };
+    format!("{scope}; HttpOnly; SameSite=Strict; Max-Age={max_age}")
 }
 
 // ---- the page

@@ -3,7 +3,7 @@
 //! token of a session, and constant-time token checks.
 
 use super::markup::{Markup, page};
-use super::{AdminState, COOKIE, SESSION_SECS};
+use super::{AdminState, COOKIE, SECURE_COOKIE, SESSION_SECS};
 use crate::domain::Secret;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
@@ -79,42 +79,142 @@ pub(super) enum Auth {
     Bearer,
 }
 
-pub(super) fn cookie(headers: &HeaderMap) -> Option<&str> {
+/// The session cookie's name: `__Host-` (the browser keeps it only if it is `Secure`, for
+/// `Path=/` and this host alone) unless the insecure opt-out is set for plain-HTTP
+/// development.
+pub(super) fn cookie_name(s: &AdminState) -> &'static str {
+    if s.secure_cookie {
+        SECURE_COOKIE
+    } else {
+        COOKIE
+    }
+}
+
+pub(super) fn cookie<'h>(s: &AdminState, headers: &'h HeaderMap) -> Option<&'h str> {
+    let name = cookie_name(s);
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .find_map(|c| c.trim().strip_prefix(name)?.strip_prefix('='))
 }
 
-pub(super) fn authenticate(s: &AdminState, headers: &HeaderMap) -> Option<Auth> {
+/// The key that marks a session signed out (by its nonce), for every API replica.
+fn revoked_key(s: &AdminState, session: &str) -> String {
+    let nonce = session.split('.').nth(1).unwrap_or("");
+    format!("{}:admin:signed-out:{nonce}", s.keys.prefix())
+}
+
+/// Mark `session` signed out until it would have expired anyway.
+pub(super) async fn revoke(s: &AdminState, session: &str) -> Result<(), String> {
+    let exp: i64 = session
+        .split('.')
+        .next()
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(0);
+    let left = (exp - Utc::now().timestamp()).clamp(1, SESSION_SECS + 60);
+    let mut c = s.redis.get().await.map_err(|e| e.to_string())?;
+    redis::cmd("SET")
+        .arg(revoked_key(s, session))
+        .arg(1)
+        .arg("EX")
+        .arg(left)
+        .query_async::<()>(&mut *c)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Token guesses (sign-ins and bearer requests) allowed per minute, cluster-wide.
+pub(super) const TOKEN_TRIES_PER_MINUTE: i64 = 10;
+
+/// Count one token attempt in this minute's cluster-wide counter; false when the minute's
+/// allowance is spent (or Redis cannot count). Counted before the token is compared, so
+/// parallel guesses are throttled too, and over the allowance even the right token is refused:
+/// otherwise the answer would still tell a right guess from a wrong one.
+pub(super) async fn token_attempt_allowed(s: &AdminState) -> bool {
+    let minute = Utc::now().timestamp() / 60;
+    let key = format!("{}:admin:token-tries:{minute}", s.keys.prefix());
+    let Ok(mut c) = s.redis.get().await else {
+        return false;
+    };
+    let n: redis::RedisResult<(i64,)> = redis::pipe()
+        .cmd("INCR")
+        .arg(&key)
+        .cmd("EXPIRE")
+        .arg(&key)
+        .arg(120)
+        .ignore()
+        .query_async(&mut *c)
+        .await;
+    matches!(n, Ok((n,)) if n <= TOKEN_TRIES_PER_MINUTE)
+}
+
+/// Who is asking: a bearer token (throttled, [`token_attempt_allowed`]) or a session that is
+/// signed, unexpired and not signed out. `Err` is an answer to give instead (429).
+pub(super) async fn authenticate(
+    s: &AdminState,
+    headers: &HeaderMap,
+) -> Result<Option<Auth>, Response> {
     if let Some(b) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
     {
-        return token_matches(&s.token, b.trim()).then_some(Auth::Bearer);
+        if !token_attempt_allowed(s).await {
+            return Err(too_many());
+        }
+        return Ok(token_matches(&s.token, b.trim()).then_some(Auth::Bearer));
     }
-    let c = cookie(headers)?;
-    valid_session(&s.token, c, Utc::now().timestamp()).then(|| Auth::Session(c.to_owned()))
+    let Some(c) = cookie(s, headers) else {
+        return Ok(None);
+    };
+    if !valid_session(&s.token, c, Utc::now().timestamp()) {
+        return Ok(None);
+    }
+    // Signed out on any replica? Without an answer from Redis the session is refused.
+    let signed_out = match s.redis.get().await {
+        Ok(mut conn) => redis::cmd("EXISTS")
+            .arg(revoked_key(s, c))
+            .query_async::<i64>(&mut *conn)
+            .await
+            .map_or(true, |n| n > 0),
+        Err(_) => true,
+    };
+    Ok((!signed_out).then(|| Auth::Session(c.to_owned())))
+}
+
+/// The answer to a token attempt over the minute's allowance.
+pub(super) fn too_many() -> Response {
+    let mut r = page(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too many attempts",
+        Markup::new()
+            .raw("<p>Too many admin token attempts this minute. Wait a minute and try again.</p>"),
+    );
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("60"),
+    );
+    r
 }
 
 /// The gate of every action: an admin, and for a browser session the right CSRF token.
 /// `Some` is the refusal to answer with.
-pub(super) fn authorize(
+pub(super) async fn authorize(
     s: &AdminState,
     headers: &HeaderMap,
     form: &HashMap<String, String>,
 ) -> Option<Response> {
-    match authenticate(s, headers) {
-        None => Some(page(
+    match authenticate(s, headers).await {
+        Err(r) => Some(r),
+        Ok(None) => Some(page(
             StatusCode::UNAUTHORIZED,
             "Not signed in",
             Markup::new().raw("<p><a href=\"/admin/login\">Sign in</a></p>"),
         )),
-        Some(Auth::Bearer) => None,
-        Some(Auth::Session(sess)) => {
+        Ok(Some(Auth::Bearer)) => None,
+        Ok(Some(Auth::Session(sess))) => {
             let given = form.get("csrf").map(String::as_str).unwrap_or("");
             if csrf_ok(&s.token, &sess, given) {
                 None

@@ -25,10 +25,11 @@ pub(super) async fn index(
     headers: HeaderMap,
     Query(q): Query<IndexQuery>,
 ) -> Response {
-    let csrf = match authenticate(&s, &headers) {
-        None => return Redirect::to("/admin/login").into_response(),
-        Some(Auth::Session(sess)) => csrf_for(&s.token, &sess),
-        Some(Auth::Bearer) => String::new(),
+    let csrf = match authenticate(&s, &headers).await {
+        Err(r) => return r,
+        Ok(None) => return Redirect::to("/admin/login").into_response(),
+        Ok(Some(Auth::Session(sess))) => csrf_for(&s.token, &sess),
+        Ok(Some(Auth::Bearer)) => String::new(),
     };
     let (snap, dead, sched, supp) = tokio::join!(
         cluster::snapshot(&s.redis, &s.pg, &s.keys),
