@@ -487,3 +487,94 @@ async fn ses_events_through_sns_are_verified_confirmed_and_applied_once(pg: PgPo
     assert_eq!(post(m).await.0, 200);
     assert_eq!(status(&pg, other).await, "delivered");
 }
+
+/// Serves `/good.pem` and a 404 at `/missing.pem`, counting the fetches of each.
+async fn counting_cert_endpoint(good: String) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    use axum::routing::get;
+    let (g, m) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (g2, m2) = (g.clone(), m.clone());
+    let app = axum::Router::new()
+        .route(
+            "/good.pem",
+            get(move || async move {
+                g2.fetch_add(1, Ordering::SeqCst);
+                good
+            }),
+        )
+        .route(
+            "/missing.pem",
+            get(move || async move {
+                m2.fetch_add(1, Ordering::SeqCst);
+                (axum::http::StatusCode::NOT_FOUND, "no")
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, g, m)
+}
+
+#[sqlx::test]
+async fn unauthenticated_sns_posts_cost_no_certificate_fetch_and_a_bad_url_costs_one(pg: PgPool) {
+    let signer = sns_signer();
+    let (base, good, missing) = counting_cert_endpoint(signer.cert_pem.clone()).await;
+    let url = spawn_with(&pg, Some(&base)).await;
+    let post = |body: Value| {
+        let url = url.clone();
+        async move {
+            reqwest_client()
+                .post(format!("{url}/v1/webhooks/ses"))
+                .header("x-amz-sns-message-type", "Notification")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let msg = json!({"eventType": "Delivery", "mail": {"tags": {}}});
+    let now = chrono::Utc::now();
+    for i in 0..10 {
+        // Stale, or for a topic not configured: refused before any certificate is fetched.
+        let mut m = sns_notification(
+            &base,
+            &format!("s-{i}"),
+            now - chrono::Duration::minutes(10),
+            &msg,
+        );
+        m["SigningCertURL"] = Value::String(format!("{base}missing.pem"));
+        signer.sign(&mut m);
+        assert_eq!(post(m).await, 401);
+        let mut m = sns_notification(&base, &format!("t-{i}"), now, &msg);
+        m["TopicArn"] = Value::String("arn:aws:sns:eu-west-1:999999999999:other".into());
+        m["SigningCertURL"] = Value::String(format!("{base}missing.pem"));
+        signer.sign(&mut m);
+        assert_eq!(post(m).await, 401);
+    }
+    assert_eq!(
+        missing.load(Ordering::SeqCst),
+        0,
+        "no fetch for cheap refusals"
+    );
+    // Fresh and for the topic, but its certificate URL fails: fetched once, then refused
+    // from the cache.
+    for i in 0..10 {
+        let mut m = sns_notification(&base, &format!("f-{i}"), now, &msg);
+        m["SigningCertURL"] = Value::String(format!("{base}missing.pem"));
+        signer.sign(&mut m);
+        assert_eq!(post(m).await, 401);
+    }
+    assert_eq!(
+        missing.load(Ordering::SeqCst),
+        1,
+        "a failing URL is fetched once"
+    );
+    // Signed ones: the good certificate is fetched once for all of them.
+    for i in 0..5 {
+        let mut m = sns_notification(&base, &format!("ok-{i}"), now, &msg);
+        signer.sign(&mut m);
+        assert_eq!(post(m).await, 200);
+    }
+    assert_eq!(good.load(Ordering::SeqCst), 1);
+}

@@ -1,7 +1,7 @@
 //! Why a webhook request was refused: the one error every vendor's check returns.
 
 /// Why a request was refused.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
     #[error("missing {0}")]
     Missing(&'static str),

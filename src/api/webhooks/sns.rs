@@ -5,7 +5,10 @@
 //! message's `SigningCertURL`, which is believed only when it passes the allow-list: by default
 //! `https://sns.<region>.amazonaws.com/...pem` (the TLS connection then vouches for the host);
 //! a deployment may replace the rule with explicit URL prefixes. Certificates are cached per URL
-//! until they expire, so a burst of events costs one fetch.
+//! until they expire, so a burst of events costs one fetch; a URL that failed (not found,
+//! unreadable, not RSA) is refused for five minutes without a fetch; at most four fetches run
+//! at once, and a post that would start a fifth gets 503. The webhook checks a message's topic
+//! and timestamp before it asks for a certificate.
 //!
 //! Version 1 (SHA-1) messages are refused: a topic's `SignatureVersion` attribute should be set
 //! to 2.
@@ -23,8 +26,22 @@ use x509_cert::der::{DecodePem, Encode};
 
 /// Largest certificate document fetched.
 const MAX_CERT_BYTES: usize = 16 * 1024;
-/// Certificates kept; the cache is cleared when it would grow past this.
-const MAX_CACHED: usize = 32;
+/// Certificate URLs remembered (good keys and failures); past it the oldest entry goes.
+const MAX_CACHED: usize = 64;
+/// How long a URL whose certificate could not be had is refused without fetching it again.
+const FAILURE_TTL_SECS: i64 = 300;
+/// Certificate fetches in flight at once; a post that would start one more is refused with
+/// 503 (SNS retries), so a flood of posts naming new URLs cannot queue fetches without bound.
+const MAX_FETCHES: usize = 4;
+
+/// What the cache knows about one certificate URL.
+#[derive(Clone)]
+enum Cached {
+    /// Its key, until the certificate's notAfter (Unix seconds).
+    Key(RsaPublicKey, i64),
+    /// It failed (refused, unreadable, not found): refused again until then.
+    Failed(Refused, i64),
+}
 
 /// An SNS HTTP(S) message as posted to the endpoint.
 #[derive(Debug, Clone, Deserialize)]
@@ -132,8 +149,9 @@ fn aws_sns_host(host: &str) -> bool {
 pub struct SnsVerifier {
     http: reqwest::Client,
     rule: UrlRule,
-    /// URL → (key, the certificate's notAfter in Unix seconds).
-    cache: Mutex<HashMap<String, (RsaPublicKey, i64)>>,
+    /// URL → what its certificate gave, with when it was stored (for eviction).
+    cache: Mutex<HashMap<String, (Cached, i64)>>,
+    fetches: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for SnsVerifier {
@@ -155,6 +173,7 @@ impl SnsVerifier {
             http,
             rule,
             cache: Mutex::new(HashMap::new()),
+            fetches: tokio::sync::Semaphore::new(MAX_FETCHES),
         })
     }
 
@@ -208,11 +227,39 @@ impl SnsVerifier {
 
     async fn key(&self, url: &str) -> Result<RsaPublicKey, Refused> {
         let now = chrono::Utc::now().timestamp();
-        if let Some((k, not_after)) = self.cached(url)
-            && not_after > now
-        {
-            return Ok(k);
+        match self.cached(url) {
+            Some(Cached::Key(k, not_after)) if not_after > now => return Ok(k),
+            Some(Cached::Failed(why, until)) if until > now => return Err(why),
+            _ => {}
         }
+        let Ok(_fetch) = self.fetches.try_acquire() else {
+            return Err(Refused::Unavailable(
+                "too many SNS certificate fetches in flight".into(),
+            ));
+        };
+        let got = self.fetch(url, now).await;
+        let entry = match &got {
+            Ok((k, not_after)) => Cached::Key(k.clone(), *not_after),
+            // A network failure may pass; anything else about this URL will not soon.
+            Err(Refused::Unavailable(_)) => return got.map(|(k, _)| k),
+            Err(why) => Cached::Failed(why.clone(), now + FAILURE_TTL_SECS),
+        };
+        if let Ok(mut c) = self.cache.lock() {
+            if c.len() >= MAX_CACHED
+                && !c.contains_key(url)
+                && let Some(oldest) = c
+                    .iter()
+                    .min_by_key(|(_, (_, at))| *at)
+                    .map(|(u, _)| u.clone())
+            {
+                c.remove(&oldest);
+            }
+            c.insert(url.to_owned(), (entry, now));
+        }
+        got.map(|(k, _)| k)
+    }
+
+    async fn fetch(&self, url: &str, now: i64) -> Result<(RsaPublicKey, i64), Refused> {
         let r = self
             .http
             .get(url)
@@ -234,18 +281,11 @@ impl SnsVerifier {
         if body.len() > MAX_CERT_BYTES {
             return Err(Refused::NotAllowed("signing certificate too large"));
         }
-        let (key, not_after) = parse_certificate(&body, now)?;
-        if let Ok(mut c) = self.cache.lock() {
-            if c.len() >= MAX_CACHED {
-                c.clear();
-            }
-            c.insert(url.to_owned(), (key.clone(), not_after));
-        }
-        Ok(key)
+        parse_certificate(&body, now)
     }
 
-    fn cached(&self, url: &str) -> Option<(RsaPublicKey, i64)> {
-        self.cache.lock().ok()?.get(url).cloned()
+    fn cached(&self, url: &str) -> Option<Cached> {
+        self.cache.lock().ok()?.get(url).map(|(c, _)| c.clone())
     }
 }
 
