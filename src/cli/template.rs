@@ -57,18 +57,16 @@ pub async fn run(g: Global, c: TemplateCmd) -> anyhow::Result<()> {
             if html.is_none() && text.is_none() {
                 bail!("give --html/--html-file or --text/--text-file (or both)");
             }
-            // Compile before storing: a template that does not parse never reaches a worker.
-            let env = minijinja::Environment::new();
-            for (part, src) in [
-                ("subject", Some(&subject)),
-                ("html", html.as_ref()),
-                ("text", text.as_ref()),
-            ] {
-                if let Some(src) = src {
-                    env.template_from_str(src)
-                        .with_context(|| format!("{part} does not compile"))?;
-                }
-            }
+            // Checked and rendered dry before storing, with the workers' default limits: a
+            // template outside the bounded subset, or one that does not compile, never
+            // reaches a worker.
+            crate::render::check_template(
+                &subject,
+                html.as_deref(),
+                text.as_deref(),
+                crate::render::Limits::default(),
+            )
+            .map_err(|e| anyhow::anyhow!("not stored: {e}"))?;
             let t =
                 templates::put(&pool, &name, &subject, html.as_deref(), text.as_deref()).await?;
             println!("{} version {}", t.name, t.version);

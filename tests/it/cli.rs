@@ -456,3 +456,146 @@ async fn a_failing_command_prints_one_plain_line_that_names_the_server_or_the_fi
         "{err}"
     );
 }
+
+/// The peak resident memory of process `pid` (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kb: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kb * 1024
+}
+
+/// Templates that would build gigabytes (the `*`-and-`replace` one of issue 17, and loops
+/// emitting a million copies of a 100 KB variable) are refused or stopped at the cap: the
+/// worker process's peak memory stays within 2 x MAILFLEET_RENDER_MAX_BYTES of its baseline.
+#[sqlx::test]
+async fn a_hostile_template_costs_a_worker_process_no_more_than_twice_its_output_cap(pg: PgPool) {
+    const CAP: u64 = 1 << 20;
+    let redis = TestRedis::new();
+    let mock = TestMock::start(MockConfig::default()).await;
+    let big = "y".repeat(100_000);
+    let xs: Vec<u32> = (0..1000).collect();
+    let with = |html: &str| {
+        let mut j = job(Lane::Tx, "ada@example.com");
+        j.payload.text = None;
+        j.payload.html = Some(html.into());
+        j.payload.vars = Some(
+            serde_json::json!({"big": big, "xs": xs})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        j
+    };
+    let mut child = mailfleet(&pg, &redis)
+        .args(["worker", "--listen", "", "--block-ms", "100"])
+        .env("MAILFLEET_SENDGRID_URL", &mock.url)
+        .env("MAILFLEET_RENDER_MAX_BYTES", CAP.to_string())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id().expect("pid");
+    // The baseline: the worker after normal work of the same size, emails with the same
+    // payload whose render comes close to the cap (nine copies of `big`, 900 KB), one at a
+    // time and then eight at once, so every runtime thread has rendered one.
+    let warm_up = || with("{% for a in xs[:9] %}{{ big }}{% endfor %}");
+    let mut warm = vec![redis.enqueue(warm_up()).await];
+    eventually("the first warm-up email sent", WAIT, || async {
+        (status_of(&pg, warm[0]).await.as_deref() == Some("sent")).then_some(())
+    })
+    .await;
+    for _ in 0..8 {
+        warm.push(redis.enqueue(warm_up()).await);
+    }
+    for id in &warm {
+        eventually("the warm-up emails sent", WAIT, || async {
+            (status_of(&pg, *id).await.as_deref() == Some("sent")).then_some(())
+        })
+        .await;
+    }
+    let baseline = peak_rss(pid);
+    mailfleet::store::templates::put(
+        &pg,
+        "hostile",
+        "s",
+        Some("{{ ('x'*100000)|replace('x','x'*100000) }}"),
+        None,
+    )
+    .await
+    .unwrap();
+    let mut by_name = job(Lane::Tx, "ada@example.com");
+    by_name.payload.text = None;
+    by_name.payload.subject = None;
+    by_name.payload.template = Some("hostile".into());
+    // One at a time: the bound is per render (a worker renders a batch's jobs concurrently,
+    // each within its own cap).
+    let hostile = [
+        by_name,
+        with("{{ ('x'*100000)|replace('x','x'*100000) }}"),
+        with("{% for a in xs %}{% for b in xs %}{{ big }}{% endfor %}{% endfor %}"),
+        with("{{ xs|join(big) }}"),
+    ];
+    for j in hostile {
+        let id = redis.enqueue(j).await;
+        eventually("the hostile email failed, unsent", WAIT, || async {
+            (status_of(&pg, id).await.as_deref() == Some("failed")).then_some(())
+        })
+        .await;
+    }
+    let peak = peak_rss(pid);
+    eprintln!("worker peak RSS: baseline {baseline} B, after the hostile templates {peak} B");
+    assert!(
+        peak <= baseline + 2 * CAP,
+        "peak {peak} B over baseline {baseline} B + 2 x {CAP} B"
+    );
+    assert_eq!(
+        mock.state.stats().received,
+        9,
+        "only the warm-up emails were sent"
+    );
+    signal(pid, SIGTERM);
+    let _ = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
+}
+
+#[sqlx::test]
+async fn template_put_refuses_a_template_outside_the_bounded_subset(pg: PgPool) {
+    let redis = TestRedis::new();
+    let out = mailfleet(&pg, &redis)
+        .args(["template", "put", "bad", "--subject", "s", "--html"])
+        .arg("{{ ('x'*100000)|replace('x','x'*100000) }}")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not stored") && err.contains("the * operator"),
+        "{err}"
+    );
+    let out = mailfleet(&pg, &redis)
+        .args([
+            "template",
+            "put",
+            "good",
+            "--subject",
+            "Hi {{ name }}",
+            "--html",
+        ])
+        .arg("{% for i in items %}{{ i.name|e }}{% endfor %}")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM templates")
+        .fetch_one(&pg)
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "only the good one was stored");
+}

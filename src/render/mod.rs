@@ -1,12 +1,18 @@
 //! Rendering with minijinja: inline bodies or named templates, HTML auto-escaped, bounded.
 //!
 //! Templates come from producers and operators, so a template is hostile until rendered: every
-//! render runs with a fuel budget (bounds loops and total work), a recursion limit (bounds macro
-//! and include depth) and an output cap, and undefined variables are errors rather than empty
+//! template is first checked against the bounded subset ([`subset`]: no construct that can
+//! build a value of unbounded size), every render runs with a fuel budget (bounds loops and
+//! total work) and writes through a writer that stops at the output cap, so a render's memory
+//! stays near the cap whatever the template; undefined variables are errors rather than empty
 //! strings. A rendered subject is checked for CR/LF/NUL again: vars can smuggle them in.
 //!
 //! Inline `html`/`text`/`subject` are rendered only when the job has `vars`; otherwise they are
 //! sent verbatim, so literal braces in a hand-written body never break a send.
+
+mod subset;
+
+pub use subset::{FILTERS, Unsupported};
 
 use crate::domain::{Content, Email, has_header_breaking_char};
 use crate::store::templates::Template;
@@ -43,6 +49,11 @@ pub enum RenderError {
     HeaderInjection,
     #[error("rendered subject is empty")]
     EmptySubject,
+    #[error("template {part}: {why}")]
+    Unsupported {
+        part: &'static str,
+        why: Unsupported,
+    },
 }
 
 impl RenderError {
@@ -54,6 +65,7 @@ impl RenderError {
             RenderError::TooLarge(_) => "too_large",
             RenderError::HeaderInjection => "header_injection",
             RenderError::EmptySubject => "empty_subject",
+            RenderError::Unsupported { .. } => "unsupported_template",
         }
     }
 }
@@ -80,6 +92,18 @@ pub struct Renderer {
 
 fn environment(limits: Limits) -> Environment<'static> {
     let mut env = Environment::new();
+    let cap = limits.max_output_bytes;
+    // `join` and `replace` are the subset's two filters whose result can be much larger than
+    // their input; these versions refuse a result over the cap before building it.
+    env.add_filter("join", move |v: Value, sep: Option<String>| {
+        bounded_join(&v, sep.as_deref(), cap)
+    });
+    env.add_filter(
+        "replace",
+        move |s: String, from: String, to: String, count: Option<usize>| {
+            bounded_replace(&s, &from, &to, count, cap)
+        },
+    );
     env.set_fuel(Some(limits.fuel));
     env.set_recursion_limit(limits.recursion);
     env.set_undefined_behavior(UndefinedBehavior::Strict);
@@ -93,11 +117,126 @@ fn environment(limits: Limits) -> Environment<'static> {
     env
 }
 
+fn too_big() -> minijinja::Error {
+    minijinja::Error::new(
+        minijinja::ErrorKind::InvalidOperation,
+        "the result would be larger than the output cap",
+    )
+}
+
+fn bounded_join(v: &Value, sep: Option<&str>, cap: usize) -> Result<Value, minijinja::Error> {
+    let sep = sep.unwrap_or("");
+    let mut out = String::new();
+    for (i, item) in v.try_iter()?.enumerate() {
+        let piece = item.to_string();
+        if out.len() + piece.len() + if i > 0 { sep.len() } else { 0 } > cap {
+            return Err(too_big());
+        }
+        if i > 0 {
+            out.push_str(sep);
+        }
+        out.push_str(&piece);
+    }
+    Ok(Value::from(out))
+}
+
+fn bounded_replace(
+    s: &str,
+    from: &str,
+    to: &str,
+    count: Option<usize>,
+    cap: usize,
+) -> Result<String, minijinja::Error> {
+    let n = s.matches(from).count().min(count.unwrap_or(usize::MAX));
+    let size = (s.len() as u128) + (n as u128) * (to.len() as u128);
+    if size > cap as u128 {
+        return Err(too_big());
+    }
+    Ok(match count {
+        Some(c) => s.replacen(from, to, c),
+        None => s.replace(from, to),
+    })
+}
+
+/// Output that stops at `cap` bytes: the write past it fails, which ends the render.
+struct Capped {
+    buf: Vec<u8>,
+    cap: usize,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + b.len() > self.cap {
+            return Err(std::io::Error::other("output cap"));
+        }
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Render `t` into at most `cap` bytes.
+fn capped(
+    t: &minijinja::Template<'_, '_>,
+    ctx: &Value,
+    cap: usize,
+    part: &'static str,
+) -> Result<String, RenderError> {
+    let mut out = Capped {
+        buf: Vec::new(),
+        cap,
+    };
+    match t.render_captured_to(ctx, &mut out) {
+        Ok(_) => String::from_utf8(out.buf).map_err(|_| RenderError::Template {
+            part,
+            message: "output is not UTF-8".into(),
+        }),
+        Err(e) if e.kind() == minijinja::ErrorKind::WriteFailure => {
+            Err(RenderError::TooLarge(part))
+        }
+        Err(e) if e.to_string().contains("larger than the output cap") => {
+            Err(RenderError::TooLarge(part))
+        }
+        Err(e) => Err(err(part)(e)),
+    }
+}
+
+/// Refuse `src` unless it stays inside the bounded subset.
+fn in_subset(part: &'static str, src: &str) -> Result<(), RenderError> {
+    subset::check(src).map_err(|why| RenderError::Unsupported { part, why })
+}
+
 fn err(part: &'static str) -> impl Fn(minijinja::Error) -> RenderError {
     move |e| RenderError::Template {
         part,
         message: e.to_string(),
     }
+}
+
+/// What `template put` checks before storing: every part is inside the subset, compiles,
+/// and renders within the limits with every variable undefined (so a template that cannot
+/// render at all is refused then, not when the first email needs it).
+pub fn check_template(
+    subject: &str,
+    html: Option<&str>,
+    text: Option<&str>,
+    limits: Limits,
+) -> Result<(), RenderError> {
+    let mut env = environment(limits);
+    env.set_undefined_behavior(UndefinedBehavior::Chainable);
+    for (part, src) in [
+        ("subject", Some(subject)),
+        ("body.html", html),
+        ("body.txt", text),
+    ] {
+        let Some(src) = src else { continue };
+        in_subset(part, src)?;
+        let t = env.template_from_named_str(part, src).map_err(err(part))?;
+        capped(&t, &Value::UNDEFINED, limits.max_output_bytes, part)?;
+    }
+    Ok(())
 }
 
 impl Renderer {
@@ -124,11 +263,14 @@ impl Renderer {
                 },
                 Some(vars) => {
                     let ctx = Value::from_serialize(vars);
+                    let cap = self.limits.max_output_bytes;
                     let one = |name: &'static str, src: &str| {
-                        self.inline
+                        in_subset(name, src)?;
+                        let t = self
+                            .inline
                             .template_from_named_str(name, src)
-                            .and_then(|t| t.render(&ctx))
-                            .map_err(err(name))
+                            .map_err(err(name))?;
+                        capped(&t, &ctx, cap, name)
                     };
                     Rendered {
                         subject: one("subject", email.subject.as_deref().unwrap_or_default())?,
@@ -143,10 +285,10 @@ impl Renderer {
                     .ok_or_else(|| RenderError::UnknownTemplate(name.clone()))?;
                 let env = self.compiled(t)?;
                 let ctx = Value::from_serialize(vars);
+                let cap = self.limits.max_output_bytes;
                 let part = |key: &'static str| {
-                    env.get_template(key)
-                        .and_then(|t| t.render(&ctx))
-                        .map_err(err(key))
+                    let t = env.get_template(key).map_err(err(key))?;
+                    capped(&t, &ctx, cap, key)
                 };
                 let subject = match &email.subject {
                     Some(s) => s.clone(),
@@ -190,13 +332,16 @@ impl Renderer {
             return Ok(env.clone());
         }
         let mut env = environment(self.limits);
+        in_subset("subject", &t.subject)?;
         env.add_template_owned("subject", t.subject.clone())
             .map_err(err("subject"))?;
         if let Some(h) = &t.html {
+            in_subset("body.html", h)?;
             env.add_template_owned("body.html", h.clone())
                 .map_err(err("body.html"))?;
         }
         if let Some(x) = &t.text {
+            in_subset("body.txt", x)?;
             env.add_template_owned("body.txt", x.clone())
                 .map_err(err("body.txt"))?;
         }
@@ -262,7 +407,7 @@ mod tests {
         );
         assert!(matches!(
             r.render(&e, Some(&loops)),
-            Err(RenderError::Template { .. })
+            Err(RenderError::Unsupported { .. })
         ));
         let recursion = Template {
             version: 2,
@@ -273,7 +418,7 @@ mod tests {
         };
         assert!(matches!(
             r.render(&e, Some(&recursion)),
-            Err(RenderError::Template { .. })
+            Err(RenderError::Unsupported { .. })
         ));
         let big = Renderer::new(Limits {
             max_output_bytes: 1000,
@@ -283,10 +428,92 @@ mod tests {
             version: 3,
             ..tpl("s", "{{ 'x' * 5000 }}")
         };
-        assert_eq!(
+        assert!(matches!(
             big.render(&e, Some(&huge)),
-            Err(RenderError::TooLarge("html"))
+            Err(RenderError::Unsupported {
+                part: "body.html",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn output_stops_at_the_cap_while_rendering_and_join_and_replace_refuse_first() {
+        let r = Renderer::new(Limits {
+            max_output_bytes: 10_000,
+            ..Limits::default()
+        });
+        let e = |vars: serde_json::Value| {
+            email(
+                serde_json::json!({"to":["a@example.com"],"from":"b@example.com",
+                "template":"t","vars": vars}),
+            )
+        };
+        let xs: Vec<u32> = (0..1000).collect();
+        let many = e(serde_json::json!({"xs": xs, "big": "y".repeat(5000)}));
+        // A million lines of 5,000 bytes: stopped at 10,000 bytes, not built and then checked.
+        let loops = tpl(
+            "s",
+            "{% for a in xs %}{% for b in xs %}{{ big }}{% endfor %}{% endfor %}",
         );
+        assert_eq!(
+            r.render(&many, Some(&loops)),
+            Err(RenderError::TooLarge("body.html"))
+        );
+        let join = Template {
+            version: 2,
+            ..tpl("s", "{{ xs|join(big) }}")
+        };
+        assert_eq!(
+            r.render(&many, Some(&join)),
+            Err(RenderError::TooLarge("body.html"))
+        );
+        let replace = Template {
+            version: 3,
+            ..tpl("s", "{{ big|replace('y', big) }}")
+        };
+        assert_eq!(
+            r.render(&many, Some(&replace)),
+            Err(RenderError::TooLarge("body.html"))
+        );
+        // Within the cap they work as minijinja's own.
+        let small = e(serde_json::json!({"xs": ["a", "b"], "s": "a-b"}));
+        let ok = Template {
+            version: 4,
+            ..tpl("s", "{{ xs|join(', ') }} {{ s|replace('-', '+') }}")
+        };
+        assert_eq!(
+            r.render(&small, Some(&ok)).unwrap().html.as_deref(),
+            Some("a, b a+b")
+        );
+    }
+
+    #[test]
+    fn template_put_refuses_what_a_worker_would() {
+        let l = Limits::default();
+        assert_eq!(
+            check_template("Hi {{ name }}", Some("<p>{{ body }}</p>"), None, l),
+            Ok(())
+        );
+        assert!(matches!(
+            check_template(
+                "s",
+                Some("{{ ('x'*100000)|replace('x','x'*100000) }}"),
+                None,
+                l
+            ),
+            Err(RenderError::Unsupported {
+                part: "body.html",
+                ..
+            })
+        ));
+        assert!(matches!(
+            check_template("{{ unclosed", None, Some("t"), l),
+            Err(RenderError::Template {
+                part: "subject",
+                ..
+            })
+        ));
     }
 
     #[test]
