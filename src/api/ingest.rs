@@ -11,7 +11,7 @@ use crate::producer::{NewJob, Prepared, Producer, ProducerError};
 use crate::store::emails::{self, NewRow};
 use crate::store::suppressions;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -21,7 +21,9 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Handlers build their error response early and return it; boxing keeps `Result` small.
 type Reject = Box<Response>;
@@ -35,9 +37,26 @@ pub const MAX_BATCH_ERRORS: usize = 100;
 pub struct ApiState {
     pub producer: Producer,
     pub pg: PgPool,
-    /// SHA-256 of each accepted API key: compared in constant time, never kept in clear.
+    /// SHA-256 of each bootstrap key (`MAILFLEET_API_KEYS`, the operator's: every tenant,
+    /// every scope): compared in constant time, never kept in clear.
     key_hashes: Arc<Vec<[u8; 32]>>,
+    /// Keys made with `mailfleet key create`, by hash, as last read from Postgres.
+    keys: Arc<std::sync::Mutex<HashMap<[u8; 32], (Option<Principal>, Instant)>>>,
     pub max_payload: usize,
+}
+
+/// How long a key read from Postgres is believed: a revoked key stops working within this.
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
+/// Keys remembered (valid and unknown ones); the cache starts over past it.
+const KEY_CACHE_MAX: usize = 10_000;
+
+/// Who a request comes from: put in its extensions by [`authorize`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// None: every tenant (a bootstrap key, or a key made without `--tenant`).
+    pub tenant: Option<String>,
+    pub send: bool,
+    pub read: bool,
 }
 
 impl ApiState {
@@ -51,8 +70,54 @@ impl ApiState {
             producer,
             pg,
             key_hashes: Arc::new(key_hashes),
+            keys: Arc::default(),
             max_payload,
         }
+    }
+
+    /// The principal a key hash stands for: a bootstrap key, or a live key from Postgres
+    /// (cached for [`KEY_CACHE_TTL`], unknown ones too, so a flood of bad keys costs one
+    /// lookup each per period). `Err`: Postgres could not say.
+    async fn principal(
+        &self,
+        hash: &[u8; 32],
+    ) -> Result<Option<Principal>, crate::store::StoreError> {
+        // Constant time over every bootstrap key.
+        let bootstrap = self.key_hashes.iter().fold(false, |acc, k| {
+            acc | (k.iter().zip(hash.iter()).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0)
+        });
+        if bootstrap {
+            return Ok(Some(Principal {
+                tenant: None,
+                send: true,
+                read: true,
+            }));
+        }
+        let now = Instant::now();
+        if let Some((p, at)) = self.lock_keys().get(hash)
+            && now.duration_since(*at) < KEY_CACHE_TTL
+        {
+            return Ok(p.clone());
+        }
+        let found = crate::store::api_keys::find(&self.pg, hash)
+            .await?
+            .map(|g| Principal {
+                tenant: g.tenant,
+                send: g.scopes.iter().any(|s| s == "send"),
+                read: g.scopes.iter().any(|s| s == "read"),
+            });
+        let mut keys = self.lock_keys();
+        if keys.len() >= KEY_CACHE_MAX {
+            keys.clear();
+        }
+        keys.insert(*hash, (found.clone(), now));
+        Ok(found)
+    }
+
+    fn lock_keys(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (Option<Principal>, Instant)>> {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -81,23 +146,74 @@ fn problem(status: StatusCode, error: &str, details: Option<Value>) -> Reject {
     Box::new((status, Json(body)).into_response())
 }
 
-async fn authorize(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+async fn authorize(State(s): State<ApiState>, mut req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|k| -> [u8; 32] { Sha256::digest(k.trim().as_bytes()).into() });
-    let ok = presented.is_some_and(|p| {
-        // Constant time over every configured key.
-        s.key_hashes.iter().fold(false, |acc, k| {
-            acc | (k.iter().zip(p.iter()).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0)
-        })
-    });
-    if !ok {
+    let principal = match presented {
+        None => None,
+        Some(h) => match s.principal(&h).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error.message = %e, "API key lookup failed");
+                return *problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cannot check the API key now; retry",
+                    None,
+                );
+            }
+        },
+    };
+    let Some(principal) = principal else {
         return *problem(StatusCode::UNAUTHORIZED, "missing or invalid API key", None);
-    }
+    };
+    req.extensions_mut().insert(principal);
     next.run(req).await
+}
+
+/// Bind `job` to the key's tenant: a tenant's key sends only as that tenant (a job that names
+/// none becomes the tenant's), and every job's idempotency key lives in its tenant's own
+/// namespace (`<tenant>/<key>`), so one tenant's keys never collide with another's.
+fn bind_tenant(p: &Principal, job: &mut NewJob) -> Result<(), Reject> {
+    if let Some(t) = &p.tenant {
+        match &job.payload.tenant {
+            None => job.payload.tenant = Some(t.clone()),
+            Some(x) if x == t => {}
+            Some(_) => {
+                return Err(problem(
+                    StatusCode::FORBIDDEN,
+                    &format!("this API key sends only as tenant {t:?}"),
+                    None,
+                ));
+            }
+        }
+    }
+    if let (Some(k), Some(t)) = (&job.idempotency_key, &job.payload.tenant) {
+        let max = crate::producer::MAX_IDEMPOTENCY_KEY_LEN.saturating_sub(t.len() + 1);
+        if k.len() > max {
+            return Err(field_errors(ValidationErrors::single(
+                "idempotency_key",
+                format!("at most {max} bytes for tenant {t:?}"),
+            )));
+        }
+        job.idempotency_key = Some(format!("{t}/{k}"));
+    }
+    Ok(())
+}
+
+fn may(allowed: bool, what: &str) -> Result<(), Reject> {
+    if allowed {
+        Ok(())
+    } else {
+        Err(problem(
+            StatusCode::FORBIDDEN,
+            &format!("this API key may not {what} (its scopes)"),
+            None,
+        ))
+    }
 }
 
 #[derive(Serialize)]
@@ -266,11 +382,18 @@ fn json_body(body: &Bytes) -> Result<Value, Reject> {
         .map_err(|e| field_errors(ValidationErrors::single("", format!("not valid JSON: {e}"))))
 }
 
-async fn create(State(s): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn create(
+    State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let idem = headers.get("idempotency-key").and_then(|v| v.to_str().ok());
     let result = async {
+        may(who.send, "send")?;
         let v = json_body(&body)?;
-        let job = parse_job(v, idem).map_err(field_errors)?;
+        let mut job = parse_job(v, idem).map_err(field_errors)?;
+        bind_tenant(&who, &mut job)?;
         let p = prepare(&s, job)?;
         let mut out = enqueue(&s, vec![p]).await?;
         out.pop()
@@ -283,8 +406,13 @@ async fn create(State(s): State<ApiState>, headers: HeaderMap, body: Bytes) -> R
     }
 }
 
-async fn create_batch(State(s): State<ApiState>, body: Bytes) -> Response {
+async fn create_batch(
+    State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
+    body: Bytes,
+) -> Response {
     let result = async {
+        may(who.send, "send")?;
         let v = json_body(&body)?;
         let items = match v {
             Value::Object(mut o) => match o.remove("emails") {
@@ -315,24 +443,29 @@ async fn create_batch(State(s): State<ApiState>, body: Bytes) -> Response {
         for (i, item) in items.into_iter().enumerate() {
             let prefix = format!("emails[{i}].");
             match parse_job(item, None) {
-                Ok(job) => match s.producer.prepare(job) {
-                    Ok(p) => prepared.push(p),
-                    Err(ProducerError::Invalid(e)) => errors.extend(e.prefixed(&prefix).0),
-                    Err(ProducerError::TooLarge { size, limit }) => {
-                        return Err(problem(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            &format!("emails[{i}]: payload is {size} bytes; the limit is {limit}"),
-                            None,
-                        ));
+                Ok(mut job) => {
+                    bind_tenant(&who, &mut job)?;
+                    match s.producer.prepare(job) {
+                        Ok(p) => prepared.push(p),
+                        Err(ProducerError::Invalid(e)) => errors.extend(e.prefixed(&prefix).0),
+                        Err(ProducerError::TooLarge { size, limit }) => {
+                            return Err(problem(
+                                StatusCode::PAYLOAD_TOO_LARGE,
+                                &format!(
+                                    "emails[{i}]: payload is {size} bytes; the limit is {limit}"
+                                ),
+                                None,
+                            ));
+                        }
+                        Err(e) => {
+                            return Err(problem(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                &e.to_string(),
+                                None,
+                            ));
+                        }
                     }
-                    Err(e) => {
-                        return Err(problem(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            &e.to_string(),
-                            None,
-                        ));
-                    }
-                },
+                }
                 Err(e) => errors.extend(e.prefixed(&prefix).0),
             }
         }
@@ -351,13 +484,21 @@ async fn create_batch(State(s): State<ApiState>, body: Bytes) -> Response {
     }
 }
 
-async fn show(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+async fn show(
+    State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = may(who.read, "read emails") {
+        return *r;
+    }
     let Ok(id) = uuid::Uuid::parse_str(&id) else {
         return *problem(StatusCode::BAD_REQUEST, "id is not a UUID", None);
     };
     match emails::status(&s.pg, id).await {
-        Ok(Some(st)) => Json(st).into_response(),
-        Ok(None) => *problem(StatusCode::NOT_FOUND, "no such email", None),
+        // Another tenant's email is not found, not forbidden: its existence is not told.
+        Ok(Some(st)) if who.tenant.is_none() || st.tenant == who.tenant => Json(st).into_response(),
+        Ok(_) => *problem(StatusCode::NOT_FOUND, "no such email", None),
         Err(e) => {
             tracing::error!(error.message = %e, "status lookup failed");
             *problem(

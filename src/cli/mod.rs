@@ -6,6 +6,7 @@ pub mod audience;
 pub mod bench;
 pub mod dlq;
 pub mod email;
+pub mod key;
 pub mod migrate;
 pub mod mock;
 pub mod pause;
@@ -71,6 +72,9 @@ pub enum Command {
     Prune(prune::PruneArgs),
     /// The cluster at a glance: lanes, delayed, dead letters, workers, leader, breakers.
     Status(status::StatusArgs),
+    /// API keys bound to a tenant and scopes: create, list, revoke.
+    #[command(subcommand)]
+    Key(key::KeyCmd),
     /// The suppression list: addresses never sent to (bounce, complaint, unsubscribe, manual).
     #[command(subcommand)]
     Suppress(suppress::SuppressCmd),
@@ -93,6 +97,7 @@ pub async fn dispatch(global: Global, command: Command) -> anyhow::Result<()> {
         Command::Status(a) => status::run(global, a).await,
         Command::Email(c) => email::run(global, c).await,
         Command::Suppress(c) => suppress::run(global, c).await,
+        Command::Key(c) => key::run(global, c).await,
         Command::Pause(a) => pause::run(global, a, true).await,
         Command::Resume(a) => pause::run(global, a, false).await,
         Command::Dlq(c) => dlq::run(global, c).await,

@@ -5,6 +5,7 @@
 //! outcomes with their attempt rows ([`emails::record`]). Both are single statements, so each is
 //! exactly one transaction and one round trip.
 
+pub mod api_keys;
 pub mod audiences;
 pub mod bench;
 pub mod emails;

@@ -440,3 +440,115 @@ async fn slow_and_silent_clients_are_closed_by_their_timeouts_and_hold_nothing_u
         }
     }
 }
+
+async fn make_key(pg: &PgPool, redis: &TestRedis, args: &[&str]) -> String {
+    let out = mailfleet(pg, redis)
+        .args(["key", "create"])
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[sqlx::test]
+async fn a_tenants_key_sends_reads_and_dedups_only_as_its_tenant(pg: PgPool) {
+    let redis = TestRedis::new();
+    let url = spawn_api(&pg, &redis, 64 * 1024).await;
+    let acme = make_key(&pg, &redis, &["--tenant", "acme", "--name", "acme app"]).await;
+    let beta = make_key(&pg, &redis, &["--tenant", "beta"]).await;
+    let acme_reader = make_key(&pg, &redis, &["--tenant", "acme", "--scope", "read"]).await;
+    assert!(acme.starts_with("mfk_") && acme != beta);
+    let http = reqwest::Client::new();
+    let post = |key: &str, body: Value, idem: Option<&str>| {
+        let mut r = http
+            .post(format!("{url}/v1/emails"))
+            .bearer_auth(key)
+            .json(&body);
+        if let Some(k) = idem {
+            r = r.header("idempotency-key", k);
+        }
+        r.send()
+    };
+    let get = |key: &str, id: &str| {
+        http.get(format!("{url}/v1/emails/{id}"))
+            .bearer_auth(key)
+            .send()
+    };
+
+    // Sent without a tenant, the job is the key's tenant's.
+    let r = post(&acme, email(), Some("order-1")).await.unwrap();
+    assert_eq!(r.status(), 202);
+    let a: Value = r.json().await.unwrap();
+    let id = a["id"].as_str().unwrap().to_owned();
+    let v: Value = get(&acme, &id).await.unwrap().json().await.unwrap();
+    assert_eq!(v["tenant"], "acme");
+    // Not as another tenant.
+    let mut as_beta = email();
+    as_beta["tenant"] = json!("beta");
+    assert_eq!(post(&acme, as_beta, None).await.unwrap().status(), 403);
+    // Another tenant's email is not found; an operator's key reads every tenant's.
+    assert_eq!(get(&beta, &id).await.unwrap().status(), 404);
+    assert_eq!(get("k-1", &id).await.unwrap().status(), 200);
+    // Scopes: a read-only key reads and may not send.
+    assert_eq!(get(&acme_reader, &id).await.unwrap().status(), 200);
+    assert_eq!(
+        post(&acme_reader, email(), None).await.unwrap().status(),
+        403
+    );
+    // Idempotency keys are per tenant: beta's "order-1" is its own job.
+    let b: Value = post(&beta, email(), Some("order-1"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(b["id"], a["id"]);
+    assert_eq!(b["duplicate"], false);
+    let again: Value = post(&acme, email(), Some("order-1"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (&again["id"], &again["duplicate"]),
+        (&a["id"], &json!(true))
+    );
+
+    // Listed without the key itself; revoked, it stops working within the cache's life.
+    let out = mailfleet(&pg, &redis)
+        .args(["key", "list"])
+        .output()
+        .await
+        .unwrap();
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        list.contains(&acme[..12]) && !list.contains(&acme),
+        "{list}"
+    );
+    let out = mailfleet(&pg, &redis)
+        .args(["key", "revoke", &acme[..12]])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually("the revoked key is refused", WAIT, || async {
+        (get(&acme, &id).await.ok()?.status() == 401).then_some(())
+    })
+    .await;
+    assert_eq!(
+        get(&beta, &id).await.unwrap().status(),
+        404,
+        "others still work"
+    );
+}

@@ -166,12 +166,13 @@ pub struct EmailStatus {
     pub enqueued_at: DateTime<Utc>,
     pub sent_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+    pub tenant: Option<String>,
 }
 
 pub async fn status(pool: &PgPool, id: Uuid) -> Result<Option<EmailStatus>, StoreError> {
     sqlx::query_as(
         "SELECT id, status, lane, attempts, provider, provider_message_id, last_error, enqueued_at,
-                sent_at, updated_at
+                sent_at, updated_at, tenant
            FROM emails WHERE id = $1",
     )
     .bind(id)
