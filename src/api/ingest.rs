@@ -41,9 +41,12 @@ pub struct ApiState {
     /// every scope): compared in constant time, never kept in clear.
     key_hashes: Arc<Vec<[u8; 32]>>,
     /// Keys made with `mailfleet key create`, by hash, as last read from Postgres.
-    keys: Arc<std::sync::Mutex<HashMap<[u8; 32], (Option<Principal>, Instant)>>>,
+    keys: Arc<std::sync::Mutex<KeyCache>>,
     pub max_payload: usize,
 }
+
+/// Key hash -> what Postgres said of it (None: no live key), and when.
+type KeyCache = HashMap<[u8; 32], (Option<Principal>, Instant)>;
 
 /// How long a key read from Postgres is believed: a revoked key stops working within this.
 pub const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
@@ -114,9 +117,7 @@ impl ApiState {
         Ok(found)
     }
 
-    fn lock_keys(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (Option<Principal>, Instant)>> {
+    fn lock_keys(&self) -> std::sync::MutexGuard<'_, KeyCache> {
         self.keys.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
