@@ -228,6 +228,16 @@ mod tests {
         assert_eq!(schedule_of(Some("order-1")), None);
     }
 
+    #[test]
+    fn a_secret_shorter_than_32_bytes_is_refused() {
+        assert!(
+            check_secret(&Secret::new("s3cret"))
+                .unwrap_err()
+                .contains("at least 32")
+        );
+        assert!(check_secret(&Secret::new("k".repeat(32))).is_ok());
+    }
+
     fn signed(l: &Links, payload: &str) -> String {
         let sig = mac(&l.secret, payload.as_bytes()).finalize().into_bytes();
         format!("{}.{}", B64.encode(payload), B64.encode(sig))

@@ -91,7 +91,9 @@ pub async fn run(g: Global, a: ApiArgs) -> anyhow::Result<()> {
                     a.metrics_listen
                 )
             })?;
-        tracing::info!(addr = %l.local_addr()?, "api metrics listening");
+        let maddr = l.local_addr()?;
+        tracing::info!(addr = %maddr, "api metrics listening");
+        println!("api metrics on http://{maddr}/metrics");
         Some(tokio::spawn(api::serve(
             l,
             api::metrics_router(),

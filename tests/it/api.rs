@@ -176,7 +176,32 @@ async fn a_batch_is_all_or_nothing_with_indexed_errors(pg: PgPool) {
 #[sqlx::test]
 async fn hostile_requests_get_a_clear_small_answer_and_nothing_is_enqueued(pg: PgPool) {
     let redis = TestRedis::new();
-    let url = spawn_api(&pg, &redis, 64 * 1024).await;
+    mailfleet::install_crypto_provider();
+    // The ingest API and the webhooks, as `mailfleet api` serves them.
+    let state = ApiState::new(
+        redis.producer().with_max_payload(64 * 1024),
+        pg.clone(),
+        &[Secret::new("k-1")],
+        64 * 1024,
+    );
+    let hooks = mailfleet::api::webhooks::WebhookKeys {
+        sendgrid_public_key: None,
+        mailgun_signing_key: Some(Secret::new("mg-signing-key")),
+        postmark_user: Some("hooks".into()),
+        postmark_password: Some(Secret::new("pm-pass")),
+        ses: None,
+        tolerance_secs: 300,
+    };
+    let app = router(state).merge(mailfleet::api::webhooks::router(pg.clone(), hooks));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let now = chrono::Utc::now().timestamp().to_string();
+    let forged_mailgun = json!({"signature": {"timestamp": now, "token": "t-1",
+        "signature": "00".repeat(32)},
+        "event-data": {"event": "failed", "severity": "permanent", "recipient": "victim@example.com"}});
+    let postmark =
+        json!({"RecordType": "Bounce", "Type": "HardBounce", "Email": "victim@example.com"});
     let http = reqwest::Client::new();
     let with = |patch: Value| {
         let mut e = email();
@@ -324,6 +349,22 @@ async fn hostile_requests_get_a_clear_small_answer_and_nothing_is_enqueued(pg: P
             400,
             "subjet",
         ),
+        (
+            "a forged Mailgun event",
+            "/v1/webhooks/mailgun",
+            None,
+            forged_mailgun.to_string().into(),
+            401,
+            "signature",
+        ),
+        (
+            "a Postmark event without its password",
+            "/v1/webhooks/postmark",
+            None,
+            postmark.to_string().into(),
+            401,
+            "",
+        ),
     ];
     for (what, path, key, body, status, word) in cases {
         let mut rq = http
@@ -351,6 +392,11 @@ async fn hostile_requests_get_a_clear_small_answer_and_nothing_is_enqueued(pg: P
         );
     }
     assert_eq!(count_status(&pg, "queued").await, 0, "nothing recorded");
+    let suppressed: i64 = sqlx::query_scalar("SELECT count(*) FROM suppressions")
+        .fetch_one(&pg)
+        .await
+        .unwrap();
+    assert_eq!(suppressed, 0, "no forged event suppressed anyone");
 }
 
 /// 200 connections that never finish their headers, one that sends 1 byte of a 100,000-byte

@@ -599,3 +599,46 @@ async fn template_put_refuses_a_template_outside_the_bounded_subset(pg: PgPool) 
         .unwrap();
     assert_eq!(n, 1, "only the good one was stored");
 }
+
+#[sqlx::test]
+async fn the_api_serves_metrics_on_its_own_listener_not_on_the_public_port(pg: PgPool) {
+    use tokio::io::AsyncBufReadExt;
+    mailfleet::install_crypto_provider();
+    let redis = TestRedis::new();
+    let mut child = mailfleet(&pg, &redis)
+        .arg("api")
+        .env("MAILFLEET_API_LISTEN", "127.0.0.1:0")
+        .env("MAILFLEET_API_METRICS_LISTEN", "127.0.0.1:0")
+        .env("MAILFLEET_API_KEYS", "k-1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut public, mut metrics) = (None, None);
+    while public.is_none() || metrics.is_none() {
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("the API starts")
+            .unwrap()
+            .expect("a line");
+        if let Some(u) = line.strip_prefix("api listening on ") {
+            public = Some(u.to_owned());
+        }
+        if let Some(u) = line.strip_prefix("api metrics on ") {
+            metrics = Some(u.to_owned());
+        }
+    }
+    let (public, metrics) = (public.unwrap(), metrics.unwrap());
+    let r = reqwest::get(format!("{public}/metrics")).await.unwrap();
+    assert_eq!(r.status(), 404, "no figures on the public port");
+    let r = reqwest::get(format!("{public}/readyz")).await.unwrap();
+    assert!(
+        r.status().is_success() || r.status() == 503,
+        "health stays public"
+    );
+    let body = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+    assert!(body.contains("mailfleet_"), "{body:.200}");
+    signal(child.id().expect("pid"), SIGTERM);
+    let _ = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
+}
