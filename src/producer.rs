@@ -250,6 +250,7 @@ impl Producer {
         }
         let email = Email::try_from(job.payload)?;
         email.check_lane(job.lane)?;
+        crate::render::check_inline(&email)?;
         let routing = job
             .idempotency_key
             .clone()

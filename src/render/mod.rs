@@ -215,6 +215,39 @@ fn err(part: &'static str) -> impl Fn(minijinja::Error) -> RenderError {
     }
 }
 
+/// Refuse, at enqueue, an inline template (a job's `subject`/`html`/`text` with `vars`) that a
+/// worker would refuse: the producer's answer says why at once, instead of a `failed` row
+/// later. Inline parts without `vars` are sent verbatim and not checked.
+pub fn check_inline(email: &Email) -> Result<(), crate::domain::ValidationErrors> {
+    let Content::Inline {
+        html,
+        text,
+        vars: Some(_),
+    } = &email.content
+    else {
+        return Ok(());
+    };
+    let errors: Vec<crate::domain::FieldError> = [
+        ("subject", email.subject.as_deref()),
+        ("html", html.as_deref()),
+        ("text", text.as_deref()),
+    ]
+    .into_iter()
+    .filter_map(|(field, src)| {
+        let why = subset::check(src?).err()?;
+        Some(crate::domain::FieldError {
+            field: field.into(),
+            message: why.to_string(),
+        })
+    })
+    .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(crate::domain::ValidationErrors(errors))
+    }
+}
+
 /// What `template put` checks before storing: every part is inside the subset, compiles,
 /// and renders within the limits with every variable undefined (so a template that cannot
 /// render at all is refused then, not when the first email needs it).

@@ -350,6 +350,16 @@ async fn hostile_requests_get_a_clear_small_answer_and_nothing_is_enqueued(pg: P
             "subjet",
         ),
         (
+            "an inline template that would build 10 GB",
+            "/v1/emails",
+            Some("k-1"),
+            with(json!({"html": "{{ ('x'*100000)|replace('x','x'*100000) }}", "vars": {}}))
+                .to_string()
+                .into(),
+            400,
+            "the * operator",
+        ),
+        (
             "a forged Mailgun event",
             "/v1/webhooks/mailgun",
             None,

@@ -539,7 +539,23 @@ async fn a_hostile_template_costs_a_worker_process_no_more_than_twice_its_output
         with("{{ xs|join(big) }}"),
     ];
     for j in hostile {
-        let id = redis.enqueue(j).await;
+        // Written as a foreign producer would (a plain XADD): the producer now refuses an
+        // inline template outside the subset, and the worker must too.
+        let id = uuid::Uuid::now_v7();
+        let _: String = redis::cmd("XADD")
+            .arg(redis.keys.lane(0, Lane::Tx))
+            .arg("*")
+            .arg("v")
+            .arg("1")
+            .arg("id")
+            .arg(id.to_string())
+            .arg("enqueued_at")
+            .arg(chrono::Utc::now().timestamp_millis())
+            .arg("payload")
+            .arg(serde_json::to_string(&j.payload).unwrap())
+            .query_async(&mut *redis.conn().await)
+            .await
+            .unwrap();
         eventually("the hostile email failed, unsent", WAIT, || async {
             (status_of(&pg, id).await.as_deref() == Some("failed")).then_some(())
         })
