@@ -499,12 +499,32 @@ async fn a_hostile_template_costs_a_worker_process_no_more_than_twice_its_output
         .unwrap();
     let pid = child.id().expect("pid");
     // The baseline: the worker after normal work of the same size, emails with the same
-    // payload whose render comes close to the cap (nine copies of `big`, 900 KB), one at a
-    // time and then eight at once, so every runtime thread has rendered one.
-    let warm_up = || with("{% for a in xs[:9] %}{{ big }}{% endfor %}");
+    // payload whose render comes close to the cap (nine copies of `big`, 900 KB), inline and
+    // by a stored template's name, one at a time and then eight at once, so every runtime
+    // thread has rendered one and the template path has run.
+    let normal = "{% for a in xs[:9] %}{{ big }}{% endfor %}";
+    mailfleet::store::templates::put(&pg, "normal", "s", Some(normal), None)
+        .await
+        .unwrap();
+    let mut turn = 0;
+    let mut warm_up = || {
+        turn += 1;
+        let mut j = with(normal);
+        if turn % 2 == 0 {
+            j.payload.html = None;
+            j.payload.subject = None;
+            j.payload.template = Some("normal".into());
+        }
+        j
+    };
     let mut warm = vec![redis.enqueue(warm_up()).await];
     eventually("the first warm-up email sent", WAIT, || async {
         (status_of(&pg, warm[0]).await.as_deref() == Some("sent")).then_some(())
+    })
+    .await;
+    warm.push(redis.enqueue(warm_up()).await);
+    eventually("the second warm-up email sent", WAIT, || async {
+        (status_of(&pg, warm[1]).await.as_deref() == Some("sent")).then_some(())
     })
     .await;
     for _ in 0..8 {
@@ -569,7 +589,7 @@ async fn a_hostile_template_costs_a_worker_process_no_more_than_twice_its_output
     );
     assert_eq!(
         mock.state.stats().received,
-        9,
+        10,
         "only the warm-up emails were sent"
     );
     signal(pid, SIGTERM);
