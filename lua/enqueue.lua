@@ -15,7 +15,9 @@
 -- ARGV[7]: lane name ('tx' | 'bulk'), recorded in a delayed member so promote.lua knows its stream
 -- ARGV[8]: the tenant whose stream KEYS[2] is ('' for a shared lane stream), also recorded in a
 --          delayed member
--- ARGV[9]: consumer group (created with a tenant stream)
+-- ARGV[9]: consumer group, created with the stream when the stream is missing (optional for a
+--          shared lane stream: without it the stream is made by XADD and the workers' start
+--          creates the group)
 -- ARGV[10..]: more jobs for the same stream, each (id, idem, enqueued_at, payload, due), with
 --          its dedup marker as KEYS[6..] in the same order (KEYS[4] and KEYS[5] must then be
 --          given, the ring and bell, even for a shared stream): one call for a batch
@@ -91,6 +93,13 @@ for _, j in ipairs(jobs) do
         end
         -- The stream exists now: the batch's other jobs are plain XADDs.
         joined = true
+      elseif ARGV[9] and ARGV[9] ~= '' then
+        -- A shared lane stream is made with its group: a stream never exists without one, so
+        -- a worker starting on a Redis at maxmemory (which refuses XGROUP CREATE) finds it.
+        if not redis.call('XADD', KEYS[2], 'NOMKSTREAM', '*', unpack(fields)) then
+          redis.call('XGROUP', 'CREATE', KEYS[2], ARGV[9], '0', 'MKSTREAM')
+          redis.call('XADD', KEYS[2], '*', unpack(fields))
+        end
       else
         redis.call('XADD', KEYS[2], '*', unpack(fields))
       end

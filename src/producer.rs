@@ -83,6 +83,13 @@ pub enum ProducerError {
     Invalid(#[from] ValidationErrors),
     #[error("payload is {size} bytes; the limit is {limit}")]
     TooLarge { size: usize, limit: usize },
+    /// Redis is at its `maxmemory` and refused the enqueue (`noeviction`): the batch was
+    /// taken back, except `sent_anyway` jobs a worker had already read (they will be sent).
+    #[error(
+        "the queue is full (Redis is at maxmemory); nothing of the batch was enqueued{}",
+        if *sent_anyway > 0 { format!(" except {sent_anyway} job(s) a worker had already read") } else { String::new() }
+    )]
+    QueueFull { sent_anyway: usize },
     #[error("Redis failed while {doing}: {source}")]
     Redis {
         doing: &'static str,
@@ -329,35 +336,46 @@ impl Producer {
         let mut conn = self.pool.get().await?;
         let mut out = Vec::with_capacity(prepared.len());
         let ttl_ms = self.dedup_ttl.as_millis().max(1) as u64;
-        for chunk in prepared.chunks(CHUNK) {
+        // The calls that added jobs so far: what a failure of a later call takes back.
+        let mut done: Vec<(usize, Vec<usize>)> = Vec::new();
+        for (c, chunk) in prepared.chunks(CHUNK).enumerate() {
             let batches = enqueue_batches(chunk);
             let cmds = batches
                 .iter()
                 .map(|b| self.enqueue_cmd(chunk, b, ttl_ms))
                 .collect();
-            let results = scripts::run_pipeline(&mut *conn, cmds)
-                .await
-                .map_err(|source| ProducerError::Redis {
-                    doing: "enqueueing",
-                    source,
-                })?;
+            let results = match scripts::run_pipeline(&mut *conn, cmds).await {
+                Ok(r) => r,
+                Err(source) => {
+                    return Err(self.take_back(&mut conn, prepared, &done, source).await);
+                }
+            };
             let mut got: Vec<Option<Enqueued>> = vec![None; chunk.len()];
+            let mut failed = None;
             for (b, r) in batches.iter().zip(results) {
-                let v = r.map_err(|source| ProducerError::Redis {
-                    doing: "enqueueing",
-                    source,
-                })?;
-                let replies = parse_replies(&v)?;
-                if replies.len() != b.len() {
-                    return Err(ProducerError::Protocol(format!(
-                        "{} replies for {} jobs",
-                        replies.len(),
-                        b.len()
-                    )));
+                match r {
+                    // A call Redis ran added its jobs, whatever its neighbours' fate.
+                    Ok(v) => {
+                        done.push((c, b.clone()));
+                        if failed.is_none() {
+                            let replies = parse_replies(&v)?;
+                            if replies.len() != b.len() {
+                                return Err(ProducerError::Protocol(format!(
+                                    "{} replies for {} jobs",
+                                    replies.len(),
+                                    b.len()
+                                )));
+                            }
+                            for (&i, e) in b.iter().zip(replies) {
+                                got[i] = Some(e);
+                            }
+                        }
+                    }
+                    Err(e) => failed = failed.or(Some(e)),
                 }
-                for (&i, e) in b.iter().zip(replies) {
-                    got[i] = Some(e);
-                }
+            }
+            if let Some(source) = failed {
+                return Err(self.take_back(&mut conn, prepared, &done, source).await);
             }
             for (p, e) in chunk.iter().zip(got) {
                 let e = e.ok_or_else(|| ProducerError::Protocol("a job got no reply".into()))?;
@@ -372,6 +390,67 @@ impl Producer {
             }
         }
         Ok(out)
+    }
+
+    /// A call of the batch failed with `source`: take back every job the calls in `done` added
+    /// (`lua/unenqueue.lua`), so a batch reported failed enqueued nothing; say what failed.
+    async fn take_back(
+        &self,
+        conn: &mut crate::stream::conn::Connection,
+        prepared: &[Prepared],
+        done: &[(usize, Vec<usize>)],
+        source: redis::RedisError,
+    ) -> ProducerError {
+        let full = source.code() == Some("OOM");
+        let mut cmds = Vec::new();
+        for (c, batch) in done {
+            let chunk = &prepared[c * CHUNK..(c * CHUNK + CHUNK).min(prepared.len())];
+            let first = &chunk[batch[0]];
+            let (partition, lane, tenant) = stream_of(first);
+            let stream = self.keys.source(&stream::Source {
+                partition,
+                lane,
+                tenant: tenant.map(Arc::from),
+            });
+            let mut keys = vec![stream, self.keys.delayed_of(partition, lane)];
+            keys.extend(batch.iter().map(|&i| {
+                let idem = chunk[i].idempotency_key.as_deref().unwrap_or("");
+                self.keys
+                    .dedup(partition, if idem.is_empty() { "-" } else { idem })
+            }));
+            let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let mut cmd = scripts::UNENQUEUE.call(&refs);
+            cmd.arg(crate::stream::GROUP);
+            for &i in batch {
+                cmd.arg(chunk[i].id.to_string()).arg(chunk[i].due_ms);
+            }
+            cmds.push(cmd);
+        }
+        let mut sent_anyway = 0;
+        if !cmds.is_empty() {
+            match scripts::run_pipeline(&mut **conn, cmds).await {
+                Ok(results) => {
+                    for r in results {
+                        match r {
+                            Ok(Value::Array(kept)) => sent_anyway += kept.len(),
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(error.message = %e, "could not take back part of a failed batch")
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error.message = %e, "could not take back a failed batch"),
+            }
+        }
+        if full {
+            ProducerError::QueueFull { sent_anyway }
+        } else {
+            ProducerError::Redis {
+                doing: "enqueueing",
+                source,
+            }
+        }
     }
 }
 

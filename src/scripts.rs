@@ -31,6 +31,8 @@ impl Lua {
 
 pub static ENQUEUE: LazyLock<Lua> =
     LazyLock::new(|| Lua::new("enqueue", include_str!("../lua/enqueue.lua")));
+pub static UNENQUEUE: LazyLock<Lua> =
+    LazyLock::new(|| Lua::new("unenqueue", include_str!("../lua/unenqueue.lua")));
 pub static READ: LazyLock<Lua> =
     LazyLock::new(|| Lua::new("read", include_str!("../lua/read.lua")));
 pub static RETRY: LazyLock<Lua> =
@@ -62,9 +64,10 @@ pub static TRIM: LazyLock<Lua> =
 pub static RATELIMIT: LazyLock<Lua> =
     LazyLock::new(|| Lua::new("ratelimit", include_str!("../lua/ratelimit.lua")));
 
-fn all() -> [&'static Lua; 14] {
+fn all() -> [&'static Lua; 15] {
     [
         &ENQUEUE,
+        &UNENQUEUE,
         &READ,
         &RETRY,
         &PROMOTE,

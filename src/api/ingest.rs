@@ -312,11 +312,30 @@ async fn enqueue(s: &ApiState, prepared: Vec<Prepared>) -> Result<Vec<Accepted>,
     let prepared = queued_jobs;
     let enq = s.producer.send_prepared(&prepared).await.map_err(|e| {
         tracing::error!(error.message = %e, "enqueue failed");
-        problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "queue unavailable; retry with the same idempotency key",
-            None,
-        )
+        let (error, retry) = match &e {
+            ProducerError::QueueFull { sent_anyway: 0 } => (
+                "queue full: nothing was enqueued; retry later with the same idempotency keys"
+                    .to_owned(),
+                "5",
+            ),
+            ProducerError::QueueFull { sent_anyway } => (
+                format!(
+                    "queue full: nothing was enqueued except {sent_anyway} email(s) a worker had \
+                     already read, which will be sent; retry later with the same idempotency keys"
+                ),
+                "5",
+            ),
+            _ => (
+                "queue unavailable; retry with the same idempotency key".to_owned(),
+                "1",
+            ),
+        };
+        let mut r = problem(StatusCode::SERVICE_UNAVAILABLE, &error, None);
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static(retry),
+        );
+        r
     })?;
     let rows: Vec<NewRow> = prepared
         .iter()

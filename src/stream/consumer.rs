@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 /// Create the consumer group on every lane stream of every partition (idempotent).
 pub async fn ensure_groups<C: ConnectionLike + Send>(conn: &mut C, keys: &Keys) -> RedisResult<()> {
     let mut cmds = Vec::new();
+    let mut streams = Vec::new();
     for p in 0..keys.partitions() {
         for stream in [
             keys.lane(p, Lane::Tx),
@@ -24,21 +25,50 @@ pub async fn ensure_groups<C: ConnectionLike + Send>(conn: &mut C, keys: &Keys) 
         ] {
             let mut c = redis::cmd("XGROUP");
             c.arg("CREATE")
-                .arg(stream)
+                .arg(&stream)
                 .arg(GROUP)
                 .arg("0")
                 .arg("MKSTREAM");
             cmds.push(c);
+            streams.push(stream);
         }
     }
-    for r in scripts::run_pipeline(conn, cmds).await? {
-        if let Err(e) = r
-            && e.code() != Some("BUSYGROUP")
-        {
-            return Err(e);
+    let results = scripts::run_pipeline(&mut *conn, cmds).await?;
+    for (stream, r) in streams.iter().zip(results) {
+        match r {
+            Ok(_) => {}
+            Err(e) if e.code() == Some("BUSYGROUP") => {}
+            // At maxmemory Redis refuses XGROUP CREATE even for a group that exists. A stream
+            // that has the group, or does not exist yet (enqueue.lua makes a stream with its
+            // group), needs nothing: a worker can start and drain a full Redis.
+            Err(e) if e.code() == Some("OOM") => {
+                let info: RedisResult<redis::Value> = redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(stream)
+                    .query_async(&mut *conn)
+                    .await;
+                match info {
+                    Ok(v) if names_group(&v) => {}
+                    Err(x) if x.to_string().contains("no such key") => {}
+                    _ => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+/// Whether an `XINFO GROUPS` answer lists [`GROUP`].
+fn names_group(v: &redis::Value) -> bool {
+    use redis::Value::*;
+    match v {
+        BulkString(b) => b.as_slice() == GROUP.as_bytes(),
+        SimpleString(s) => s == GROUP,
+        Array(items) | Set(items) => items.iter().any(names_group),
+        Map(pairs) => pairs.iter().any(|(k, v)| names_group(k) || names_group(v)),
+        _ => false,
+    }
 }
 
 /// Entries one visit of the fair read takes from a tenant's bulk stream, times the tenant's

@@ -550,3 +550,39 @@ async fn a_bulk_entry_for_several_recipients_or_a_bad_tenant_is_dead_lettered_un
     );
     worker.stop().await;
 }
+
+/// A batch whose last enqueue call fails (here: its stream's key holds a string) is taken back
+/// whole: the calls that had succeeded leave no entry and no dedup marker.
+#[tokio::test]
+async fn a_batch_that_fails_in_part_is_taken_back_whole() {
+    let redis = TestRedis::new();
+    let _: () = redis::cmd("SET")
+        .arg(redis.keys.lane(0, Lane::Bulk))
+        .arg("not a stream")
+        .query_async(&mut *redis.conn().await)
+        .await
+        .unwrap();
+    let mut jobs: Vec<_> = (0..70)
+        .map(|i| {
+            let mut j = job(Lane::Tx, &format!("t{i}@example.com"));
+            j.idempotency_key = Some(format!("tx-{i}"));
+            j
+        })
+        .collect();
+    jobs.push(job(Lane::Bulk, "b@example.com"));
+    let err = redis.producer().send_many(jobs).await.unwrap_err();
+    assert!(err.to_string().contains("WRONGTYPE"), "{err}");
+    assert_eq!(
+        redis.xlen(&redis.keys.lane(0, Lane::Tx)).await,
+        0,
+        "nothing left enqueued"
+    );
+    for i in 0..70 {
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(redis.keys.dedup(0, &format!("tx-{i}")))
+            .query_async(&mut *redis.conn().await)
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "no dedup marker left");
+    }
+}

@@ -222,3 +222,122 @@ async fn redis_stalls_pause_sleep_and_a_blackhole_are_ridden_out(pg: PgPool) {
     w1.stop().await;
     w2.stop().await;
 }
+
+/// Redis at `maxmemory` with `noeviction`, fed by the API in batches of 1,000 until it refuses:
+/// the refused batch enqueued nothing (503 "queue full" with Retry-After, none of its entries
+/// or dedup markers left), and a worker started on the full Redis drains every accepted email
+/// once.
+#[sqlx::test]
+async fn at_maxmemory_a_refused_batch_enqueues_nothing_and_a_new_worker_drains_the_rest(
+    pg: PgPool,
+) {
+    use mailfleet::api::ingest::{ApiState, router};
+    use serde_json::{Value, json};
+    mailfleet::install_crypto_provider();
+    let server = PrivateRedis::start().await;
+    let redis = TestRedis::at(&server.url);
+    let state = ApiState::new(
+        redis.producer(),
+        pg.clone(),
+        &[mailfleet::config::Secret::new("k-1")],
+        256 * 1024,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    let info: String =
+        redis::from_redis_value(server.cmd(&["INFO", "memory"]).await.unwrap()).unwrap();
+    let used: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    server
+        .cmd(&["CONFIG", "SET", "maxmemory-policy", "noeviction"])
+        .await
+        .unwrap();
+    server
+        .cmd(&[
+            "CONFIG",
+            "SET",
+            "maxmemory",
+            &(used + (3 << 20)).to_string(),
+        ])
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let text = "x".repeat(2000);
+    let mut accepted = Vec::new();
+    let mut refused = None;
+    // Batches of 1,000 (16 enqueue calls each), so Redis fills up in the middle of one.
+    for b in 0..100 {
+        let emails: Vec<Value> = (0..1000)
+            .map(|i| {
+                json!({"to": ["ada@example.com"], "from": "shop@example.com", "subject": "s",
+                       "text": text, "idempotency_key": format!("b{b}-{i}")})
+            })
+            .collect();
+        let r = http
+            .post(format!("{url}/v1/emails/batch"))
+            .bearer_auth("k-1")
+            .json(&json!({ "emails": emails }))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 202 {
+            let v: Value = r.json().await.unwrap();
+            accepted.extend(
+                v["emails"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e["id"].as_str().unwrap().to_owned()),
+            );
+            continue;
+        }
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()["retry-after"], "5");
+        let body = r.text().await.unwrap();
+        assert!(
+            body.contains("queue full") && body.contains("nothing was enqueued"),
+            "{body}"
+        );
+        refused = Some(b);
+        break;
+    }
+    let refused = refused.expect("Redis filled up");
+    eprintln!(
+        "accepted {} in {refused} batches before the refusal",
+        accepted.len()
+    );
+    assert!(!accepted.is_empty(), "some batches fit");
+    // Nothing of the refused batch is left: only accepted emails are on the stream, and its
+    // dedup markers are gone (a retry with the same keys is a new enqueue, not a duplicate).
+    assert_eq!(
+        redis.xlen(&redis.keys.lane(0, Lane::Tx)).await as usize,
+        accepted.len(),
+        "the stream holds exactly the accepted emails"
+    );
+    for i in 0..1000 {
+        let key = redis.keys.dedup(0, &format!("b{refused}-{i}"));
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async(&mut *redis.conn().await)
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "no dedup marker of the refused batch is left");
+    }
+    // A worker starts on the full Redis and sends every accepted email once.
+    let mock = TestMock::start(MockConfig::default()).await;
+    let w = TestWorker::start(&pg, &redis, &mock.url, settings()).await;
+    eventually(
+        "every accepted email sent",
+        Duration::from_secs(60),
+        || async { (count_status(&pg, "sent").await as usize == accepted.len()).then_some(()) },
+    )
+    .await;
+    let counts = mock.state.counts();
+    assert_eq!(counts.len(), accepted.len());
+    assert!(counts.values().all(|n| *n == 1), "each once");
+    w.stop().await;
+}

@@ -793,3 +793,71 @@ async fn one_enqueue_call_takes_a_batch_in_order_and_a_key_repeated_in_it_is_a_d
         "nothing written"
     );
 }
+
+#[tokio::test]
+async fn unenqueue_takes_back_unread_jobs_and_their_markers_but_never_a_read_one() {
+    let redis = TestRedis::new();
+    redis.ensure_groups().await;
+    let k = &redis.keys;
+    let mut conn = redis.conn().await;
+    let due = chrono::Utc::now().timestamp_millis() + 3_600_000;
+    for (id, idem, at) in [("j-1", "k-1", 0), ("j-2", "k-2", 0), ("j-3", "k-3", due)] {
+        scripts::run_one(&mut *conn, enqueue_cmd(&redis, id, idem, at))
+            .await
+            .unwrap();
+    }
+    // A worker reads the first before the batch is taken back.
+    let _: Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(GROUP)
+        .arg("w")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(k.lane(0, Lane::Tx))
+        .arg(">")
+        .query_async(&mut *conn)
+        .await
+        .unwrap();
+    let mut c = scripts::UNENQUEUE.call(&[
+        &k.lane(0, Lane::Tx),
+        &k.delayed(0),
+        &k.dedup(0, "k-1"),
+        &k.dedup(0, "k-2"),
+        &k.dedup(0, "k-3"),
+    ]);
+    c.arg(GROUP)
+        .arg("j-1")
+        .arg(0)
+        .arg("j-2")
+        .arg(0)
+        .arg("j-3")
+        .arg(due);
+    let kept: Vec<String> =
+        redis::from_redis_value(scripts::run_one(&mut *conn, c).await.unwrap()).unwrap();
+    drop(conn);
+    assert_eq!(kept, ["j-1"], "the read job is not taken back");
+    assert_eq!(redis.xlen(&k.lane(0, Lane::Tx)).await, 1);
+    assert_eq!(
+        zcard(&redis, &k.delayed(0)).await,
+        0,
+        "the delayed one is taken back"
+    );
+    let exists = |key: String| {
+        let redis = &redis;
+        async move {
+            redis::cmd("EXISTS")
+                .arg(key)
+                .query_async::<i64>(&mut *redis.conn().await)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        exists(k.dedup(0, "k-1")).await,
+        1,
+        "the read job's marker stays"
+    );
+    assert_eq!(exists(k.dedup(0, "k-2")).await, 0);
+    assert_eq!(exists(k.dedup(0, "k-3")).await, 0);
+}
