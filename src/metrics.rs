@@ -23,6 +23,7 @@ pub struct Metrics {
     pub stale_outcomes: IntCounter,
     pub ambiguous: IntCounterVec,
     pub already_final: IntCounter,
+    pub duplicates_refused: IntCounter,
     pub promoted: IntCounter,
     pub reclaimed: IntCounter,
     pub stream_trimmed: IntCounter,
@@ -193,6 +194,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "mailfleet_already_final_total",
             "Entries acked without sending because Postgres already had the job final.",
+        ),
+        duplicates_refused: counter(
+            &r,
+            "mailfleet_duplicates_refused_total",
+            "Jobs recorded `duplicate` and not sent: another job held their idempotency key \
+             within the dedup window (the Redis marker was lost).",
         ),
         promoted: counter(
             &r,

@@ -45,11 +45,12 @@ pub async fn run(g: Global, a: PruneArgs) -> anyhow::Result<()> {
         ("deleted", retention::prune(&pg, cutoff, a.batch).await?)
     };
     println!(
-        "{verb} emails={} attempts={} webhook_events={} schedule_runs={} (before {})",
+        "{verb} emails={} attempts={} webhook_events={} schedule_runs={} idempotency_keys={} (before {})",
         n.emails,
         n.attempts,
         n.webhook_events,
         n.schedule_runs,
+        n.idempotency_keys,
         cutoff.to_rfc3339()
     );
     Ok(())

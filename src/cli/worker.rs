@@ -47,6 +47,7 @@ pub async fn run(g: Global, a: WorkerArgs) -> anyhow::Result<()> {
         max_attempts: a.max_attempts.max(1),
         retry_base_ms: a.retry_base_ms,
         retry_max_ms: a.retry_max_ms,
+        dedup_window: Duration::from_secs(g.dedup_ttl_secs.max(1)),
         max_retry_after: Duration::from_secs(a.max_retry_after_secs.max(1)),
         permit_wait_max: Duration::from_millis(a.permit_wait_max_ms.max(1)),
         promote_interval_ms: a.promote_interval_ms,

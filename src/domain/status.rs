@@ -32,10 +32,13 @@ pub enum Status {
     Bounced,
     /// The recipient complained (webhook).
     Complained,
+    /// Another job holds its idempotency key within the dedup window (the Redis marker was
+    /// lost): acked and never sent.
+    Duplicate,
 }
 
 impl Status {
-    pub const ALL: [Status; 11] = [
+    pub const ALL: [Status; 12] = [
         Status::Queued,
         Status::Sending,
         Status::Sent,
@@ -47,10 +50,11 @@ impl Status {
         Status::Delivered,
         Status::Bounced,
         Status::Complained,
+        Status::Duplicate,
     ];
 
     /// The statuses after which nothing more happens to a job on its own.
-    pub const FINAL: [Status; 8] = [
+    pub const FINAL: [Status; 9] = [
         Status::Sent,
         Status::Failed,
         Status::Dead,
@@ -59,6 +63,7 @@ impl Status {
         Status::Delivered,
         Status::Bounced,
         Status::Complained,
+        Status::Duplicate,
     ];
 
     /// The statuses a worker may claim a job from (besides an expired `sending` claim).
@@ -92,6 +97,7 @@ impl Status {
             Status::Delivered => "delivered",
             Status::Bounced => "bounced",
             Status::Complained => "complained",
+            Status::Duplicate => "duplicate",
         }
     }
 }
@@ -136,7 +142,7 @@ mod tests {
     #[test]
     fn the_migrations_check_constraint_holds_exactly_these_statuses() {
         // The latest definition of emails_status_check in migrations/.
-        let sql = include_str!("../../migrations/0005_webhooks.sql");
+        let sql = include_str!("../../migrations/0008_idempotency.sql");
         let check = sql
             .split("CHECK (status IN")
             .nth(1)

@@ -4,7 +4,8 @@
 //!   UUIDv7, so "enqueued before" is a range of the primary key and each batch is an index
 //!   scan, never a scan of the table), with their `email_attempts` (ON DELETE CASCADE);
 //! - `webhook_events` (event ids and single-use tokens) received before the cutoff;
-//! - finished `schedule_runs` whose tick is before the cutoff.
+//! - finished `schedule_runs` whose tick is before the cutoff;
+//! - `idempotency_keys` whose dedup window has ended (whatever the cutoff: they hold nothing).
 //!
 //! Rows not final are never deleted: the reconciler still needs them.
 
@@ -29,16 +30,18 @@ pub struct Pruned {
     pub attempts: u64,
     pub webhook_events: u64,
     pub schedule_runs: u64,
+    pub idempotency_keys: u64,
 }
 
 /// What [`prune`] would delete, counted.
 pub async fn count(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Pruned, StoreError> {
-    let (emails, attempts, webhook_events, schedule_runs): (i64, i64, i64, i64) = sqlx::query_as(
+    let (emails, attempts, webhook_events, schedule_runs, keys): (i64, i64, i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM emails WHERE id < $1 AND status = ANY($2) AND updated_at < $3),
                 (SELECT count(*) FROM email_attempts a JOIN emails e ON e.id = a.email_id
                   WHERE e.id < $1 AND e.status = ANY($2) AND e.updated_at < $3),
                 (SELECT count(*) FROM webhook_events WHERE received_at < $3),
-                (SELECT count(*) FROM schedule_runs WHERE tick < $3 AND status <> 'fanning_out')",
+                (SELECT count(*) FROM schedule_runs WHERE tick < $3 AND status <> 'fanning_out'),
+                (SELECT count(*) FROM idempotency_keys WHERE expires_at < now())",
     )
     .bind(v7_floor(cutoff))
     .bind(&Status::FINAL[..])
@@ -51,6 +54,7 @@ pub async fn count(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Pruned, Store
         attempts: attempts as u64,
         webhook_events: webhook_events as u64,
         schedule_runs: schedule_runs as u64,
+        idempotency_keys: keys as u64,
     })
 }
 
@@ -98,6 +102,11 @@ pub async fn prune(pool: &PgPool, cutoff: DateTime<Utc>, batch: i64) -> Result<P
             .await
             .map_err(q("pruning schedule runs"))?
             .rows_affected();
+    out.idempotency_keys = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at < now()")
+        .execute(pool)
+        .await
+        .map_err(q("pruning idempotency keys"))?
+        .rows_affected();
     Ok(out)
 }
 

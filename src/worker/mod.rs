@@ -87,6 +87,9 @@ pub struct Settings {
     pub max_attempts: i32,
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
+    /// How long a job holds its idempotency key in the Postgres backstop (the producers'
+    /// `MAILFLEET_DEDUP_TTL_SECS`).
+    pub dedup_window: Duration,
     /// The longest Retry-After honoured (a longer one is cut to this).
     pub max_retry_after: Duration,
     /// The longest a send waits for a rate-limit permit (`ratelimit::Limiter::with_deadline`).
@@ -126,6 +129,7 @@ impl Settings {
             max_attempts: 8,
             retry_base_ms: 1000,
             retry_max_ms: 300_000,
+            dedup_window: Duration::from_secs(86_400),
             max_retry_after: Duration::from_secs(3600),
             permit_wait_max: Duration::from_secs(10),
             promote_interval_ms: 250,

@@ -123,9 +123,81 @@ pub(super) async fn batch(shared: Arc<Shared>, entries: Vec<RawEntry>, out: Outb
         mine.iter().map(|j| (j.id.as_uuid(), EntryRef::of_job(j))),
     );
 
+    // The idempotency backstop: a job whose key another job holds within the dedup window is
+    // a duplicate the Redis marker missed (a failover lost it): recorded `duplicate`, acked,
+    // never sent. One statement, only for a batch with keys.
+    let mut mine = mine;
+    let keyed: Vec<(String, String, Uuid)> = mine
+        .iter()
+        .filter_map(|j| {
+            let k = j.idem.as_ref()?;
+            Some((
+                j.email.tenant.clone().unwrap_or_default(),
+                k.clone(),
+                j.id.as_uuid(),
+            ))
+        })
+        .collect();
+    if !keyed.is_empty() {
+        let window = shared.settings.dedup_window;
+        let found = until_ok(
+            &shared,
+            Op {
+                errors: &METRICS.store_errors,
+                label: "idempotency",
+                failed: "idempotency backstop failed; backing off",
+                first: Duration::from_millis(100),
+                give_up: GiveUp::WhenDraining,
+            },
+            || emails::idempotency::hold(shared.pg(lane), &keyed, window),
+        )
+        .await;
+        let Some(dups) = found else {
+            abandon(&out, &mine);
+            return;
+        };
+        if !dups.is_empty() {
+            let (dup, rest): (Vec<Job>, Vec<Job>) = mine
+                .into_iter()
+                .partition(|j| dups.contains_key(&j.id.as_uuid()));
+            mine = rest;
+            METRICS.duplicates_refused.inc_by(dup.len() as u64);
+            for job in dup {
+                let of = dups[&job.id.as_uuid()];
+                tracing::warn!(job_id = %job.id, duplicate_of = %of,
+                    "a second job with the same idempotency key; not sent");
+                let now = Utc::now();
+                let _ = out.send(Item::Outcome {
+                    outcome: Outcome {
+                        id: job.id.as_uuid(),
+                        token,
+                        status: Status::Duplicate,
+                        attempt: attempts[&job.id.as_uuid()],
+                        provider: None,
+                        message_id: None,
+                        error: Some(format!(
+                            "duplicate of job {of}: its idempotency key was taken within the dedup window"
+                        )),
+                        http_status: None,
+                        started_at: now,
+                        finished_at: now,
+                        retry_in_ms: None,
+                        attempt_outcome: None,
+                        tried: Vec::new(),
+                    },
+                    entry: EntryRef::of_job(&job),
+                    after: After::Ack,
+                    enqueued_at_ms: job.enqueued_at_ms,
+                });
+            }
+            if mine.is_empty() {
+                return;
+            }
+        }
+    }
+
     // Suppressions: one lookup for every recipient of the batch. Suppressed recipients are
     // dropped; a job left with no `to` is recorded `suppressed` and never reaches a provider.
-    let mut mine = mine;
     let suppressed = {
         let addresses = recipients(&mine);
         let found = until_ok(

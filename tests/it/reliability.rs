@@ -586,3 +586,67 @@ async fn a_batch_that_fails_in_part_is_taken_back_whole() {
         assert_eq!(n, 0, "no dedup marker left");
     }
 }
+
+/// The idempotency backstop: the Redis dedup marker is lost between two enqueues with the
+/// same key (as a failover can lose it), so Redis takes both with different ids; the worker
+/// sends one and records the other `duplicate`.
+#[sqlx::test]
+async fn a_lost_dedup_marker_still_sends_one_email_per_idempotency_key(pg: PgPool) {
+    let redis = TestRedis::new();
+    let keyed = |to: &str| {
+        let mut j = job(Lane::Tx, to);
+        j.idempotency_key = Some("order-7".into());
+        j.payload.tenant = Some("acme".into());
+        j
+    };
+    let first = redis
+        .producer()
+        .send(keyed("ada@example.com"))
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(redis.keys.dedup(0, "order-7"))
+        .query_async(&mut *redis.conn().await)
+        .await
+        .unwrap();
+    let second = redis
+        .producer()
+        .send(keyed("ada@example.com"))
+        .await
+        .unwrap();
+    assert!(
+        first.added && second.added && first.id != second.id,
+        "Redis took both"
+    );
+    let mock = TestMock::start(MockConfig::default()).await;
+    let worker = TestWorker::start(&pg, &redis, &mock.url, settings()).await;
+    for (id, status) in [(first.id, "sent"), (second.id, "duplicate")] {
+        eventually("each final", WAIT, || async {
+            (status_of(&pg, id.as_uuid()).await.as_deref() == Some(status)).then_some(())
+        })
+        .await;
+    }
+    // Once more, after the first was sent (another batch: the key is found in Postgres).
+    let _: () = redis::cmd("DEL")
+        .arg(redis.keys.dedup(0, "order-7"))
+        .query_async(&mut *redis.conn().await)
+        .await
+        .unwrap();
+    let third = redis
+        .producer()
+        .send(keyed("ada@example.com"))
+        .await
+        .unwrap();
+    assert!(third.added);
+    eventually("the third is a duplicate", WAIT, || async {
+        (status_of(&pg, third.id.as_uuid()).await.as_deref() == Some("duplicate")).then_some(())
+    })
+    .await;
+    assert_eq!(mock.state.stats().received, 1, "one email for the key");
+    assert_eq!(
+        redis.pending(Lane::Tx).await,
+        0,
+        "the duplicate's entry was acked"
+    );
+    worker.stop().await;
+}

@@ -6,6 +6,7 @@
 //! Every status is a [`Status`], bound as a parameter: no statement spells one.
 
 mod claim;
+pub mod idempotency;
 mod record;
 mod recover;
 
