@@ -58,6 +58,7 @@ pub struct Metrics {
     pub workers_alive: IntGauge,
     pub tenants_active: IntGauge,
     pub fair_spread: prometheus::Gauge,
+    pub redis_memory_ratio: prometheus::Gauge,
     pub suppressed: IntCounter,
     pub paused: IntGaugeVec,
     pub webhooks: IntCounterVec,
@@ -428,6 +429,16 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "mailfleet_bulk_tenants_active",
             "Tenants with bulk waiting or in flight on their own streams (once per partition), cluster-wide.",
         ),
+        redis_memory_ratio: {
+            let g = prometheus::Gauge::new(
+                "mailfleet_redis_memory_ratio",
+                "Redis used_memory / maxmemory, as read by this worker's observer (0 when Redis has no maxmemory). At 1 Redis refuses enqueues (noeviction); every worker trims acked entries from 0.8.",
+            )
+            .expect("static metric definition");
+            r.register(Box::new(g.clone()))
+                .expect("metric registered once");
+            g
+        },
         fair_spread: {
             let g = prometheus::Gauge::new(
                 "mailfleet_bulk_fair_spread",
