@@ -60,10 +60,11 @@ pub struct WorkerArgs {
     /// block a provider cluster-wide for longer.
     #[arg(long, env = "MAILFLEET_MAX_RETRY_AFTER_SECS", default_value_t = 3600)]
     pub max_retry_after_secs: u64,
-    /// The longest a send waits for a rate-limit permit while it holds a send slot, in ms. A
-    /// provider whose next permit is further off (a back-off after a 429, or a queue that long)
-    /// is skipped like an open breaker: the send fails over or is put back without using an
-    /// attempt, so a blocked provider never holds the slots other providers' sends need.
+    /// The longest wait for a rate-limit permit that Redis may ask of a send holding a send
+    /// slot, in ms. A provider whose next permit is further off (a back-off after a 429) is
+    /// skipped like an open breaker: the send fails over or is put back without using an
+    /// attempt, so a blocked provider never holds the slots other providers' sends need. Time
+    /// queued behind this worker's other sends to the provider does not count.
     #[arg(long, env = "MAILFLEET_PERMIT_WAIT_MAX_MS", default_value_t = 10_000)]
     pub permit_wait_max_ms: u64,
     /// How often due delayed entries are promoted to their lanes, in ms.

@@ -288,9 +288,10 @@ impl Limiter {
         }
     }
 
-    /// The longest one [`Limiter::acquire`] waits: when Redis says the next permit is further
-    /// off than what is left of it, `acquire` returns [`LimitError::Blocked`] at once instead
-    /// of sleeping.
+    /// The longest single wait [`Limiter::acquire`] sleeps: when Redis says the next permit
+    /// is further off than this (a back-off after a 429, a window far longer than the limit
+    /// allows), `acquire` returns [`LimitError::Blocked`] at once instead of sleeping. Time
+    /// spent queued behind this worker's other sends does not count.
     pub fn with_deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
         self
@@ -391,7 +392,9 @@ impl Limiter {
                             break 'turn;
                         }
                         let wait = g.wait.max(Duration::from_millis(1));
-                        if started.elapsed() + wait > self.deadline {
+                        // Only Redis's own answer counts: a wait in this worker's queue is
+                        // the limit being used, and deferring it would only churn the backlog.
+                        if wait > self.deadline {
                             return Err(LimitError::Blocked(wait));
                         }
                         wait
