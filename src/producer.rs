@@ -405,19 +405,9 @@ impl Producer {
         let mut cmds = Vec::new();
         for (c, batch) in done {
             let chunk = &prepared[c * CHUNK..(c * CHUNK + CHUNK).min(prepared.len())];
-            let first = &chunk[batch[0]];
-            let (partition, lane, tenant) = stream_of(first);
-            let stream = self.keys.source(&stream::Source {
-                partition,
-                lane,
-                tenant: tenant.map(Arc::from),
-            });
-            let mut keys = vec![stream, self.keys.delayed_of(partition, lane)];
-            keys.extend(batch.iter().map(|&i| {
-                let idem = chunk[i].idempotency_key.as_deref().unwrap_or("");
-                self.keys
-                    .dedup(partition, if idem.is_empty() { "-" } else { idem })
-            }));
+            let (stream, delayed) = self.stream_keys(&chunk[batch[0]]);
+            let mut keys = vec![stream, delayed];
+            keys.extend(batch.iter().map(|&i| self.dedup_key(&chunk[i])));
             let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
             let mut cmd = scripts::UNENQUEUE.call(&refs);
             cmd.arg(crate::stream::GROUP);
@@ -506,27 +496,37 @@ fn enqueue_batches(chunk: &[Prepared]) -> Vec<Vec<usize>> {
 
 impl Producer {
     /// One enqueue.lua call for the jobs `batch` names (indexes into `chunk`, one stream).
-    fn enqueue_cmd(&self, chunk: &[Prepared], batch: &[usize], ttl_ms: u64) -> redis::Cmd {
-        let first = &chunk[batch[0]];
-        let (partition, lane, tenant) = stream_of(first);
-        let dedup = |p: &Prepared| {
-            let idem = p.idempotency_key.as_deref().unwrap_or("");
-            self.keys
-                .dedup(partition, if idem.is_empty() { "-" } else { idem })
-        };
+    /// The stream a prepared job is written to, and its lane's delayed set.
+    fn stream_keys(&self, p: &Prepared) -> (String, String) {
+        let (partition, lane, tenant) = stream_of(p);
         let stream = self.keys.source(&stream::Source {
             partition,
             lane,
             tenant: tenant.map(Arc::from),
         });
+        (stream, self.keys.delayed_of(partition, lane))
+    }
+
+    /// A prepared job's dedup marker (a placeholder key for a job without one: enqueue.lua
+    /// and unenqueue.lua touch it only with a key).
+    fn dedup_key(&self, p: &Prepared) -> String {
+        let idem = p.idempotency_key.as_deref().unwrap_or("");
+        self.keys
+            .dedup(p.partition, if idem.is_empty() { "-" } else { idem })
+    }
+
+    fn enqueue_cmd(&self, chunk: &[Prepared], batch: &[usize], ttl_ms: u64) -> redis::Cmd {
+        let first = &chunk[batch[0]];
+        let (partition, lane, tenant) = stream_of(first);
+        let (stream, delayed) = self.stream_keys(first);
         let mut keys = vec![
-            dedup(first),
+            self.dedup_key(first),
             stream,
-            self.keys.delayed_of(partition, lane),
+            delayed,
             self.keys.bulk_ring(partition),
             self.keys.bulk_bell(partition),
         ];
-        keys.extend(batch[1..].iter().map(|&i| dedup(&chunk[i])));
+        keys.extend(batch[1..].iter().map(|&i| self.dedup_key(&chunk[i])));
         let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
         let mut c = ENQUEUE.call(&refs);
         c.arg(first.id.to_string())

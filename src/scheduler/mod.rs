@@ -167,21 +167,10 @@ async fn trim(ctx: Arc<Ctx>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        let result = match ctx.deps.redis.get().await {
-            Ok(mut conn) => crate::stream::consumer::trim_done(&mut *conn, &keys)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        match result {
-            Ok(n) => {
-                METRICS.stream_trimmed.inc_by(n);
-                tracing::debug!(removed = n, "scheduler: trimmed the lane streams");
-            }
-            Err(e) => {
-                METRICS.redis_errors.with_label_values(&["trim"]).inc();
-                tracing::warn!(error.message = %e, "scheduler: trimming the streams failed");
-            }
+        if let Some(n) =
+            crate::stream::consumer::trim_counted(&ctx.deps.redis, &keys, "scheduler").await
+        {
+            tracing::debug!(removed = n, "scheduler: trimmed the lane streams");
         }
     }
 }

@@ -401,6 +401,28 @@ pub async fn promote_due<C: ConnectionLike + Send>(
     Ok(moved)
 }
 
+/// [`trim_done`] on a pooled connection, counted: the entries removed go to
+/// `mailfleet_stream_trimmed_total`, a failure to `mailfleet_redis_errors_total{op="trim"}`
+/// and a warning naming `who` trimmed. `None` when it failed.
+pub async fn trim_counted(pool: &super::Pool, keys: &Keys, who: &str) -> Option<u64> {
+    use crate::metrics::METRICS;
+    let result = match pool.get().await {
+        Ok(mut conn) => trim_done(&mut *conn, keys).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match result {
+        Ok(n) => {
+            METRICS.stream_trimmed.inc_by(n);
+            Some(n)
+        }
+        Err(e) => {
+            METRICS.redis_errors.with_label_values(&["trim"]).inc();
+            tracing::warn!(error.message = %e, who, "trimming the lane streams failed");
+            None
+        }
+    }
+}
+
 /// Trim every lane stream below what every consumer group is done with (lua/trim.lua): one
 /// script per stream, in one pipeline. Returns the entries removed.
 pub async fn trim_done<C: ConnectionLike + Send>(conn: &mut C, keys: &Keys) -> RedisResult<u64> {

@@ -77,24 +77,17 @@ pub(super) async fn run(shared: Arc<Shared>, token: CancellationToken) {
 const PRESSED: f64 = 0.8;
 
 async fn trim(shared: &Shared) {
-    let result = match shared.deps.redis.get().await {
-        Ok(mut conn) => crate::stream::consumer::trim_done(&mut *conn, &shared.deps.keys)
-            .await
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    match result {
-        Ok(n) => {
-            METRICS.stream_trimmed.inc_by(n);
-            tracing::info!(
-                removed = n,
-                "Redis is near its maxmemory: trimmed acked entries"
-            );
-        }
-        Err(e) => {
-            METRICS.redis_errors.with_label_values(&["trim"]).inc();
-            tracing::warn!(error.message = %e, "trimming under memory pressure failed");
-        }
+    let trimmed = crate::stream::consumer::trim_counted(
+        &shared.deps.redis,
+        &shared.deps.keys,
+        "memory pressure",
+    )
+    .await;
+    if let Some(n) = trimmed {
+        tracing::info!(
+            removed = n,
+            "Redis is near its maxmemory: trimmed acked entries"
+        );
     }
 }
 

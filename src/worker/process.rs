@@ -166,29 +166,15 @@ pub(super) async fn batch(shared: Arc<Shared>, entries: Vec<RawEntry>, out: Outb
                 let of = dups[&job.id.as_uuid()];
                 tracing::warn!(job_id = %job.id, duplicate_of = %of,
                     "a second job with the same idempotency key; not sent");
-                let now = Utc::now();
-                let _ = out.send(Item::Outcome {
-                    outcome: Outcome {
-                        id: job.id.as_uuid(),
-                        token,
-                        status: Status::Duplicate,
-                        attempt: attempts[&job.id.as_uuid()],
-                        provider: None,
-                        message_id: None,
-                        error: Some(format!(
-                            "duplicate of job {of}: its idempotency key was taken within the dedup window"
-                        )),
-                        http_status: None,
-                        started_at: now,
-                        finished_at: now,
-                        retry_in_ms: None,
-                        attempt_outcome: None,
-                        tried: Vec::new(),
-                    },
-                    entry: EntryRef::of_job(&job),
-                    after: After::Ack,
-                    enqueued_at_ms: job.enqueued_at_ms,
-                });
+                let _ = out.send(unsent(
+                    &job,
+                    token,
+                    attempts[&job.id.as_uuid()],
+                    Status::Duplicate,
+                    format!(
+                        "duplicate of job {of}: its idempotency key was taken within the dedup window"
+                    ),
+                ));
             }
             if mine.is_empty() {
                 return;
@@ -221,29 +207,13 @@ pub(super) async fn batch(shared: Arc<Shared>, entries: Vec<RawEntry>, out: Outb
         }
     };
     for (job, n) in suppressed {
-        let now = Utc::now();
-        let _ = out.send(Item::Outcome {
-            outcome: Outcome {
-                id: job.id.as_uuid(),
-                token,
-                status: Status::Suppressed,
-                attempt: attempts[&job.id.as_uuid()],
-                provider: None,
-                message_id: None,
-                error: Some(format!(
-                    "suppressed: {n} of the recipients are on the suppression list"
-                )),
-                http_status: None,
-                started_at: now,
-                finished_at: now,
-                retry_in_ms: None,
-                attempt_outcome: None,
-                tried: Vec::new(),
-            },
-            entry: EntryRef::of_job(&job),
-            after: After::Ack,
-            enqueued_at_ms: job.enqueued_at_ms,
-        });
+        let _ = out.send(unsent(
+            &job,
+            token,
+            attempts[&job.id.as_uuid()],
+            Status::Suppressed,
+            format!("suppressed: {n} of the recipients are on the suppression list"),
+        ));
     }
     if mine.is_empty() {
         return;
@@ -434,4 +404,30 @@ async fn claim_with_retry(
         },
     )
     .await
+}
+
+/// The outcome of a claimed job that is final without a provider call (`suppressed`,
+/// `duplicate`): recorded with `why`, and its entry acked.
+fn unsent(job: &Job, token: Uuid, attempt: i32, status: Status, why: String) -> Item {
+    let now = Utc::now();
+    Item::Outcome {
+        outcome: Outcome {
+            id: job.id.as_uuid(),
+            token,
+            status,
+            attempt,
+            provider: None,
+            message_id: None,
+            error: Some(why),
+            http_status: None,
+            started_at: now,
+            finished_at: now,
+            retry_in_ms: None,
+            attempt_outcome: None,
+            tried: Vec::new(),
+        },
+        entry: EntryRef::of_job(job),
+        after: After::Ack,
+        enqueued_at_ms: job.enqueued_at_ms,
+    }
 }
