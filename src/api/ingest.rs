@@ -7,7 +7,7 @@
 use crate::config::Secret;
 use crate::domain::{Lane, Payload, Status, ValidationErrors};
 use crate::metrics::METRICS;
-use crate::producer::{NewJob, Prepared, Producer, ProducerError};
+use crate::producer::{Durability, NewJob, Prepared, Producer, ProducerError};
 use crate::store::emails::{self, NewRow};
 use crate::store::suppressions;
 use axum::body::Bytes;
@@ -312,24 +312,7 @@ async fn enqueue(s: &ApiState, prepared: Vec<Prepared>) -> Result<Vec<Accepted>,
     let prepared = queued_jobs;
     let enq = s.producer.send_prepared(&prepared).await.map_err(|e| {
         tracing::error!(error.message = %e, "enqueue failed");
-        let (error, retry) = match &e {
-            ProducerError::QueueFull { sent_anyway: 0 } => (
-                "queue full: nothing was enqueued; retry later with the same idempotency keys"
-                    .to_owned(),
-                "5",
-            ),
-            ProducerError::QueueFull { sent_anyway } => (
-                format!(
-                    "queue full: nothing was enqueued except {sent_anyway} email(s) a worker had \
-                     already read, which will be sent; retry later with the same idempotency keys"
-                ),
-                "5",
-            ),
-            _ => (
-                "queue unavailable; retry with the same idempotency key".to_owned(),
-                "1",
-            ),
-        };
+        let (error, retry) = refusal(&e);
         let mut r = problem(StatusCode::SERVICE_UNAVAILABLE, &error, None);
         r.headers_mut().insert(
             header::RETRY_AFTER,
@@ -337,19 +320,23 @@ async fn enqueue(s: &ApiState, prepared: Vec<Prepared>) -> Result<Vec<Accepted>,
         );
         r
     })?;
-    let rows: Vec<NewRow> = prepared
-        .iter()
-        .zip(&enq)
-        .filter(|(_, e)| e.added)
-        .map(|(p, _)| p.ledger_row())
-        .collect();
-    if let Err(e) = emails::insert_queued(&s.pg, &rows).await {
-        // The jobs are on the stream and will be sent; only the early `queued` row is missing.
-        METRICS
-            .store_errors
-            .with_label_values(&["insert_queued"])
-            .inc();
-        tracing::warn!(error.message = %e, "could not record accepted jobs as queued");
+    if s.producer.durability() != Durability::Ledger {
+        // At `ledger` the producer wrote the rows (and refused the batch if it could not). At
+        // the other levels the rows only serve `GET` and the reconciler early: the jobs are on
+        // the stream and will be sent if this fails.
+        let rows: Vec<NewRow> = prepared
+            .iter()
+            .zip(&enq)
+            .filter(|(_, e)| e.added)
+            .map(|(p, _)| p.ledger_row())
+            .collect();
+        if let Err(e) = emails::insert_queued(&s.pg, &rows).await {
+            METRICS
+                .store_errors
+                .with_label_values(&["insert_queued"])
+                .inc();
+            tracing::warn!(error.message = %e, "could not record accepted jobs as queued");
+        }
     }
     if !suppressed.is_empty() {
         let rows: Vec<NewRow> = suppressed.iter().map(Prepared::ledger_row).collect();
@@ -383,6 +370,34 @@ async fn enqueue(s: &ApiState, prepared: Vec<Prepared>) -> Result<Vec<Accepted>,
         out.extend(next);
     }
     Ok(out)
+}
+
+/// A refused enqueue's message and Retry-After (seconds): nothing of the batch is enqueued
+/// except what a worker had already read, so a retry with the same idempotency keys is safe.
+fn refusal(e: &ProducerError) -> (String, &'static str) {
+    let except = match e.sent_anyway() {
+        0 => String::new(),
+        n => format!(" except {n} email(s) a worker had already read, which will be sent"),
+    };
+    let retry = "; retry later with the same idempotency keys";
+    match e {
+        ProducerError::QueueFull { .. } => (
+            format!("queue full: nothing was enqueued{except}{retry}"),
+            "5",
+        ),
+        ProducerError::NotReplicated { .. } => (
+            format!("queue not replicated in time: nothing was enqueued{except}{retry}"),
+            "1",
+        ),
+        ProducerError::Ledger { .. } => (
+            format!("store unavailable: nothing was enqueued{except}{retry}"),
+            "1",
+        ),
+        _ => (
+            "queue unavailable; retry with the same idempotency key".to_owned(),
+            "1",
+        ),
+    }
 }
 
 fn prepare(s: &ApiState, job: NewJob) -> Result<Prepared, Reject> {

@@ -34,7 +34,11 @@ fn ses_hook(a: &ApiArgs) -> anyhow::Result<Option<Arc<api::webhooks::SesHook>>> 
 pub async fn run(g: Global, a: ApiArgs) -> anyhow::Result<()> {
     let pg = store::connect(g.database_url.expose(), 8).await?;
     store::ensure_migrated(&pg).await?;
-    let producer = super::producer(&g)?;
+    let mut producer = super::producer(&g)?;
+    if producer.durability() == crate::producer::Durability::Ledger {
+        // The ledger's rows go through the API's own pool, not a second one.
+        producer = producer.with_ledger(pg.clone());
+    }
     let redis = super::redis_pool(&g)?;
     let state = ingest::ApiState::new(producer, pg.clone(), &a.api_keys, g.max_payload_bytes);
     let draining = Arc::new(AtomicBool::new(false));

@@ -121,7 +121,8 @@ pub async fn run(g: Global, a: WorkerArgs) -> anyhow::Result<()> {
         let deps = scheduler::Deps {
             pg: pg.clone(),
             redis: redis.clone(),
-            producer: crate::cli::producer(&g)?,
+            // A fan-out writes its jobs' rows in its own fenced transaction, then pushes them.
+            producer: crate::cli::producer(&g)?.redis_only(),
             lease_keys: LeaseKeys::new(&g.prefix, lease::SCHEDULER),
         };
         Some(scheduler::start(s, deps, token.clone()))

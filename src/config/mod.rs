@@ -92,6 +92,59 @@ pub struct Global {
         default_value_t = 86_400
     )]
     pub dedup_ttl_secs: u64,
+    /// When an enqueue counts as done (every producer: `mailfleet send`, the API, the library):
+    /// `ledger` (also write each job's `queued` row to Postgres, so the reconciler sends
+    /// anything Redis loses), `replicated` (also wait until the partition's master has
+    /// passed the write to its replicas) or `redis` (the write reached the Redis master).
+    #[arg(
+        long,
+        global = true,
+        env = "MAILFLEET_DURABILITY",
+        value_enum,
+        default_value_t = Durability::Ledger
+    )]
+    pub durability: Durability,
+    /// With `--durability replicated`: how many replicas must confirm each enqueue.
+    #[arg(
+        long,
+        global = true,
+        env = "MAILFLEET_DURABILITY_REPLICAS",
+        default_value_t = 1
+    )]
+    pub durability_replicas: u32,
+    /// With `--durability replicated`: how long an enqueue waits for its replicas before it is
+    /// refused (and taken back), in ms.
+    #[arg(
+        long,
+        global = true,
+        env = "MAILFLEET_DURABILITY_WAIT_MS",
+        default_value_t = 1000
+    )]
+    pub durability_wait_ms: u64,
+}
+
+/// What an acknowledged enqueue survives (docs/durability.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// Redis and Postgres: the job's `queued` row is written in the same call, so a job Redis
+    /// loses is re-enqueued by the reconciler. Survives any loss of Redis data.
+    Ledger,
+    /// Redis with `WAIT`: the master passed the write to its replicas before the answer.
+    /// Survives the loss of the master (a failover), not of every copy.
+    Replicated,
+    /// Redis only: the master has the write. Loses what its persistence and replication had
+    /// not taken yet when it fails.
+    Redis,
+}
+
+impl Durability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Ledger => "ledger",
+            Durability::Replicated => "replicated",
+            Durability::Redis => "redis",
+        }
+    }
 }
 
 impl Global {

@@ -122,7 +122,7 @@ pub(super) async fn run(
             tx.commit().await.map_err(commit_err("committing a fan-out batch"))?;
             ctx.deps
                 .producer
-                .send_prepared(&jobs)
+                .push_prepared(&jobs)
                 .await
                 .map_err(redis_err)?;
             METRICS.fanout_members.inc_by(added);
@@ -216,7 +216,7 @@ async fn repush(
     let n = jobs.len();
     ctx.deps
         .producer
-        .send_prepared(&jobs)
+        .push_prepared(&jobs)
         .await
         .map_err(redis_err)?;
     tracing::info!(schedule = %schedule.name, tick = %tick, jobs = n, "fan-out: re-pushed the last committed batch of an interrupted run");

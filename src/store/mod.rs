@@ -77,16 +77,25 @@ pub async fn now(pool: &PgPool) -> Result<chrono::DateTime<chrono::Utc>, StoreEr
         .map_err(q("reading the database clock"))
 }
 
-pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
-    let opts = PgConnectOptions::from_str(url)
+fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {
+    Ok(PgConnectOptions::from_str(url)
         .map_err(StoreError::BadUrl)?
         .disable_statement_logging()
-        .application_name("mailfleet");
+        .application_name("mailfleet"))
+}
+
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+    let opts = connect_options(url)?;
     let target = redacted_target(&opts);
     pool_options(max_connections)
         .connect_with(opts)
         .await
         .map_err(|source| StoreError::Connect { target, source })
+}
+
+/// A pool that connects on first use: for a producer that may never write to Postgres.
+pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+    Ok(pool_options(max_connections).connect_lazy_with(connect_options(url)?))
 }
 
 /// Every pool's options.

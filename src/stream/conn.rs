@@ -226,6 +226,42 @@ async fn cluster_pipeline(
         .collect())
 }
 
+/// `WAIT replicas timeout` after writes made over `conn`: how many replicas confirmed them,
+/// the least over every master written to. On one server that is the connection's own WAIT
+/// (a checkout is exclusive, so it covers exactly the writes made through it); on a cluster,
+/// one WAIT per slot of `keys`, each on the master serving it (the multiplexed connection to a
+/// node carries other clients' writes too, so it may wait for those as well: never less safe).
+pub async fn confirm_replicated(
+    conn: &mut Connection,
+    keys: &[String],
+    replicas: u32,
+    timeout: Duration,
+) -> RedisResult<i64> {
+    use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+    let mut wait = redis::cmd("WAIT");
+    wait.arg(replicas).arg(timeout.as_millis().max(1) as u64);
+    match &mut conn.0 {
+        Inner::Single(c) => wait.query_async(c).await,
+        Inner::Cluster(c) => {
+            let slots: std::collections::HashSet<Slot> = keys.iter().map(Slot::for_key).collect();
+            let waits = slots.into_iter().map(|slot| {
+                let mut c = c.clone();
+                let cmd = wait.clone();
+                async move {
+                    let route = SingleNodeRoutingInfo::SpecificNode(Route::with_slot(
+                        slot,
+                        SlotAddr::Master,
+                    ));
+                    let v = c.route_command(cmd, RoutingInfo::SingleNode(route)).await?;
+                    Ok::<i64, redis::RedisError>(redis::from_redis_value::<i64>(v)?)
+                }
+            });
+            let confirmed = futures::future::try_join_all(waits).await?;
+            Ok(confirmed.into_iter().min().unwrap_or(i64::from(replicas)))
+        }
+    }
+}
+
 /// A pool for `url` (one server, or a cluster when [`cluster_nodes`] finds a list): commands
 /// time out after `timeout`, a connect attempt after the same.
 pub fn pool(url: &str, timeout: Duration, size: usize) -> Result<Pool, redis::RedisError> {

@@ -9,8 +9,12 @@ use sqlx::PgPool;
 
 async fn spawn_api(pg: &PgPool, redis: &TestRedis, max_payload: usize) -> String {
     mailfleet::install_crypto_provider();
+    // Durability `ledger`, the API's default: the producer writes the `queued` rows.
     let state = ApiState::new(
-        redis.producer().with_max_payload(max_payload),
+        redis
+            .producer()
+            .with_max_payload(max_payload)
+            .with_ledger(pg.clone()),
         pg.clone(),
         &[Secret::new("k-1"), Secret::new("k-2")],
         max_payload,
@@ -23,6 +27,50 @@ async fn spawn_api(pg: &PgPool, redis: &TestRedis, max_payload: usize) -> String
 
 fn email() -> Value {
     json!({"to": ["ada@example.com"], "from": "shop@example.com", "subject": "Hi", "text": "Hello"})
+}
+
+#[sqlx::test]
+async fn a_batch_the_ledger_cannot_record_is_refused_with_retry_after_and_enqueues_nothing(
+    pg: PgPool,
+) {
+    let redis = TestRedis::new();
+    let url = spawn_api(&pg, &redis, 64 * 1024).await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_queued() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'the ledger refuses'; END $$;
+         CREATE TRIGGER refuse_queued BEFORE INSERT ON emails
+           FOR EACH ROW EXECUTE FUNCTION refuse_queued();",
+    )
+    .execute(&pg)
+    .await
+    .unwrap();
+    let batch: Vec<Value> = (0..20)
+        .map(|i| {
+            let mut e = email();
+            e["idempotency_key"] = json!(format!("ledger-{i}"));
+            e
+        })
+        .collect();
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/emails/batch"))
+        .bearer_auth("k-1")
+        .json(&json!({ "emails": batch }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("store unavailable: nothing was enqueued"),
+        "{body}"
+    );
+    let entries = redis.xlen(&redis.keys.lane(0, mailfleet::Lane::Tx)).await
+        + redis.xlen(&redis.keys.lane(0, mailfleet::Lane::Bulk)).await;
+    assert_eq!(entries, 0, "the batch was taken back from Redis");
 }
 
 #[sqlx::test]

@@ -53,7 +53,8 @@ async fn twelve_partitions_on_a_redis_cluster_send_every_email_once(pg: PgPool) 
     let a = TestWorker::start(&pg, &redis, &mock.url, settings()).await;
     let b = TestWorker::start(&pg, &redis, &mock.url, settings()).await;
     let n = 1_200;
-    let producer = redis.producer();
+    // Durability `replicated`: one WAIT per slot written, each on the master serving it.
+    let producer = redis.producer().with_replicas(1, Duration::from_secs(2));
     let mut ids = HashSet::new();
     for chunk in 0..6 {
         // One send_many is one pipeline over all 12 partitions: split by slot underneath.

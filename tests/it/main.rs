@@ -9,6 +9,7 @@ mod cli;
 mod cluster;
 mod deploy;
 mod dlq;
+mod durability;
 mod fairness;
 mod guarantees;
 mod leader;

@@ -17,6 +17,8 @@ pub struct PrivateRedis {
     pub url: String,
     dir: PathBuf,
     child: Option<Child>,
+    /// Extra arguments (`--replicaof` for a replica).
+    extra: Vec<String>,
 }
 
 impl PrivateRedis {
@@ -31,9 +33,37 @@ impl PrivateRedis {
             url: format!("redis://127.0.0.1:{port}"),
             dir,
             child: None,
+            extra: Vec::new(),
         };
         r.spawn().await;
         r
+    }
+
+    /// A replica of `master`, linked (its first sync done) before this returns.
+    pub async fn replica_of(master: &PrivateRedis) -> Self {
+        let mut r = Self::start().await;
+        r.extra = vec![
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            master.port.to_string(),
+        ];
+        r.restart_empty().await;
+        for _ in 0..400 {
+            if let Ok(redis::Value::BulkString(info)) = r.cmd(&["INFO", "replication"]).await
+                && String::from_utf8_lossy(&info).contains("master_link_status:up")
+            {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("replica on port {} did not link to its master", r.port);
+    }
+
+    /// SIGSTOP or SIGCONT the server process (a replica that stops taking the stream).
+    pub fn signal(&self, sig: i32) {
+        if let Some(child) = &self.child {
+            super::signal(child.id(), sig);
+        }
     }
 
     async fn spawn(&mut self) {
@@ -50,6 +80,7 @@ impl PrivateRedis {
                 "",
             ])
             .args(["--enable-debug-command", "yes", "--daemonize", "no"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

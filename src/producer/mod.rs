@@ -5,10 +5,22 @@
 //! delayed set for a future `send_at`, in one atomic step). `send_many` pipelines a whole batch:
 //! one round trip per chunk, not per email.
 //!
+//! When an enqueue counts as done is its [`Durability`] (docs/durability.md): `ledger` (the
+//! default of [`Producer::connect`] and of every command) also writes the batch's `queued` rows
+//! to Postgres in one statement, so the reconciler sends whatever Redis loses; `replicated`
+//! waits (`WAIT`) until each master written to has passed the batch to its replicas; `redis`
+//! answers once the master has it. A batch that fails any of these is taken back whole.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), mailfleet::producer::ProducerError> {
 //! use mailfleet::{Producer, NewJob, Lane, Payload};
-//! let producer = Producer::connect("redis://127.0.0.1:6379", "mf", 1).await?;
+//! let producer = Producer::connect(
+//!     "redis://127.0.0.1:6379",
+//!     "postgres://postgres@127.0.0.1:5432/mailfleet",
+//!     "mf",
+//!     1,
+//! )
+//! .await?;
 //! let payload: Payload = serde_json::from_value(serde_json::json!({
 //!     "to": ["ada@example.com"], "from": "shop@example.com",
 //!     "subject": "Your order", "text": "Thanks!"
@@ -19,11 +31,17 @@
 //! # Ok(()) }
 //! ```
 
+mod calls;
+
+pub use crate::config::Durability;
 use crate::domain::{Email, JobId, Lane, Payload, ValidationErrors};
 use crate::metrics::METRICS;
-use crate::scripts::{self, ENQUEUE};
+use crate::scripts;
+use crate::store::{self, StoreError, emails};
 use crate::stream::{self, Keys};
+use calls::{enqueue_batches, parse_replies};
 use redis::Value;
+use sqlx::PgPool;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -87,9 +105,31 @@ pub enum ProducerError {
     /// taken back, except `sent_anyway` jobs a worker had already read (they will be sent).
     #[error(
         "the queue is full (Redis is at maxmemory); nothing of the batch was enqueued{}",
-        if *sent_anyway > 0 { format!(" except {sent_anyway} job(s) a worker had already read") } else { String::new() }
+        taken_back_except(*sent_anyway)
     )]
     QueueFull { sent_anyway: usize },
+    /// Durability `replicated`: the masters written to did not confirm the batch on enough
+    /// replicas in time. The batch was taken back, except `sent_anyway` jobs already read.
+    #[error(
+        "Redis confirmed the enqueue on {confirmed} replica(s), not the {wanted} asked for, within {wait_ms} ms; nothing of the batch was enqueued{}",
+        taken_back_except(*sent_anyway)
+    )]
+    NotReplicated {
+        wanted: u32,
+        confirmed: i64,
+        wait_ms: u64,
+        sent_anyway: usize,
+    },
+    /// Durability `ledger`: the batch's `queued` rows could not be written to Postgres. The
+    /// batch was taken back from Redis, except `sent_anyway` jobs already read.
+    #[error(
+        "could not record the batch in Postgres ({source}); nothing of the batch was enqueued{}",
+        taken_back_except(*sent_anyway)
+    )]
+    Ledger {
+        source: StoreError,
+        sent_anyway: usize,
+    },
     #[error("Redis failed while {doing}: {source}")]
     Redis {
         doing: &'static str,
@@ -101,6 +141,27 @@ pub enum ProducerError {
     Protocol(String),
     #[error("{0}")]
     Partitions(PartitionMismatch),
+}
+
+/// The tail of a refused batch's message: the jobs a worker had read before the take-back.
+fn taken_back_except(sent_anyway: usize) -> String {
+    if sent_anyway > 0 {
+        format!(" except {sent_anyway} job(s) a worker had already read (they will be sent)")
+    } else {
+        String::new()
+    }
+}
+
+impl ProducerError {
+    /// The jobs of a refused batch that a worker had already read: they will be sent.
+    pub fn sent_anyway(&self) -> usize {
+        match self {
+            ProducerError::QueueFull { sent_anyway }
+            | ProducerError::NotReplicated { sent_anyway, .. }
+            | ProducerError::Ledger { sent_anyway, .. } => *sent_anyway,
+            _ => 0,
+        }
+    }
 }
 
 /// The Redis pool the shared settings describe (32 connections).
@@ -175,11 +236,27 @@ pub struct Producer {
     agreement: Arc<OnceLock<Check>>,
     dedup_ttl: Duration,
     max_payload: usize,
+    level: Level,
 }
 
+/// What [`Producer::send_prepared`] does after the Redis pipeline: a [`Durability`] with what
+/// it needs, so a ledger without a pool cannot exist.
+#[derive(Clone)]
+enum Level {
+    Ledger(PgPool),
+    Replicated { replicas: u32, wait: Duration },
+    Redis,
+}
+
+/// Postgres connections of a producer's ledger.
+const LEDGER_CONNECTIONS: u32 = 4;
+
 impl Producer {
+    /// A producer at durability `ledger`: Redis at `redis_url`, the ledger in the database at
+    /// `database_url` (connected on the first send).
     pub async fn connect(
         redis_url: &str,
+        database_url: &str,
         prefix: &str,
         partitions: u16,
     ) -> Result<Self, ProducerError> {
@@ -189,21 +266,44 @@ impl Producer {
                 source,
             }
         })?;
-        Ok(Self::from_pool(pool, Keys::new(prefix, partitions)))
+        let pg = store::connect_lazy(database_url, LEDGER_CONNECTIONS).map_err(|source| {
+            ProducerError::Ledger {
+                source,
+                sent_anyway: 0,
+            }
+        })?;
+        Ok(Self::from_pool(pool, Keys::new(prefix, partitions)).with_ledger(pg))
     }
 
     /// The producer the shared settings describe (URL, prefix, partitions, dedup TTL, payload
-    /// limit): what every command and harness that enqueues uses.
+    /// limit, durability): what every command and harness that enqueues uses.
     pub fn for_global(g: &crate::config::Global) -> Result<Self, ProducerError> {
         let pool = redis_pool(g).map_err(|source| ProducerError::Redis {
             doing: "configuring the pool",
             source,
         })?;
-        Ok(Self::from_pool(pool, Keys::new(&g.prefix, g.partitions))
+        let p = Self::from_pool(pool, Keys::new(&g.prefix, g.partitions))
             .with_dedup_ttl(Duration::from_secs(g.dedup_ttl_secs))
-            .with_max_payload(g.max_payload_bytes))
+            .with_max_payload(g.max_payload_bytes);
+        Ok(match g.durability {
+            Durability::Ledger => {
+                let pg = store::connect_lazy(g.database_url.expose(), LEDGER_CONNECTIONS).map_err(
+                    |source| ProducerError::Ledger {
+                        source,
+                        sent_anyway: 0,
+                    },
+                )?;
+                p.with_ledger(pg)
+            }
+            Durability::Replicated => p.with_replicas(
+                g.durability_replicas,
+                Duration::from_millis(g.durability_wait_ms),
+            ),
+            Durability::Redis => p,
+        })
     }
 
+    /// A producer on `pool` at durability `redis`: the building block the others start from.
     pub fn from_pool(pool: crate::stream::Pool, keys: Keys) -> Self {
         Producer {
             pool,
@@ -211,6 +311,34 @@ impl Producer {
             agreement: Default::default(),
             dedup_ttl: Duration::from_secs(86_400),
             max_payload: 256 * 1024,
+            level: Level::Redis,
+        }
+    }
+
+    /// Durability `ledger`, the `queued` rows written through `pg`.
+    pub fn with_ledger(mut self, pg: PgPool) -> Self {
+        self.level = Level::Ledger(pg);
+        self
+    }
+
+    /// Durability `replicated`: each send waits up to `wait` for `replicas` replicas of every
+    /// master it wrote to.
+    pub fn with_replicas(mut self, replicas: u32, wait: Duration) -> Self {
+        self.level = Level::Replicated { replicas, wait };
+        self
+    }
+
+    /// Durability `redis`.
+    pub fn redis_only(mut self) -> Self {
+        self.level = Level::Redis;
+        self
+    }
+
+    pub fn durability(&self) -> Durability {
+        match self.level {
+            Level::Ledger(_) => Durability::Ledger,
+            Level::Replicated { .. } => Durability::Replicated,
+            Level::Redis => Durability::Redis,
         }
     }
 
@@ -327,11 +455,77 @@ impl Producer {
         self.send_prepared(&prepared).await
     }
 
-    /// Enqueue already prepared jobs, pipelined in chunks.
+    /// Enqueue already prepared jobs, pipelined in chunks, at this producer's [`Durability`]:
+    /// a batch that fails any step (a Redis call, the replicas' confirmation, the ledger's
+    /// rows) is taken back whole and reported failed.
     pub async fn send_prepared(
         &self,
         prepared: &[Prepared],
     ) -> Result<Vec<Enqueued>, ProducerError> {
+        let (out, mut conn, done) = self.enqueue(prepared).await?;
+        match &self.level {
+            Level::Redis => {}
+            Level::Replicated { replicas, wait } => {
+                let streams: Vec<String> = done
+                    .iter()
+                    .map(|(c, b)| self.stream_keys(&chunk_of(prepared, *c)[b[0]]).0)
+                    .collect();
+                let confirmed =
+                    stream::conn::confirm_replicated(&mut conn, &streams, *replicas, *wait).await;
+                let refused = match confirmed {
+                    Ok(n) if n >= i64::from(*replicas) => None,
+                    Ok(n) => Some(Err(n)),
+                    Err(e) => Some(Ok(e)),
+                };
+                if let Some(why) = refused {
+                    let sent_anyway = self.take_back(&mut conn, prepared, &done).await;
+                    return Err(match why {
+                        Err(confirmed) => ProducerError::NotReplicated {
+                            wanted: *replicas,
+                            confirmed,
+                            wait_ms: wait.as_millis() as u64,
+                            sent_anyway,
+                        },
+                        Ok(source) => ProducerError::Redis {
+                            doing: "waiting for the replicas",
+                            source,
+                        },
+                    });
+                }
+            }
+            Level::Ledger(pg) => {
+                let rows: Vec<emails::NewRow> = prepared
+                    .iter()
+                    .zip(&out)
+                    .filter(|(_, e)| e.added)
+                    .map(|(p, _)| p.ledger_row())
+                    .collect();
+                if let Err(source) = emails::insert_queued(pg, &rows).await {
+                    let sent_anyway = self.take_back(&mut conn, prepared, &done).await;
+                    return Err(ProducerError::Ledger {
+                        source,
+                        sent_anyway,
+                    });
+                }
+            }
+        }
+        count_enqueued(prepared, &out);
+        Ok(out)
+    }
+
+    /// Enqueue at durability `redis`, whatever this producer's: for a caller that keeps its
+    /// own record of the jobs (a schedule's fan-out writes their rows before it pushes them).
+    pub async fn push_prepared(
+        &self,
+        prepared: &[Prepared],
+    ) -> Result<Vec<Enqueued>, ProducerError> {
+        let (out, _, _) = self.enqueue(prepared).await?;
+        count_enqueued(prepared, &out);
+        Ok(out)
+    }
+
+    /// The Redis pipelines of a send, and the calls that added jobs (what a take-back undoes).
+    async fn enqueue(&self, prepared: &[Prepared]) -> Result<Sent, ProducerError> {
         self.check_partitions().await?;
         let mut conn = self.pool.get().await?;
         let mut out = Vec::with_capacity(prepared.len());
@@ -347,7 +541,8 @@ impl Producer {
             let results = match scripts::run_pipeline(&mut *conn, cmds).await {
                 Ok(r) => r,
                 Err(source) => {
-                    return Err(self.take_back(&mut conn, prepared, &done, source).await);
+                    let sent_anyway = self.take_back(&mut conn, prepared, &done).await;
+                    return Err(refused(source, sent_anyway));
                 }
             };
             let mut got: Vec<Option<Enqueued>> = vec![None; chunk.len()];
@@ -375,36 +570,28 @@ impl Producer {
                 }
             }
             if let Some(source) = failed {
-                return Err(self.take_back(&mut conn, prepared, &done, source).await);
+                let sent_anyway = self.take_back(&mut conn, prepared, &done).await;
+                return Err(refused(source, sent_anyway));
             }
-            for (p, e) in chunk.iter().zip(got) {
-                let e = e.ok_or_else(|| ProducerError::Protocol("a job got no reply".into()))?;
-                METRICS
-                    .enqueued
-                    .with_label_values(&[
-                        p.lane.as_str(),
-                        if e.added { "added" } else { "duplicate" },
-                    ])
-                    .inc();
-                out.push(e);
+            for e in got {
+                out.push(e.ok_or_else(|| ProducerError::Protocol("a job got no reply".into()))?);
             }
         }
-        Ok(out)
+        Ok((out, conn, done))
     }
 
-    /// A call of the batch failed with `source`: take back every job the calls in `done` added
-    /// (`lua/unenqueue.lua`), so a batch reported failed enqueued nothing; say what failed.
+    /// Take back every job the calls in `done` added (`lua/unenqueue.lua`), so a batch
+    /// reported failed enqueued nothing; returns how many a worker had read already (those
+    /// stay, and will be sent).
     async fn take_back(
         &self,
         conn: &mut crate::stream::conn::Connection,
         prepared: &[Prepared],
         done: &[(usize, Vec<usize>)],
-        source: redis::RedisError,
-    ) -> ProducerError {
-        let full = source.code() == Some("OOM");
+    ) -> usize {
         let mut cmds = Vec::new();
         for (c, batch) in done {
-            let chunk = &prepared[c * CHUNK..(c * CHUNK + CHUNK).min(prepared.len())];
+            let chunk = chunk_of(prepared, *c);
             let (stream, delayed) = self.stream_keys(&chunk[batch[0]]);
             let mut keys = vec![stream, delayed];
             keys.extend(batch.iter().map(|&i| self.dedup_key(&chunk[i])));
@@ -433,146 +620,40 @@ impl Producer {
                 Err(e) => tracing::warn!(error.message = %e, "could not take back a failed batch"),
             }
         }
-        if full {
-            ProducerError::QueueFull { sent_anyway }
-        } else {
-            ProducerError::Redis {
-                doing: "enqueueing",
-                source,
-            }
+        sent_anyway
+    }
+}
+
+/// What [`Producer::enqueue`] hands on: one reply per job, the connection the writes went
+/// over (a `WAIT` must follow on it), and the calls that added jobs as (chunk, indexes).
+type Sent = (
+    Vec<Enqueued>,
+    crate::stream::conn::Connection,
+    Vec<(usize, Vec<usize>)>,
+);
+
+/// Chunk `c` of a send.
+fn chunk_of(prepared: &[Prepared], c: usize) -> &[Prepared] {
+    &prepared[c * CHUNK..(c * CHUNK + CHUNK).min(prepared.len())]
+}
+
+/// The error of a batch a Redis call failed, after its take-back.
+fn refused(source: redis::RedisError, sent_anyway: usize) -> ProducerError {
+    if source.code() == Some("OOM") {
+        ProducerError::QueueFull { sent_anyway }
+    } else {
+        ProducerError::Redis {
+            doing: "enqueueing",
+            source,
         }
     }
 }
 
-/// Most jobs in one enqueue.lua call, and most payload bytes: a call is one unit of work for
-/// Redis (every other client waits while it runs), so a batch is cut into calls of about a
-/// millisecond.
-const PER_CALL: usize = 64;
-const PER_CALL_BYTES: usize = 1 << 20;
-
-/// The stream a prepared job is written to: (partition, lane, tenant for bulk).
-type StreamOf<'a> = (u16, Lane, Option<&'a str>);
-
-fn stream_of(p: &Prepared) -> StreamOf<'_> {
-    let tenant = match p.lane {
-        Lane::Bulk => p.email.tenant.as_deref(),
-        Lane::Tx => None,
-    };
-    (p.partition, p.lane, tenant)
-}
-
-/// Indexes into `chunk` grouped by stream, in order within a stream, cut at [`PER_CALL`] jobs
-/// or [`PER_CALL_BYTES`]: one enqueue.lua call each.
-fn enqueue_batches(chunk: &[Prepared]) -> Vec<Vec<usize>> {
-    // Per stream: its jobs so far in the open call, and their payload bytes.
-    let mut open: Vec<(StreamOf<'_>, Vec<usize>, usize)> = Vec::new();
-    let mut done = Vec::new();
-    for (i, p) in chunk.iter().enumerate() {
-        let key = stream_of(p);
-        let at = match open.iter().position(|(k, _, _)| *k == key) {
-            Some(at) => at,
-            None => {
-                open.push((key, Vec::new(), 0));
-                open.len() - 1
-            }
-        };
-        let (_, ids, bytes) = &mut open[at];
-        if !ids.is_empty()
-            && (ids.len() >= PER_CALL || *bytes + p.payload_json.len() > PER_CALL_BYTES)
-        {
-            done.push(std::mem::take(ids));
-            *bytes = 0;
-        }
-        ids.push(i);
-        *bytes += p.payload_json.len();
+fn count_enqueued(prepared: &[Prepared], out: &[Enqueued]) {
+    for (p, e) in prepared.iter().zip(out) {
+        METRICS
+            .enqueued
+            .with_label_values(&[p.lane.as_str(), if e.added { "added" } else { "duplicate" }])
+            .inc();
     }
-    done.extend(
-        open.into_iter()
-            .map(|(_, ids, _)| ids)
-            .filter(|v| !v.is_empty()),
-    );
-    done
-}
-
-impl Producer {
-    /// One enqueue.lua call for the jobs `batch` names (indexes into `chunk`, one stream).
-    /// The stream a prepared job is written to, and its lane's delayed set.
-    fn stream_keys(&self, p: &Prepared) -> (String, String) {
-        let (partition, lane, tenant) = stream_of(p);
-        let stream = self.keys.source(&stream::Source {
-            partition,
-            lane,
-            tenant: tenant.map(Arc::from),
-        });
-        (stream, self.keys.delayed_of(partition, lane))
-    }
-
-    /// A prepared job's dedup marker (a placeholder key for a job without one: enqueue.lua
-    /// and unenqueue.lua touch it only with a key).
-    fn dedup_key(&self, p: &Prepared) -> String {
-        let idem = p.idempotency_key.as_deref().unwrap_or("");
-        self.keys
-            .dedup(p.partition, if idem.is_empty() { "-" } else { idem })
-    }
-
-    fn enqueue_cmd(&self, chunk: &[Prepared], batch: &[usize], ttl_ms: u64) -> redis::Cmd {
-        let first = &chunk[batch[0]];
-        let (partition, lane, tenant) = stream_of(first);
-        let (stream, delayed) = self.stream_keys(first);
-        let mut keys = vec![
-            self.dedup_key(first),
-            stream,
-            delayed,
-            self.keys.bulk_ring(partition),
-            self.keys.bulk_bell(partition),
-        ];
-        keys.extend(batch[1..].iter().map(|&i| self.dedup_key(&chunk[i])));
-        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let mut c = ENQUEUE.call(&refs);
-        c.arg(first.id.to_string())
-            .arg(first.idempotency_key.as_deref().unwrap_or(""))
-            .arg(first.enqueued_at_ms)
-            .arg(&first.payload_json)
-            .arg(ttl_ms)
-            .arg(first.due_ms)
-            .arg(lane.as_str())
-            .arg(tenant.unwrap_or(""))
-            .arg(crate::stream::GROUP);
-        for &i in &batch[1..] {
-            let p = &chunk[i];
-            c.arg(p.id.to_string())
-                .arg(p.idempotency_key.as_deref().unwrap_or(""))
-                .arg(p.enqueued_at_ms)
-                .arg(&p.payload_json)
-                .arg(p.due_ms);
-        }
-        c
-    }
-}
-
-/// `{ id, added, id, added, ... }` from enqueue.lua.
-fn parse_replies(v: &Value) -> Result<Vec<Enqueued>, ProducerError> {
-    let Value::Array(items) = v else {
-        return Err(ProducerError::Protocol(format!("{v:?}")));
-    };
-    items
-        .chunks(2)
-        .map(|pair| parse_reply(&Value::Array(pair.to_vec())))
-        .collect()
-}
-
-fn parse_reply(v: &Value) -> Result<Enqueued, ProducerError> {
-    if let Value::Array(items) = v
-        && let [Value::BulkString(id), Value::Int(added)] = items.as_slice()
-    {
-        let id = std::str::from_utf8(id)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| ProducerError::Protocol("job id is not a UUID".into()))?;
-        return Ok(Enqueued {
-            id,
-            added: *added == 1,
-        });
-    }
-    Err(ProducerError::Protocol(format!("{v:?}")))
 }
