@@ -6,12 +6,27 @@
 #   {"scenario":..., "emails":..., "sent":..., "lost":..., "duplicates":..., "ambiguous":..., "ok":...}
 # lost and duplicates come from the mock provider's log and Postgres; ambiguous counts the
 # attempts logged `unknown` (a worker stopped after claiming, a timeout after the request left),
-# the only events after which a duplicate is legitimate. Exits 1 if any scenario is not ok.
+# the only events after which a duplicate is legitimate. Every acknowledged enqueue counts: a job
+# Redis lost before any worker saw it is lost (`unseen` says how many had no row at all). The
+# producer's durability is the default (ledger) unless CHAOS_DURABILITY names another. Exits 1
+# if any scenario is not ok.
 #
 # Scenarios (all by default, or name some as arguments):
 #   kill            SIGKILL a random worker every 2 s and restart it (10 kills)
 #   redis-stall     CLIENT PAUSE ALL 3 s, DEBUG SLEEP 2 s, CLIENT PAUSE WRITE 2 s
 #   redis-restart   SHUTDOWN Redis (the AOF is flushed), 2 s down, start it again; twice
+#   redis-loss      Redis loses acknowledged enqueues, twice: every worker frozen (SIGSTOP) for
+#                   1.5 s while the producer's enqueues are acknowledged, then Redis SIGKILLed
+#                   and its append-only file cut back to its size at the freeze (what a host
+#                   that lost power keeps under appendfsync everysec), restarted, workers
+#                   thawed; at durability ledger the reconciler sends them from their rows
+#                   (lost 0); CHAOS_DURABILITY=redis shows the loss (lost > 0, ok false)
+#   redis-oom       Redis at maxmemory 64mb (noeviction): 4 KB emails pushed with no worker
+#                   running until Redis refuses, then workers drain while the producer goes
+#                   on; adds accepted, refused, refused_recorded, refused_sent_anyway; ok only
+#                   with every accepted job sent once, some refused, each refusal the documented
+#                   "queue full" error, and no refused job recorded beyond those the error
+#                   said a worker had already read
 #   pg-restart      stop Postgres (fast), 2 s down, start it again; twice
 #   provider-errors the mock answers 20% 503 and bursts of 429 (0.8 s every 4 s), none of which
 #                   took the email, and takes 3% then answers 500, 502 or 504 (a gateway that
@@ -29,9 +44,8 @@
 #                   (the share is judged in the full run only; CHAOS_SHORT reports it)
 #   cluster-failover  a 6-node Redis Cluster (3 masters, a replica each) of its own, 12 partitions,
 #                   3 workers; one master SIGKILLed while traffic flows (its replica takes over);
-#                   writes it had not replicated are lost with it: jobs no worker saw are counted
-#                   as redis_lost, and ok only when every job a worker saw is sent (the reconciler
-#                   re-enqueues the ones whose entries vanished)
+#                   writes it had not replicated are lost with it, and the reconciler re-sends
+#                   them from their ledger rows: ok only when every acknowledged job is sent
 #   priority        transactional email under a provider limit: `mailfleet bench --scenario
 #                   priority` with a limit of 500/s enforced by the mock, 4 workers, a bulk
 #                   backlog of 100,000 (20,000 short), tx at 20/s for 60 s (20 s short), mock
@@ -59,16 +73,18 @@
 set -euo pipefail
 
 if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
-  sed -n '2,54p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,70p' "$0" | sed 's/^# \{0,1\}//'
   echo "env: CHAOS_EMAILS (default 20000), CHAOS_SHORT=1 (fewer faults, for CI), CHAOS_KEEP=1 (keep logs),"
-  echo "     CHAOS_PROFILE=dev (use the debug build), CHAOS_DEADLINE_SECS (default 240 per scenario)"
+  echo "     CHAOS_PROFILE=dev (use the debug build), CHAOS_DEADLINE_SECS (default 240 per scenario),"
+  echo "     CHAOS_DURABILITY=ledger|replicated|redis (the producer's; default ledger)"
   exit 0
 fi
 
 cd "$(dirname "$0")/.."
 EMAILS=${CHAOS_EMAILS:-20000}
 SHORT=${CHAOS_SHORT:-0}
-SCENARIOS=${*:-kill redis-stall redis-restart pg-restart provider-errors sigterm poison leader ratelimit priority fairness failover cluster-failover}
+SCENARIOS=${*:-kill redis-stall redis-restart redis-loss redis-oom pg-restart provider-errors sigterm poison leader ratelimit priority fairness failover cluster-failover}
+if [ -n "${CHAOS_DURABILITY:-}" ]; then export MAILFLEET_DURABILITY=$CHAOS_DURABILITY; fi
 WORKERS=3
 RL_LIMIT=1000
 RL_EMAILS=${CHAOS_RL_EMAILS:-33000}
@@ -158,11 +174,12 @@ start_worker() { # slot
   WPID[$1]=$!
 }
 
-jobs_chunk() { # first count -> JSONL; idempotency keys make a retried chunk safe
-  awk -v first="$1" -v n="$2" -v sc="$SC" 'BEGIN {
+jobs_chunk() { # first count -> JSONL; idempotency keys make a retried chunk safe; SC_PAD pads the text
+  awk -v first="$1" -v n="$2" -v sc="$SC" -v pad="${SC_PAD:-0}" 'BEGIN {
+    filler = ""; for (k = 0; k < pad; k++) filler = filler "x";
     for (i = first; i < first + n; i++) {
       lane = (i % 5 == 0) ? "tx" : "bulk";
-      printf "{\"lane\":\"%s\",\"idempotency_key\":\"%s-%d\",\"to\":[\"user%d@example.com\"],\"from\":\"Shop <shop@example.com>\",\"subject\":\"Chaos %d\",\"text\":\"Hello %d\"}\n", lane, sc, i, i, i, i;
+      printf "{\"lane\":\"%s\",\"idempotency_key\":\"%s-%d\",\"to\":[\"user%d@example.com\"],\"from\":\"Shop <shop@example.com>\",\"subject\":\"Chaos %d\",\"text\":\"Hello %d%s\"}\n", lane, sc, i, i, i, i, filler;
     }
   }'
 }
@@ -177,6 +194,31 @@ produce() { # paced over CHUNKS chunks; a chunk that fails (Redis down) is retri
     cat "$RUN/$SC-chunk.ids" >>"$RUN/$SC-ids.txt"
     first=$(( first + n ))
     sleep "$pause"
+  done
+}
+
+# redis-oom: chunks Redis refuses are not retried; their keys and the error's "except N" are kept.
+produce_until_refused() {
+  local total=$SC_EMAILS per=1000 first=0 n err
+  : >"$RUN/$SC-refused-keys.txt"; : >"$RUN/$SC-refusals.txt"
+  while [ "$first" -lt "$total" ]; do
+    n=$(( total - first < per ? total - first : per ))
+    jobs_chunk "$first" "$n" >"$RUN/$SC-chunk.jsonl"
+    while :; do
+      if "$BIN" send --file "$RUN/$SC-chunk.jsonl" >"$RUN/$SC-chunk.ids" 2>"$RUN/$SC-chunk.err"; then
+        cat "$RUN/$SC-chunk.ids" >>"$RUN/$SC-ids.txt"; break
+      fi
+      err=$(grep -m1 '^error:' "$RUN/$SC-chunk.err" || tail -n1 "$RUN/$SC-chunk.err")
+      cat "$RUN/$SC-chunk.err" >>"$RUN/$SC-send.err"
+      if grep -q 'queue is full' <<<"$err"; then
+        echo "$err" >>"$RUN/$SC-refusals.txt"
+        awk -v first="$first" -v n="$n" -v sc="$SC" 'BEGIN { for (i = first; i < first + n; i++) printf "%s-%d\n", sc, i }' \
+          >>"$RUN/$SC-refused-keys.txt"
+        break
+      fi
+      sleep 0.5  # Redis unreachable, not full: the same chunk again
+    done
+    first=$(( first + n ))
   done
 }
 
@@ -249,12 +291,6 @@ cluster_stop() {
   CPID=(); CPORTS=()
 }
 
-open_count() { # rows a worker saw that are not final yet
-  psql "$MAILFLEET_DATABASE_URL" -Atqc \
-    "select count(*) from emails where status not in ('sent','failed','dead','suppressed','unknown')" 2>/dev/null || echo 1
-}
-row_count() { psql "$MAILFLEET_DATABASE_URL" -Atqc "select count(*) from emails" 2>/dev/null || echo 0; }
-
 poison() { # n malformed entries of assorted kinds into the lanes
   local n=$1 i key
   for i in $(seq "$n"); do
@@ -270,6 +306,27 @@ poison() { # n malformed entries of assorted kinds into the lanes
     esac
   done | rcli >/dev/null
 }
+
+redis_loss() { # workers frozen, enqueues acknowledged, then Redis loses everything since the freeze
+  local k aof size slot
+  for k in 1 2; do
+    sleep 3
+    aof=$(ls -1 "$MAILFLEET_SERVICES_DIR"/redis/appendonlydir/*.incr.aof 2>/dev/null | sort -V | tail -n1)
+    [ -n "$aof" ] || { log "redis-loss: no append-only file found"; return 1; }
+    size=$(stat -c %s "$aof")
+    for slot in $(seq "$WORKERS"); do kill -STOP "${WPID[$slot]}" 2>/dev/null || true; done
+    sleep 1.5
+    kill -KILL "$(cat "$MAILFLEET_SERVICES_DIR/redis.pid")" 2>/dev/null || true
+    for _ in $(seq 50); do redis_up || break; sleep 0.1; done
+    truncate -s "$size" "$aof"
+    log "redis-loss: Redis killed; its append-only file cut back to the freeze ($(basename "$aof"), $size bytes)"
+    for slot in $(seq "$WORKERS"); do kill -CONT "${WPID[$slot]}" 2>/dev/null || true; done
+    sleep 1
+    services >/dev/null 2>&1
+    rcli CONFIG SET auto-aof-rewrite-percentage 0 >/dev/null  # the file cut back stays the last one
+  done
+}
+redis_up() { rcli PING >/dev/null 2>&1; }
 
 redis_restart() {
   rcli SHUTDOWN >/dev/null 2>&1 || true
@@ -386,6 +443,12 @@ inject() { # the scenario's faults, while traffic flows
       sleep 3; rcli CLIENT PAUSE 2000 WRITE >/dev/null ;;
     redis-restart)
       for k in 1 2; do sleep 3; redis_restart; done ;;
+    redis-loss)
+      redis_loss ;;
+    redis-oom) # no worker until Redis refuses a chunk (or 60 s), then every worker drains
+      for _ in $(seq 600); do [ -s "$RUN/$SC-refusals.txt" ] && break; sleep 0.1; done
+      log "redis-oom: $(wc -l <"$RUN/$SC-refusals.txt") refusal(s) so far; starting the workers"
+      for slot in $(seq "$WORKERS"); do start_worker "$slot"; done ;;
     pg-restart)
       for k in 1 2; do sleep 3; pg_restart; done ;;
     poison)
@@ -481,6 +544,27 @@ sys.exit(0 if line["ok"] else 1)
 PY
 }
 
+judge_oom() { # the report over the accepted jobs, plus what became of the refused ones
+  local line recorded
+  line=$("$BIN" report --ids "$RUN/$SC-ids.txt" --mock-log "$RUN/$SC-mock.jsonl" --seconds "$SECS" --label "$SC" --json) || true
+  recorded=$(printf '%s\n' "create temp table k(key text);" "\\copy k from '$RUN/$SC-refused-keys.txt'" \
+      "select count(*) from emails e join k on e.idempotency_key = k.key;" \
+    | psql "$MAILFLEET_DATABASE_URL" -Atq 2>/dev/null | tail -n1)
+  python3 - "$line" "$RUN/$SC-refusals.txt" "$RUN/$SC-refused-keys.txt" "${recorded:-0}" <<'PY'
+import json, re, sys
+line = json.loads(sys.argv[1]) if sys.argv[1].strip() else {"scenario": "redis-oom", "ok": False}
+refusals = [l for l in open(sys.argv[2]) if l.strip()]
+refused = sum(1 for l in open(sys.argv[3]) if l.strip())
+anyway = sum(int(m.group(1)) for l in refusals for m in [re.search(r"except (\d+) job", l)] if m)
+documented = all("the queue is full (Redis is at maxmemory); nothing of the batch was enqueued" in l for l in refusals)
+line.update({"accepted": line.get("emails"), "refused": refused,
+             "refused_recorded": int(sys.argv[4]), "refused_sent_anyway": anyway})
+line["ok"] = bool(line.get("ok")) and refused > 0 and documented and int(sys.argv[4]) <= anyway
+print(json.dumps(line, separators=(",", ":")))
+sys.exit(0 if line["ok"] else 1)
+PY
+}
+
 final_count() {
   psql "$MAILFLEET_DATABASE_URL" -Atqc \
     "select count(*) from emails where status in ('sent','failed','dead','suppressed','unknown')" 2>/dev/null || echo 0
@@ -494,7 +578,7 @@ for SC in $SCENARIOS; do
     priority) run_priority || failures=$(( failures + 1 )); continue ;;
     fairness) run_fairness || failures=$(( failures + 1 )); continue ;;
     *) log "unknown scenario $SC"; exit 2 ;; esac
-  WORKERS=3; unset SC_EMAILS SC_CHUNKS SC_PAUSE MAILFLEET_CONFIG
+  WORKERS=3; unset SC_EMAILS SC_CHUNKS SC_PAUSE SC_PAD MAILFLEET_CONFIG
   export MAILFLEET_REDIS_URL=$REDIS MAILFLEET_PARTITIONS=1
   case $SC in
     ratelimit) WORKERS=4; SC_EMAILS=$RL_EMAILS; SC_CHUNKS=8; SC_PAUSE=0.2 ;;
@@ -503,6 +587,10 @@ for SC in $SCENARIOS; do
       cluster_start
       export MAILFLEET_REDIS_URL=$CLUSTER_URL MAILFLEET_PARTITIONS=12 ;;
     failover) SC_EMAILS=6000; SC_CHUNKS=30; SC_PAUSE=1 ;;
+    redis-oom)
+      SC_EMAILS=30000; SC_PAD=4000
+      rcli CONFIG SET maxmemory 64mb >/dev/null; rcli CONFIG SET maxmemory-policy noeviction >/dev/null ;;
+    redis-loss) rcli CONFIG SET auto-aof-rewrite-percentage 0 >/dev/null ;;
   esac
   if [ "$SC" = leader ]; then log "scenario $SC: a schedule every second to $MEMBERS members for ${LEADER_SECS}s"
   else log "scenario $SC: ${SC_EMAILS:-$EMAILS} emails, $WORKERS workers"; fi
@@ -547,7 +635,7 @@ for SC in $SCENARIOS; do
       export MAILFLEET_CONFIG=$RUN/$SC.toml
       BREAKERS_OPEN=0 ;;
   esac
-  for slot in $(seq "$WORKERS"); do start_worker "$slot"; done
+  if [ "$SC" != redis-oom ]; then for slot in $(seq "$WORKERS"); do start_worker "$slot"; done; fi
 
   START=$(date +%s.%N)
   schedule_args=()
@@ -567,32 +655,17 @@ for SC in $SCENARIOS; do
     sleep 2  # a fan-out under way when the schedule paused finishes
     psql "$MAILFLEET_DATABASE_URL" -Atqc "select id from emails where idempotency_key like 'sched:%'" >"$RUN/$SC-ids.txt"
   else
-    produce &
+    if [ "$SC" = redis-oom ]; then produce_until_refused & else produce & fi
     PRODUCER=$!
     inject
     wait "$PRODUCER"
   fi
   want=$(sort -u "$RUN/$SC-ids.txt" | wc -l)
   deadline=$(( $(date +%s) + DEADLINE_SECS ))
-  if [ "$SC" = cluster-failover ]; then
-    # Jobs Redis lost before any worker saw them never get a row: settled once every row is
-    # final and no new row appeared for longer than the reconciler's delay.
-    last_rows=-1; still=0
-    while [ "$(final_count)" -lt "$want" ]; do
-      rows=$(row_count)
-      if [ "$(open_count)" = 0 ] && [ "$rows" = "$last_rows" ]; then still=$(( still + 1 )); else still=0; fi
-      last_rows=$rows
-      [ "$still" -ge 60 ] && break
-      if [ "$(date +%s)" -ge "$deadline" ]; then log "$SC: not settled after ${DEADLINE_SECS}s"; break; fi
-      sleep 0.5
-    done
-    report_args=(--count-redis-loss)
-  else
-    while [ "$(final_count)" -lt "$want" ] || [ "$(dead_count)" -lt "$POISON" ]; do
-      if [ "$(date +%s)" -ge "$deadline" ]; then log "$SC: not settled after ${DEADLINE_SECS}s"; break; fi
-      sleep 0.5
-    done
-  fi
+  while [ "$(final_count)" -lt "$want" ] || [ "$(dead_count)" -lt "$POISON" ]; do
+    if [ "$(date +%s)" -ge "$deadline" ]; then log "$SC: not settled after ${DEADLINE_SECS}s"; break; fi
+    sleep 0.5
+  done
   SECS=$(awk -v s="$START" -v e="$(date +%s.%N)" 'BEGIN { printf "%.2f", e - s }')
 
   if [ "$SC" = leader ]; then
@@ -610,7 +683,10 @@ for SC in $SCENARIOS; do
     report_args=(--failover-primary sendgrid --outage-from-ms "$from" --outage-until-ms "$until" --breaker-open-seen "$BREAKERS_OPEN")
   fi
   WPID=(); MOCK_PID=""; MOCK2_PID=""
-  if ! "$BIN" report --ids "$RUN/$SC-ids.txt" --mock-log "$RUN/$SC-mock.jsonl" --seconds "$SECS" \
+  if [ "$SC" = redis-oom ]; then
+    rcli CONFIG SET maxmemory 0 >/dev/null
+    if ! judge_oom; then failures=$(( failures + 1 )); fi
+  elif ! "$BIN" report --ids "$RUN/$SC-ids.txt" --mock-log "$RUN/$SC-mock.jsonl" --seconds "$SECS" \
       --label "$SC" --json --expect-dead-letters "$POISON" "${strict[@]}" "${schedule_args[@]}" "${report_args[@]}"; then
     failures=$(( failures + 1 ))
     if [ "$SC" = leader ]; then log "leader: runs before $UNTIL:"; ticks_diagnose "$UNTIL"; fi

@@ -38,11 +38,10 @@ pub struct Report {
     pub ambiguous: i64,
     /// Enqueued jobs not in a final state (or with no row at all).
     pub not_final: i64,
-    /// Enqueued jobs with no row in Postgres: no worker ever claimed them (counted in `lost`
-    /// and `not_final` too, unless [`Report::count_redis_loss`] moves them out).
+    /// Enqueued jobs with no row in Postgres: neither a ledger nor a worker ever recorded
+    /// them (Redis lost them before anyone did). Counted in `lost` and `not_final` too: an
+    /// acknowledged enqueue nobody sends is lost, whatever lost it.
     pub unseen: usize,
-    /// Set by [`Report::count_redis_loss`]: jobs Redis lost before any worker saw them.
-    pub redis_lost: Option<usize>,
     pub seconds: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -67,15 +66,6 @@ impl Report {
         ));
         s
     }
-    /// For a run that loses Redis data on purpose (a cluster master killed before its replica
-    /// had every write): jobs no worker ever saw cannot be sent by anyone, so they are counted
-    /// apart as `redis_lost`, and `lost`/`not_final` judge only the jobs a worker saw.
-    pub fn count_redis_loss(&mut self) {
-        self.lost -= self.unseen.min(self.lost);
-        self.not_final -= (self.unseen as i64).min(self.not_final);
-        self.redis_lost = Some(self.unseen);
-    }
-
     /// Whether the run kept the guarantees: nothing lost, every job final, and no duplicate
     /// beyond the ambiguous events (none at all when `strict`).
     pub fn ok(&self, strict: bool) -> bool {
@@ -94,7 +84,7 @@ impl Report {
         expect_dead: Option<u64>,
     ) -> serde_json::Value {
         let ok = self.ok(strict) && expect_dead.is_none_or(|n| n == dead_letters);
-        let mut v = serde_json::json!({
+        serde_json::json!({
             "scenario": scenario,
             "emails": self.enqueued,
             "sent": self.count(Status::Sent),
@@ -106,13 +96,10 @@ impl Report {
             "dead": self.count(Status::Dead),
             "unknown": self.count(Status::Unknown),
             "dead_letters": dead_letters,
+            "unseen": self.unseen,
             "seconds": (self.seconds * 10.0).round() / 10.0,
             "ok": ok,
-        });
-        if let Some(n) = self.redis_lost {
-            v["redis_lost"] = n.into();
-        }
-        v
+        })
     }
 
     pub fn line(&self, label: &str) -> String {
@@ -169,6 +156,7 @@ pub async fn build(
     )
     .await?
     .into_iter()
+    .chain(store::emails::duplicates_sent_by_twin(pool, &ids).await?)
     .collect();
     let lost = ids
         .iter()
@@ -192,7 +180,6 @@ pub async fn build(
         ambiguous,
         not_final: (ids.len() - final_n) as i64,
         unseen,
-        redis_lost: None,
         seconds,
         p50_ms: summary.p50_ms,
         p99_ms: summary.p99_ms,
@@ -359,8 +346,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn jobs_no_worker_saw_move_from_lost_to_redis_lost_only_when_asked() {
-        let mut r = Report {
+    fn jobs_nobody_recorded_are_lost_and_shown_as_unseen() {
+        let r = Report {
             enqueued: 100,
             lost: 3,
             not_final: 3,
@@ -368,13 +355,9 @@ mod tests {
             ..Report::default()
         };
         assert!(!r.ok(false));
-        assert!(r.json("x", false, 0, None).get("redis_lost").is_none());
-        r.count_redis_loss();
-        assert_eq!((r.lost, r.not_final, r.redis_lost), (1, 1, Some(2)));
-        assert!(!r.ok(false), "a job a worker saw is still lost");
         let v = r.json("x", false, 0, None);
-        assert_eq!(v["redis_lost"], 2);
-        assert_eq!(v["lost"], 1);
+        assert_eq!((v["lost"].as_u64(), v["unseen"].as_u64()), (Some(3), Some(2)));
+        assert_eq!(v["ok"], false);
     }
 }
 

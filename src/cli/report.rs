@@ -58,10 +58,6 @@ pub struct ReportArgs {
     pub outage_from_ms: Option<i64>,
     #[arg(long)]
     pub outage_until_ms: Option<i64>,
-    /// Count jobs no worker ever saw (no row in Postgres) as `redis_lost` rather than `lost`:
-    /// for runs that lose Redis writes on purpose (scenario cluster-failover).
-    #[arg(long)]
-    pub count_redis_loss: bool,
     /// Workers whose metrics showed the primary's breaker open during the outage.
     #[arg(long, default_value_t = 0)]
     pub breaker_open_seen: u64,
@@ -69,10 +65,7 @@ pub struct ReportArgs {
 
 pub async fn run(g: Global, a: ReportArgs) -> anyhow::Result<()> {
     let pool = store::connect(g.database_url.expose(), 2).await?;
-    let mut r = report::build(&pool, &a.ids, &a.mock_log, a.seconds).await?;
-    if a.count_redis_loss {
-        r.count_redis_loss();
-    }
+    let r = report::build(&pool, &a.ids, &a.mock_log, a.seconds).await?;
     if !a.json {
         print!("{}", r.table());
         println!("{}", r.line(&a.label));

@@ -253,6 +253,25 @@ pub async fn ids_with_status(
         .map_err(q("selecting emails by status"))
 }
 
+/// Which of `ids` were refused as `duplicate` while another job holding the same (tenant,
+/// idempotency key) was sent: their email went out under that job's id.
+pub async fn duplicates_sent_by_twin(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError> {
+    sqlx::query_scalar(
+        "SELECT d.id FROM emails d
+          WHERE d.id = ANY($1) AND d.status = $2
+            AND EXISTS (SELECT 1 FROM emails s
+                         WHERE s.idempotency_key = d.idempotency_key
+                           AND s.tenant IS NOT DISTINCT FROM d.tenant
+                           AND s.id <> d.id AND s.status = $3)",
+    )
+    .bind(ids)
+    .bind(Status::Duplicate)
+    .bind(Status::Sent)
+    .fetch_all(pool)
+    .await
+    .map_err(q("selecting duplicates sent by their twin"))
+}
+
 /// Which of `ids` have a row (a worker claimed them at least once).
 pub async fn existing(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError> {
     sqlx::query_scalar("SELECT id FROM emails WHERE id = ANY($1)")
