@@ -11,11 +11,16 @@ pub struct Figures {
     /// Redis: `single` or `cluster` (6 local nodes, 3 masters).
     pub redis: &'static str,
     pub partitions: u16,
+    /// The producer's enqueue durability (`ledger`, `replicated` or `redis`).
+    pub durability: &'static str,
     pub offered_per_sec: Option<u64>,
     pub payload_bytes: usize,
     pub mock_latency_ms: u64,
     pub seconds: f64,
     pub emails_per_sec: f64,
+    /// Emails the producer enqueued per second (at the maximum rate, while the workers drain).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enqueue_per_sec: Option<f64>,
     pub p50_ms: f64,
     pub p95_ms: f64,
     pub p99_ms: f64,
@@ -85,6 +90,13 @@ impl Figures {
             "  throughput        {:>10.0} emails/s over {:.2} s",
             f.emails_per_sec, f.seconds
         );
+        if let Some(r) = f.enqueue_per_sec {
+            let _ = writeln!(
+                o,
+                "  enqueue           {r:>10.0} emails/s (durability {})",
+                f.durability
+            );
+        }
         let _ = writeln!(
             o,
             "  enqueue→recorded  p50 {:.1} ms  p95 {:.1} ms  p99 {:.1} ms  max {:.1} ms",

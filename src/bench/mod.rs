@@ -3,6 +3,7 @@
 //! `cli/` it prints and returns `anyhow` errors; nothing in the library calls it. `cli/bench.rs`
 //! only hands it its settings (`config::BenchArgs`).
 
+mod durability;
 mod figures;
 mod pipeline;
 mod procs;

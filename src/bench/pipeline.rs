@@ -113,6 +113,9 @@ pub async fn run(g: Global, a: PipelineArgs) -> anyhow::Result<()> {
     if a.cluster {
         return run_cluster(g, a).await;
     }
+    if a.scenario == Scenario::Durability {
+        return super::durability::run(g, a).await;
+    }
     let scratch = Scratch::new(&g).await?;
     let result = measure(&g, &scratch, &a, None).await;
     scratch.finish(&g, a.keep).await?;
@@ -173,7 +176,7 @@ async fn run_cluster(g: Global, a: PipelineArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn measure(
+pub(super) async fn measure(
     g: &Global,
     s: &Scratch,
     a: &PipelineArgs,
@@ -254,8 +257,11 @@ async fn measure(
     let mut polls = 0i64;
 
     let mut producing: Option<tokio::task::JoinHandle<anyhow::Result<()>>> = None;
+    // The maximum-rate producer's own time, for its enqueue rate.
+    let mut enqueue_timer: Option<tokio::task::JoinHandle<anyhow::Result<Duration>>> = None;
+    let mut enqueue_took: Option<Duration> = None;
     let total = match a.scenario {
-        Scenario::Throughput => {
+        Scenario::Throughput | Scenario::Durability => {
             let tx_every = if a.tx_share > 0.0 {
                 (1.0 / a.tx_share.clamp(0.0, 1.0)).round().max(1.0) as u64
             } else {
@@ -263,7 +269,8 @@ async fn measure(
             };
             let p = producer.clone();
             let (n, rate, body) = (a.emails, a.rate, body.clone());
-            tokio::spawn(async move {
+            enqueue_timer = Some(tokio::spawn(async move {
+                let began = Instant::now();
                 produce(
                     &p,
                     0,
@@ -278,8 +285,9 @@ async fn measure(
                     },
                     &body,
                 )
-                .await
-            });
+                .await?;
+                Ok(began.elapsed())
+            }));
             a.emails
         }
         Scenario::Priority => {
@@ -378,6 +386,10 @@ async fn measure(
             }
         } else if Instant::now() >= next_poll {
             next_poll = Instant::now() + Duration::from_millis(100);
+            if let Some(h) = enqueue_timer.take_if(|h| h.is_finished()) {
+                // A failed enqueue ends the run now, not at the timeout.
+                enqueue_took = Some(h.await.context("the producer task")??);
+            }
             let d = {
                 let mut c = redis.get().await?;
                 crate::stream::depth::read(&mut *c, &s_keys(&global), None).await?
@@ -409,6 +421,9 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let emails = total + tx_sent;
+    if let Some(h) = enqueue_timer.take() {
+        enqueue_took = Some(h.await.context("the producer task")??);
+    }
 
     // Evidence, before the workers stop.
     let calls_after = match cluster {
@@ -487,11 +502,15 @@ async fn measure(
             "single"
         },
         partitions: g.partitions,
+        durability: g.durability.as_str(),
         offered_per_sec: (a.rate > 0 && a.scenario == Scenario::Throughput).then_some(a.rate),
         payload_bytes: a.payload_bytes,
         mock_latency_ms: a.mock_latency_ms,
         seconds: round(seconds, 2),
         emails_per_sec: round(all.count as f64 / seconds, 0),
+        enqueue_per_sec: enqueue_took
+            .filter(|_| a.rate == 0)
+            .map(|d| round(a.emails as f64 / d.as_secs_f64().max(0.001), 0)),
         p50_ms: round(all.p50_ms, 1),
         p95_ms: round(all.p95_ms, 1),
         p99_ms: round(all.p99_ms, 1),

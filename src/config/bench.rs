@@ -46,6 +46,10 @@ pub enum Scenario {
     /// `--tenants` tenants with `--tenant-emails` each plus tenant `big` with `--emails`, all
     /// at once: Redis commands per email and Redis CPU as the tenant count grows.
     Tenants,
+    /// `--emails` at the maximum rate once per enqueue durability (ledger, replicated, redis),
+    /// on a Redis master with one replica started for the run: emails/s end to end and
+    /// enqueued/s, Redis commands and Postgres transactions per email, for each level.
+    Durability,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -146,6 +146,59 @@ impl LocalCluster {
         Ok(c)
     }
 
+    /// Not a cluster: one master and its replica (`url` names the master), linked before this
+    /// returns. For measuring enqueue durability `replicated` against the other levels.
+    pub async fn replicated_pair() -> Result<Self, LocalClusterError> {
+        let dir = std::env::temp_dir().join(format!(
+            "mailfleet-pair-{}",
+            uuid::Uuid::now_v7().simple()
+        ));
+        let io = |what| move |source| LocalClusterError::Spawn { what, source };
+        std::fs::create_dir_all(&dir).map_err(io("the pair's directory"))?;
+        let ports = [free_port()?, free_port()?];
+        let mut c = LocalCluster {
+            url: format!("redis://127.0.0.1:{}", ports[0]),
+            ports: ports.to_vec(),
+            dir: dir.clone(),
+            nodes: Vec::new(),
+        };
+        for (i, &port) in ports.iter().enumerate() {
+            let node_dir = dir.join(port.to_string());
+            std::fs::create_dir_all(&node_dir).map_err(io("a node directory"))?;
+            let mut cmd = Command::new("redis-server");
+            cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .arg("--dir")
+                .arg(&node_dir)
+                .args(["--repl-diskless-sync-delay", "0", "--appendonly", "no"])
+                .args(["--save", "", "--daemonize", "no"]);
+            if i == 1 {
+                cmd.args(["--replicaof", "127.0.0.1", &ports[0].to_string()]);
+            }
+            let child = cmd
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(io("redis-server (scripts/services.sh installs it)"))?;
+            c.nodes.push(Some(child));
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let linked = node_text(ports[1], &["INFO", "replication"])
+                .await
+                .is_some_and(|t| t.contains("master_link_status:up"));
+            if linked {
+                return Ok(c);
+            }
+            if Instant::now() >= deadline {
+                return Err(LocalClusterError::NotReady(format!(
+                    "the replica on {} did not link to its master on {}",
+                    ports[1], ports[0]
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The process ids of the live nodes (for their CPU time).
     pub fn pids(&self) -> Vec<u32> {
         self.nodes.iter().flatten().map(Child::id).collect()
