@@ -356,7 +356,10 @@ mod tests {
         };
         assert!(!r.ok(false));
         let v = r.json("x", false, 0, None);
-        assert_eq!((v["lost"].as_u64(), v["unseen"].as_u64()), (Some(3), Some(2)));
+        assert_eq!(
+            (v["lost"].as_u64(), v["unseen"].as_u64()),
+            (Some(3), Some(2))
+        );
         assert_eq!(v["ok"], false);
     }
 }

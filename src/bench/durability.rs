@@ -11,7 +11,11 @@ use crate::config::{Durability, Global, PipelineArgs, Secret};
 use crate::stream::local_cluster::LocalCluster;
 use anyhow::{Context, bail};
 
-const LEVELS: [Durability; 3] = [Durability::Ledger, Durability::Replicated, Durability::Redis];
+const LEVELS: [Durability; 3] = [
+    Durability::Ledger,
+    Durability::Replicated,
+    Durability::Redis,
+];
 
 pub async fn run(g: Global, a: PipelineArgs) -> anyhow::Result<()> {
     let pair = LocalCluster::replicated_pair()

@@ -149,10 +149,8 @@ impl LocalCluster {
     /// Not a cluster: one master and its replica (`url` names the master), linked before this
     /// returns. For measuring enqueue durability `replicated` against the other levels.
     pub async fn replicated_pair() -> Result<Self, LocalClusterError> {
-        let dir = std::env::temp_dir().join(format!(
-            "mailfleet-pair-{}",
-            uuid::Uuid::now_v7().simple()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("mailfleet-pair-{}", uuid::Uuid::now_v7().simple()));
         let io = |what| move |source| LocalClusterError::Spawn { what, source };
         std::fs::create_dir_all(&dir).map_err(io("the pair's directory"))?;
         let ports = [free_port()?, free_port()?];
