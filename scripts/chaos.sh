@@ -23,7 +23,7 @@
 #                   (lost 0); CHAOS_DURABILITY=redis shows the loss (lost > 0, ok false)
 #   redis-oom       Redis at maxmemory 64mb (noeviction): 4 KB emails pushed with no worker
 #                   running until Redis refuses, then workers drain while the producer goes
-#                   on; adds accepted, refused, refused_recorded, refused_sent_anyway; ok only
+#                   on (2 s back-off after a refused chunk, which is not retried); adds accepted, refused, refused_recorded, refused_sent_anyway; ok only
 #                   with every accepted job sent once, some refused, each refusal the documented
 #                   "queue full" error, and no refused job recorded beyond those the error
 #                   said a worker had already read
@@ -214,6 +214,7 @@ produce_until_refused() {
         echo "$err" >>"$RUN/$SC-refusals.txt"
         awk -v first="$first" -v n="$n" -v sc="$SC" 'BEGIN { for (i = first; i < first + n; i++) printf "%s-%d\n", sc, i }' \
           >>"$RUN/$SC-refused-keys.txt"
+        sleep 2  # backs off, as the API's Retry-After asks, while the workers drain
         break
       fi
       sleep 0.5  # Redis unreachable, not full: the same chunk again
@@ -573,7 +574,7 @@ dead_count() { rcli XLEN "$MAILFLEET_PREFIX:{0}:dead" 2>/dev/null || echo 0; }
 
 failures=0
 for SC in $SCENARIOS; do
-  case $SC in kill|redis-stall|redis-restart|pg-restart|provider-errors|sigterm|poison|leader) ;;
+  case $SC in kill|redis-stall|redis-restart|redis-loss|redis-oom|pg-restart|provider-errors|sigterm|poison|leader) ;;
     ratelimit|failover|cluster-failover) ;;
     priority) run_priority || failures=$(( failures + 1 )); continue ;;
     fairness) run_fairness || failures=$(( failures + 1 )); continue ;;
