@@ -61,10 +61,12 @@ pub static LEASE: LazyLock<Lua> =
 
 pub static TRIM: LazyLock<Lua> =
     LazyLock::new(|| Lua::new("trim", include_str!("../lua/trim.lua")));
+pub static BACKLOG: LazyLock<Lua> =
+    LazyLock::new(|| Lua::new("backlog", include_str!("../lua/backlog.lua")));
 pub static RATELIMIT: LazyLock<Lua> =
     LazyLock::new(|| Lua::new("ratelimit", include_str!("../lua/ratelimit.lua")));
 
-fn all() -> [&'static Lua; 15] {
+fn all() -> [&'static Lua; 16] {
     [
         &ENQUEUE,
         &UNENQUEUE,
@@ -81,6 +83,7 @@ fn all() -> [&'static Lua; 15] {
         &LEASE,
         &RATELIMIT,
         &TRIM,
+        &BACKLOG,
     ]
 }
 

@@ -11,6 +11,7 @@
 //! Redis commands are issued here and by `scripts.rs`, the producer, `lease/`, `ratelimit/`
 //! and `dlq.rs` (see ARCHITECTURE.md); every key any of them uses comes from [`keys`].
 
+pub mod backlog;
 pub mod conn;
 pub mod consumer;
 pub mod depth;

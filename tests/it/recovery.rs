@@ -6,6 +6,7 @@ use crate::support::*;
 use mailfleet::Lane;
 use mailfleet::mock::MockConfig;
 use mailfleet::store::emails::{self, NewRow};
+use mailfleet::stream::pause;
 use mailfleet::worker::AmbiguousPolicy;
 use sqlx::PgPool;
 use std::time::Duration;
@@ -267,5 +268,81 @@ async fn a_reenqueued_job_whose_old_entry_survived_is_sent_once(pg: PgPool) {
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(mock.state.counts().get(&id.to_string()), Some(&1));
+    worker.stop().await;
+}
+
+#[sqlx::test]
+async fn the_reconciler_leaves_a_job_waiting_behind_a_backlog_and_resends_one_redis_lost(
+    pg: PgPool,
+) {
+    let redis = TestRedis::new();
+    redis.ensure_groups().await;
+    // A backlog no worker reads (paused lane), its jobs ledgered and long overdue.
+    let producer = redis.producer().with_ledger(pg.clone());
+    let waiting: Vec<uuid::Uuid> = producer
+        .send_many(
+            (0..20)
+                .map(|i| job(Lane::Bulk, &format!("w{i}@example.com")))
+                .collect(),
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id.as_uuid())
+        .collect();
+    // One ledgered job whose entry Redis lost.
+    let lost = queued_row(7, None);
+    emails::insert_queued(&pg, std::slice::from_ref(&lost))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE emails SET updated_at = now() - interval '1 hour', enqueued_at = now() - interval '30 minutes'")
+        .execute(&pg)
+        .await
+        .unwrap();
+    // The backlog's entries stand at their real time (now): the group has delivered none.
+    sqlx::query("UPDATE emails SET enqueued_at = now() WHERE id = ANY($1)")
+        .bind(&waiting)
+        .execute(&pg)
+        .await
+        .unwrap();
+    let bulk = redis.keys.lane(0, Lane::Bulk);
+    let before = redis.xlen(&bulk).await;
+
+    let mock = TestMock::start(MockConfig::default()).await;
+    let mut s = settings();
+    s.reconcile_after = Duration::from_millis(200);
+    s.reconcile_interval_ms = 20;
+    // Bulk is paused: the backlog waits, as behind a provider limit.
+    pause::set(
+        &mut *redis.conn().await,
+        &redis.keys,
+        pause::Scope::Lane,
+        "bulk",
+    )
+    .await
+    .unwrap();
+    let worker = TestWorker::start(&pg, &redis, &mock.url, s).await;
+    eventually("the lost job re-enqueued", WAIT, || async {
+        let n: i32 = sqlx::query_scalar("SELECT reenqueued FROM emails WHERE id = $1")
+            .bind(lost.id)
+            .fetch_one(&pg)
+            .await
+            .unwrap();
+        (n >= 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM emails WHERE id = ANY($1) AND reenqueued > 0")
+            .bind(&waiting)
+            .fetch_one(&pg)
+            .await
+            .unwrap();
+    assert_eq!(again, 0, "no waiting job was re-enqueued");
+    assert_eq!(
+        redis.xlen(&bulk).await,
+        before + 1,
+        "only the lost job's entry was added"
+    );
     worker.stop().await;
 }

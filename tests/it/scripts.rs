@@ -861,3 +861,64 @@ async fn unenqueue_takes_back_unread_jobs_and_their_markers_but_never_a_read_one
     assert_eq!(exists(k.dedup(0, "k-2")).await, 0);
     assert_eq!(exists(k.dedup(0, "k-3")).await, 0);
 }
+
+async fn read_group(redis: &TestRedis, stream: &str, n: usize) {
+    let _: Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(GROUP)
+        .arg("c")
+        .arg("COUNT")
+        .arg(n)
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(">")
+        .query_async(&mut *redis.conn().await)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn backlog_reports_what_the_group_has_not_been_delivered_yet() {
+    use mailfleet::stream::backlog;
+    let redis = TestRedis::new();
+    let stream = redis.keys.lane(0, Lane::Bulk);
+    let missing = redis.keys.lane(0, Lane::Tx);
+    let mut conn = redis.conn().await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg(GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut *conn)
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(xadd(&redis, &stream, &[("n", &i.to_string())]).await);
+    }
+    read_group(&redis, &stream, 2).await;
+    let ms = |id: &str| id.split('-').next().unwrap().parse::<i64>().unwrap();
+    let got = backlog::read(&mut *conn, &[stream.clone(), missing], GROUP)
+        .await
+        .unwrap();
+    // The oldest undelivered entry is the third.
+    assert_eq!(got[0].oldest_ms, ms(&ids[2]));
+    assert_eq!(got[0].newest_ms, ms(&ids[4]));
+    assert!(got[0].may_hold(ms(&ids[3])), "an undelivered entry's time");
+    // No stream: nothing can be waiting there.
+    assert_eq!(
+        got[1],
+        backlog::Backlog {
+            oldest_ms: -1,
+            newest_ms: -1
+        }
+    );
+    // Everything delivered: nothing waits.
+    read_group(&redis, &stream, 10).await;
+    let got = backlog::read(&mut *conn, std::slice::from_ref(&stream), GROUP)
+        .await
+        .unwrap();
+    assert_eq!(got[0].oldest_ms, -1);
+    assert!(!got[0].may_hold(ms(&ids[3])));
+}

@@ -12,7 +12,9 @@ mod recover;
 
 pub use claim::{ClaimResult, Claimed, DeadRow, claim, touch_claims};
 pub use record::{Outcome, Tried, record};
-pub use recover::{Overdue, ambiguous_attempts, mark_dead, queued_of, revive_dead, take_overdue};
+pub use recover::{
+    Overdue, ambiguous_attempts, mark_dead, note_reenqueued, queued_of, revive_dead, take_overdue,
+};
 
 use super::{StoreError, q};
 use crate::domain::Status;

@@ -18,13 +18,30 @@ pub struct Overdue {
     pub enqueued_at: DateTime<Utc>,
     /// Dead-letter replays so far: the rebuilt entry carries them.
     pub replays: i32,
+    pub status: String,
+    pub tenant: Option<String>,
+    /// When it was due (a delayed send, a retry): when its entry was (re)added to a stream.
+    pub due_at: Option<DateTime<Utc>>,
+    /// When the reconciler last put it back on a stream.
+    pub requeued_at: Option<DateTime<Utc>>,
+}
+
+impl Overdue {
+    /// The times at which an entry of this job may have been added to a stream: when it was
+    /// due (or enqueued), and when the reconciler last re-enqueued it.
+    pub fn entry_times_ms(&self) -> impl Iterator<Item = i64> + '_ {
+        std::iter::once(self.due_at.unwrap_or(self.enqueued_at))
+            .chain(self.requeued_at)
+            .map(|t| t.timestamp_millis())
+    }
 }
 
 /// Take up to `limit` jobs that should have progressed long ago: `queued` or `retrying` rows
 /// untouched for `after` and overdue by `after`, and `sending` rows whose claim expired
-/// (`visibility_ms`) and that are untouched for `after`. Marks each one re-enqueued
-/// (`reenqueued + 1`, `updated_at = now()`), so concurrent reconcilers on other workers skip
-/// it (row locks, SKIP LOCKED) and the next pass leaves it alone for another `after`.
+/// (`visibility_ms`) and that are untouched for `after`. Stamps each one (`updated_at =
+/// now()`), so concurrent reconcilers on other workers skip it (row locks, SKIP LOCKED) and the
+/// next pass leaves it alone for another `after`, whether or not this pass re-enqueues it
+/// ([`note_reenqueued`] counts those that were).
 pub async fn take_overdue(
     pool: &PgPool,
     after: std::time::Duration,
@@ -43,9 +60,10 @@ pub async fn take_overdue(
              LIMIT $3
              FOR UPDATE SKIP LOCKED
         )
-        UPDATE emails e SET updated_at = now(), reenqueued = e.reenqueued + 1
+        UPDATE emails e SET updated_at = now()
           FROM stuck WHERE e.id = stuck.id
-        RETURNING e.id, e.lane, e.partition, e.idempotency_key, e.payload, e.enqueued_at, e.replays
+        RETURNING e.id, e.lane, e.partition, e.idempotency_key, e.payload, e.enqueued_at, e.replays,
+                  e.status, e.tenant, e.due_at, e.requeued_at
         "#,
     )
     .bind(after.as_secs_f64())
@@ -56,6 +74,21 @@ pub async fn take_overdue(
     .fetch_all(pool)
     .await
     .map_err(q("taking overdue jobs"))
+}
+
+/// Count a re-enqueue on each of `ids` (`reenqueued + 1`) and note when (`requeued_at`).
+pub async fn note_reenqueued(pool: &PgPool, ids: &[Uuid]) -> Result<u64, StoreError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let r = sqlx::query(
+        "UPDATE emails SET reenqueued = reenqueued + 1, requeued_at = now() WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .execute(pool)
+    .await
+    .map_err(q("counting re-enqueues"))?;
+    Ok(r.rows_affected())
 }
 
 /// Make the jobs among `ids` `dead` whose entry `reclaim.lua` dead-lettered at max deliveries,
