@@ -186,6 +186,8 @@ pub(super) async fn measure(
     store::migrate(&pg).await?;
     let mut global = g.clone();
     global.prefix = s.prefix.clone();
+    // The ledger's rows go to the scratch database, like the workers'.
+    global.database_url = Secret::new(s.url.clone());
     let producer = crate::Producer::for_global(&global)?;
     let redis = crate::producer::redis_pool(&global)?;
     let http = reqwest::Client::new();

@@ -166,8 +166,9 @@ pub async fn queued_of(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Overdue>, Stor
         return Ok(Vec::new());
     }
     sqlx::query_as(
-        "SELECT id, lane, partition, idempotency_key, payload, enqueued_at, replays FROM emails
-          WHERE id = ANY($1) AND status = $2 ORDER BY id",
+        "SELECT id, lane, partition, idempotency_key, payload, enqueued_at, replays, status,
+                tenant, due_at, requeued_at
+           FROM emails WHERE id = ANY($1) AND status = $2 ORDER BY id",
     )
     .bind(ids)
     .bind(Status::Queued)
