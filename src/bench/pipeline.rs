@@ -46,7 +46,16 @@ fn tenant_email(i: u64, lane: Lane, tenant: Option<&str>, body: &str) -> NewJob 
 
 /// Enqueue `n` emails of `lane` (or the mix) starting at number `first`: all at once in
 /// chunks when `rate` is 0, else paced every 10 ms.
-async fn produce(
+/// An email body of `bytes` bytes.
+pub(super) fn body_of(bytes: usize) -> String {
+    "Lorem ipsum dolor sit amet. "
+        .chars()
+        .cycle()
+        .take(bytes)
+        .collect()
+}
+
+pub(super) async fn produce(
     producer: &crate::Producer,
     first: u64,
     n: u64,
@@ -234,11 +243,7 @@ pub(super) async fn measure(
     for w in &workers {
         ready(&http, &w.metrics, Duration::from_secs(30)).await?;
     }
-    let body: String = "Lorem ipsum dolor sit amet. "
-        .chars()
-        .cycle()
-        .take(a.payload_bytes)
-        .collect();
+    let body = body_of(a.payload_bytes);
 
     let (calls_before, redis_pids) = match cluster {
         Some(c) => (c.command_calls().await?, c.pids()),
@@ -477,6 +482,8 @@ pub(super) async fn measure(
     if let Some(c) = &config {
         let _ = std::fs::remove_file(c);
     }
+    // Closed connections have flushed their statistics: the ledger's statements count too.
+    producer.close().await;
     pg.close().await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let xacts_after = store::bench::xacts(s.admin(), &s.db).await?;

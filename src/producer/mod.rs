@@ -334,6 +334,14 @@ impl Producer {
         self
     }
 
+    /// Close the ledger's Postgres pool (at `ledger`), for a producer that is done: its
+    /// connections end, and their statistics reach `pg_stat_database`.
+    pub async fn close(&self) {
+        if let Level::Ledger(pg) = &self.level {
+            pg.close().await;
+        }
+    }
+
     pub fn durability(&self) -> Durability {
         match self.level {
             Level::Ledger(_) => Durability::Ledger,
