@@ -31,15 +31,21 @@
 //! # Ok(()) }
 //! ```
 
+mod agreement;
 mod calls;
+mod error;
 
 pub use crate::config::Durability;
 use crate::domain::{Email, JobId, Lane, Payload, ValidationErrors};
 use crate::metrics::METRICS;
 use crate::scripts;
-use crate::store::{self, StoreError, emails};
+use crate::store::{self, emails};
 use crate::stream::{self, Keys};
+pub use agreement::PartitionMismatch;
+use agreement::{CHECK_WAIT, Check, check_partitions};
 use calls::{enqueue_batches, parse_replies};
+pub use error::ProducerError;
+use error::refused;
 use redis::Value;
 use sqlx::PgPool;
 use std::sync::{Arc, OnceLock};
@@ -95,75 +101,6 @@ pub struct Enqueued {
     pub added: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ProducerError {
-    #[error(transparent)]
-    Invalid(#[from] ValidationErrors),
-    #[error("payload is {size} bytes; the limit is {limit}")]
-    TooLarge { size: usize, limit: usize },
-    /// Redis is at its `maxmemory` and refused the enqueue (`noeviction`): the batch was
-    /// taken back, except `sent_anyway` jobs a worker had already read (they will be sent).
-    #[error(
-        "the queue is full (Redis is at maxmemory); nothing of the batch was enqueued{}",
-        taken_back_except(*sent_anyway)
-    )]
-    QueueFull { sent_anyway: usize },
-    /// Durability `replicated`: the masters written to did not confirm the batch on enough
-    /// replicas in time. The batch was taken back, except `sent_anyway` jobs already read.
-    #[error(
-        "Redis confirmed the enqueue on {confirmed} replica(s), not the {wanted} asked for, within {wait_ms} ms; nothing of the batch was enqueued{}",
-        taken_back_except(*sent_anyway)
-    )]
-    NotReplicated {
-        wanted: u32,
-        confirmed: i64,
-        wait_ms: u64,
-        sent_anyway: usize,
-    },
-    /// Durability `ledger`: the batch's `queued` rows could not be written to Postgres. The
-    /// batch was taken back from Redis, except `sent_anyway` jobs already read.
-    #[error(
-        "could not record the batch in Postgres ({source}); nothing of the batch was enqueued{}",
-        taken_back_except(*sent_anyway)
-    )]
-    Ledger {
-        source: StoreError,
-        sent_anyway: usize,
-    },
-    #[error("Redis failed while {doing}: {source}")]
-    Redis {
-        doing: &'static str,
-        source: redis::RedisError,
-    },
-    #[error("no Redis connection available: {0}")]
-    Pool(#[from] crate::stream::PoolError),
-    #[error("Redis answered enqueue with something unexpected: {0}")]
-    Protocol(String),
-    #[error("{0}")]
-    Partitions(PartitionMismatch),
-}
-
-/// The tail of a refused batch's message: the jobs a worker had read before the take-back.
-fn taken_back_except(sent_anyway: usize) -> String {
-    if sent_anyway > 0 {
-        format!(" except {sent_anyway} job(s) a worker had already read (they will be sent)")
-    } else {
-        String::new()
-    }
-}
-
-impl ProducerError {
-    /// The jobs of a refused batch that a worker had already read: they will be sent.
-    pub fn sent_anyway(&self) -> usize {
-        match self {
-            ProducerError::QueueFull { sent_anyway }
-            | ProducerError::NotReplicated { sent_anyway, .. }
-            | ProducerError::Ledger { sent_anyway, .. } => *sent_anyway,
-            _ => 0,
-        }
-    }
-}
-
 /// The Redis pool the shared settings describe (32 connections).
 pub fn redis_pool(g: &crate::config::Global) -> redis::RedisResult<crate::stream::Pool> {
     stream::pool(
@@ -171,61 +108,6 @@ pub fn redis_pool(g: &crate::config::Global) -> redis::RedisResult<crate::stream
         Duration::from_millis(g.redis_timeout_ms),
         32,
     )
-}
-
-/// A running partition-count check: what it found (`None` until Redis answered) and when it
-/// began.
-type Check = (
-    watch::Receiver<Option<Result<(), PartitionMismatch>>>,
-    tokio::time::Instant,
-);
-
-/// How long sends wait for the first answer of the partition-count check; after that they go
-/// on while it keeps retrying, so a stalled Redis node never holds up an enqueue for long.
-const CHECK_WAIT: Duration = Duration::from_secs(1);
-
-/// The deployment records another partition count than this producer's: its jobs would land
-/// where no worker reads.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartitionMismatch(String);
-
-impl std::fmt::Display for PartitionMismatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// The partition-count check behind [`Producer::send_prepared`]: until Redis answers (every
-/// second), or until every clone of the producer is gone.
-async fn check_partitions(
-    pool: crate::stream::Pool,
-    keys: Keys,
-    tx: watch::Sender<Option<Result<(), PartitionMismatch>>>,
-) {
-    use crate::stream::partitions::{PartitionError, agree};
-    loop {
-        let found = match pool.get().await {
-            Ok(mut conn) => match agree(&mut *conn, &keys).await {
-                Ok(()) => Some(Ok(())),
-                Err(e @ PartitionError::Mismatch { .. }) => {
-                    Some(Err(PartitionMismatch(e.to_string())))
-                }
-                Err(PartitionError::Redis(e)) => {
-                    tracing::debug!(error.message = %e, "partition count not checked yet; retrying");
-                    None
-                }
-            },
-            Err(_) => None,
-        };
-        if found.is_some() {
-            let _ = tx.send(found);
-            return;
-        }
-        tokio::select! {
-            _ = tx.closed() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
 }
 
 #[derive(Clone)]
@@ -266,12 +148,8 @@ impl Producer {
                 source,
             }
         })?;
-        let pg = store::connect_lazy(database_url, LEDGER_CONNECTIONS).map_err(|source| {
-            ProducerError::Ledger {
-                source,
-                sent_anyway: 0,
-            }
-        })?;
+        let pg = store::connect_lazy(database_url, LEDGER_CONNECTIONS)
+            .map_err(ProducerError::LedgerSetup)?;
         Ok(Self::from_pool(pool, Keys::new(prefix, partitions)).with_ledger(pg))
     }
 
@@ -643,18 +521,6 @@ type Sent = (
 /// Chunk `c` of a send.
 fn chunk_of(prepared: &[Prepared], c: usize) -> &[Prepared] {
     &prepared[c * CHUNK..(c * CHUNK + CHUNK).min(prepared.len())]
-}
-
-/// The error of a batch a Redis call failed, after its take-back.
-fn refused(source: redis::RedisError, sent_anyway: usize) -> ProducerError {
-    if source.code() == Some("OOM") {
-        ProducerError::QueueFull { sent_anyway }
-    } else {
-        ProducerError::Redis {
-            doing: "enqueueing",
-            source,
-        }
-    }
 }
 
 fn count_enqueued(prepared: &[Prepared], out: &[Enqueued]) {
