@@ -136,7 +136,40 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/emails/{id}", get(show))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(middleware::map_response(json_errors))
         .with_state(state)
+}
+
+/// Every error answer in the JSON error shape: axum's own rejections (a body over its limit,
+/// 413; a missing or unreadable body) answer in plain text, rewritten here with their text as
+/// the `error`.
+async fn json_errors(r: Response) -> Response {
+    let status = r.status();
+    let is_json = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return r;
+    }
+    let (parts, body) = r.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let error = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text
+    };
+    let mut out = (status, Json(json!({ "error": error }))).into_response();
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
 }
 
 fn problem(status: StatusCode, error: &str, details: Option<Value>) -> Reject {

@@ -158,7 +158,12 @@ async fn the_api_rejects_missing_keys_bad_fields_and_oversized_payloads(pg: PgPo
     assert_eq!(post(Some("k-1"), big).await.unwrap().status(), 413);
     let mut huge = email();
     huge["text"] = Value::String("x".repeat(200_000));
-    assert_eq!(post(Some("k-1"), huge).await.unwrap().status(), 413);
+    // Over the body limit itself: still the JSON error shape.
+    let r = post(Some("k-1"), huge).await.unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let v: Value = r.json().await.unwrap();
+    assert!(v["error"].as_str().unwrap().contains("limit"), "{v}");
 
     // Nothing was enqueued by any rejected request.
     assert_eq!(
