@@ -1,6 +1,7 @@
 use crate::config::{Global, SendArgs};
 use crate::domain::{Lane, Payload};
 use crate::producer::NewJob;
+use crate::store;
 use anyhow::{Context, bail};
 use std::io::BufRead;
 
@@ -8,6 +9,7 @@ const CHUNK: usize = 1000;
 
 pub async fn run(g: Global, a: SendArgs) -> anyhow::Result<()> {
     let producer = super::producer(&g)?;
+    let mut templates = Templates::new(&g);
     if let Some(path) = &a.file {
         let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
             Box::new(std::io::stdin().lock())
@@ -27,9 +29,11 @@ pub async fn run(g: Global, a: SendArgs) -> anyhow::Result<()> {
                 serde_json::from_str(&line).with_context(|| format!("line {}: not JSON", n + 1))?;
             batch.push(job_from_json(v).with_context(|| format!("line {}", n + 1))?);
             if batch.len() == CHUNK {
+                templates.check(&batch, total).await?;
                 total += flush(&producer, &mut batch).await?;
             }
         }
+        templates.check(&batch, total).await?;
         total += flush(&producer, &mut batch).await?;
         eprintln!("enqueued {total} emails");
         return Ok(());
@@ -58,18 +62,91 @@ pub async fn run(g: Global, a: SendArgs) -> anyhow::Result<()> {
         send_at: a.send_at,
         ..Default::default()
     };
-    let e = producer
-        .send(NewJob {
-            lane: a.lane,
-            idempotency_key: a.idem,
-            payload,
-        })
-        .await?;
+    let job = NewJob {
+        lane: a.lane,
+        idempotency_key: a.idem,
+        payload,
+    };
+    templates.check(std::slice::from_ref(&job), 0).await?;
+    let e = producer.send(job).await?;
     println!("{}", e.id);
     if !e.added {
         eprintln!("idempotency key already used: this is the first job's id; nothing was added");
     }
     Ok(())
+}
+
+/// The templates jobs name must exist: a missing one would fail each email later, at the
+/// worker, where the sender does not see it. Checked when Postgres answers (the first batch
+/// connects); if it does not, the worker checks before sending.
+struct Templates<'g> {
+    g: &'g Global,
+    pg: Option<Option<sqlx::PgPool>>,
+    known: std::collections::HashSet<String>,
+}
+
+impl<'g> Templates<'g> {
+    fn new(g: &'g Global) -> Self {
+        Templates {
+            g,
+            pg: None,
+            known: Default::default(),
+        }
+    }
+
+    /// `jobs` is the next batch; `before` emails were enqueued already.
+    async fn check(&mut self, jobs: &[NewJob], before: usize) -> anyhow::Result<()> {
+        let mut names: Vec<String> = jobs
+            .iter()
+            .filter_map(|j| j.payload.template.clone())
+            .filter(|n| !self.known.contains(n))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        if names.is_empty() {
+            return Ok(());
+        }
+        if self.pg.is_none() {
+            self.pg = Some(
+                match store::connect(self.g.database_url.expose(), 1).await {
+                    Ok(pg) => Some(pg),
+                    Err(e) => {
+                        eprintln!("warning: templates not checked: {e}");
+                        None
+                    }
+                },
+            );
+        }
+        let Some(Some(pg)) = &self.pg else {
+            return Ok(());
+        };
+        let found = match store::templates::latest(pg, &names).await {
+            Ok(found) => found,
+            Err(e) => {
+                eprintln!("warning: templates not checked: {e}");
+                return Ok(());
+            }
+        };
+        self.known.extend(found.into_iter().map(|t| t.name));
+        let missing: Vec<&String> = names.iter().filter(|n| !self.known.contains(*n)).collect();
+        if let Some(first) = missing.first() {
+            let earlier = if before > 0 {
+                format!(" ({before} emails before it were)")
+            } else {
+                String::new()
+            };
+            bail!(
+                "no template named {first:?}{}: nothing of this batch was enqueued{earlier}; \
+                 `mailfleet template list` shows the stored ones, `mailfleet template put` adds one",
+                if missing.len() > 1 {
+                    format!(" (nor {} other(s))", missing.len() - 1)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        Ok(())
+    }
 }
 
 fn job_from_json(mut v: serde_json::Value) -> anyhow::Result<NewJob> {

@@ -678,3 +678,39 @@ async fn the_api_serves_metrics_on_its_own_listener_not_on_the_public_port(pg: P
     signal(child.id().expect("pid"), SIGTERM);
     let _ = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
 }
+
+#[sqlx::test]
+async fn send_refuses_a_template_that_does_not_exist_and_enqueues_nothing(pg: PgPool) {
+    let redis = TestRedis::new();
+    let send = |template: &'static str| {
+        let mut c = mailfleet(&pg, &redis);
+        c.args([
+            "send",
+            "--to",
+            "ada@example.com",
+            "--from",
+            "shop@example.com",
+            "--template",
+            template,
+        ]);
+        c
+    };
+    let out = send("nosuch").output().await.unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(r#"no template named "nosuch""#), "{err}");
+    assert!(err.contains("mailfleet template list"), "{err}");
+    let entries = redis.xlen(&redis.keys.lane(0, Lane::Tx)).await;
+    assert_eq!(entries, 0, "nothing enqueued");
+
+    mailfleet::store::templates::put(&pg, "welcome", "Hi", None, Some("Hello"))
+        .await
+        .unwrap();
+    let out = send("welcome").output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(redis.xlen(&redis.keys.lane(0, Lane::Tx)).await, 1);
+}
