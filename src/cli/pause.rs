@@ -14,6 +14,9 @@ pub struct PauseArgs {
     pub scope: Scope,
     /// The lane (`tx`, `bulk`), provider name or tenant.
     pub name: String,
+    /// Pause a provider no running worker knows (one about to be configured).
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub async fn run(g: Global, a: PauseArgs, on: bool) -> anyhow::Result<()> {
@@ -31,6 +34,22 @@ pub async fn run(g: Global, a: PauseArgs, on: bool) -> anyhow::Result<()> {
     let keys = crate::stream::Keys::new(&g.prefix, g.partitions);
     let mut conn = super::redis_pool(&g)?.get().await?;
     let what = format!("{} {}", a.scope.as_str(), a.name);
+    if on && a.scope == Scope::Provider && !a.force {
+        // A typo would pause nothing while saying "paused": the names the live workers report.
+        let d = crate::stream::depth::read(&mut *conn, &keys, None).await?;
+        if !d.workers.is_empty() && !d.breakers.contains_key(&a.name) {
+            let known: Vec<&str> = d.breakers.keys().map(String::as_str).collect();
+            anyhow::bail!(
+                "no running worker has a provider named {:?} (theirs: {}); pass --force to pause it anyway",
+                a.name,
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            );
+        }
+    }
     if on {
         let new = pause::set(&mut *conn, &keys, a.scope, &a.name).await?;
         println!(

@@ -714,3 +714,44 @@ async fn send_refuses_a_template_that_does_not_exist_and_enqueues_nothing(pg: Pg
     );
     assert_eq!(redis.xlen(&redis.keys.lane(0, Lane::Tx)).await, 1);
 }
+
+#[sqlx::test]
+async fn pausing_a_provider_no_worker_has_is_refused_unless_forced(pg: PgPool) {
+    let redis = TestRedis::new();
+    let mock = TestMock::start(MockConfig::default()).await;
+    let worker = TestWorker::start(&pg, &redis, &mock.url, settings()).await;
+    let pause = |args: &[&str]| {
+        let mut c = mailfleet(&pg, &redis);
+        c.arg("pause").args(args);
+        c
+    };
+    // The worker reports its providers at start; wait for that.
+    let out = eventually("the worker's providers known", WAIT, || async {
+        let out = pause(&["provider", "sendgrd"]).output().await.unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        err.contains("theirs: sendgrid").then_some(out)
+    })
+    .await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(r#"no running worker has a provider named "sendgrd""#),
+        "{err}"
+    );
+    let ok = pause(&["provider", "sendgrid"]).output().await.unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let forced = pause(&["provider", "sendgrd", "--force"])
+        .output()
+        .await
+        .unwrap();
+    assert!(forced.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&forced.stdout).trim(),
+        "provider sendgrd: paused"
+    );
+    worker.stop().await;
+}
