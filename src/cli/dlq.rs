@@ -43,7 +43,8 @@ pub enum DlqCmd {
 
 #[derive(Debug, Clone, Args)]
 pub struct FilterArgs {
-    /// Only this reason (too_large, bad_json, max_attempts, max_deliveries, ...).
+    /// Only this reason (too_large, bad_json, max_attempts, max_deliveries, ...; an unknown
+    /// one is refused with the list).
     #[arg(long)]
     reason: Option<String>,
     /// Only this error class (malformed, no_outcome, transient, quota_auth).
@@ -72,6 +73,15 @@ impl FilterArgs {
             && self.job.is_none()
     }
     fn to_filter(&self) -> anyhow::Result<Filter> {
+        if let Some(r) = &self.reason
+            && !crate::stream::consumer::dead_reason::all().any(|k| k == r)
+        {
+            let known: Vec<&str> = crate::stream::consumer::dead_reason::all().collect();
+            bail!(
+                "no dead-letter reason {r:?}; the reasons are: {}",
+                known.join(", ")
+            );
+        }
         let now = chrono::Utc::now();
         Ok(Filter {
             reason: self.reason.clone(),

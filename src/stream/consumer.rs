@@ -525,6 +525,36 @@ pub async fn requeue<C: ConnectionLike + Send>(
     p.query_async::<()>(conn).await
 }
 
+/// Every reason a dead-letter entry can carry, in one place: the worker's own here, the wire
+/// format's in [`wire::DECODE_REASONS`]. `lua/reclaim.lua` spells [`MAX_DELIVERIES`] itself
+/// (a test holds it to this one).
+pub mod dead_reason {
+    /// Every attempt used up.
+    pub const MAX_ATTEMPTS: &str = "max_attempts";
+    /// Delivered more than `max_deliveries` times without an outcome (crashes its worker).
+    pub const MAX_DELIVERIES: &str = "max_deliveries";
+    /// Dead in Postgres, its dead-letter write cut off; written when it was next read.
+    pub const DEAD_UNLETTERED: &str = "dead_unlettered";
+
+    /// Every reason, the wire format's first.
+    pub fn all() -> impl Iterator<Item = &'static str> {
+        super::wire::DECODE_REASONS.into_iter().chain([
+            MAX_ATTEMPTS,
+            MAX_DELIVERIES,
+            DEAD_UNLETTERED,
+        ])
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn reclaim_lua_spells_max_deliveries_as_this_list_does() {
+            let lua = include_str!("../../lua/reclaim.lua");
+            assert!(lua.contains(&format!("'reason', '{}'", super::MAX_DELIVERIES)));
+        }
+    }
+}
+
 /// A dead-letter request: the entry, why, the last error and the attempts so far.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {

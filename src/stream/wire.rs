@@ -62,8 +62,21 @@ pub enum DecodeError {
     Invalid(#[from] ValidationErrors),
 }
 
+/// Every code [`DecodeError::reason`] gives.
+pub const DECODE_REASONS: [&str; 8] = [
+    "missing_field",
+    "not_utf8",
+    "unknown_version",
+    "bad_id",
+    "bad_enqueued_at",
+    "too_large",
+    "bad_json",
+    "invalid_email",
+];
+
 impl DecodeError {
-    /// A bounded reason code, for the dead-letter entry and metric labels.
+    /// A bounded reason code, for the dead-letter entry and metric labels (one of
+    /// [`DECODE_REASONS`]).
     pub fn reason(&self) -> &'static str {
         match self {
             DecodeError::MissingField(_) => "missing_field",
@@ -394,8 +407,13 @@ mod tests {
                 "invalid_email",
             ),
         ];
+        let mut seen = std::collections::BTreeSet::new();
         for (entry, reason) in cases {
             assert_eq!(decode(&entry, 90).unwrap_err().reason(), reason);
+            assert!(DECODE_REASONS.contains(&reason), "{reason} is listed");
+            seen.insert(reason);
         }
+        // The list has no code no malformation gives.
+        assert_eq!(seen.len(), DECODE_REASONS.len());
     }
 }

@@ -9,7 +9,7 @@ use crate::domain::{Lane, Status};
 use crate::metrics::METRICS;
 use crate::store::emails::{self, ClaimResult, NewRow, Outcome};
 use crate::store::suppressions;
-use crate::stream::consumer::DeadLetter;
+use crate::stream::consumer::{DeadLetter, dead_reason};
 use crate::stream::{Job, RawEntry, wire};
 use chrono::Utc;
 use futures::StreamExt;
@@ -342,7 +342,7 @@ fn dead_letter_of(j: &Job, d: &emails::DeadRow) -> DeadLetter {
     if d.capped {
         METRICS
             .dead_letters
-            .with_label_values(&["max_attempts"])
+            .with_label_values(&[dead_reason::MAX_ATTEMPTS])
             .inc();
         tracing::warn!(job_id = %j.id, attempts = d.attempts, "every attempt ended without an outcome; dead-lettering");
     } else {
@@ -351,9 +351,9 @@ fn dead_letter_of(j: &Job, d: &emails::DeadRow) -> DeadLetter {
     DeadLetter {
         entry_id: j.entry_id.clone(),
         reason: if d.capped {
-            "max_attempts"
+            dead_reason::MAX_ATTEMPTS
         } else {
-            "dead_unlettered"
+            dead_reason::DEAD_UNLETTERED
         }
         .to_owned(),
         class: "no_outcome".to_owned(),

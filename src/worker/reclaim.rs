@@ -9,6 +9,7 @@ use super::{Shared, process};
 use crate::domain::Lane;
 use crate::metrics::METRICS;
 use crate::store::emails;
+use crate::stream::consumer::dead_reason;
 use crate::stream::{Source, consumer};
 use std::sync::Arc;
 use std::time::Duration;
@@ -183,7 +184,7 @@ async fn sweep(
         if r.dead_lettered > 0 {
             METRICS
                 .dead_letters
-                .with_label_values(&["max_deliveries"])
+                .with_label_values(&[dead_reason::MAX_DELIVERIES])
                 .inc_by(r.dead_lettered);
             tracing::warn!(partition = p, lane = %lane, count = r.dead_lettered, "dead-lettered entries over max deliveries");
             mark_dead(shared, &r.dead_jobs, token).await;

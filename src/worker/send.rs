@@ -10,7 +10,7 @@ use crate::metrics::{METRICS, timed};
 use crate::provider::breaker::Admit;
 use crate::provider::{ErrorClass, Message, SendError};
 use crate::store::emails::{Outcome, Tried};
-use crate::stream::consumer::DeadLetter;
+use crate::stream::consumer::{DeadLetter, dead_reason};
 use crate::stream::{Job, wire};
 use chrono::Utc;
 use std::collections::HashMap;
@@ -359,7 +359,7 @@ pub(super) async fn one(
                 "attempts used up; dead-lettering");
             let dl = DeadLetter {
                 entry_id: job.entry_id.clone(),
-                reason: "max_attempts".into(),
+                reason: dead_reason::MAX_ATTEMPTS.into(),
                 class: e.class.as_str().to_owned(),
                 error: e.message.clone(),
                 attempts: attempt,

@@ -755,3 +755,30 @@ async fn pausing_a_provider_no_worker_has_is_refused_unless_forced(pg: PgPool) {
     );
     worker.stop().await;
 }
+
+#[sqlx::test]
+async fn dlq_refuses_a_reason_no_dead_letter_can_have(pg: PgPool) {
+    let redis = TestRedis::new();
+    let dlq = |reason: &str| {
+        let mut c = mailfleet(&pg, &redis);
+        c.args(["dlq", "list", "--reason", reason]);
+        c
+    };
+    let out = dlq("nosuchreason").output().await.unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(r#"no dead-letter reason "nosuchreason""#),
+        "{err}"
+    );
+    assert!(
+        err.contains("max_deliveries") && err.contains("bad_json"),
+        "{err}"
+    );
+    let ok = dlq("max_attempts").output().await.unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+}
