@@ -172,7 +172,39 @@ pub async fn run(g: Global, c: SuppressCmd) -> anyhow::Result<()> {
             if suppressions::remove(&pool, &a, tenant.as_deref().unwrap_or("")).await? {
                 println!("lifted");
             } else {
-                bail!("no such suppression");
+                // Say where the address is suppressed, if anywhere else.
+                let here = tenant.clone().unwrap_or_default();
+                let mut elsewhere: Vec<String> =
+                    suppressions::active(&pool, std::slice::from_ref(&a))
+                        .await?
+                        .into_iter()
+                        .filter(|(_, t)| *t != here)
+                        .map(|(_, t)| {
+                            if t.is_empty() {
+                                "for every tenant (no --tenant)".to_owned()
+                            } else {
+                                format!("--tenant {t}")
+                            }
+                        })
+                        .collect();
+                elsewhere.sort();
+                if elsewhere.is_empty() {
+                    bail!(
+                        "no such suppression: the address is not suppressed {}",
+                        match &tenant {
+                            Some(t) => format!("for tenant {t}"),
+                            None => "for every tenant".to_owned(),
+                        }
+                    );
+                }
+                bail!(
+                    "no such suppression {}; the address is suppressed {}",
+                    match &tenant {
+                        Some(t) => format!("for tenant {t}"),
+                        None => "for every tenant".to_owned(),
+                    },
+                    elsewhere.join(", ")
+                );
             }
         }
         SuppressCmd::List {

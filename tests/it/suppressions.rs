@@ -240,4 +240,16 @@ async fn the_cli_adds_lists_imports_and_lifts_suppressions(pg: PgPool) {
     assert!(out.status.success());
     let left = suppressions::list(&pg, None, None, 10).await.unwrap();
     assert_eq!(left.len(), 2);
+    // Suppressed for one tenant only: `rm` without --tenant says where it is.
+    let out = run(["suppress", "rm", "b@example.com"]
+        .map(String::from)
+        .to_vec())
+    .await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the address is suppressed --tenant acme"),
+        "{err}"
+    );
+    assert!(!err.contains("b@example.com"), "no address echoed: {err}");
 }
