@@ -42,6 +42,8 @@ pub struct Report {
     /// them (Redis lost them before anyone did). Counted in `lost` and `not_final` too: an
     /// acknowledged enqueue nobody sends is lost, whatever lost it.
     pub unseen: usize,
+    /// Enqueued jobs `queued` for a `send_at` still to come: neither lost nor late.
+    pub scheduled: usize,
     pub seconds: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -97,6 +99,7 @@ impl Report {
             "unknown": self.count(Status::Unknown),
             "dead_letters": dead_letters,
             "unseen": self.unseen,
+            "scheduled": self.scheduled,
             "seconds": (self.seconds * 10.0).round() / 10.0,
             "ok": ok,
         })
@@ -158,9 +161,15 @@ pub async fn build(
     .into_iter()
     .chain(store::emails::duplicates_sent_by_twin(pool, &ids).await?)
     .collect();
+    let later: HashSet<uuid::Uuid> = store::emails::scheduled_later(pool, &ids)
+        .await?
+        .into_iter()
+        .collect();
     let lost = ids
         .iter()
-        .filter(|id| !seen.contains_key(&id.to_string()) && !unsent.contains(id))
+        .filter(|id| {
+            !seen.contains_key(&id.to_string()) && !unsent.contains(id) && !later.contains(id)
+        })
         .count();
     let duplicates = ids
         .iter()
@@ -178,8 +187,9 @@ pub async fn build(
         lost,
         duplicates,
         ambiguous,
-        not_final: (ids.len() - final_n) as i64,
+        not_final: (ids.len() - final_n - later.len()) as i64,
         unseen,
+        scheduled: later.len(),
         seconds,
         p50_ms: summary.p50_ms,
         p99_ms: summary.p99_ms,

@@ -782,3 +782,55 @@ async fn dlq_refuses_a_reason_no_dead_letter_can_have(pg: PgPool) {
         String::from_utf8_lossy(&ok.stderr)
     );
 }
+
+#[sqlx::test]
+async fn report_counts_a_job_scheduled_for_later_as_scheduled_not_lost(pg: PgPool) {
+    let redis = TestRedis::new();
+    let dir = std::env::temp_dir().join(format!("mf-report-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("mock.jsonl");
+    let mock = TestMock::start(MockConfig {
+        log: Some(log.clone()),
+        ..MockConfig::default()
+    })
+    .await;
+    let worker = TestWorker::start(&pg, &redis, &mock.url, settings()).await;
+    let producer = redis.producer().with_ledger(pg.clone());
+    let now_job = job(Lane::Tx, "now@example.com");
+    let mut later_job = job(Lane::Bulk, "later@example.com");
+    later_job.payload.send_at = Some(chrono::Utc::now() + chrono::Duration::hours(2));
+    let ids: Vec<String> = producer
+        .send_many(vec![now_job, later_job])
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id.to_string())
+        .collect();
+    eventually("the first sent", WAIT, || async {
+        (count_status(&pg, "sent").await == 1).then_some(())
+    })
+    .await;
+    worker.stop().await;
+    drop(mock);
+    let ids_file = dir.join("ids.txt");
+    std::fs::write(&ids_file, ids.join("\n")).unwrap();
+    let out = eventually("the mock's log written", WAIT, || async {
+        let out = mailfleet(&pg, &redis)
+            .args(["report", "--json", "--label", "r", "--seconds", "1"])
+            .arg("--ids")
+            .arg(&ids_file)
+            .arg("--mock-log")
+            .arg(&log)
+            .output()
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["sent"] == 1).then_some(v)
+    })
+    .await;
+    assert_eq!(out["lost"], 0, "{out}");
+    assert_eq!(out["scheduled"], 1, "{out}");
+    assert_eq!(out["not_final"], 0, "{out}");
+    assert_eq!(out["ok"], true, "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -274,6 +274,18 @@ pub async fn duplicates_sent_by_twin(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<
     .map_err(q("selecting duplicates sent by their twin"))
 }
 
+/// Which of `ids` are `queued` for a time still to come (a `send_at` in the future).
+pub async fn scheduled_later(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError> {
+    sqlx::query_scalar(
+        "SELECT id FROM emails WHERE id = ANY($1) AND status = $2 AND due_at > now()",
+    )
+    .bind(ids)
+    .bind(Status::Queued)
+    .fetch_all(pool)
+    .await
+    .map_err(q("selecting emails scheduled later"))
+}
+
 /// Which of `ids` have a row (a worker claimed them at least once).
 pub async fn existing(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError> {
     sqlx::query_scalar("SELECT id FROM emails WHERE id = ANY($1)")
