@@ -42,6 +42,9 @@ struct Level {
 }
 
 pub async fn run(g: Global, a: PipelineArgs) -> anyhow::Result<()> {
+    if a.workers == 0 || a.emails == 0 {
+        bail!("--workers and --emails must be at least 1");
+    }
     let pair = LocalCluster::replicated_pair()
         .await
         .context("starting a Redis master with a replica")?;

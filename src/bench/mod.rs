@@ -23,6 +23,9 @@ pub async fn run(g: Global, a: BenchArgs) -> anyhow::Result<()> {
             batch,
             keep,
         }) => fanout(g, members, batch, keep).await,
+        None if a.pipeline.scenario == crate::config::Scenario::Durability => {
+            durability::run(g, a.pipeline).await
+        }
         None => pipeline::run(g, a.pipeline).await,
     }
 }

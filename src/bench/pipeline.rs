@@ -122,9 +122,6 @@ pub async fn run(g: Global, a: PipelineArgs) -> anyhow::Result<()> {
     if a.cluster {
         return run_cluster(g, a).await;
     }
-    if a.scenario == Scenario::Durability {
-        return super::durability::run(g, a).await;
-    }
     let scratch = Scratch::new(&g).await?;
     let result = measure(&g, &scratch, &a, None).await;
     scratch.finish(&g, a.keep).await?;
