@@ -118,9 +118,8 @@ pub async fn pass(shared: &Shared) -> Result<u64, String> {
 /// The overdue rows whose entry cannot be waiting in a stream. A `queued` or `retrying` job
 /// whose stream still has undelivered entries from around a time an entry of it was added (its
 /// `due_at`, else its `enqueued_at`, and its last re-enqueue) may only be waiting behind a
-/// backlog: it is left for a
-/// later pass (its row is stamped). A `sending` job was delivered already: its entry's fate
-/// is not in the backlog.
+/// backlog: it is left for a later pass (its row is stamped). A `sending` job was delivered
+/// already: its entry's fate is not in the backlog.
 async fn lost_only(
     conn: &mut crate::stream::conn::Connection,
     keys: &crate::stream::Keys,
