@@ -357,12 +357,7 @@ async fn enqueue(s: &ApiState, prepared: Vec<Prepared>) -> Result<Vec<Accepted>,
         // At `ledger` the producer wrote the rows (and refused the batch if it could not). At
         // the other levels the rows only serve `GET` and the reconciler early: the jobs are on
         // the stream and will be sent if this fails.
-        let rows: Vec<NewRow> = prepared
-            .iter()
-            .zip(&enq)
-            .filter(|(_, e)| e.added)
-            .map(|(p, _)| p.ledger_row())
-            .collect();
+        let rows = crate::producer::ledger_rows(&prepared, &enq);
         if let Err(e) = emails::insert_queued(&s.pg, &rows).await {
             METRICS
                 .store_errors

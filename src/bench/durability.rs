@@ -9,9 +9,8 @@
 
 use super::Scratch;
 use super::figures::Figures;
-use super::pipeline::{body_of, measure, produce};
+use super::pipeline::{body_of, lane_mix, measure, produce};
 use crate::config::{Durability, Global, PipelineArgs, Secret};
-use crate::domain::Lane;
 use crate::store;
 use crate::stream::local_cluster::LocalCluster;
 use anyhow::{Context, bail};
@@ -111,28 +110,9 @@ async fn enqueue_only(g: &Global, s: &Scratch, a: &PipelineArgs) -> anyhow::Resu
     tokio::time::sleep(settle).await;
     let (calls_before, xacts_before) =
         (calls().await?, store::bench::xacts(s.admin(), &s.db).await?);
-    let tx_every = if a.tx_share > 0.0 {
-        (1.0 / a.tx_share.clamp(0.0, 1.0)).round().max(1.0) as u64
-    } else {
-        u64::MAX
-    };
     let body = body_of(a.payload_bytes);
     let began = Instant::now();
-    produce(
-        &producer,
-        0,
-        a.emails,
-        0,
-        |i| {
-            if i % tx_every == 0 {
-                Lane::Tx
-            } else {
-                Lane::Bulk
-            }
-        },
-        &body,
-    )
-    .await?;
+    produce(&producer, 0, a.emails, 0, lane_mix(a.tx_share), &body).await?;
     let seconds = began.elapsed().as_secs_f64().max(0.001);
     let calls_after = calls().await?;
     // Closed connections have flushed their statistics.

@@ -46,6 +46,22 @@ fn tenant_email(i: u64, lane: Lane, tenant: Option<&str>, body: &str) -> NewJob 
 
 /// Enqueue `n` emails of `lane` (or the mix) starting at number `first`: all at once in
 /// chunks when `rate` is 0, else paced every 10 ms.
+/// The lane of email `i` when a `tx_share` of them are tx (every `1 / tx_share`-th).
+pub(super) fn lane_mix(tx_share: f64) -> impl Fn(u64) -> Lane + Send + 'static {
+    let tx_every = if tx_share > 0.0 {
+        (1.0 / tx_share.clamp(0.0, 1.0)).round().max(1.0) as u64
+    } else {
+        u64::MAX
+    };
+    move |i| {
+        if i % tx_every == 0 {
+            Lane::Tx
+        } else {
+            Lane::Bulk
+        }
+    }
+}
+
 /// An email body of `bytes` bytes.
 pub(super) fn body_of(bytes: usize) -> String {
     "Lorem ipsum dolor sit amet. "
@@ -266,30 +282,12 @@ pub(super) async fn measure(
     let mut enqueue_took: Option<Duration> = None;
     let total = match a.scenario {
         Scenario::Throughput | Scenario::Durability => {
-            let tx_every = if a.tx_share > 0.0 {
-                (1.0 / a.tx_share.clamp(0.0, 1.0)).round().max(1.0) as u64
-            } else {
-                u64::MAX
-            };
+            let lane_of = lane_mix(a.tx_share);
             let p = producer.clone();
             let (n, rate, body) = (a.emails, a.rate, body.clone());
             enqueue_timer = Some(tokio::spawn(async move {
                 let began = Instant::now();
-                produce(
-                    &p,
-                    0,
-                    n,
-                    rate,
-                    move |i| {
-                        if i % tx_every == 0 {
-                            Lane::Tx
-                        } else {
-                            Lane::Bulk
-                        }
-                    },
-                    &body,
-                )
-                .await?;
+                produce(&p, 0, n, rate, lane_of, &body).await?;
                 Ok(began.elapsed())
             }));
             a.emails

@@ -356,36 +356,32 @@ impl Producer {
                     .iter()
                     .map(|(c, b)| self.stream_keys(&chunk_of(prepared, *c)[b[0]]).0)
                     .collect();
-                let confirmed =
-                    stream::conn::confirm_replicated(&mut conn, &streams, *replicas, *wait).await;
-                let refused = match confirmed {
-                    Ok(n) if n >= i64::from(*replicas) => None,
-                    Ok(n) => Some(Err(n)),
-                    Err(e) => Some(Ok(e)),
-                };
-                if let Some(why) = refused {
-                    let sent_anyway = self.take_back(&mut conn, prepared, &done).await;
-                    return Err(match why {
-                        Err(confirmed) => ProducerError::NotReplicated {
+                let refusal =
+                    match stream::conn::confirm_replicated(&mut conn, &streams, *replicas, *wait)
+                        .await
+                    {
+                        Ok(n) if n >= i64::from(*replicas) => None,
+                        Ok(confirmed) => Some(ProducerError::NotReplicated {
                             wanted: *replicas,
                             confirmed,
                             wait_ms: wait.as_millis() as u64,
-                            sent_anyway,
-                        },
-                        Ok(source) => ProducerError::Redis {
+                            sent_anyway: 0,
+                        }),
+                        Err(source) => Some(ProducerError::Redis {
                             doing: "waiting for the replicas",
                             source,
-                        },
-                    });
+                        }),
+                    };
+                if let Some(mut e) = refusal {
+                    let read = self.take_back(&mut conn, prepared, &done).await;
+                    if let ProducerError::NotReplicated { sent_anyway, .. } = &mut e {
+                        *sent_anyway = read;
+                    }
+                    return Err(e);
                 }
             }
             Level::Ledger(pg) => {
-                let rows: Vec<emails::NewRow> = prepared
-                    .iter()
-                    .zip(&out)
-                    .filter(|(_, e)| e.added)
-                    .map(|(p, _)| p.ledger_row())
-                    .collect();
+                let rows = ledger_rows(prepared, &out);
                 if let Err(source) = emails::insert_queued(pg, &rows).await {
                     let sent_anyway = self.take_back(&mut conn, prepared, &done).await;
                     return Err(ProducerError::Ledger {
@@ -517,6 +513,17 @@ type Sent = (
     crate::stream::conn::Connection,
     Vec<(usize, Vec<usize>)>,
 );
+
+/// The `queued` rows of the jobs a send added (a key already taken added no job): what the
+/// ledger writes, and what the API records at the other levels.
+pub fn ledger_rows(prepared: &[Prepared], out: &[Enqueued]) -> Vec<emails::NewRow> {
+    prepared
+        .iter()
+        .zip(out)
+        .filter(|(_, e)| e.added)
+        .map(|(p, _)| p.ledger_row())
+        .collect()
+}
 
 /// Chunk `c` of a send.
 fn chunk_of(prepared: &[Prepared], c: usize) -> &[Prepared] {
