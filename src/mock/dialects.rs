@@ -8,7 +8,7 @@
 //! | mailgun  | `POST /v3/{domain}/messages`  | Basic `api:<key>`              | `v:mailfleet_id`        |
 //! | postmark | `POST /email`                 | `X-Postmark-Server-Token`      | `Metadata.mailfleet_id` |
 
-use super::{Answer, Mock, Reset, Verdict};
+use super::{Answer, Edge, Mock, Verdict};
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -44,10 +44,10 @@ trait Dialect {
 /// Run a well-formed request through the fault settings; `Ok(message id)` when accepted.
 async fn admit<D: Dialect>(
     m: &Mock,
-    reset: Option<&Reset>,
+    edge: Option<&Edge>,
     job_id: &str,
 ) -> Result<String, Response> {
-    match m.arrive(D::NAME).await {
+    match m.arrive(D::NAME, edge.map(Edge::arrived)).await {
         Verdict::RateLimited(retry) => Err(D::rate_limited(retry)),
         Verdict::Throttled => Err(D::rate_limited(Duration::from_secs(1))),
         Verdict::Unavailable => Err(D::error(
@@ -57,8 +57,8 @@ async fn admit<D: Dialect>(
         Verdict::Accept => match m.accept(D::NAME, job_id) {
             (message_id, Answer::Success) => Ok(message_id),
             (message_id, Answer::Reset) => {
-                if let Some(r) = reset {
-                    r.now();
+                if let Some(e) = edge {
+                    e.reset();
                     // The connection is gone; this answer is never written.
                     std::future::pending::<()>().await;
                 }
@@ -104,7 +104,7 @@ fn sendgrid_field(status: StatusCode, message: &str, field: &str) -> Response {
 
 async fn sendgrid(
     State(m): State<Mock>,
-    reset: Option<Extension<Reset>>,
+    edge: Option<Extension<Edge>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
@@ -154,7 +154,7 @@ async fn sendgrid(
         );
     }
     let id = v["custom_args"]["mailfleet_id"].as_str().unwrap_or("");
-    match admit::<SendGrid>(&m, reset.as_deref(), id).await {
+    match admit::<SendGrid>(&m, edge.as_deref(), id).await {
         Ok(message_id) => (StatusCode::ACCEPTED, [("x-message-id", message_id)]).into_response(),
         Err(r) => r,
     }
@@ -193,7 +193,7 @@ impl Dialect for Ses {
 
 async fn ses(
     State(m): State<Mock>,
-    reset: Option<Extension<Reset>>,
+    edge: Option<Extension<Edge>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
@@ -246,7 +246,7 @@ async fn ses(
                 .and_then(|t| t["Value"].as_str())
         })
         .unwrap_or("");
-    match admit::<Ses>(&m, reset.as_deref(), id).await {
+    match admit::<Ses>(&m, edge.as_deref(), id).await {
         Ok(message_id) => Json(json!({ "MessageId": message_id })).into_response(),
         Err(r) => r,
     }
@@ -263,7 +263,7 @@ impl Dialect for Mailgun {
 async fn mailgun(
     State(m): State<Mock>,
     Path(domain): Path<String>,
-    reset: Option<Extension<Reset>>,
+    edge: Option<Extension<Edge>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
@@ -308,7 +308,7 @@ async fn mailgun(
         );
     }
     let id = get("v:mailfleet_id").unwrap_or("").to_owned();
-    match admit::<Mailgun>(&m, reset.as_deref(), &id).await {
+    match admit::<Mailgun>(&m, edge.as_deref(), &id).await {
         Ok(message_id) => Json(json!({
             "id": format!("<{message_id}@{domain}>"),
             "message": "Queued. Thank you.",
@@ -337,7 +337,7 @@ impl Dialect for Postmark {
 
 async fn postmark(
     State(m): State<Mock>,
-    reset: Option<Extension<Reset>>,
+    edge: Option<Extension<Edge>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
@@ -371,7 +371,7 @@ async fn postmark(
         .unwrap_or("")
         .to_owned();
     let to = v["To"].as_str().unwrap_or("").to_owned();
-    match admit::<Postmark>(&m, reset.as_deref(), &id).await {
+    match admit::<Postmark>(&m, edge.as_deref(), &id).await {
         Ok(message_id) => Json(json!({
             "To": to,
             "SubmittedAt": chrono::Utc::now().to_rfc3339(),

@@ -31,7 +31,7 @@ pub mod smtp;
 
 pub use log::read_log;
 use log::write_log;
-pub use serve::{Reset, serve};
+pub use serve::{Edge, serve};
 
 use axum::Router;
 use axum::routing::get;
@@ -142,8 +142,52 @@ pub struct Captured {
 
 #[derive(Default)]
 struct Window {
+    /// Arrival instants, oldest first.
     arrivals: VecDeque<Instant>,
     max: u64,
+}
+
+impl Window {
+    /// Count a request that arrived `at` (stamped when its headers were read, so two requests
+    /// can reach the count out of order). Returns the retry-after when the window ending at its
+    /// arrival holds more than the limit. `max` covers every window the arrival falls in,
+    /// including those ending at later arrivals already counted.
+    fn arrive(&mut self, at: Instant, rl: RateLimit) -> Option<Duration> {
+        // Keep a second beyond the window for arrivals counted out of order.
+        let keep = rl.window + Duration::from_secs(1);
+        let newest = self.arrivals.back().copied().map_or(at, |b| b.max(at));
+        while self
+            .arrivals
+            .front()
+            .is_some_and(|&t| newest.duration_since(t) > keep)
+        {
+            self.arrivals.pop_front();
+        }
+        let pos = self.arrivals.partition_point(|&t| t <= at);
+        self.arrivals.insert(pos, at);
+        // Requests in the window ending at `end` (inclusive): those in (end - window, end].
+        let in_window = |arrivals: &VecDeque<Instant>, end_idx: usize| -> u64 {
+            let end = arrivals[end_idx];
+            let first = arrivals.partition_point(|&t| end.duration_since(t) >= rl.window);
+            (end_idx + 1 - first.min(end_idx + 1)) as u64
+        };
+        let own = in_window(&self.arrivals, pos);
+        let mut most = own;
+        for later in pos + 1..self.arrivals.len() {
+            if self.arrivals[later].duration_since(at) >= rl.window {
+                break;
+            }
+            most = most.max(in_window(&self.arrivals, later));
+        }
+        self.max = self.max.max(most);
+        (own > u64::from(rl.limit)).then(|| {
+            let first = self
+                .arrivals
+                .partition_point(|&t| at.duration_since(t) >= rl.window);
+            let oldest = self.arrivals.get(first).copied().unwrap_or(at);
+            rl.window.saturating_sub(at.duration_since(oldest))
+        })
+    }
 }
 
 struct Inner {
@@ -272,24 +316,12 @@ impl Mock {
 
     /// Count an arriving request in its dialect's window, wait out the configured latency,
     /// and decide its fate.
-    pub(crate) async fn arrive(&self, dialect: &'static str) -> Verdict {
+    pub(crate) async fn arrive(&self, dialect: &'static str, at: Option<Instant>) -> Verdict {
         let cfg = &self.0.cfg;
         if let Some(rl) = cfg.rate_limit {
-            let now = Instant::now();
             let mut windows = self.0.windows.lock().unwrap_or_else(|p| p.into_inner());
             let w = windows.entry(dialect).or_default();
-            while w
-                .arrivals
-                .front()
-                .is_some_and(|&t| now.duration_since(t) >= rl.window)
-            {
-                w.arrivals.pop_front();
-            }
-            w.arrivals.push_back(now);
-            w.max = w.max.max(w.arrivals.len() as u64);
-            if w.arrivals.len() as u64 > u64::from(rl.limit) {
-                let oldest = w.arrivals.front().copied().unwrap_or(now);
-                let retry = rl.window.saturating_sub(now.duration_since(oldest));
+            if let Some(retry) = w.arrive(at.unwrap_or_else(Instant::now), rl) {
                 self.0.rate_limited.fetch_add(1, Ordering::SeqCst);
                 return Verdict::RateLimited(retry);
             }
@@ -431,4 +463,50 @@ pub async fn build(cfg: MockConfig) -> std::io::Result<MockServer> {
         state,
         log_writer,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{RateLimit, Window};
+    use std::time::{Duration, Instant};
+
+    const RL: RateLimit = RateLimit {
+        limit: 3,
+        window: Duration::from_millis(1000),
+    };
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_request_past_the_limit_in_its_window_is_refused_with_the_wait_for_the_oldest() {
+        let t0 = Instant::now();
+        let mut w = Window::default();
+        for n in [0, 100, 200] {
+            assert_eq!(w.arrive(t0 + ms(n), RL), None);
+        }
+        assert_eq!(w.arrive(t0 + ms(300), RL), Some(ms(700)));
+        // The first arrival leaves the window at t0 + 1 s; the refused one still counts.
+        assert_eq!(w.arrive(t0 + ms(1000), RL), Some(ms(100)));
+        assert_eq!(w.max, 4);
+        assert_eq!(w.arrive(t0 + ms(1301), RL), None);
+    }
+
+    #[test]
+    fn an_arrival_counted_late_joins_every_window_it_falls_in() {
+        let t0 = Instant::now();
+        let mut w = Window::default();
+        for n in [0, 900, 1500] {
+            assert_eq!(w.arrive(t0 + ms(n), RL), None);
+        }
+        assert_eq!(w.max, 2);
+        // Arrived at 950 ms but counted after the one of 1,500 ms: the window ending at 950
+        // holds 0, 900, 950, and the one ending at 1,500 holds 900, 950, 1500.
+        assert_eq!(w.arrive(t0 + ms(950), RL), None);
+        assert_eq!(w.max, 3);
+        // Refused: 0, 900, 950 and itself; room again once the one of 0 ms is a window old.
+        assert_eq!(w.arrive(t0 + ms(960), RL), Some(ms(40)));
+        assert_eq!(w.max, 4);
+    }
 }

@@ -1,24 +1,35 @@
-//! The mock's HTTP server: one HTTP/1.1 connection per task, each request carrying a
-//! [`Reset`] its handler can pull to drop the connection unanswered (accept-then-drop).
+//! The mock's HTTP server: one HTTP/1.1 connection per task, each request carrying an
+//! [`Edge`]: when its head was read (where a provider counts it against a rate limit), and a
+//! reset its handler can pull to drop the connection unanswered (accept-then-drop).
 
 use axum::Router;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// Put into each request's extensions by [`serve`]: resets the request's connection.
+/// Put into each request's extensions by [`serve`].
 #[derive(Clone)]
-pub struct Reset(Arc<Notify>);
+pub struct Edge {
+    reset: Arc<Notify>,
+    arrived: Instant,
+}
 
-impl Reset {
-    pub fn now(&self) {
-        self.0.notify_one();
+impl Edge {
+    /// Reset the request's connection now.
+    pub fn reset(&self) {
+        self.reset.notify_one();
+    }
+
+    /// When hyper had read the request's head: before the body, the router and the handler,
+    /// so a busy mock does not count a request later than it arrived.
+    pub fn arrived(&self) -> Instant {
+        self.arrived
     }
 }
 
 /// Serve `router` on `listener` until `shutdown`, one HTTP/1.1 connection per task, each
-/// request carrying a [`Reset`] that closes its connection at once with a TCP reset (the
+/// request carrying an [`Edge`] whose reset closes its connection at once with a TCP reset (the
 /// sockets linger 0), which is how accept-then-drop leaves the client without an answer.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -44,7 +55,10 @@ pub async fn serve(
             let r = reset.clone();
             let svc = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(Reset(r.clone()));
+                    req.extensions_mut().insert(Edge {
+                        reset: r.clone(),
+                        arrived: Instant::now(),
+                    });
                     router.clone().oneshot(req)
                 },
             );
