@@ -611,7 +611,8 @@ for SC in $SCENARIOS; do
     sigterm) strict=(--no-duplicates) ;;
     provider-errors) mock_args+=(--failure-rate 0.2 --throttle-every-ms 4000 --throttle-for-ms 800 --accepted-error-rate 0.03) ;;
     poison) POISON=$(( EMAILS * 5 / 100 )) ;;
-    ratelimit) mock_args=(--latency-ms 5 --jitter-ms 10 --rate-limit "$RL_LIMIT" --rate-window-ms 1000) ;;
+    # The provider has cores of its own: the workers' load must not move the clock it counts by.
+    ratelimit) mock_args=(--latency-ms 5 --jitter-ms 10 --rate-limit "$RL_LIMIT" --rate-window-ms 1000 --nice -5) ;;
     failover) mock_args=(--latency-ms 10 --jitter-ms 20 --outage-after-ms 5000 --outage-for-ms 20000) ;;
   esac
   "$BIN" mock-provider --listen 127.0.0.1:0 --log "$RUN/$SC-mock.jsonl" "${mock_args[@]}" >"$RUN/$SC-mock.out" 2>&1 &

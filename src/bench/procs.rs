@@ -76,6 +76,8 @@ pub(super) async fn start_mock(latency_ms: u64, limit: u32) -> anyhow::Result<(C
         .args(["--jitter-ms", &latency_ms.to_string()])
         .args(["--rate-limit", &limit.to_string()])
         .args(["--rate-window-ms", "1000"])
+        // The provider has cores of its own: the workers' load must not move its clock.
+        .args(["--nice", "-5"])
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)

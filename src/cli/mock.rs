@@ -11,6 +11,12 @@ pub async fn run(a: MockArgs) -> anyhow::Result<()> {
             .all(|r| (0.0..=1.0).contains(r)),
         "--failure-rate, --drop-rate and --accepted-error-rate must be between 0 and 1"
     );
+    if let Some(n) = a.nice {
+        anyhow::ensure!((-20..=19).contains(&n), "--nice must be between -20 and 19");
+        if let Err(e) = renice(n) {
+            eprintln!("mock-provider: could not set niceness {n} ({e}); running at the default");
+        }
+    }
     let server = mock::build(MockConfig {
         latency: Duration::from_millis(a.latency_ms),
         jitter: Duration::from_millis(a.jitter_ms),
@@ -67,5 +73,24 @@ pub async fn run(a: MockArgs) -> anyhow::Result<()> {
         w.await??;
     }
     println!("{}", serde_json::to_string(&stats)?);
+    Ok(())
+}
+
+/// Set every thread of this process to niceness `n` (on Linux, niceness is per thread; the
+/// threads started later inherit it from the ones that start them).
+fn renice(n: i32) -> std::io::Result<()> {
+    for entry in std::fs::read_dir("/proc/self/task")? {
+        let Some(tid) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<libc::id_t>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: setpriority has no memory-safety preconditions; it reads only its arguments.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, n) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
     Ok(())
 }

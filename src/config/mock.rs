@@ -59,4 +59,9 @@ pub struct MockArgs {
     /// JSONL file every accepted job id is appended to.
     #[arg(long, env = "MAILFLEET_MOCK_LOG")]
     pub log: Option<PathBuf>,
+    /// Run at this CPU niceness (-20 to 19; below 0 needs root or CAP_SYS_NICE, else a
+    /// warning). A real provider does not share the workers' cores: on a small machine, a
+    /// negative value keeps the workers' load from delaying when the mock sees a request.
+    #[arg(long, env = "MAILFLEET_MOCK_NICE", allow_hyphen_values = true)]
+    pub nice: Option<i32>,
 }
