@@ -37,6 +37,7 @@ pub struct Metrics {
     pub lease_renew_failures: IntCounter,
     pub fenced_rejected: IntCounter,
     pub tick_lag: Histogram,
+    pub schedules_due: IntGauge,
     pub ticks: IntCounterVec,
     pub fanout_members: IntCounter,
     pub fanout_remaining: IntGauge,
@@ -291,6 +292,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
                 .expect("metric registered once");
             h
         },
+        schedules_due: gauge(
+            &r,
+            "mailfleet_schedules_due",
+            "Schedules whose next tick is due and not yet fired, as the leader last counted \
+             them (0 on other workers): the leader's backlog.",
+        ),
         ticks: counter_vec(
             &r,
             "mailfleet_schedule_ticks_total",

@@ -7,6 +7,7 @@ mod durability;
 mod figures;
 mod pipeline;
 mod procs;
+mod skewed;
 
 use crate::config::{BenchArgs, BenchCmd, Global};
 use crate::lease::{self, LeaseKeys};
@@ -19,9 +20,26 @@ use tokio_util::sync::CancellationToken;
 pub async fn run(g: Global, a: BenchArgs) -> anyhow::Result<()> {
     match a.cmd {
         Some(BenchCmd::Fanout {
+            schedules,
+            batch,
+            keep,
+            workers,
+            kill_leader_after_secs,
+            ..
+        }) if schedules > 0 => {
+            let s = skewed::Skew {
+                schedules,
+                batch,
+                workers,
+                kill_after: Duration::from_secs(kill_leader_after_secs),
+            };
+            skewed::run(g, s, keep).await
+        }
+        Some(BenchCmd::Fanout {
             members,
             batch,
             keep,
+            ..
         }) => fanout(g, members, batch, keep).await,
         None if a.pipeline.scenario == crate::config::Scenario::Durability => {
             durability::run(g, a.pipeline).await

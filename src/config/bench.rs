@@ -23,6 +23,19 @@ pub enum BenchCmd {
         /// Members per fan-out transaction.
         #[arg(long, default_value_t = 1000)]
         batch: usize,
+        /// Skewed mode: this many schedules of one member each, all due at the same instant
+        /// (`--catch-up skip`, `stale_after` 60 s, so a tick handled late would show as
+        /// skipped); `--members` is then ignored. Prints the tick lag of the last one.
+        #[arg(long, default_value_t = 0)]
+        schedules: i64,
+        /// Skewed mode: run the scheduler in this many `mailfleet worker` processes (which
+        /// also send the emails, to a mock provider) instead of in the bench's own process.
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
+        /// Skewed mode with workers: SIGKILL the leader this many seconds after the schedules
+        /// are due (0: never), and start a replacement.
+        #[arg(long, default_value_t = 0)]
+        kill_leader_after_secs: u64,
         /// Keep the scratch database and Redis keys for inspection.
         #[arg(long)]
         keep: bool,

@@ -139,7 +139,7 @@ pub(super) async fn run(
 
 /// The jobs of a batch. A member whose job does not validate (the schedule's sender or vars
 /// make an invalid email) is left out and counted, never sent broken.
-fn prepare(
+pub(super) fn prepare(
     ctx: &Ctx,
     schedule: &Schedule,
     tick: DateTime<Utc>,

@@ -21,7 +21,9 @@ pub mod admin;
 pub mod audience;
 pub mod cron;
 mod fanout;
+mod pass;
 mod plan;
+mod small;
 
 use crate::lease::{self, Acquired, FenceError, Lease, LeaseKeys};
 use crate::metrics::METRICS;
@@ -29,7 +31,6 @@ use crate::producer::Producer;
 use crate::store::StoreError;
 use crate::store::schedules::{self, Run};
 use chrono::{DateTime, Utc};
-use cron::CronSpec;
 use sqlx::PgPool;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -39,11 +40,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use fanout::{member_idempotency_key, member_job_id};
-use plan::describe;
 pub use plan::{PlanItem, plan};
 
 /// How often a leader looks for unfinished fan-outs (interrupted, or failed on an error).
 const OPEN_SCAN_EVERY: Duration = Duration::from_secs(2);
+/// At most this many unfinished fan-outs are listed per scan (the oldest; the rest on later
+/// scans), so a leader behind on 100,000 runs does not read them all every two seconds.
+const OPEN_SCAN_MAX: i64 = 10_000;
 /// The longest the leader sleeps between looks at the schedules (new ones, resumed ones).
 const MAX_IDLE: Duration = Duration::from_secs(1);
 
@@ -217,7 +220,7 @@ async fn term(ctx: &Arc<Ctx>, lease: Arc<Lease>, shutdown: &CancellationToken) {
         tracing::info!(token, "scheduler: leading");
         let keeper = tokio::spawn(keep(ctx.clone(), lease.clone(), stop.clone()));
         let trimmer = tokio::spawn(trim(ctx.clone(), stop.clone()));
-        act(ctx, &lease, &stop).await;
+        act(ctx, &lease, &stop, Utc::now()).await;
         stop.cancel();
         let _ = keeper.await;
         let _ = trimmer.await;
@@ -270,50 +273,91 @@ async fn keep(ctx: Arc<Ctx>, lease: Arc<Lease>, stop: CancellationToken) {
 
 type RunKey = (i64, DateTime<Utc>);
 
-/// Fire due ticks and run fan-outs until the term stops or the local deadline passes.
-async fn act(ctx: &Arc<Ctx>, lease: &Arc<Lease>, stop: &CancellationToken) {
+/// What a fan-out error means for the term: a fence rejection ends it.
+fn on_fanout_error(e: SchedulerError, stop: &CancellationToken) {
+    if e.steps_down() {
+        tracing::warn!(error.message = %e, "scheduler: fan-out stopped; stepping down");
+        stop.cancel();
+    } else {
+        tracing::warn!(error.message = %e, "scheduler: fan-out interrupted; it resumes on the next scan");
+    }
+}
+
+/// Fire due ticks and run fan-outs until the term stops or the local deadline passes. `since`
+/// is when the term began (ticks from then on were seen on time).
+async fn act(ctx: &Arc<Ctx>, lease: &Arc<Lease>, stop: &CancellationToken, since: DateTime<Utc>) {
     let fanouts = TaskTracker::new();
     let running: Arc<Mutex<HashSet<RunKey>>> = Default::default();
     let slots = Arc::new(Semaphore::new(ctx.settings.max_fanouts.max(1)));
+    let batch = ctx.settings.fanout_batch.max(1);
     let mut last_scan: Option<Instant> = None;
-    let spawn = |run: Run| {
-        let key = (run.schedule_id, run.tick);
-        if !running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key)
-        {
-            return;
-        }
-        let (ctx, lease, stop, running, slots) = (
-            ctx.clone(),
-            lease.clone(),
-            stop.clone(),
-            running.clone(),
-            slots.clone(),
-        );
-        fanouts.spawn(async move {
-            if let Ok(_slot) = slots.acquire().await {
-                match fanout::run(&ctx, &lease, &stop, run).await {
-                    Ok(()) => {}
-                    Err(e) if e.steps_down() => {
-                        tracing::warn!(error.message = %e, "scheduler: fan-out stopped; stepping down");
-                        stop.cancel();
-                    }
-                    Err(e) => {
-                        tracing::warn!(error.message = %e, "scheduler: fan-out interrupted; it resumes on the next scan")
+    let mut last_count: Option<Instant> = None;
+    // Runs not already being fanned out: fresh small ones in groups (one task each), the rest
+    // one task per run; each task takes a slot.
+    let dispatch = |runs: Vec<Run>| {
+        let fresh: Vec<Run> = {
+            let mut set = running.lock().unwrap_or_else(|p| p.into_inner());
+            runs.into_iter()
+                .filter(|r| set.insert((r.schedule_id, r.tick)))
+                .collect()
+        };
+        let (light, heavy): (Vec<Run>, Vec<Run>) =
+            fresh.into_iter().partition(|r| small::is_small(r, batch));
+        let tasks = small::groups(light, batch)
+            .into_iter()
+            .chain(heavy.into_iter().map(|r| vec![r]));
+        for group in tasks {
+            let (ctx, lease, stop, running, slots) = (
+                ctx.clone(),
+                lease.clone(),
+                stop.clone(),
+                running.clone(),
+                slots.clone(),
+            );
+            fanouts.spawn(async move {
+                let keys: Vec<RunKey> = group.iter().map(|r| (r.schedule_id, r.tick)).collect();
+                if let Ok(_slot) = slots.acquire().await {
+                    let one_by_one = if group.len() == 1 && !small::is_small(&group[0], batch) {
+                        Ok(group)
+                    } else {
+                        small::run(&ctx, &lease, &stop, group).await
+                    };
+                    match one_by_one {
+                        Ok(runs) => {
+                            for r in runs {
+                                if let Err(e) = fanout::run(&ctx, &lease, &stop, r).await {
+                                    on_fanout_error(e, &stop);
+                                    break;
+                                }
+                            }
+                        }
+                        Err(e) => on_fanout_error(e, &stop),
                     }
                 }
-            }
-            running.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
-        });
+                let mut set = running.lock().unwrap_or_else(|p| p.into_inner());
+                for k in &keys {
+                    set.remove(k);
+                }
+            });
+        }
     };
     loop {
         if stop.is_cancelled() || !lease.is_valid() {
             break;
         }
-        match tick_pass(ctx, lease).await {
-            Ok(fired) => fired.into_iter().for_each(&spawn),
+        // The backlog gauge, at most once a second (a count over the due range).
+        if last_count.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            last_count = Some(Instant::now());
+            if let Ok(n) = schedules::due_count(&ctx.deps.pg, Utc::now()).await {
+                METRICS.schedules_due.set(n);
+            }
+        }
+        let mut more_due = false;
+        match pass::tick_pass(ctx, lease, since).await {
+            Ok(p) => {
+                more_due = p.full;
+                dispatch(p.fired);
+            }
             Err(e) if e.steps_down() => {
                 tracing::warn!(error.message = %e, "scheduler: stepping down");
                 break;
@@ -326,12 +370,16 @@ async fn act(ctx: &Arc<Ctx>, lease: &Arc<Lease>, stop: &CancellationToken) {
         // Due ticks first (their lag is what users see), then unfinished fan-outs.
         if last_scan.is_none_or(|t| t.elapsed() >= OPEN_SCAN_EVERY) {
             last_scan = Some(Instant::now());
-            match schedules::open_runs(&ctx.deps.pg).await {
-                Ok(open) => open.into_iter().for_each(&spawn),
+            match schedules::open_runs(&ctx.deps.pg, OPEN_SCAN_MAX).await {
+                Ok(open) => dispatch(open),
                 Err(e) => {
                     tracing::warn!(error.message = %e, "scheduler: listing unfinished fan-outs failed")
                 }
             }
+        }
+        if more_due {
+            // The pass was full: the rest of what is due goes next, without a sleep.
+            continue;
         }
         let now = Utc::now();
         let next = schedules::next_due(&ctx.deps.pg).await.ok().flatten();
@@ -351,80 +399,9 @@ async fn act(ctx: &Arc<Ctx>, lease: &Arc<Lease>, stop: &CancellationToken) {
         }
     }
     stop.cancel();
+    METRICS.schedules_due.set(0);
     fanouts.close();
     fanouts.wait().await;
-}
-
-/// Handle every due schedule once; returns the runs to fan out.
-async fn tick_pass(ctx: &Ctx, lease: &Lease) -> Result<Vec<Run>, SchedulerError> {
-    let now = Utc::now();
-    let due = schedules::due(&ctx.deps.pg, now, 100).await?;
-    let mut fired = Vec::new();
-    for s in due {
-        let items = match CronSpec::parse(&s.cron, &s.timezone) {
-            Ok(spec) => plan(&s, &spec, now, ctx.settings.grace),
-            Err(e) => {
-                // Stored schedules were validated when added; this one no longer parses (a
-                // timezone left the database). Pause it rather than retry it forever.
-                tracing::error!(schedule = %s.name, error.message = %e, "scheduler: pausing a schedule that no longer parses");
-                let mut tx = lease::fenced(&ctx.deps.pg, lease).await?;
-                schedules::disable(&mut tx, s.id, s.next_tick).await?;
-                tx.commit().await.map_err(|source| StoreError::Query {
-                    doing: "pausing a broken schedule",
-                    source,
-                })?;
-                continue;
-            }
-        };
-        let mut tx = lease::fenced(&ctx.deps.pg, lease).await?;
-        let mut expected = s.next_tick;
-        let mut runs = Vec::with_capacity(items.len());
-        let mut complete = true;
-        for it in &items {
-            let detail = describe(it);
-            match schedules::fire(
-                &mut tx,
-                s.id,
-                expected,
-                it.tick,
-                it.next,
-                it.result,
-                lease.token().value(),
-                it.skipped,
-                detail.as_deref(),
-            )
-            .await?
-            {
-                Some(run) => runs.push(run),
-                None => {
-                    complete = false;
-                    break;
-                }
-            }
-            expected = it.next;
-        }
-        if !complete {
-            // The schedule changed under us (paused, resumed, removed): roll back, re-read.
-            continue;
-        }
-        tx.commit().await.map_err(|source| StoreError::Query {
-            doing: "committing fired ticks",
-            source,
-        })?;
-        for run in runs {
-            let result = match run.status.as_str() {
-                "fanning_out" => "fired",
-                other => other,
-            };
-            METRICS.ticks.with_label_values(&[result]).inc();
-            if result == "fired" {
-                let lag = (run.fired_at - run.tick).to_std().unwrap_or(Duration::ZERO);
-                METRICS.tick_lag.observe(lag.as_secs_f64());
-                fired.push(run);
-            }
-        }
-    }
-    Ok(fired)
 }
 
 /// Start the scheduler candidate as a task that ends after `shutdown` (releasing the lease).

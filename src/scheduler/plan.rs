@@ -35,17 +35,28 @@ pub struct PlanItem {
 }
 
 /// Decide what to do with a schedule's due ticks at `now`: the ticks from `next_tick` up to
-/// `now`, in order.
+/// `now`, in order. `since` is when this leader began leading: a tick at or after it was seen
+/// on time, however long the leader's own backlog kept it, so its lateness is counted up to
+/// `since` only (zero for a tick after it), never up to `now`.
 ///
 /// - A tick no more than `grace` late fires (each one: a leader failover, which takes about one
 ///   lease TTL, loses no tick), unless it is later than `stale_after` (then `stale`).
 /// - Ticks more than `grace` late were missed while no leader ran. `skip` records one `skipped`
 ///   run for all of them; `once` fires the latest of them once (or records it `stale` if even
 ///   that one is past `stale_after`), standing for the others.
-pub fn plan(s: &Schedule, spec: &CronSpec, now: DateTime<Utc>, grace: Duration) -> Vec<PlanItem> {
+pub fn plan(
+    s: &Schedule,
+    spec: &CronSpec,
+    now: DateTime<Utc>,
+    since: DateTime<Utc>,
+    grace: Duration,
+) -> Vec<PlanItem> {
     let stale_after = chrono::Duration::seconds(i64::from(s.stale_after_secs.max(1)));
     let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
-    let horizon = now - grace;
+    // Lateness is measured to here: a busy leader's backlog never makes a tick late.
+    let seen = since.min(now);
+    let late = |tick: DateTime<Utc>| (seen - tick).max(chrono::Duration::zero());
+    let horizon = seen - grace;
     let mut items = Vec::new();
     let mut t = Some(s.next_tick);
     if s.next_tick < horizon {
@@ -76,7 +87,7 @@ pub fn plan(s: &Schedule, spec: &CronSpec, now: DateTime<Utc>, grace: Duration) 
             _ => PlanItem {
                 tick: last,
                 next,
-                result: if now - last > stale_after {
+                result: if late(last) > stale_after {
                     TickResult::Stale
                 } else {
                     TickResult::Fire
@@ -96,7 +107,7 @@ pub fn plan(s: &Schedule, spec: &CronSpec, now: DateTime<Utc>, grace: Duration) 
             tick,
             // A schedule with no further tick parks at the end of time.
             next: next.unwrap_or(DateTime::<Utc>::MAX_UTC),
-            result: if now - tick > stale_after {
+            result: if late(tick) > stale_after {
                 TickResult::Stale
             } else {
                 TickResult::Fire
@@ -111,6 +122,47 @@ pub fn plan(s: &Schedule, spec: &CronSpec, now: DateTime<Utc>, grace: Duration) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pass by a leader that began leading just now.
+    fn plan(s: &Schedule, spec: &CronSpec, now: DateTime<Utc>, grace: Duration) -> Vec<PlanItem> {
+        super::plan(s, spec, now, now, grace)
+    }
+
+    #[test]
+    fn a_tick_seen_on_time_fires_however_late_the_leaders_backlog_makes_it() {
+        // 20,000 schedules at 09:00: the leader, leading since 08:00, reaches this one at
+        // 09:03, past the grace and the stale_after of 60 s. It was not missed: it fires.
+        let (s, spec) = schedule("0 9 * * *", "2026-01-01T09:00:00Z", "skip", 60);
+        let items = super::plan(
+            &s,
+            &spec,
+            at("2026-01-01T09:03:00Z"),
+            at("2026-01-01T08:00:00Z"),
+            GRACE,
+        );
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].tick, at("2026-01-01T09:00:00Z"));
+        assert_eq!(items[0].result, TickResult::Fire);
+        assert_eq!(items[0].skipped, 0);
+        // A leader that began at 09:02 did not see it on time: two minutes late, it is missed.
+        let items = super::plan(
+            &s,
+            &spec,
+            at("2026-01-01T09:03:00Z"),
+            at("2026-01-01T09:02:00Z"),
+            GRACE,
+        );
+        assert_eq!(items[0].result, TickResult::Skipped);
+        // One that began at 09:00:30 is within the grace and the stale_after of it.
+        let items = super::plan(
+            &s,
+            &spec,
+            at("2026-01-01T09:03:00Z"),
+            at("2026-01-01T09:00:30Z"),
+            GRACE,
+        );
+        assert_eq!(items[0].result, TickResult::Fire);
+    }
 
     fn at(s: &str) -> DateTime<Utc> {
         s.parse().expect("a UTC time")

@@ -138,3 +138,52 @@ pub async fn xacts(pool: &PgPool, db: &str) -> Result<i64, StoreError> {
     .map_err(q("reading pg_stat_database"))
     .map(Option::unwrap_or_default)
 }
+
+/// `n` schedules, each with an audience of its own holding one member, all due at `at` (with
+/// `cron`, an expression whose next tick is `at`), catch-up `skip` and `stale_after` 60 s: every
+/// tenant's digest at 09:00, for `bench fanout --schedules` and the scheduler's scale tests.
+pub async fn skewed_schedules(
+    pool: &PgPool,
+    n: i64,
+    cron: &str,
+    at: chrono::DateTime<chrono::Utc>,
+    template: &str,
+) -> Result<u64, StoreError> {
+    let r = sqlx::query(
+        "WITH a AS (
+             INSERT INTO audiences (name) SELECT 'skew-' || g FROM generate_series(1, $1) g
+             RETURNING id
+         ), m AS (
+             INSERT INTO audience_members (audience_id, email, vars)
+             SELECT id, 'member' || id || '@example.com', jsonb_build_object('name', 'Member ' || id)
+               FROM a
+         )
+         INSERT INTO schedules (name, cron, timezone, template, audience_id, from_addr, lane,
+                                catch_up, stale_after_secs, next_tick)
+         SELECT 'skew-' || id, $2, 'UTC', $4, id, 'bench@example.com', 'bulk', 'skip', 60, $3
+           FROM a",
+    )
+    .bind(n)
+    .bind(cron)
+    .bind(at)
+    .bind(template)
+    .execute(pool)
+    .await
+    .map_err(q("creating skewed schedules"))?;
+    Ok(r.rows_affected())
+}
+
+/// Ticks due by `at` not yet recorded, plus fan-outs not finished.
+pub async fn schedule_work_left(
+    pool: &PgPool,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<i64, StoreError> {
+    sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM schedules WHERE enabled AND next_tick <= $1)
+              + (SELECT count(*) FROM schedule_runs WHERE status = 'fanning_out')",
+    )
+    .bind(at)
+    .fetch_one(pool)
+    .await
+    .map_err(q("counting scheduled work left"))
+}

@@ -14,6 +14,7 @@ pub mod retention;
 pub mod schedules;
 pub mod suppressions;
 pub mod templates;
+pub mod ticks;
 pub mod webhooks;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

@@ -69,7 +69,7 @@ pub struct Run {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-const RUN_COLUMNS: &str = "schedule_id, tick, status, token, fired_at, total, enqueued, cursor, \
+pub(super) const RUN_COLUMNS: &str = "schedule_id, tick, status, token, fired_at, total, enqueued, cursor, \
                            pushed, skipped_ticks, detail, finished_at";
 
 /// Create a schedule; `None` when the name is taken.
@@ -113,6 +113,15 @@ pub async fn by_id(pool: &PgPool, id: i64) -> Result<Option<Schedule>, StoreErro
         .map_err(q("loading a schedule"))
 }
 
+/// The schedules among `ids` that still exist.
+pub async fn by_ids(pool: &PgPool, ids: &[i64]) -> Result<Vec<Schedule>, StoreError> {
+    sqlx::query_as(&format!("{SELECT} WHERE s.id = ANY($1)"))
+        .bind(ids)
+        .fetch_all(pool)
+        .await
+        .map_err(q("loading schedules"))
+}
+
 pub async fn list(pool: &PgPool) -> Result<Vec<Schedule>, StoreError> {
     sqlx::query_as(&format!("{SELECT} ORDER BY s.name"))
         .fetch_all(pool)
@@ -134,6 +143,15 @@ pub async fn due(
     .fetch_all(pool)
     .await
     .map_err(q("finding due schedules"))
+}
+
+/// How many enabled schedules have a tick due at `now` (the leader's backlog).
+pub async fn due_count(pool: &PgPool, now: DateTime<Utc>) -> Result<i64, StoreError> {
+    sqlx::query_scalar("SELECT count(*) FROM schedules WHERE enabled AND next_tick <= $1")
+        .bind(now)
+        .fetch_one(pool)
+        .await
+        .map_err(q("counting due schedules"))
 }
 
 /// The soonest next tick of any enabled schedule.
@@ -189,15 +207,16 @@ pub async fn runs(pool: &PgPool, schedule_id: i64, limit: i64) -> Result<Vec<Run
     .map_err(q("listing schedule runs"))
 }
 
-/// Runs whose fan-out is not finished, of schedules not paused, oldest first: what a new
-/// leader resumes.
-pub async fn open_runs(pool: &PgPool) -> Result<Vec<Run>, StoreError> {
+/// Up to `limit` runs whose fan-out is not finished, of schedules not paused, oldest first:
+/// what a new leader resumes.
+pub async fn open_runs(pool: &PgPool, limit: i64) -> Result<Vec<Run>, StoreError> {
     sqlx::query_as(&format!(
         "SELECT {RUN_COLUMNS} FROM schedule_runs
           WHERE status = 'fanning_out'
             AND schedule_id IN (SELECT id FROM schedules WHERE enabled)
-          ORDER BY fired_at"
+          ORDER BY fired_at LIMIT $1"
     ))
+    .bind(limit)
     .fetch_all(pool)
     .await
     .map_err(q("finding unfinished fan-outs"))

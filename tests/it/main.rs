@@ -23,6 +23,7 @@ mod recovery;
 mod reliability;
 mod resilience;
 mod retention;
+mod schedule_scale;
 mod scheduler;
 mod scripts;
 mod suppressions;
