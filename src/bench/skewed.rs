@@ -184,21 +184,15 @@ async fn report(
     duplicates: Option<u64>,
 ) -> anyhow::Result<()> {
     let n = s.schedules;
-    let (runs, done, skipped, stale, last_fired_ms, last_done_ms): (i64, i64, i64, i64, f64, f64) =
-        sqlx::query_as(
-            "SELECT count(*), count(*) FILTER (WHERE status = 'done'),
-                    count(*) FILTER (WHERE status = 'skipped'),
-                    count(*) FILTER (WHERE status = 'stale'),
-                    COALESCE(EXTRACT(EPOCH FROM max(fired_at - tick)) * 1000, 0)::float8,
-                    COALESCE(EXTRACT(EPOCH FROM max(finished_at - tick)) * 1000, 0)::float8
-               FROM schedule_runs WHERE tick = $1",
-        )
-        .bind(at)
-        .fetch_one(pg)
-        .await?;
-    let emails: i64 = sqlx::query_scalar("SELECT count(*) FROM emails")
-        .fetch_one(pg)
-        .await?;
+    let store::bench::TickOutcome {
+        runs,
+        done,
+        skipped,
+        stale,
+        last_fired_ms,
+        last_done_ms,
+        emails,
+    } = store::bench::tick_outcome(pg, at).await?;
     let mut line = format!(
         "fanout schedules={n} batch={} workers={} killed_leader={} runs={runs} done={done} \
          skipped={skipped} stale={stale} emails={emails} last_tick_lag_ms={last_fired_ms:.0} \

@@ -187,3 +187,37 @@ pub async fn schedule_work_left(
     .await
     .map_err(q("counting scheduled work left"))
 }
+
+/// The runs of tick `at` in `bench fanout --schedules`: how many, how they ended, and how late
+/// the last one fired and finished.
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+pub struct TickOutcome {
+    pub runs: i64,
+    pub done: i64,
+    pub skipped: i64,
+    pub stale: i64,
+    pub last_fired_ms: f64,
+    pub last_done_ms: f64,
+    pub emails: i64,
+}
+
+pub async fn tick_outcome(
+    pool: &PgPool,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<TickOutcome, StoreError> {
+    sqlx::query_as(
+        "SELECT count(*) AS runs, count(*) FILTER (WHERE status = 'done') AS done,
+                count(*) FILTER (WHERE status = 'skipped') AS skipped,
+                count(*) FILTER (WHERE status = 'stale') AS stale,
+                COALESCE(EXTRACT(EPOCH FROM max(fired_at - tick)) * 1000, 0)::float8
+                    AS last_fired_ms,
+                COALESCE(EXTRACT(EPOCH FROM max(finished_at - tick)) * 1000, 0)::float8
+                    AS last_done_ms,
+                (SELECT count(*) FROM emails) AS emails
+           FROM schedule_runs WHERE tick = $1",
+    )
+    .bind(at)
+    .fetch_one(pool)
+    .await
+    .map_err(q("reading a tick's runs"))
+}
