@@ -293,6 +293,7 @@ async fn replay_batch<C: ConnectionLike + Send>(
             Status::Failed,
             Status::Unknown,
             Status::Suppressed,
+            Status::Cancelled,
         ],
     )
     .await?;

@@ -14,6 +14,7 @@ pub mod domain;
 pub mod lease;
 pub mod metrics;
 pub mod mock;
+pub mod operate;
 pub mod priority;
 pub mod producer;
 pub mod provider;

@@ -155,7 +155,12 @@ pub async fn build(
     let unsent: HashSet<uuid::Uuid> = store::emails::ids_with_status(
         pool,
         &ids,
-        &[Status::Failed, Status::Dead, Status::Suppressed],
+        &[
+            Status::Failed,
+            Status::Dead,
+            Status::Suppressed,
+            Status::Cancelled,
+        ],
     )
     .await?
     .into_iter()

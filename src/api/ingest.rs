@@ -11,7 +11,7 @@ use crate::producer::{Durability, NewJob, Prepared, Producer, ProducerError};
 use crate::store::emails::{self, NewRow};
 use crate::store::suppressions;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Extension, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Handlers build their error response early and return it; boxing keeps `Result` small.
-type Reject = Box<Response>;
+pub(super) type Reject = Box<Response>;
 
 pub const MAX_BATCH: usize = 1000;
 /// Most field errors one batch answer reports (each email reports at most
@@ -134,7 +134,10 @@ pub fn router(state: ApiState) -> Router {
             "/v1/emails/batch",
             post(create_batch).layer(DefaultBodyLimit::max(batch_limit)),
         )
-        .route("/v1/emails/{id}", get(show))
+        .route(
+            "/v1/emails/{id}",
+            get(super::emails::show).delete(super::emails::cancel),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(middleware::map_response(json_errors))
         .with_state(state)
@@ -172,7 +175,7 @@ async fn json_errors(r: Response) -> Response {
     out
 }
 
-fn problem(status: StatusCode, error: &str, details: Option<Value>) -> Reject {
+pub(super) fn problem(status: StatusCode, error: &str, details: Option<Value>) -> Reject {
     let mut body = json!({ "error": error });
     if let Some(d) = details {
         body["details"] = d;
@@ -238,7 +241,7 @@ fn bind_tenant(p: &Principal, job: &mut NewJob) -> Result<(), Reject> {
     Ok(())
 }
 
-fn may(allowed: bool, what: &str) -> Result<(), Reject> {
+pub(super) fn may(allowed: bool, what: &str) -> Result<(), Reject> {
     if allowed {
         Ok(())
     } else {
@@ -544,31 +547,5 @@ async fn create_batch(
     match result {
         Ok(a) => (StatusCode::ACCEPTED, Json(json!({ "emails": a }))).into_response(),
         Err(r) => *r,
-    }
-}
-
-async fn show(
-    State(s): State<ApiState>,
-    Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
-) -> Response {
-    if let Err(r) = may(who.read, "read emails") {
-        return *r;
-    }
-    let Ok(id) = uuid::Uuid::parse_str(&id) else {
-        return *problem(StatusCode::BAD_REQUEST, "id is not a UUID", None);
-    };
-    match emails::status(&s.pg, id).await {
-        // Another tenant's email is not found, not forbidden: its existence is not told.
-        Ok(Some(st)) if who.tenant.is_none() || st.tenant == who.tenant => Json(st).into_response(),
-        Ok(_) => *problem(StatusCode::NOT_FOUND, "no such email", None),
-        Err(e) => {
-            tracing::error!(error.message = %e, "status lookup failed");
-            *problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "database unavailable",
-                None,
-            )
-        }
     }
 }

@@ -4,6 +4,7 @@
 //! no business logic of their own.
 
 pub mod admin;
+mod emails;
 pub mod ingest;
 pub mod serve;
 pub mod unsubscribe;

@@ -35,10 +35,12 @@ pub enum Status {
     /// Another job holds its idempotency key within the dedup window (the Redis marker was
     /// lost): acked and never sent.
     Duplicate,
+    /// Cancelled by an operator while it waited; never sent.
+    Cancelled,
 }
 
 impl Status {
-    pub const ALL: [Status; 12] = [
+    pub const ALL: [Status; 13] = [
         Status::Queued,
         Status::Sending,
         Status::Sent,
@@ -51,10 +53,11 @@ impl Status {
         Status::Bounced,
         Status::Complained,
         Status::Duplicate,
+        Status::Cancelled,
     ];
 
     /// The statuses after which nothing more happens to a job on its own.
-    pub const FINAL: [Status; 9] = [
+    pub const FINAL: [Status; 10] = [
         Status::Sent,
         Status::Failed,
         Status::Dead,
@@ -64,6 +67,7 @@ impl Status {
         Status::Bounced,
         Status::Complained,
         Status::Duplicate,
+        Status::Cancelled,
     ];
 
     /// The statuses a worker may claim a job from (besides an expired `sending` claim).
@@ -98,6 +102,7 @@ impl Status {
             Status::Bounced => "bounced",
             Status::Complained => "complained",
             Status::Duplicate => "duplicate",
+            Status::Cancelled => "cancelled",
         }
     }
 }

@@ -76,3 +76,20 @@ pub async fn list(pool: &PgPool) -> Result<Vec<Template>, StoreError> {
     .await
     .map_err(q("listing templates"))
 }
+
+/// How long ago (by Postgres' clock) the newest version of any of `names` was stored; None when
+/// none of them exists.
+pub async fn changed_ago(
+    pool: &PgPool,
+    names: &[String],
+) -> Result<Option<std::time::Duration>, StoreError> {
+    let secs: Option<f64> = sqlx::query_scalar(
+        "SELECT EXTRACT(EPOCH FROM now() - max(created_at))::float8 FROM templates
+          WHERE name = ANY($1)",
+    )
+    .bind(names)
+    .fetch_one(pool)
+    .await
+    .map_err(q("reading when templates changed"))?;
+    Ok(secs.map(|s| std::time::Duration::from_secs_f64(s.max(0.0))))
+}

@@ -229,3 +229,24 @@ pub async fn apply_pending(pool: &PgPool) -> Result<u64, StoreError> {
     }
     Ok(applied)
 }
+
+/// A provider event recorded for a job, as `mailfleet email show` lists it.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct EventRow {
+    pub provider: String,
+    pub event_id: String,
+    pub kind: String,
+    pub received_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The events received for job `id`, oldest first.
+pub async fn events_of(pool: &PgPool, id: uuid::Uuid) -> Result<Vec<EventRow>, StoreError> {
+    sqlx::query_as(
+        "SELECT provider, event_id, kind, received_at FROM webhook_events
+          WHERE job_id = $1 ORDER BY received_at",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
+    .map_err(q("listing an email's provider events"))
+}

@@ -59,7 +59,9 @@ pub use fate::backoff;
 pub use recorder::Item;
 
 /// How long a template lookup is cached: a `template put` takes effect within this.
-const TEMPLATE_TTL: Duration = Duration::from_secs(5);
+/// How long a worker keeps a template it looked up (or its absence): a template stored now is
+/// seen by every worker within this.
+pub const TEMPLATE_TTL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct Settings {

@@ -661,3 +661,56 @@ async fn a_tenants_key_sends_reads_and_dedups_only_as_its_tenant(pg: PgPool) {
         "others still work"
     );
 }
+
+#[sqlx::test]
+async fn a_tenant_cancels_its_own_waiting_email_and_no_other_tenants(pg: PgPool) {
+    let redis = TestRedis::new();
+    let url = spawn_api(&pg, &redis, 64 * 1024).await;
+    let acme = make_key(&pg, &redis, &["--tenant", "acme"]).await;
+    let beta = make_key(&pg, &redis, &["--tenant", "beta"]).await;
+    let acme_reader = make_key(&pg, &redis, &["--tenant", "acme", "--scope", "read"]).await;
+    let http = reqwest::Client::new();
+    let mut later = email();
+    later["send_at"] = json!((chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339());
+    let r = http
+        .post(format!("{url}/v1/emails"))
+        .bearer_auth(&acme)
+        .json(&later)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let delete = |key: &str| {
+        http.delete(format!("{url}/v1/emails/{id}"))
+            .bearer_auth(key)
+            .send()
+    };
+    // Another tenant's email is not found; a read-only key may not cancel.
+    assert_eq!(delete(&beta).await.unwrap().status(), 404);
+    assert_eq!(delete(&acme_reader).await.unwrap().status(), 403);
+    let r = delete(&acme).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "cancelled");
+    // Once final it no longer waits: 409 with its status.
+    let r = delete(&acme).await.unwrap();
+    assert_eq!(r.status(), 409);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["details"]["status"],
+        "cancelled"
+    );
+    assert_eq!(
+        status_of(&pg, id.parse().unwrap()).await.as_deref(),
+        Some("cancelled")
+    );
+    let r = http
+        .delete(format!("{url}/v1/emails/not-a-uuid"))
+        .bearer_auth(&acme)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}

@@ -14,6 +14,7 @@ mod fairness;
 mod guarantees;
 mod leader;
 mod observability;
+mod operate;
 mod pause;
 mod pipeline;
 mod priority;

@@ -1,12 +1,14 @@
 //! The `emails` ledger and its `email_attempts` log. One file per part of a job's life:
 //! [`claim`] (a worker takes a batch, and keeps its claims fresh), [`record`] (outcomes and
-//! their attempt rows), [`recover`] (the reconciler, dead-lettering and replay), and here the
-//! rows written at accept and the look-ups.
+//! their attempt rows), [`recover`] (the reconciler, dead-lettering and replay), [`operate`]
+//! (an operator's list, cancel and retry), and here the rows written at accept and the
+//! look-ups.
 //!
 //! Every status is a [`Status`], bound as a parameter: no statement spells one.
 
 mod claim;
 pub mod idempotency;
+pub mod operate;
 mod record;
 mod recover;
 
@@ -170,6 +172,41 @@ pub struct EmailStatus {
     pub sent_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
     pub tenant: Option<String>,
+}
+
+/// The jobs holding idempotency key `key` (of `tenant`, when given), with their tenants: from
+/// the idempotency backstop's table while the key is in its window (a primary-key look-up),
+/// else from a scan of `emails`.
+pub async fn ids_by_key(
+    pool: &PgPool,
+    key: &str,
+    tenant: Option<&str>,
+) -> Result<Vec<(Uuid, Option<String>)>, StoreError> {
+    let held: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT job_id, tenant FROM idempotency_keys
+          WHERE key = $1 AND ($2::text IS NULL OR tenant = $2) LIMIT 20",
+    )
+    .bind(key)
+    .bind(tenant)
+    .fetch_all(pool)
+    .await
+    .map_err(q("looking up an idempotency key"))?;
+    if !held.is_empty() {
+        return Ok(held
+            .into_iter()
+            .map(|(id, t)| (id, Some(t).filter(|t| !t.is_empty())))
+            .collect());
+    }
+    sqlx::query_as(
+        "SELECT id, tenant FROM emails
+          WHERE idempotency_key = $1 AND ($2::text IS NULL OR tenant = $2)
+          ORDER BY enqueued_at DESC LIMIT 20",
+    )
+    .bind(key)
+    .bind(tenant)
+    .fetch_all(pool)
+    .await
+    .map_err(q("looking up an idempotency key"))
 }
 
 pub async fn status(pool: &PgPool, id: Uuid) -> Result<Option<EmailStatus>, StoreError> {

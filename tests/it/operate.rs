@@ -1,0 +1,127 @@
+//! An operator's job-level commands against a live worker: `email list`, `email cancel` (and
+//! `DELETE /v1/emails/{id}` is in tests/it/api.rs), `email retry`, `email show <key>`.
+
+use crate::support::*;
+use mailfleet::Lane;
+use mailfleet::mock::MockConfig;
+use sqlx::PgPool;
+use std::time::Duration;
+
+async fn run(pg: &PgPool, redis: &TestRedis, args: &[&str]) -> (bool, String, String) {
+    let out = mailfleet(pg, redis).args(args).output().await.unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[sqlx::test]
+async fn a_waiting_email_is_cancelled_and_never_sent_and_a_failed_one_is_retried_once_fixed(
+    pg: PgPool,
+) {
+    let redis = TestRedis::new();
+    let mock = TestMock::start(MockConfig::default()).await;
+    let worker = TestWorker::start(&pg, &redis, &mock.url, settings()).await;
+    let producer = redis.producer().with_ledger(pg.clone());
+
+    // Due in two seconds, cancelled now: its entry comes out of the delayed set, and the
+    // worker acks it without a send.
+    let mut soon = job(Lane::Bulk, "soon@example.com");
+    soon.payload.send_at = Some(chrono::Utc::now() + chrono::Duration::seconds(2));
+    // Its template does not exist yet: it fails for good.
+    let mut broken = job(Lane::Bulk, "broken@example.com");
+    broken.idempotency_key = Some("welcome-42".into());
+    broken.payload.subject = None;
+    broken.payload.text = None;
+    broken.payload.template = Some("welcome".into());
+    let now = job(Lane::Tx, "now@example.com");
+    let ids: Vec<String> = producer
+        .send_many(vec![soon, broken, now])
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id.to_string())
+        .collect();
+    let (soon, broken, now) = (&ids[0], &ids[1], &ids[2]);
+    let (ok, out, err) = run(&pg, &redis, &["email", "cancel", soon]).await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("cancelled"), "{out}");
+    eventually(
+        "the broken one fails and the tx one is sent",
+        WAIT,
+        || async {
+            (status_of(&pg, broken.parse().unwrap()).await.as_deref() == Some("failed")
+                && status_of(&pg, now.parse().unwrap()).await.as_deref() == Some("sent"))
+            .then_some(())
+        },
+    )
+    .await;
+    // A sent email is final: not cancelled, and the command fails saying why.
+    let (ok, out, _) = run(&pg, &redis, &["email", "cancel", now]).await;
+    assert!(!ok);
+    assert!(out.contains("it is sent (final)"), "{out}");
+
+    // `email list --status failed` shows it, without any address.
+    let (ok, out, err) = run(
+        &pg,
+        &redis,
+        &["email", "list", "--status", "failed", "--json"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1, "{out}");
+    assert_eq!(rows[0]["id"], broken.as_str());
+    assert!(!out.contains("@example.com"), "{out}");
+    let (ok, _, err) = run(&pg, &redis, &["email", "list", "--status", "nosuch"]).await;
+    assert!(!ok && err.contains("the statuses are"), "{err}");
+    // `email show` by idempotency key.
+    let (ok, out, err) = run(&pg, &redis, &["email", "show", "welcome-42", "--json"]).await;
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["email"]["id"], broken.as_str());
+
+    // The cause fixed, `email retry` sends it.
+    mailfleet::store::templates::put(&pg, "welcome", "Hello", None, Some("Welcome"))
+        .await
+        .unwrap();
+    let (ok, out, err) = run(
+        &pg,
+        &redis,
+        &["email", "retry", "--all-failed", "--dry-run"],
+    )
+    .await;
+    assert!(ok && out.contains("would retry 1 of 1"), "{out}{err}");
+    let (ok, out, err) = run(&pg, &redis, &["email", "retry", broken]).await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("retried 1 of 1"), "{out}");
+    eventually("the retried email is sent", WAIT, || async {
+        (status_of(&pg, broken.parse().unwrap()).await.as_deref() == Some("sent")).then_some(())
+    })
+    .await;
+    // A sent one is not retried.
+    let (ok, _, err) = run(&pg, &redis, &["email", "retry", broken]).await;
+    assert!(!ok && err.contains("not retried"), "{err}");
+
+    // Past the cancelled one's send_at, and then some: it was never sent.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    eventually("the cancelled entry is read and acked", WAIT, || async {
+        (redis.pending(Lane::Bulk).await == 0).then_some(())
+    })
+    .await;
+    worker.stop().await;
+    assert_eq!(
+        status_of(&pg, soon.parse().unwrap()).await.as_deref(),
+        Some("cancelled")
+    );
+    let stats = mock.state.stats();
+    assert_eq!(
+        stats.unique, 2,
+        "the tx email and the retried one: {stats:?}"
+    );
+    assert_eq!(stats.duplicates, 0);
+}
