@@ -13,7 +13,11 @@ pub enum AudienceCmd {
     /// becomes a template variable). All or nothing: one bad row imports none. `-` reads stdin.
     Import { name: String, file: PathBuf },
     /// List audiences with their member counts.
-    List,
+    List {
+        /// One JSON object per audience per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete an audience and its members (refused while a schedule uses it).
     Rm { name: String },
 }
@@ -50,7 +54,12 @@ pub async fn run(g: Global, c: AudienceCmd) -> anyhow::Result<()> {
                 started.elapsed().as_secs_f64()
             );
         }
-        AudienceCmd::List => {
+        AudienceCmd::List { json: true } => {
+            for a in audiences::list(&pool).await? {
+                println!("{}", serde_json::to_string(&a)?);
+            }
+        }
+        AudienceCmd::List { json: false } => {
             println!(
                 "{:<32} {:>10} {:>11}  created",
                 "name", "members", "subscribed"

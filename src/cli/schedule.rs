@@ -40,7 +40,15 @@ pub enum ScheduleCmd {
         paused: bool,
     },
     /// List schedules.
-    List,
+    List {
+        /// One JSON object per schedule per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fire a schedule once now, outside its expression: one email per subscribed member, like
+    /// a tick (its own run, exactly once; the leader fans it out within seconds). Its regular
+    /// ticks are unchanged.
+    RunNow { name: String },
     /// Show one schedule and its next ticks.
     Show { name: String },
     /// Stop firing until resumed; a fan-out under way halts after its current batch.
@@ -103,7 +111,26 @@ pub async fn run(g: Global, c: ScheduleCmd) -> anyhow::Result<()> {
                 if s.enabled { "" } else { " (paused)" }
             );
         }
-        ScheduleCmd::List => {
+        ScheduleCmd::List { json: true } => {
+            for s in schedules::list(&pool).await? {
+                println!("{}", serde_json::to_string(&s)?);
+            }
+        }
+        ScheduleCmd::RunNow { name } => {
+            let Some(s) = schedules::get(&pool, &name).await? else {
+                bail!("no schedule named {name:?}");
+            };
+            if !s.enabled {
+                bail!("{name} is paused: resume it first (`mailfleet schedule resume {name}`)");
+            }
+            let run = schedules::run_now(&pool, s.id).await?;
+            println!(
+                "{name}: run {} for {} member(s); a scheduler leader fans it out (`mailfleet schedule runs {name}`)",
+                run.tick.to_rfc3339(),
+                run.total
+            );
+        }
+        ScheduleCmd::List { json: false } => {
             println!(
                 "{:<24} {:<18} {:<16} {:<16} {:<7} next tick",
                 "name", "cron", "timezone", "audience", "state"

@@ -27,7 +27,11 @@ pub enum TemplateCmd {
         version: Option<i32>,
     },
     /// List the latest version of every template.
-    List,
+    List {
+        /// One JSON object per template per line (name, version, subject, created_at).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn body(inline: Option<String>, file: Option<PathBuf>) -> anyhow::Result<Option<String>> {
@@ -75,7 +79,16 @@ pub async fn run(g: Global, c: TemplateCmd) -> anyhow::Result<()> {
             Some(t) => println!("{}", serde_json::to_string_pretty(&t)?),
             None => bail!("no template {name:?}"),
         },
-        TemplateCmd::List => {
+        TemplateCmd::List { json: true } => {
+            for t in templates::list(&pool).await? {
+                let v = serde_json::json!({
+                    "name": t.name, "version": t.version, "subject": t.subject,
+                    "created_at": t.created_at,
+                });
+                println!("{v}");
+            }
+        }
+        TemplateCmd::List { json: false } => {
             println!("{:<32} {:>7}  created", "name", "version");
             for t in templates::list(&pool).await? {
                 println!(

@@ -113,6 +113,25 @@ pub async fn by_id(pool: &PgPool, id: i64) -> Result<Option<Schedule>, StoreErro
         .map_err(q("loading a schedule"))
 }
 
+/// A run of schedule `id` at Postgres' `now()`, outside its expression (`schedule run-now`): a
+/// `fanning_out` run like a tick's, which the leader's scan of open runs picks up and fans out
+/// (its jobs' ids derive from this tick, so they are its own). Its `next_tick` is untouched.
+pub async fn run_now(pool: &PgPool, id: i64) -> Result<Run, StoreError> {
+    sqlx::query_as(&format!(
+        "INSERT INTO schedule_runs (schedule_id, tick, status, token, total, detail)
+         SELECT s.id, date_trunc('milliseconds', now()), 'fanning_out', 0,
+                (SELECT count(*) FROM audience_members m
+                  WHERE m.audience_id = s.audience_id AND m.subscribed),
+                'run now by an operator'
+           FROM schedules s WHERE s.id = $1
+         RETURNING {RUN_COLUMNS}"
+    ))
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .map_err(q("starting a run now"))
+}
+
 /// The schedules among `ids` that still exist.
 pub async fn by_ids(pool: &PgPool, ids: &[i64]) -> Result<Vec<Schedule>, StoreError> {
     sqlx::query_as(&format!("{SELECT} WHERE s.id = ANY($1)"))

@@ -125,3 +125,55 @@ async fn a_waiting_email_is_cancelled_and_never_sent_and_a_failed_one_is_retried
     );
     assert_eq!(stats.duplicates, 0);
 }
+
+#[sqlx::test]
+async fn run_now_fans_a_schedule_out_once_outside_its_ticks_and_listings_speak_json(pg: PgPool) {
+    use crate::scheduler::{audience_of, candidate, definition, digest_template};
+    let redis = TestRedis::new();
+    redis.ensure_groups().await;
+    digest_template(&pg).await;
+    audience_of(&pg, "team", 3).await;
+    // Yearly: no regular tick comes during the test.
+    let s = mailfleet::scheduler::admin::add(&pg, &definition("yearly", "0 0 1 1 *", "team"))
+        .await
+        .unwrap();
+    let (ok, out, err) = run(&pg, &redis, &["schedule", "run-now", "yearly"]).await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("for 3 member(s)"), "{out}");
+    let (token, handle) = candidate(&pg, &redis, "runner/1", 2000);
+    let done = eventually("the leader fans the run out", WAIT, || async {
+        mailfleet::store::schedules::runs(&pg, s.id, 10)
+            .await
+            .ok()?
+            .into_iter()
+            .find(|r| r.status == "done")
+    })
+    .await;
+    token.cancel();
+    handle.await.unwrap();
+    assert_eq!((done.total, done.enqueued), (3, 3));
+    assert_eq!(redis.xlen(&redis.keys.lane(0, Lane::Bulk)).await, 3);
+    let after = mailfleet::store::schedules::get(&pg, "yearly")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        after.next_tick, s.next_tick,
+        "its regular ticks are unchanged"
+    );
+    let (ok, _, err) = run(&pg, &redis, &["schedule", "run-now", "nosuch"]).await;
+    assert!(!ok && err.contains("no schedule named"), "{err}");
+
+    // Listings as JSON lines.
+    for (args, field, want) in [
+        (["schedule", "list", "--json"], "name", "yearly"),
+        (["audience", "list", "--json"], "name", "team"),
+        (["template", "list", "--json"], "name", "digest"),
+    ] {
+        let (ok, out, err) = run(&pg, &redis, &args).await;
+        assert!(ok, "{args:?}: {err}");
+        let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap_or(""))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"));
+        assert_eq!(v[field], want, "{args:?}: {out}");
+    }
+}
