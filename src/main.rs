@@ -1,7 +1,6 @@
 //! The `mailfleet` binary: parse the command line, install the TLS crypto provider and
 //! telemetry, dispatch to `cli/`.
 
-use clap::Parser;
 use mailfleet::cli::Cli;
 
 /// mimalloc instead of glibc's malloc: in the pipeline profile glibc's malloc/free took about a
@@ -14,7 +13,7 @@ async fn main() -> std::process::ExitCode {
     // One rustls crypto provider (ring) for reqwest and sqlx alike; without it rustls panics at
     // the first TLS handshake when more than one provider is compiled in.
     mailfleet::install_crypto_provider();
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     mailfleet::telemetry::init(&cli.global.log_format);
     let json = cli.global.log_format == "json";
     let redis_shown = cli.global.redis_shown();

@@ -22,6 +22,21 @@ pub mod worker;
 use crate::config::Global;
 use clap::{Parser, Subcommand};
 
+impl Cli {
+    /// Parse the process's arguments. Every flag's `[env: NAME]` is shown without its value:
+    /// clap would print `[env: NAME=]` for an unset variable, which reads as set to empty, and
+    /// a set one's value may be a secret.
+    pub fn parse_args() -> Cli {
+        use clap::{CommandFactory, FromArgMatches};
+        fn env_names_only(c: clap::Command) -> clap::Command {
+            c.mut_args(|a| a.hide_env_values(true))
+                .mut_subcommands(env_names_only)
+        }
+        let matches = env_names_only(Cli::command()).get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
+
 /// The command line: the settings every subcommand shares, then the subcommand.
 #[derive(Debug, Parser)]
 #[command(

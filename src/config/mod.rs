@@ -31,8 +31,9 @@ pub use worker::{AmbiguousPolicy, SchedulerRole, WorkerArgs};
 use clap::Args;
 use std::path::PathBuf;
 
-/// Settings every subcommand shares.
+/// Settings every subcommand shares (listed under their own heading in every `--help`).
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct Global {
     /// Redis URL (redis://[user:password@]host:port[/db]).
     #[arg(

@@ -177,3 +177,20 @@ async fn run_now_fans_a_schedule_out_once_outside_its_ticks_and_listings_speak_j
         assert_eq!(v[field], want, "{args:?}: {out}");
     }
 }
+
+#[sqlx::test]
+async fn help_puts_the_global_flags_under_their_own_heading_and_no_env_looks_empty(pg: PgPool) {
+    let redis = TestRedis::new();
+    for args in [
+        &["--help"][..],
+        &["worker", "--help"],
+        &["email", "list", "--help"],
+    ] {
+        let (ok, out, err) = run(&pg, &redis, args).await;
+        assert!(ok, "{args:?}: {err}");
+        assert!(out.contains("Global options:"), "{args:?}: {out}");
+        // `[env: NAME=]` reads as "set to empty"; names only, never a value.
+        assert!(!out.contains("=]"), "{args:?}: {out}");
+        assert!(out.contains("[env: MAILFLEET_DATABASE_URL]"), "{args:?}");
+    }
+}
