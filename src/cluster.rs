@@ -1,7 +1,8 @@
 //! The cluster at a glance, read from Redis and Postgres (not from any one worker): lanes
 //! (length, pending, lag, oldest pending), delayed, dead letters, workers alive, pauses,
 //! the scheduler's leader and fence, each provider's breaker as every live worker last
-//! reported it, and the outcomes recorded per lane over the last minute.
+//! reported it, the outcomes recorded per lane over the last minute, and per status today and
+//! over every row kept.
 //!
 //! `mailfleet status` prints it; the admin page (`api::admin`) renders it.
 
@@ -35,6 +36,8 @@ pub struct Snapshot {
     pub fence: (i64, Option<String>),
     /// Emails sent over the last [`RATE_WINDOW_SECS`] by each of the busiest tenants.
     pub tenant_sent: BTreeMap<String, i64>,
+    /// status -> rows recorded in it today (UTC, by Postgres' clock) and every row kept.
+    pub totals: BTreeMap<String, store::emails::Totals>,
 }
 
 pub async fn snapshot(
@@ -47,8 +50,17 @@ pub async fn snapshot(
     let lease = lease::holder(&mut *conn, &LeaseKeys::new(keys.prefix(), lease::SCHEDULER)).await?;
     let fence = store::fence::read(pg, lease::SCHEDULER).await?;
     let mut recent: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
-    for (lane, status, n) in store::emails::recent_outcomes(pg, RATE_WINDOW_SECS).await? {
-        recent.entry(lane).or_default().insert(status, n);
+    let mut totals: BTreeMap<String, store::emails::Totals> = BTreeMap::new();
+    for c in store::emails::outcome_counts(pg, RATE_WINDOW_SECS).await? {
+        if c.recent > 0 {
+            recent
+                .entry(c.lane.clone())
+                .or_default()
+                .insert(c.status.clone(), c.recent);
+        }
+        let t = totals.entry(c.status).or_default();
+        t.today += c.today;
+        t.all += c.all;
     }
     let busiest: Vec<String> = depth
         .tenants
@@ -66,6 +78,7 @@ pub async fn snapshot(
         lease,
         fence,
         tenant_sent,
+        totals,
     })
 }
 

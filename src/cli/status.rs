@@ -1,7 +1,8 @@
 //! `mailfleet status [--watch] [--json]`: the cluster at a glance, from Redis and Postgres
-//! (not from any one worker): lanes (length, pending, lag, oldest pending, recorded per
-//! second over the last minute), delayed, dead letters, workers alive, the scheduler's leader
-//! and fence, and each provider's breaker as every live worker last reported it.
+//! (not from any one worker): lanes (backlog, pending, oldest pending, sent per second over
+//! the last minute, entries kept), delayed, dead letters, workers alive, the scheduler's
+//! leader and fence, each provider's breaker as every live worker last reported it and
+//! whether it is paused, and outcome totals for the last minute, today and every row kept.
 
 use crate::cluster::{RATE_WINDOW_SECS, Snapshot, breaker_name, snapshot};
 use crate::config::Global;
@@ -25,10 +26,12 @@ pub struct StatusArgs {
 
 fn table(s: &Snapshot) -> String {
     let mut o = String::new();
+    // BACKLOG: added and not yet read by any worker; PENDING: read, not yet acked; KEPT: what
+    // the stream holds, acked entries included until the leader trims them.
     let _ = writeln!(
         o,
-        "{:<6} {:>10} {:>9} {:>9} {:>12} {:>10}",
-        "LANE", "LENGTH", "PENDING", "LAG", "OLDEST(s)", "SENT/s"
+        "{:<6} {:>9} {:>9} {:>12} {:>10} {:>10}",
+        "LANE", "BACKLOG", "PENDING", "OLDEST(s)", "SENT/s", "KEPT"
     );
     for (lane, d) in &s.depth.lanes {
         let sent = s
@@ -39,13 +42,13 @@ fn table(s: &Snapshot) -> String {
             .unwrap_or(0);
         let _ = writeln!(
             o,
-            "{:<6} {:>10} {:>9} {:>9} {:>12.1} {:>10.1}",
+            "{:<6} {:>9} {:>9} {:>12.1} {:>10.1} {:>10}",
             lane,
-            d.length,
-            d.pending,
             d.lag,
+            d.pending,
             d.oldest_pending_ms as f64 / 1000.0,
-            sent as f64 / RATE_WINDOW_SECS
+            sent as f64 / RATE_WINDOW_SECS,
+            d.length
         );
     }
     let _ = writeln!(
@@ -65,17 +68,26 @@ fn table(s: &Snapshot) -> String {
         s.fence.0,
         s.fence.1.as_deref().unwrap_or("-")
     );
-    let _ = writeln!(o, "\n{:<16} {:<10} WORKERS", "PROVIDER", "BREAKER");
+    let _ = writeln!(
+        o,
+        "\n{:<16} {:<10} {:<7} AS THE WORKERS SEE IT",
+        "PROVIDER", "BREAKER", "PAUSED"
+    );
     for (provider, by_worker) in &s.depth.breakers {
         let worst = by_worker.values().copied().max().unwrap_or(0);
         let open = by_worker.values().filter(|&&v| v > 0).count();
+        let paused = s.depth.paused.contains_key(&format!("provider:{provider}"));
+        let seen = if open == 0 {
+            format!("closed on all {}", by_worker.len())
+        } else {
+            format!("not closed on {} of {}", open, by_worker.len())
+        };
         let _ = writeln!(
             o,
-            "{:<16} {:<10} {} of {} report it not closed",
+            "{:<16} {:<10} {:<7} {seen}",
             provider,
             breaker_name(worst),
-            open,
-            by_worker.len()
+            if paused { "yes" } else { "no" },
         );
     }
     let t = &s.depth.tenants;
@@ -123,6 +135,19 @@ fn table(s: &Snapshot) -> String {
     }
     let outcomes: Vec<String> = last.iter().map(|(k, v)| format!("{k} {v}")).collect();
     let _ = writeln!(o, "\nlast minute: {}", outcomes.join(", "));
+    let today: Vec<String> = s
+        .totals
+        .iter()
+        .filter(|(_, t)| t.today > 0)
+        .map(|(k, t)| format!("{k} {}", t.today))
+        .collect();
+    let all: Vec<String> = s
+        .totals
+        .iter()
+        .map(|(k, t)| format!("{k} {}", t.all))
+        .collect();
+    let _ = writeln!(o, "today (UTC): {}", today.join(", "));
+    let _ = writeln!(o, "all rows kept: {}", all.join(", "));
     o
 }
 
@@ -140,6 +165,7 @@ fn as_json(s: &Snapshot) -> serde_json::Value {
         "tenants": s.depth.tenants,
         "tenant_sent_last_minute": s.tenant_sent,
         "last_minute": s.recent,
+        "totals": s.totals,
     })
 }
 

@@ -124,6 +124,21 @@ async fn a_waiting_email_is_cancelled_and_never_sent_and_a_failed_one_is_retried
         "the tx email and the retried one: {stats:?}"
     );
     assert_eq!(stats.duplicates, 0);
+    // `status` counts them: today and over every row kept.
+    let (ok, out, err) = run(&pg, &redis, &["status", "--json"]).await;
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["totals"]["sent"],
+        serde_json::json!({"today": 2, "all": 2}),
+        "{v}"
+    );
+    assert_eq!(v["totals"]["cancelled"]["all"], 1, "{v}");
+    let (ok, out, _) = run(&pg, &redis, &["status"]).await;
+    assert!(
+        ok && out.contains("today (UTC): ") && out.contains("sent 2"),
+        "{out}"
+    );
 }
 
 #[sqlx::test]

@@ -357,17 +357,38 @@ pub async fn recent_sent_by_tenant(
     .map_err(q("counting the busiest tenants' recent sends"))
 }
 
-pub async fn recent_outcomes(
-    pool: &PgPool,
-    secs: f64,
-) -> Result<Vec<(String, String, i64)>, StoreError> {
+/// Rows of one lane and status: recorded in the last `secs`, recorded today (UTC, by
+/// Postgres' clock), and all kept.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OutcomeCount {
+    pub lane: String,
+    pub status: String,
+    pub recent: i64,
+    pub today: i64,
+    pub all: i64,
+}
+
+/// One status's totals, as `mailfleet status` shows them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    pub today: i64,
+    pub all: i64,
+}
+
+/// Every lane and status with its counts (one scan of `emails`, which `mailfleet status`
+/// and /admin pay for; the send path never runs it).
+pub async fn outcome_counts(pool: &PgPool, secs: f64) -> Result<Vec<OutcomeCount>, StoreError> {
     sqlx::query_as(
-        "SELECT lane, status, count(*) FROM emails
-          WHERE recorded_at > now() - make_interval(secs => $1)
-          GROUP BY lane, status ORDER BY lane, status",
+        "SELECT lane, status,
+                count(*) FILTER (WHERE recorded_at > now() - make_interval(secs => $1)) AS recent,
+                count(*) FILTER (WHERE COALESCE(recorded_at, updated_at)
+                                       >= date_trunc('day', now() AT TIME ZONE 'UTC')
+                                            AT TIME ZONE 'UTC') AS today,
+                count(*) AS \"all\"
+           FROM emails GROUP BY lane, status ORDER BY lane, status",
     )
     .bind(secs)
     .fetch_all(pool)
     .await
-    .map_err(q("counting recent outcomes"))
+    .map_err(q("counting outcomes"))
 }
