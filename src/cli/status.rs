@@ -58,6 +58,26 @@ fn table(s: &Snapshot) -> String {
         s.depth.dead,
         s.depth.workers.len()
     );
+    if !s.depth.workers.is_empty() {
+        let now = chrono::Utc::now().timestamp_millis();
+        let _ = writeln!(
+            o,
+            "{:<40} {:<9} {:>10} {:>10} {:>12}",
+            "WORKER", "VERSION", "UP", "IN FLIGHT", "REPORTED(s)"
+        );
+        for (name, at) in &s.depth.workers {
+            let info = s.depth.worker_info.get(name);
+            let _ = writeln!(
+                o,
+                "{:<40} {:<9} {:>10} {:>10} {:>12.1}",
+                name,
+                info.map_or("-", |i| i.version.as_str()),
+                info.map_or_else(|| "-".to_owned(), |i| uptime(now - i.started_ms)),
+                info.map_or_else(|| "-".to_owned(), |i| i.in_flight.to_string()),
+                (now - at).max(0) as f64 / 1000.0
+            );
+        }
+    }
     let leader = match &s.lease {
         Some((owner, ttl)) => format!("{owner} (lease {} ms left)", ttl.as_millis()),
         None => "none".into(),
@@ -151,6 +171,18 @@ fn table(s: &Snapshot) -> String {
     o
 }
 
+/// A duration in ms as `3d 4h`, `2h 5m`, `7m 3s` or `12s`.
+fn uptime(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    let (d, h, m, sec) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{sec}s"),
+        (0, 0, _) => format!("{m}m {sec}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
 fn as_json(s: &Snapshot) -> serde_json::Value {
     json!({
         "lanes": s.depth.lanes,
@@ -158,6 +190,7 @@ fn as_json(s: &Snapshot) -> serde_json::Value {
         "dead_letters": s.depth.dead,
         "workers_alive": s.depth.workers.len(),
         "workers": s.depth.workers.iter().map(|(w, _)| w).collect::<Vec<_>>(),
+        "worker_info": s.depth.worker_info,
         "leader": s.lease.as_ref().map(|(o, _)| o),
         "fence_token": s.fence.0,
         "breakers": s.depth.breakers,
@@ -191,5 +224,17 @@ pub async fn run(g: Global, a: StatusArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => return Ok(()),
             _ = tokio::time::sleep(Duration::from_secs(every.max(1))) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn uptime_reads_at_a_glance() {
+        assert_eq!(super::uptime(12_400), "12s");
+        assert_eq!(super::uptime(7 * 60_000 + 3_000), "7m 3s");
+        assert_eq!(super::uptime((2 * 3600 + 5 * 60) * 1000), "2h 5m");
+        assert_eq!(super::uptime((3 * 86_400 + 4 * 3600) * 1000), "3d 4h");
+        assert_eq!(super::uptime(-5), "0s");
     }
 }

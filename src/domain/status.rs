@@ -146,8 +146,19 @@ mod tests {
 
     #[test]
     fn the_migrations_check_constraint_holds_exactly_these_statuses() {
-        // The latest definition of emails_status_check in migrations/.
-        let sql = include_str!("../../migrations/0008_idempotency.sql");
+        // The latest definition of emails_status_check in migrations/ (they run in name order).
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .expect("migrations/")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        files.sort();
+        let sql = files
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(f).ok())
+            .filter(|s| s.contains("emails_status_check CHECK"))
+            .last()
+            .expect("a migration defines emails_status_check");
         let check = sql
             .split("CHECK (status IN")
             .nth(1)

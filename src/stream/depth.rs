@@ -73,6 +73,8 @@ pub struct Depth {
     pub dead: u64,
     /// Workers that reported within the liveness window, with when (unix ms).
     pub workers: Vec<(String, i64)>,
+    /// What each live worker said of itself at its last report.
+    pub worker_info: BTreeMap<String, WorkerInfo>,
     /// `provider -> (consumer -> breaker state)`, from live workers only (0 closed,
     /// 1 half-open, 2 open).
     pub breakers: BTreeMap<String, BTreeMap<String, i64>>,
@@ -134,22 +136,66 @@ fn oldest_pending_at(v: &Value) -> Option<i64> {
     super::wire::entry_ms(std::str::from_utf8(id).ok()?)
 }
 
-/// Read every depth in one pipeline. With `me`, also report this worker alive (and its
-/// providers' breaker states) in the same round trip.
+/// What a worker says of itself when it reports alive.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WorkerInfo {
+    pub version: String,
+    /// When the process started, unix ms.
+    pub started_ms: i64,
+    /// Entries it has read and not finished, both lanes.
+    pub in_flight: i64,
+}
+
+impl WorkerInfo {
+    fn encode(&self) -> String {
+        format!("{}\t{}\t{}", self.version, self.started_ms, self.in_flight)
+    }
+
+    fn decode(s: &str) -> Option<WorkerInfo> {
+        let mut it = s.split('\t');
+        Some(WorkerInfo {
+            version: it.next()?.to_owned(),
+            started_ms: it.next()?.parse().ok()?,
+            in_flight: it.next()?.parse().ok()?,
+        })
+    }
+}
+
+/// The worker reporting itself alive in a depth read.
+pub struct Me<'a> {
+    pub consumer: &'a str,
+    /// Its providers' breaker states.
+    pub breakers: &'a [(String, i64)],
+    pub info: WorkerInfo,
+}
+
+/// Read every depth in one pipeline. With `me`, also report this worker alive (its breakers'
+/// states and what it says of itself) in the same round trip.
 pub async fn read<C: redis::aio::ConnectionLike + Send>(
     conn: &mut C,
     keys: &Keys,
-    me: Option<(&str, &[(String, i64)])>,
+    me: Option<Me<'_>>,
 ) -> redis::RedisResult<Depth> {
     let now_ms = chrono::Utc::now().timestamp_millis();
     let mut p = redis::pipe();
-    if let Some((consumer, breakers)) = me {
+    let sampled = me.is_some();
+    if let Some(Me {
+        consumer,
+        breakers,
+        info,
+    }) = &me
+    {
         p.cmd("ZADD")
             .arg(keys.workers())
             .arg(now_ms)
-            .arg(consumer)
+            .arg(*consumer)
             .ignore();
-        for (provider, state) in breakers {
+        p.cmd("HSET")
+            .arg(keys.worker_info())
+            .arg(*consumer)
+            .arg(info.encode())
+            .ignore();
+        for (provider, state) in breakers.iter() {
             p.cmd("HSET")
                 .arg(keys.breakers())
                 .arg(format!("{provider}\t{consumer}"))
@@ -157,6 +203,7 @@ pub async fn read<C: redis::aio::ConnectionLike + Send>(
                 .ignore();
         }
     }
+    p.cmd("HGETALL").arg(keys.worker_info());
     p.cmd("ZREMRANGEBYSCORE")
         .arg(keys.workers())
         .arg("-inf")
@@ -184,6 +231,7 @@ pub async fn read<C: redis::aio::ConnectionLike + Send>(
     let replies: Vec<redis::RedisResult<Value>> = p.query_async(conn).await?;
     let mut it = replies.into_iter().map(|r| r.unwrap_or(Value::Nil));
     let mut d = Depth::default();
+    let info_reply = it.next();
     if let Some(Value::Array(w)) = it.next() {
         for pair in w.chunks(2) {
             if let [Value::BulkString(name), score] = pair {
@@ -196,6 +244,19 @@ pub async fn read<C: redis::aio::ConnectionLike + Send>(
     }
     let alive: std::collections::HashSet<&str> =
         d.workers.iter().map(|(w, _)| w.as_str()).collect();
+    let mut stale_info = Vec::new();
+    if let Some(Value::Array(h)) = info_reply {
+        for pair in h.chunks(2) {
+            if let [Value::BulkString(name), Value::BulkString(v)] = pair {
+                let name = String::from_utf8_lossy(name).into_owned();
+                if !alive.contains(name.as_str()) {
+                    stale_info.push(name);
+                } else if let Some(i) = WorkerInfo::decode(&String::from_utf8_lossy(v)) {
+                    d.worker_info.insert(name, i);
+                }
+            }
+        }
+    }
     let mut stale = Vec::new();
     if let Some(Value::Array(h)) = it.next() {
         for pair in h.chunks(2) {
@@ -244,12 +305,19 @@ pub async fn read<C: redis::aio::ConnectionLike + Send>(
         d.delayed += int(&it.next().unwrap_or(Value::Nil));
         d.dead += int(&it.next().unwrap_or(Value::Nil));
     }
-    let cap = if me.is_some() {
+    let cap = if sampled {
         TENANTS_SAMPLED
     } else {
         TENANTS_LOOKED
     };
     read_tenants(conn, keys, now_ms, cap, &mut d).await?;
+    if !stale_info.is_empty() {
+        let _: redis::RedisResult<()> = redis::cmd("HDEL")
+            .arg(keys.worker_info())
+            .arg(stale_info)
+            .query_async(conn)
+            .await;
+    }
     if !stale.is_empty() {
         // Breaker states of workers that stopped reporting: drop them (best effort).
         let _: redis::RedisResult<()> = redis::cmd("HDEL")

@@ -126,6 +126,10 @@ impl Keys {
     pub fn breakers(&self) -> String {
         format!("{}:breakers", self.prefix)
     }
+    /// What each worker says of itself (a hash of consumer → `version\tstarted ms\tin flight`).
+    pub fn worker_info(&self) -> String {
+        format!("{}:worker_info", self.prefix)
+    }
     pub fn dedup(&self, p: u16, idem: &str) -> String {
         format!("{}:{{{p}}}:dedup:{idem}", self.prefix)
     }

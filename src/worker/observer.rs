@@ -14,16 +14,22 @@ const OBSERVE_EVERY: Duration = Duration::from_secs(5);
 /// Every [`OBSERVE_EVERY`]: one pipelined read of every queue's depth, which also reports this
 /// worker alive with its breakers' states; the results become gauges.
 pub(super) async fn run(shared: Arc<Shared>, token: CancellationToken) {
+    let started_ms = chrono::Utc::now().timestamp_millis();
     loop {
         let states = shared.deps.providers.breaker_states();
+        let me = crate::stream::depth::Me {
+            consumer: &shared.settings.consumer,
+            breakers: &states,
+            info: crate::stream::depth::WorkerInfo {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                started_ms,
+                in_flight: METRICS.in_flight.get(),
+            },
+        };
         let read = match shared.deps.redis.get().await {
-            Ok(mut conn) => crate::stream::depth::read(
-                &mut *conn,
-                &shared.deps.keys,
-                Some((&shared.settings.consumer, &states)),
-            )
-            .await
-            .map_err(|e| e.to_string()),
+            Ok(mut conn) => crate::stream::depth::read(&mut *conn, &shared.deps.keys, Some(me))
+                .await
+                .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         match read {

@@ -281,6 +281,15 @@ async fn prometheus_evaluates_every_panel_and_alert_against_two_live_workers(pg:
     );
     let s: Value = serde_json::from_slice(&out.stdout).expect("status JSON");
     assert_eq!(s["workers_alive"], 2, "{s}");
+    // Each worker says what it runs and holds.
+    let info = s["worker_info"].as_object().expect("worker_info");
+    assert_eq!(info.len(), 2, "{s}");
+    for (name, i) in info {
+        assert!(name.starts_with("obs-"), "{s}");
+        assert_eq!(i["version"], env!("CARGO_PKG_VERSION"), "{s}");
+        assert!(i["started_ms"].as_i64().is_some_and(|t| t > 0), "{s}");
+        assert!(i["in_flight"].as_i64().is_some_and(|n| n >= 0), "{s}");
+    }
     assert!(
         s["lanes"]["tx"]["length"].as_u64().is_some_and(|n| n > 0),
         "{s}"
