@@ -155,9 +155,9 @@ mod tests {
         files.sort();
         let sql = files
             .iter()
+            .rev()
             .filter_map(|f| std::fs::read_to_string(f).ok())
-            .filter(|s| s.contains("emails_status_check CHECK"))
-            .last()
+            .find(|s| s.contains("emails_status_check CHECK"))
             .expect("a migration defines emails_status_check");
         let check = sql
             .split("CHECK (status IN")
