@@ -1,6 +1,6 @@
 // Enqueue an email from Node with node-redis, in mailfleet wire format v1.
 //
-//   npm install redis
+//   npm install --prefix docs/examples      (its package.json pins node-redis)
 //   node docs/examples/produce.mjs [redis-url] [prefix]
 import { createClient } from "redis";
 import { randomBytes } from "node:crypto";

@@ -82,7 +82,10 @@ pub async fn run(g: Global, a: SendArgs) -> anyhow::Result<()> {
 struct Templates<'g> {
     g: &'g Global,
     pg: Option<Option<sqlx::PgPool>>,
-    known: std::collections::HashSet<String>,
+    known: std::collections::HashMap<String, crate::store::templates::Template>,
+    /// Renders each job of a stored template with its variables, as the worker will: a
+    /// variable the template needs and the job lacks is refused here.
+    renderer: crate::render::Renderer,
 }
 
 impl<'g> Templates<'g> {
@@ -91,7 +94,35 @@ impl<'g> Templates<'g> {
             g,
             pg: None,
             known: Default::default(),
+            renderer: crate::render::Renderer::new(crate::render::Limits::default()),
         }
+    }
+
+    /// Each job of a known template renders with its own variables; the first that does not
+    /// fails the batch (by its position, the template and the renderer's reason: no value).
+    fn render_each(&self, jobs: &[NewJob], before: usize) -> anyhow::Result<()> {
+        for (i, j) in jobs.iter().enumerate() {
+            let Some(t) = j.payload.template.as_ref().and_then(|n| self.known.get(n)) else {
+                continue;
+            };
+            let Ok(email) = crate::domain::Email::try_from(j.payload.clone()) else {
+                continue; // the producer refuses it, with its field errors
+            };
+            if let Err(e) = self.renderer.render(&email, Some(t)) {
+                bail!(
+                    "email {} does not render with template {:?}: {e}; nothing of this batch was \
+                     enqueued{}",
+                    before + i + 1,
+                    t.name,
+                    if before > 0 {
+                        format!(" ({before} emails before it were)")
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+        }
+        Ok(())
     }
 
     /// `jobs` is the next batch; `before` emails were enqueued already.
@@ -99,12 +130,12 @@ impl<'g> Templates<'g> {
         let mut names: Vec<String> = jobs
             .iter()
             .filter_map(|j| j.payload.template.clone())
-            .filter(|n| !self.known.contains(n))
+            .filter(|n| !self.known.contains_key(n))
             .collect();
         names.sort_unstable();
         names.dedup();
         if names.is_empty() {
-            return Ok(());
+            return self.render_each(jobs, before);
         }
         if self.pg.is_none() {
             self.pg = Some(
@@ -127,8 +158,12 @@ impl<'g> Templates<'g> {
                 return Ok(());
             }
         };
-        self.known.extend(found.into_iter().map(|t| t.name));
-        let missing: Vec<&String> = names.iter().filter(|n| !self.known.contains(*n)).collect();
+        self.known
+            .extend(found.into_iter().map(|t| (t.name.clone(), t)));
+        let missing: Vec<&String> = names
+            .iter()
+            .filter(|n| !self.known.contains_key(*n))
+            .collect();
         if let Some(first) = missing.first() {
             let earlier = if before > 0 {
                 format!(" ({before} emails before it were)")
@@ -145,7 +180,7 @@ impl<'g> Templates<'g> {
                 }
             );
         }
-        Ok(())
+        self.render_each(jobs, before)
     }
 }
 

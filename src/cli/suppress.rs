@@ -46,8 +46,9 @@ pub enum SuppressCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Import a CSV with a header row: `address` (required), `reason`, `tenant`, `expires_at`
-    /// (RFC 3339), `note`. All or nothing: one bad row imports none. `-` reads stdin.
+    /// Import a CSV with a header row: `email` (or `address`; required), `reason`, `tenant`,
+    /// `expires_at` (RFC 3339), `note`. All or nothing: one bad row imports none. `-` reads
+    /// stdin.
     Import { file: PathBuf },
 }
 
@@ -94,7 +95,10 @@ fn import(reader: impl std::io::Read) -> anyhow::Result<Vec<Suppression>> {
             .iter()
             .position(|h| h.trim().eq_ignore_ascii_case(name))
     };
-    let address = col("address").context("the CSV needs an `address` column")?;
+    // `email` (as an audience's CSV has it) or `address`.
+    let address = col("email")
+        .or_else(|| col("address"))
+        .context("the CSV needs an `email` (or `address`) column")?;
     let (reason, tenant, expires, note) =
         (col("reason"), col("tenant"), col("expires_at"), col("note"));
     let mut rows = Vec::new();

@@ -60,9 +60,11 @@ pub async fn import<R: Read>(pg: &PgPool, name: &str, input: R) -> Result<Import
         .iter()
         .map(|h| h.to_ascii_lowercase())
         .collect();
+    // `email`, or `address` as the suppression list's CSV calls it: one file works for both.
     let email_col = headers
         .iter()
         .position(|h| h == "email")
+        .or_else(|| headers.iter().position(|h| h == "address"))
         .ok_or_else(|| ImportError::NoEmailColumn(headers.join(", ")))?;
     let subscribed_col = headers.iter().position(|h| h == "subscribed");
     let mut tx = pg.begin().await.map_err(|source| StoreError::Query {

@@ -713,6 +713,40 @@ async fn send_refuses_a_template_that_does_not_exist_and_enqueues_nothing(pg: Pg
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(redis.xlen(&redis.keys.lane(0, Lane::Tx)).await, 1);
+
+    // A variable the template needs and the email lacks is refused at the command too.
+    mailfleet::store::templates::put(
+        &pg,
+        "named",
+        "Hi {{ name }}",
+        None,
+        Some("Hello {{ name }}"),
+    )
+    .await
+    .unwrap();
+    let out = send("named").output().await.unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(r#"does not render with template "named""#) && err.contains("undefined"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("ada@example.com"),
+        "no address in the error: {err}"
+    );
+    assert_eq!(redis.xlen(&redis.keys.lane(0, Lane::Tx)).await, 1);
+    let out = send("named")
+        .args(["--vars", r#"{"name": "Ada"}"#])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(redis.xlen(&redis.keys.lane(0, Lane::Tx)).await, 2);
 }
 
 #[sqlx::test]

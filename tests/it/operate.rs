@@ -209,3 +209,50 @@ async fn help_puts_the_global_flags_under_their_own_heading_and_no_env_looks_emp
         assert!(out.contains("[env: MAILFLEET_DATABASE_URL]"), "{args:?}");
     }
 }
+
+#[sqlx::test]
+async fn the_readmes_sample_files_import_as_written(pg: PgPool) {
+    let redis = TestRedis::new();
+    let root = env!("CARGO_MANIFEST_DIR");
+    for args in [
+        &["send", "--file", "docs/examples/jobs.jsonl"][..],
+        &["suppress", "import", "docs/examples/suppressions.csv"],
+        &["audience", "create", "customers"],
+        &[
+            "audience",
+            "import",
+            "customers",
+            "docs/examples/customers.csv",
+        ],
+    ] {
+        let out = mailfleet(&pg, &redis)
+            .current_dir(root)
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Three jobs (one for later), three suppressions, three members (one unsubscribed).
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM emails")
+        .fetch_one(&pg)
+        .await
+        .unwrap();
+    assert_eq!(queued, 3);
+    let suppressed: i64 = sqlx::query_scalar("SELECT count(*) FROM suppressions")
+        .fetch_one(&pg)
+        .await
+        .unwrap();
+    assert_eq!(suppressed, 3);
+    let (members, subscribed): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE subscribed) FROM audience_members")
+            .fetch_one(&pg)
+            .await
+            .unwrap();
+    assert_eq!((members, subscribed), (3, 2));
+}
