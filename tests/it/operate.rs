@@ -256,3 +256,125 @@ async fn the_readmes_sample_files_import_as_written(pg: PgPool) {
             .unwrap();
     assert_eq!((members, subscribed), (3, 2));
 }
+
+/// The `mailfleet` commands of a Markdown file's shell blocks, as argument lists: continuation
+/// lines joined, `&&` split, comments and leading `VAR=value` dropped, optional `[...]` parts
+/// left out, and a `<placeholder>` kept as one argument.
+fn commands_in(markdown: &str) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut in_shell = false;
+    let mut joined = String::new();
+    for line in markdown.lines() {
+        if line.starts_with("```") {
+            in_shell = !in_shell && (line == "```sh" || line == "```bash");
+            continue;
+        }
+        if !in_shell {
+            continue;
+        }
+        if let Some(head) = line.strip_suffix('\\') {
+            joined.push_str(head);
+            continue;
+        }
+        joined.push_str(line);
+        let full = std::mem::take(&mut joined);
+        for part in full.split("&&") {
+            let words = shell_words(part);
+            let words: Vec<String> = words
+                .into_iter()
+                .skip_while(|w| w.contains('=') && !w.starts_with('-'))
+                .collect();
+            let Some(first) = words.first() else { continue };
+            if first == "mailfleet" || first.ends_with("/mailfleet") {
+                out.push((full.trim().to_owned(), words));
+            }
+        }
+    }
+    out
+}
+
+/// Split like a shell (quotes, a `#` comment), then drop `[...]` groups and join `<...>`.
+fn shell_words(line: &str) -> Vec<String> {
+    let (mut words, mut cur, mut quote, mut has) = (Vec::new(), String::new(), None, false);
+    for c in line.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => cur.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                has = true;
+            }
+            (None, '#') if cur.is_empty() => break,
+            (None, c) if c.is_whitespace() => {
+                if has || !cur.is_empty() {
+                    words.push(std::mem::take(&mut cur));
+                }
+                has = false;
+            }
+            (None, c) => cur.push(c),
+        }
+    }
+    if has || !cur.is_empty() {
+        words.push(cur);
+    }
+    let (mut out, mut depth, mut angle) = (Vec::new(), 0i32, None::<String>);
+    for w in words {
+        if let Some(a) = angle.as_mut() {
+            a.push('_');
+            a.push_str(&w);
+            if w.contains('>') {
+                out.push(angle.take().unwrap_or_default());
+            }
+            continue;
+        }
+        let opens = w.matches('[').count() as i32;
+        let closes = w.matches(']').count() as i32;
+        if depth > 0 || (opens > 0 && w.starts_with('[')) {
+            depth += opens - closes;
+            continue;
+        }
+        if w.starts_with('<') && !w.contains('>') {
+            angle = Some(w);
+            continue;
+        }
+        out.push(w);
+    }
+    out
+}
+
+#[test]
+fn every_mailfleet_command_the_readme_and_docs_show_parses() {
+    use clap::CommandFactory;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("README.md")];
+    for e in std::fs::read_dir(root.join("docs")).unwrap().flatten() {
+        if e.path().extension().is_some_and(|x| x == "md") {
+            files.push(e.path());
+        }
+    }
+    let mut checked = 0;
+    let mut bad = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        for (line, words) in commands_in(&text) {
+            checked += 1;
+            let mut args = words.clone();
+            args[0] = "mailfleet".into();
+            if let Err(e) = mailfleet::cli::Cli::command().try_get_matches_from(&args) {
+                if e.kind() != clap::error::ErrorKind::DisplayHelp {
+                    bad.push(format!(
+                        "{}: {line}\n  {}",
+                        f.display(),
+                        e.to_string().lines().next().unwrap_or("")
+                    ));
+                }
+            }
+        }
+    }
+    assert!(checked > 50, "only {checked} commands found");
+    assert!(
+        bad.is_empty(),
+        "commands that do not parse:\n{}",
+        bad.join("\n")
+    );
+}
