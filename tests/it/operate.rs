@@ -360,14 +360,14 @@ fn every_mailfleet_command_the_readme_and_docs_show_parses() {
             checked += 1;
             let mut args = words.clone();
             args[0] = "mailfleet".into();
-            if let Err(e) = mailfleet::cli::Cli::command().try_get_matches_from(&args) {
-                if e.kind() != clap::error::ErrorKind::DisplayHelp {
-                    bad.push(format!(
-                        "{}: {line}\n  {}",
-                        f.display(),
-                        e.to_string().lines().next().unwrap_or("")
-                    ));
-                }
+            if let Err(e) = mailfleet::cli::Cli::command().try_get_matches_from(&args)
+                && e.kind() != clap::error::ErrorKind::DisplayHelp
+            {
+                bad.push(format!(
+                    "{}: {line}\n  {}",
+                    f.display(),
+                    e.to_string().lines().next().unwrap_or("")
+                ));
             }
         }
     }
