@@ -10,13 +10,12 @@ use crate::metrics::METRICS;
 use crate::producer::{Durability, NewJob, Prepared, Producer, ProducerError};
 use crate::store::emails::{self, NewRow};
 use crate::store::suppressions;
+use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Extension, Request, State};
+use axum::extract::{Extension, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -122,31 +121,10 @@ impl ApiState {
     }
 }
 
-pub fn router(state: ApiState) -> Router {
-    let single_limit = state.max_payload + 4096;
-    let batch_limit = (state.max_payload + 4096).saturating_mul(8).max(16 << 20);
-    Router::new()
-        .route(
-            "/v1/emails",
-            post(create).layer(DefaultBodyLimit::max(single_limit)),
-        )
-        .route(
-            "/v1/emails/batch",
-            post(create_batch).layer(DefaultBodyLimit::max(batch_limit)),
-        )
-        .route(
-            "/v1/emails/{id}",
-            get(super::emails::show).delete(super::emails::cancel),
-        )
-        .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
-        .layer(middleware::map_response(json_errors))
-        .with_state(state)
-}
-
 /// Every error answer in the JSON error shape: axum's own rejections (a body over its limit,
 /// 413; a missing or unreadable body) answer in plain text, rewritten here with their text as
 /// the `error`.
-async fn json_errors(r: Response) -> Response {
+pub(super) async fn json_errors(r: Response) -> Response {
     let status = r.status();
     let is_json = r
         .headers()
@@ -183,7 +161,7 @@ pub(super) fn problem(status: StatusCode, error: &str, details: Option<Value>) -
     Box::new((status, Json(body)).into_response())
 }
 
-async fn authorize(State(s): State<ApiState>, mut req: Request, next: Next) -> Response {
+pub(super) async fn authorize(State(s): State<ApiState>, mut req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -448,7 +426,7 @@ fn json_body(body: &Bytes) -> Result<Value, Reject> {
         .map_err(|e| field_errors(ValidationErrors::single("", format!("not valid JSON: {e}"))))
 }
 
-async fn create(
+pub(super) async fn create(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
     headers: HeaderMap,
@@ -472,7 +450,7 @@ async fn create(
     }
 }
 
-async fn create_batch(
+pub(super) async fn create_batch(
     State(s): State<ApiState>,
     Extension(who): Extension<Principal>,
     body: Bytes,

@@ -8,6 +8,7 @@ mod emails;
 pub mod ingest;
 pub mod serve;
 pub mod unsubscribe;
+pub mod v1;
 pub mod webhooks;
 
 use crate::metrics;

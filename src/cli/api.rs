@@ -50,7 +50,7 @@ pub async fn run(g: Global, a: ApiArgs) -> anyhow::Result<()> {
         ses: ses_hook(&a)?,
         tolerance_secs: a.webhook_tolerance_secs,
     };
-    let mut router = ingest::router(state).merge(api::webhooks::router(pg.clone(), hooks));
+    let mut router = api::v1::router(state).merge(api::webhooks::router(pg.clone(), hooks));
     if let Some(token) = a.admin_token.clone().filter(|t| !t.is_empty()) {
         if token.expose().len() < 16 {
             anyhow::bail!("MAILFLEET_ADMIN_TOKEN must be at least 16 characters");

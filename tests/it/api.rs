@@ -1,7 +1,8 @@
 //! The HTTP ingest API: auth, validation, size limits, batch, status.
 
 use crate::support::*;
-use mailfleet::api::ingest::{ApiState, router};
+use mailfleet::api::ingest::ApiState;
+use mailfleet::api::v1::router;
 use mailfleet::config::Secret;
 use mailfleet::mock::MockConfig;
 use serde_json::{Value, json};

@@ -231,7 +231,8 @@ async fn redis_stalls_pause_sleep_and_a_blackhole_are_ridden_out(pg: PgPool) {
 async fn at_maxmemory_a_refused_batch_enqueues_nothing_and_a_new_worker_drains_the_rest(
     pg: PgPool,
 ) {
-    use mailfleet::api::ingest::{ApiState, router};
+    use mailfleet::api::ingest::ApiState;
+    use mailfleet::api::v1::router;
     use serde_json::{Value, json};
     mailfleet::install_crypto_provider();
     let server = PrivateRedis::start().await;

@@ -5,7 +5,8 @@
 use crate::support::*;
 use chrono::Utc;
 use mailfleet::Lane;
-use mailfleet::api::ingest::{ApiState, router};
+use mailfleet::api::ingest::ApiState;
+use mailfleet::api::v1::router;
 use mailfleet::config::Secret;
 use mailfleet::mock::MockConfig;
 use mailfleet::store::suppressions::{self, Suppression};
