@@ -49,7 +49,7 @@ pub fn member_idempotency_key(schedule_id: i64, tick: DateTime<Utc>, member_id: 
     )
 }
 
-fn commit_err(doing: &'static str) -> impl FnOnce(sqlx::Error) -> SchedulerError {
+pub(super) fn commit_err(doing: &'static str) -> impl FnOnce(sqlx::Error) -> SchedulerError {
     move |source| SchedulerError::Store(StoreError::Query { doing, source })
 }
 

@@ -14,13 +14,14 @@
 //! A run this path cannot take whole (its audience grew past the batch, or another task moved
 //! it) is handed back to the caller for the single-run path.
 
-use super::{Ctx, SchedulerError, fanout};
+use super::fanout::{self, commit_err};
+use super::{Ctx, SchedulerError};
 use crate::lease::{self, Lease};
 use crate::metrics::METRICS;
 use crate::producer::Prepared;
 use crate::store::audiences::Member;
 use crate::store::schedules::{self, Run};
-use crate::store::{StoreError, emails, ticks};
+use crate::store::{emails, ticks};
 use std::collections::HashMap;
 use tokio_util::sync::CancellationToken;
 
@@ -156,10 +157,6 @@ pub(super) async fn run(
         "fan-out: a group of small audiences done"
     );
     Ok(left)
-}
-
-fn commit_err(doing: &'static str) -> impl FnOnce(sqlx::Error) -> SchedulerError {
-    move |source| SchedulerError::Store(StoreError::Query { doing, source })
 }
 
 #[cfg(test)]
