@@ -94,7 +94,9 @@ PR_LIMIT=500; PR_TX_RATE=20
 # CI on a shared 2-core machine, reports them. The landed code achieved 920/s of 1,000 there on
 # a busy day; a rate is the machine's as much as ours. Exactness, losses and duplicates are
 # judged in both.
-if [ "$SHORT" = 1 ]; then PR_EMAILS=20000; PR_TX_SECS=20; RATE_SHARE=0; else PR_EMAILS=100000; PR_TX_SECS=60; RATE_SHARE=0.95; fi
+# The full runs judge the rate too: at least 92% of the limit (the margin, 5% of the window by
+# default, caps it at 95.2%; docs/rate-limiting.md).
+if [ "$SHORT" = 1 ]; then PR_EMAILS=20000; PR_TX_SECS=20; RATE_SHARE=0; else PR_EMAILS=100000; PR_TX_SECS=60; RATE_SHARE=0.92; fi
 FA_LIMIT=2000
 if [ "$SHORT" = 1 ]; then FA_BIG=20000; FA_TENANTS=10; FA_EACH=500; FA_KILL=8; else FA_BIG=200000; FA_TENANTS=50; FA_EACH=1000; FA_KILL=15; fi
 LEASE_TTL_MS=2000

@@ -194,9 +194,9 @@ fn provider(p: FileProvider) -> Result<ProviderConfig, ConfigError> {
         (Some(0), _) => return Err(err("limit must be at least 1".into())),
         (Some(limit), window) => {
             let window_ms = window.unwrap_or(1000).max(1);
-            // 3% of the window by default: the dispatch jitter between a permit and the
-            // request reaching the provider, measured in docs/rate-limiting.md.
-            let margin_ms = p.limit_margin_ms.unwrap_or(window_ms * 3 / 100);
+            // 5% of the window by default: the spread between a permit and its request
+            // reaching the provider, measured in docs/rate-limiting.md.
+            let margin_ms = p.limit_margin_ms.unwrap_or(window_ms * 5 / 100);
             Some(Limit {
                 limit,
                 window_ms,
@@ -438,7 +438,7 @@ mod file_tests {
                 limit: 1000,
                 window_ms: 1000,
                 tenant_limit: None,
-                margin_ms: 30,
+                margin_ms: 50,
                 cold_margin_ms: 100,
                 spread_ms: 100,
             })

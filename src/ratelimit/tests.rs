@@ -7,7 +7,7 @@ fn limit() -> Limit {
         limit: 1000,
         window_ms: 1000,
         tenant_limit: None,
-        margin_ms: 30,
+        margin_ms: 50,
         cold_margin_ms: 100,
         spread_ms: 100,
     }
@@ -25,8 +25,8 @@ fn a_run_of_demand_is_cold_for_two_windows_and_a_window_idle_starts_another() {
     assert_eq!(s.margin_ms(&l, t0), 100);
     assert_eq!(s.margin_ms(&l, t0 + ms(900)), 100);
     assert_eq!(s.margin_ms(&l, t0 + ms(1800)), 100);
-    assert_eq!(s.margin_ms(&l, t0 + ms(2001)), 30);
-    assert_eq!(s.margin_ms(&l, t0 + ms(2900)), 30);
+    assert_eq!(s.margin_ms(&l, t0 + ms(2001)), 50);
+    assert_eq!(s.margin_ms(&l, t0 + ms(2900)), 50);
     // No call for more than a window: the next run of demand starts cold again.
     assert_eq!(s.margin_ms(&l, t0 + ms(4000)), 100);
     // The cold margin is never below the steady one.
@@ -34,7 +34,7 @@ fn a_run_of_demand_is_cold_for_two_windows_and_a_window_idle_starts_another() {
         cold_margin_ms: 5,
         ..l
     };
-    assert_eq!(Stock::default().margin_ms(&odd, t0), 30);
+    assert_eq!(Stock::default().margin_ms(&odd, t0), 50);
 }
 
 #[test]
