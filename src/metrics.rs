@@ -331,7 +331,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "mailfleet_ratelimit_permits_given_back_total",
             "Rate-limit permits a worker could not use while fresh (its sends were held up \
-             longer than half the margin) and gave back to the cluster's window unused.",
+             longer than 30% of the margin) and gave back to the cluster's window unused.",
             &["provider"],
         ),
         ratelimit_wait: {
