@@ -18,19 +18,16 @@ pub(super) async fn show(
     if let Err(r) = may(who.read, "read emails") {
         return *r;
     }
-    let Ok(id) = uuid::Uuid::parse_str(&id) else {
-        return *problem(StatusCode::BAD_REQUEST, "id is not a UUID", None);
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(r) => return *r,
     };
     match emails::status(&s.pg, id).await {
         Ok(Some(st)) if who.tenant.is_none() || st.tenant == who.tenant => Json(st).into_response(),
         Ok(_) => *problem(StatusCode::NOT_FOUND, "no such email", None),
         Err(e) => {
             tracing::error!(error.message = %e, "status lookup failed");
-            *problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "database unavailable",
-                None,
-            )
+            *unavailable()
         }
     }
 }
@@ -45,8 +42,9 @@ pub(super) async fn cancel(
     if let Err(r) = may(who.send, "cancel emails") {
         return *r;
     }
-    let Ok(id) = uuid::Uuid::parse_str(&id) else {
-        return *problem(StatusCode::BAD_REQUEST, "id is not a UUID", None);
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(r) => return *r,
     };
     match operate::cancel(&s.pg, id, who.tenant.as_deref()).await {
         Ok(operate::Cancel::Cancelled) => {
@@ -60,11 +58,20 @@ pub(super) async fn cancel(
         ),
         Err(e) => {
             tracing::error!(error.message = %e, "cancel failed");
-            *problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "database unavailable",
-                None,
-            )
+            *unavailable()
         }
     }
+}
+
+fn parse_id(id: &str) -> Result<uuid::Uuid, super::ingest::Reject> {
+    uuid::Uuid::parse_str(id)
+        .map_err(|_| problem(StatusCode::BAD_REQUEST, "id is not a UUID", None))
+}
+
+fn unavailable() -> super::ingest::Reject {
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "database unavailable",
+        None,
+    )
 }
