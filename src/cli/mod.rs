@@ -23,17 +23,49 @@ use crate::config::Global;
 use clap::{Parser, Subcommand};
 
 impl Cli {
-    /// Parse the process's arguments. Every flag's `[env: NAME]` is shown without its value:
-    /// clap would print `[env: NAME=]` for an unset variable, which reads as set to empty, and
-    /// a set one's value may be a secret.
+    /// Parse the process's arguments (with [`Cli::full_command`]'s help).
     pub fn parse_args() -> Cli {
-        use clap::{CommandFactory, FromArgMatches};
+        use clap::FromArgMatches;
+        let matches = Cli::full_command().get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+
+    /// The command line as the binary parses it:
+    /// - every flag's `[env: NAME]` is shown without its value: clap would print `[env: NAME=]`
+    ///   for an unset variable, which reads as set to empty, and a set one's value may be a secret;
+    /// - `worker -h` and `worker --help` list the settings an operator sets on day one, each on
+    ///   one line, and `worker --help-all` every setting with its full text.
+    pub fn full_command() -> clap::Command {
+        use clap::{Arg, ArgAction, CommandFactory};
         fn env_names_only(c: clap::Command) -> clap::Command {
             c.mut_args(|a| a.hide_env_values(true))
                 .mut_subcommands(env_names_only)
         }
-        let matches = env_names_only(Cli::command()).get_matches();
-        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+        env_names_only(Cli::command()).mut_subcommand("worker", |c| {
+            c.mut_args(|a| {
+                let day_one = crate::config::WORKER_DAY_ONE.contains(&a.get_id().as_str());
+                a.hide_short_help(!day_one)
+            })
+            .disable_help_flag(true)
+            .arg(
+                Arg::new("help")
+                    .short('h')
+                    .long("help")
+                    .action(ArgAction::HelpShort)
+                    .help("Print the day-one settings (every one: --help-all)"),
+            )
+            .arg(
+                Arg::new("help-all")
+                    .long("help-all")
+                    .action(ArgAction::HelpLong)
+                    .help("Print every setting, each with its full description"),
+            )
+            .after_help(
+                "The tuning settings (batching, in-flight pools, retries, the reconciler, the \
+                 scheduler's lease, rendering bounds, Postgres pools) are listed by \
+                 `mailfleet worker --help-all` and in docs/configuration.md.",
+            )
+        })
     }
 }
 
@@ -128,4 +160,38 @@ pub(crate) fn redis_pool(g: &Global) -> anyhow::Result<crate::stream::Pool> {
 
 pub(crate) fn producer(g: &Global) -> anyhow::Result<crate::Producer> {
     Ok(crate::Producer::for_global(g)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+
+    fn help(args: &[&str]) -> String {
+        match Cli::full_command().try_get_matches_from(args) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("{args:?} printed no help"),
+        }
+    }
+
+    #[test]
+    fn worker_help_lists_the_day_one_settings_and_help_all_lists_every_one() {
+        let worker = Cli::full_command();
+        let worker = worker.find_subcommand("worker").expect("worker");
+        for id in crate::config::WORKER_DAY_ONE {
+            assert!(
+                worker.get_arguments().any(|a| a.get_id() == *id),
+                "DAY_ONE names {id}, which `worker` does not have"
+            );
+        }
+        let short = help(&["mailfleet", "worker", "--help"]);
+        assert_eq!(short, help(&["mailfleet", "worker", "-h"]));
+        assert!(short.contains("--sendgrid-api-key"), "{short}");
+        assert!(short.contains("--help-all"), "{short}");
+        assert!(!short.contains("--read-linger-ms"), "{short}");
+        let all = help(&["mailfleet", "worker", "--help-all"]);
+        assert!(all.contains("--read-linger-ms"), "{all}");
+        assert!(all.lines().count() > short.lines().count() * 2);
+        // Unset variables must not look set to empty.
+        assert!(!all.contains("MAILFLEET_PREFIX="), "{all}");
+    }
 }

@@ -26,7 +26,7 @@ pub use file::{ConfigError, send_config};
 pub use mock::MockArgs;
 pub use providers::*;
 pub use send::{SendArgs, parse_time};
-pub use worker::{AmbiguousPolicy, SchedulerRole, WorkerArgs};
+pub use worker::{AmbiguousPolicy, DAY_ONE as WORKER_DAY_ONE, SchedulerRole, WorkerArgs};
 
 use clap::Args;
 use std::path::PathBuf;

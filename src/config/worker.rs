@@ -3,6 +3,25 @@
 use super::{DefaultProvider, Secret};
 use clap::Args;
 
+/// The settings `mailfleet worker --help` lists (clap's ids): what an operator sets on day one.
+/// The rest are tuning, listed by `--help-all` and docs/configuration.md.
+pub const DAY_ONE: &[&str] = &[
+    "consumer",
+    "max_in_flight",
+    "send_concurrency",
+    "max_attempts",
+    "listen",
+    "drain_timeout_secs",
+    "ambiguous",
+    "scheduler",
+    "tenant_weights",
+    "unsubscribe_url",
+    "unsubscribe_secret",
+    "sendgrid_url",
+    "sendgrid_api_key",
+    "provider_timeout_ms",
+];
+
 /// The worker's settings (`mailfleet worker`).
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {

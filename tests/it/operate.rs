@@ -344,7 +344,6 @@ fn shell_words(line: &str) -> Vec<String> {
 
 #[test]
 fn every_mailfleet_command_the_readme_and_docs_show_parses() {
-    use clap::CommandFactory;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = vec![root.join("README.md")];
     for e in std::fs::read_dir(root.join("docs")).unwrap().flatten() {
@@ -360,7 +359,7 @@ fn every_mailfleet_command_the_readme_and_docs_show_parses() {
             checked += 1;
             let mut args = words.clone();
             args[0] = "mailfleet".into();
-            if let Err(e) = mailfleet::cli::Cli::command().try_get_matches_from(&args)
+            if let Err(e) = mailfleet::cli::Cli::full_command().try_get_matches_from(&args)
                 && e.kind() != clap::error::ErrorKind::DisplayHelp
             {
                 bad.push(format!(
