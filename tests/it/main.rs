@@ -20,6 +20,7 @@ mod pipeline;
 mod priority;
 mod providers;
 mod ratelimit;
+mod readme;
 mod recovery;
 mod reliability;
 mod resilience;
