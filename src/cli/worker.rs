@@ -22,7 +22,9 @@ fn default_consumer() -> String {
 
 pub async fn run(g: Global, a: WorkerArgs) -> anyhow::Result<()> {
     let send_config = config::send_config(g.config.as_deref(), &a.provider)?;
-    let client = http_client(a.send_concurrency + a.tx_send_concurrency)?;
+    // One HTTP client per lane: tx's connections are opened and driven by the tx runtime.
+    let client = http_client(a.send_concurrency)?;
+    let tx_client = http_client(a.tx_send_concurrency)?;
     let pg = store::connect(g.database_url.expose(), a.pg_pool).await?;
     // Every partition's reader keeps one connection (a checkout costs a round trip); the rest
     // serve the recorder, reclaimer, heartbeat, limiter and leader.
@@ -39,6 +41,7 @@ pub async fn run(g: Global, a: WorkerArgs) -> anyhow::Result<()> {
         send_concurrency: a.send_concurrency,
         tx_send_concurrency: a.tx_send_concurrency,
         tx_pg_pool: a.tx_pg_pool,
+        redis_timeout: Duration::from_millis(g.redis_timeout_ms),
         record_batch: a.record_batch,
         block_ms: a.block_ms,
         visibility_timeout_ms: a.visibility_timeout_ms,
@@ -101,7 +104,7 @@ pub async fn run(g: Global, a: WorkerArgs) -> anyhow::Result<()> {
         redis: redis.clone(),
         pg: pg.clone(),
         keys: stream::Keys::new(&g.prefix, g.partitions),
-        providers: Arc::new(Providers::from_config(&send_config, &client)?),
+        providers: Arc::new(Providers::from_config(&send_config, &client, &tx_client)?),
     };
     let token = CancellationToken::new();
     shutdown::cancel_on_signal(token.clone());

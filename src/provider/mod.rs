@@ -261,6 +261,10 @@ pub struct BuildError {
 /// One configured provider and what guards it in this worker.
 pub struct Slot {
     pub provider: Arc<dyn Provider>,
+    /// The same adapter over tx's own HTTP client, whose connections the tx runtime drives
+    /// (`worker::TxRuntime`): a tx request's answer is never read by a runtime busy with bulk.
+    /// None for SMTP, whose pooled connections serve both lanes.
+    tx: Option<Arc<dyn Provider>>,
     pub breaker: Breaker,
     /// The cluster-wide window, when mailfleet limits this provider.
     pub limit: Option<Limit>,
@@ -275,6 +279,7 @@ impl Slot {
     fn new(provider: Arc<dyn Provider>, breaker: BreakerConfig) -> Self {
         Slot {
             provider,
+            tx: None,
             breaker: Breaker::new(breaker),
             limit: None,
             smoother: None,
@@ -285,6 +290,14 @@ impl Slot {
 
     pub fn name(&self) -> &str {
         self.provider.name()
+    }
+
+    /// The adapter a `lane` job is sent through.
+    pub fn adapter(&self, lane: Lane) -> &Arc<dyn Provider> {
+        match (lane, &self.tx) {
+            (Lane::Tx, Some(tx)) => tx,
+            _ => &self.provider,
+        }
     }
 
     /// Wait for this worker's smoothing and concurrency cap; hold the permit while sending.
@@ -321,22 +334,35 @@ pub struct Providers {
 }
 
 impl Providers {
-    pub fn from_config(cfg: &SendConfig, client: &reqwest::Client) -> Result<Self, BuildError> {
-        let mut slots = Vec::with_capacity(cfg.providers.len());
-        for c in &cfg.providers {
-            let provider: Arc<dyn Provider> = match c.kind {
+    /// The configured providers; HTTP adapters send bulk over `client` and tx over `tx_client`
+    /// (pass two clients so the lanes share no connection).
+    pub fn from_config(
+        cfg: &SendConfig,
+        client: &reqwest::Client,
+        tx_client: &reqwest::Client,
+    ) -> Result<Self, BuildError> {
+        let http = |c: &crate::config::ProviderConfig,
+                    client: &reqwest::Client|
+         -> Option<Arc<dyn Provider>> {
+            Some(match c.kind {
                 ProviderKind::Sendgrid => Arc::new(sendgrid::SendGrid::new(c, client.clone())),
                 ProviderKind::Ses => Arc::new(ses::Ses::new(c, client.clone())),
                 ProviderKind::Mailgun => Arc::new(mailgun::Mailgun::new(c, client.clone())),
                 ProviderKind::Postmark => Arc::new(postmark::Postmark::new(c, client.clone())),
-                ProviderKind::Smtp => {
-                    Arc::new(smtp::Smtp::new(c).map_err(|message| BuildError {
-                        name: c.name.clone(),
-                        message,
-                    })?)
-                }
+                ProviderKind::Smtp => return None,
+            })
+        };
+        let mut slots = Vec::with_capacity(cfg.providers.len());
+        for c in &cfg.providers {
+            let provider: Arc<dyn Provider> = match http(c, client) {
+                Some(p) => p,
+                None => Arc::new(smtp::Smtp::new(c).map_err(|message| BuildError {
+                    name: c.name.clone(),
+                    message,
+                })?),
             };
             let mut slot = Slot::new(provider, cfg.breaker);
+            slot.tx = http(c, tx_client);
             slot.limit = c.limit;
             slot.smoother = c.rate_per_sec.and_then(smoother);
             slot.concurrency = c.concurrency.map(crate::priority::PrioritySemaphore::new);
@@ -459,7 +485,7 @@ mod tests {
             breaker: BreakerConfig::default(),
         };
         let client = http_client(1).expect("client");
-        let p = Providers::from_config(&cfg, &client).expect("providers");
+        let p = Providers::from_config(&cfg, &client, &client).expect("providers");
         assert_eq!(
             p.breaker_states(),
             vec![("a".to_owned(), 0), ("b".to_owned(), 0)]

@@ -26,23 +26,33 @@ pub struct Latency {
     pub p95_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
-    /// Unix ms of the first enqueue and the last record.
+    /// Unix ms of the first enqueue, the first claim and the last record.
     pub first_enqueued_ms: f64,
+    pub first_claimed_ms: f64,
     pub last_recorded_ms: f64,
 }
 
-/// count, [p50, p95, p99], max, first enqueue, last record.
-type LatencyRow = (i64, Option<Vec<f64>>, Option<f64>, Option<f64>, Option<f64>);
+/// count, [p50, p95, p99], max, first enqueue, first claim, last record.
+type LatencyRow = (
+    i64,
+    Option<Vec<f64>>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+);
 
 pub async fn latency(pool: &PgPool, lane: Option<&str>) -> Result<Latency, StoreError> {
     let row: LatencyRow = sqlx::query_as(
         "WITH l AS (
-            SELECT extract(epoch FROM recorded_at - enqueued_at) * 1000 AS ms, enqueued_at, recorded_at
+            SELECT extract(epoch FROM recorded_at - enqueued_at) * 1000 AS ms, enqueued_at,
+                   claimed_at, recorded_at
               FROM emails WHERE status = $2 AND ($1::text IS NULL OR lane = $1))
          SELECT count(*),
                 percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY ms)::float8[],
                 max(ms)::float8,
                 (extract(epoch FROM min(enqueued_at)) * 1000)::float8,
+                (extract(epoch FROM min(claimed_at)) * 1000)::float8,
                 (extract(epoch FROM max(recorded_at)) * 1000)::float8
            FROM l",
     )
@@ -60,7 +70,8 @@ pub async fn latency(pool: &PgPool, lane: Option<&str>) -> Result<Latency, Store
         p99_ms: at(2),
         max_ms: row.2.unwrap_or(0.0),
         first_enqueued_ms: row.3.unwrap_or(0.0),
-        last_recorded_ms: row.4.unwrap_or(0.0),
+        first_claimed_ms: row.4.unwrap_or(0.0),
+        last_recorded_ms: row.5.unwrap_or(0.0),
     })
 }
 
@@ -78,6 +89,7 @@ pub async fn tenant_spans(pool: &PgPool) -> Result<Vec<TenantSpan>, StoreError> 
     let rows: Vec<(String, i64, f64, f64)> = sqlx::query_as(
         "SELECT tenant, count(*),
                 (extract(epoch FROM min(enqueued_at)) * 1000)::float8,
+                (extract(epoch FROM min(claimed_at)) * 1000)::float8,
                 (extract(epoch FROM max(recorded_at)) * 1000)::float8
            FROM emails WHERE status = $1 AND tenant IS NOT NULL GROUP BY tenant",
     )

@@ -79,6 +79,8 @@ pub struct Settings {
     pub tx_send_concurrency: usize,
     /// Tx's own Postgres connections per worker, beside the main pool.
     pub tx_pg_pool: u32,
+    /// Command and connect timeout of tx's own Redis connections (the main pool's setting).
+    pub redis_timeout: Duration,
     pub record_batch: usize,
     pub block_ms: u64,
     pub visibility_timeout_ms: u64,
@@ -123,6 +125,7 @@ impl Settings {
             send_concurrency: 512,
             tx_send_concurrency: 128,
             tx_pg_pool: 4,
+            redis_timeout: Duration::from_secs(5),
             record_batch: 1024,
             block_ms: 1000,
             visibility_timeout_ms: 300_000,
@@ -173,6 +176,45 @@ pub enum WorkerError {
     Pool(#[from] crate::stream::PoolError),
     #[error("no provider is configured")]
     NoProvider,
+    #[error("starting the tx lane's runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Redis connections of the tx lane per worker: one per partition's reader would be more than
+/// 200 tx emails/s need; the readers keep theirs, the recorder and the limiter share the rest.
+const TX_REDIS_CONNECTIONS: usize = 8;
+
+/// The tx lane's own runtime: one thread that runs the tx readers, their batch tasks and tx's
+/// recorder, and drives the sockets of tx's Redis and Postgres connections. On a busy machine
+/// the runtime's run queue is where a tx email would otherwise wait behind hundreds of ready
+/// bulk tasks, at every step of its way (read, claim, send, record, ack); with a thread of its
+/// own it waits only for the operating system to run that thread, which it does promptly for
+/// a thread that mostly sleeps.
+struct TxRuntime {
+    handle: tokio::runtime::Handle,
+    /// Dropped to stop the thread.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl TxRuntime {
+    fn start() -> std::io::Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = rt.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("mailfleet-tx".into())
+            .spawn(move || {
+                rt.block_on(async {
+                    let _ = stopped.await;
+                });
+            })?;
+        Ok(TxRuntime {
+            handle,
+            _stop: stop,
+        })
+    }
 }
 
 /// Template name → (when looked up, the latest version or None when it does not exist).
@@ -201,6 +243,10 @@ pub(crate) struct Shared {
     /// Tx's own Postgres connections (claims, suppressions, records), to the same database as
     /// `deps.pg`: a tx statement never queues for a connection behind bulk statements.
     pg_tx: PgPool,
+    /// Tx's own Redis connections (reads, acks), opened on the tx runtime.
+    redis_tx: crate::stream::Pool,
+    /// The tx lane's runtime ([`TxRuntime`]).
+    tx_rt: tokio::runtime::Handle,
 }
 
 impl Shared {
@@ -215,6 +261,14 @@ impl Shared {
             .into_iter()
             .filter(|&l| p.lane(l))
             .collect()
+    }
+
+    /// The Redis pool `lane`'s reads and acks use.
+    pub fn redis(&self, lane: crate::domain::Lane) -> &crate::stream::Pool {
+        match lane {
+            crate::domain::Lane::Tx => &self.redis_tx,
+            crate::domain::Lane::Bulk => &self.deps.redis,
+        }
     }
 
     /// The Postgres pool statements for `lane`'s jobs use.
@@ -331,14 +385,34 @@ pub async fn start(
     }
     let mut settings = settings;
     settings.batch_size = settings.batch_size.max(1);
-    // Tx's connections open now, not at the first tx email (which would pay the handshake).
-    let pg_tx = store::companion(&deps.pg, settings.tx_pg_pool);
-    drop(pg_tx.acquire().await.map_err(|source| {
-        WorkerError::Store(StoreError::Connect {
-            target: store::redacted_target(&deps.pg.connect_options()),
-            source,
-        })
-    })?);
+    let tx_rt = TxRuntime::start().map_err(WorkerError::Runtime)?;
+    // Tx's connections open now, not at the first tx email (which would pay the handshake),
+    // and on the tx runtime, whose thread then drives their sockets.
+    let (pg_tx, redis_tx) =
+        {
+            let (pg, url) = (deps.pg.clone(), deps.redis_url.clone());
+            let (size, timeout) = (settings.tx_pg_pool, settings.redis_timeout);
+            tx_rt
+                .handle
+                .spawn(async move {
+                    let pg_tx = store::companion(&pg, size);
+                    drop(pg_tx.acquire().await.map_err(|source| {
+                        WorkerError::Store(StoreError::Connect {
+                            target: store::redacted_target(&pg.connect_options()),
+                            source,
+                        })
+                    })?);
+                    let redis_tx = crate::stream::pool(&url, timeout, TX_REDIS_CONNECTIONS)
+                        .map_err(|source| WorkerError::Redis {
+                            doing: "configuring tx's connections",
+                            source,
+                        })?;
+                    drop(redis_tx.get().await?);
+                    Ok::<_, WorkerError>((pg_tx, redis_tx))
+                })
+                .await
+                .map_err(|e| WorkerError::Runtime(std::io::Error::other(e.to_string())))??
+        };
     let shared = Arc::new(Shared {
         renderer: Renderer::new(settings.render),
         templates: Default::default(),
@@ -360,11 +434,17 @@ pub async fn start(
             .with_deadline(settings.permit_wait_max),
         pauses: Default::default(),
         pg_tx,
+        redis_tx,
+        tx_rt: tx_rt.handle.clone(),
         settings,
         deps,
     });
     let draining = shared.draining.clone();
-    let join = tokio::spawn(supervise(shared, shutdown));
+    let join = tokio::spawn(async move {
+        supervise(shared, shutdown).await;
+        // Every tx task has ended with the drain: the tx runtime's thread may stop.
+        drop(tx_rt);
+    });
     Ok(Running { draining, join })
 }
 
@@ -374,7 +454,7 @@ async fn supervise(shared: Arc<Shared>, shutdown: CancellationToken) {
     let readers = TaskTracker::new();
     // The recorders stop only when every outbox is gone: after readers and batch tasks.
     let recorders = futures::future::join(
-        tokio::spawn(recorder::run(
+        shared.tx_rt.spawn(recorder::run(
             shared.clone(),
             crate::domain::Lane::Tx,
             tx_in,
@@ -395,14 +475,19 @@ async fn supervise(shared: Arc<Shared>, shutdown: CancellationToken) {
     // One reader per partition and lane: a lane's reads wait only for its own room.
     for p in 0..shared.deps.keys.partitions() {
         for lane in crate::domain::Lane::ALL {
-            readers.spawn(reader::run(
+            let read = reader::run(
                 shared.clone(),
                 p,
                 lane,
                 out.clone(),
                 batches.clone(),
                 shutdown.child_token(),
-            ));
+            );
+            // A tx reader's batch tasks run where it runs: on the tx runtime.
+            match lane {
+                crate::domain::Lane::Tx => readers.spawn_on(read, &shared.tx_rt),
+                crate::domain::Lane::Bulk => readers.spawn(read),
+            };
         }
     }
     // Reclaim feeds the same pipeline, so it drains with the readers.

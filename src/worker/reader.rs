@@ -178,7 +178,7 @@ async fn read_once(
     closed.extend(Lane::ALL.into_iter().filter(|&l| l != lane));
     let now = {
         if pooled.is_none() {
-            *pooled = Some(d.redis.get().await.map_err(|e| e.to_string())?);
+            *pooled = Some(shared.redis(lane).get().await.map_err(|e| e.to_string())?);
         }
         let conn = pooled.as_mut().ok_or("no pooled connection")?;
         consumer::read_now(

@@ -237,7 +237,7 @@ async fn flush(
                 let kept = slot_ref.lock().unwrap_or_else(|p| p.into_inner()).take();
                 let mut c = match kept {
                     Some(c) => c,
-                    None => shared.deps.redis.get().await.map_err(|e| e.to_string())?,
+                    None => shared.redis(lane).get().await.map_err(|e| e.to_string())?,
                 };
                 finish
                     .execute(&mut *c, &shared.deps.keys)

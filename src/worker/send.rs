@@ -224,7 +224,7 @@ pub(super) async fn one(
         let result = {
             let t0 = std::time::Instant::now();
             let mut r = slot
-                .provider
+                .adapter(job.lane)
                 .send(Message {
                     job_id: job.id,
                     email: &job.email,

@@ -63,7 +63,8 @@ fn config(kind: ProviderKind, url: &str) -> ProviderConfig {
 }
 
 fn adapter(c: ProviderConfig) -> Arc<dyn Provider> {
-    let p = Providers::from_config(&SendConfig::of(vec![c]), &http_client(4).expect("client"))
+    let client = http_client(4).expect("client");
+    let p = Providers::from_config(&SendConfig::of(vec![c]), &client, &client)
         .expect("provider builds");
     p.slot(0).provider.clone()
 }

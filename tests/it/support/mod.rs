@@ -279,12 +279,15 @@ impl TestWorker {
         settings: Settings,
     ) -> Self {
         let client = http_client(64).expect("http client");
+        let tx_client = http_client(16).expect("http client");
         let deps = Deps {
             redis_url: redis_url.to_owned(),
             redis: redis.pool.clone(),
             pg: pg.clone(),
             keys: redis.keys.clone(),
-            providers: Arc::new(Providers::from_config(&send, &client).expect("providers")),
+            providers: Arc::new(
+                Providers::from_config(&send, &client, &tx_client).expect("providers"),
+            ),
         };
         let token = CancellationToken::new();
         let running = worker::start(settings, deps, token.clone())
