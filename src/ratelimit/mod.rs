@@ -274,6 +274,8 @@ pub struct Limiter {
     /// This limiter's name as an asker (random); each bucket asks as `id ^ hash(tenant)`.
     id: u64,
     pool: crate::stream::Pool,
+    /// The connections a tx send asks over (the worker's tx runtime drives them); None: `pool`.
+    tx_pool: Option<crate::stream::Pool>,
     prefix: String,
     buckets: std::sync::Mutex<Buckets>,
     /// The longest one [`Limiter::acquire`] waits.
@@ -285,6 +287,7 @@ impl Limiter {
         Limiter {
             id: rand::random(),
             pool,
+            tx_pool: None,
             prefix: prefix.into(),
             buckets: std::sync::Mutex::new(Buckets {
                 map: HashMap::new(),
@@ -301,6 +304,19 @@ impl Limiter {
     pub fn with_deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
         self
+    }
+
+    /// Tx sends ask Redis over `pool`'s connections, not over the shared ones.
+    pub fn with_tx_pool(mut self, pool: crate::stream::Pool) -> Self {
+        self.tx_pool = Some(pool);
+        self
+    }
+
+    fn pool(&self, lane: Lane) -> &crate::stream::Pool {
+        match (lane, &self.tx_pool) {
+            (Lane::Tx, Some(p)) => p,
+            _ => &self.pool,
+        }
     }
 
     fn bucket(&self, provider: &str, tenant: Option<&str>) -> Arc<Bucket> {
@@ -382,7 +398,7 @@ impl Limiter {
                     lane,
                     asker,
                 };
-                let result = match self.pool.get().await {
+                let result = match self.pool(lane).get().await {
                     Ok(mut conn) => call(&mut conn, &keys, limit, &ask).await,
                     Err(e) => Err(e.into()),
                 };

@@ -298,9 +298,10 @@ impl Shared {
     }
 
     /// The latest version of each named template, cached for [`TEMPLATE_TTL`]; missing names
-    /// are cached as missing. One query for all the batch's misses.
+    /// are cached as missing. One query for all the batch's misses, on `lane`'s connections.
     pub async fn templates(
         &self,
+        lane: crate::domain::Lane,
         names: &[&str],
     ) -> Result<HashMap<String, Arc<Template>>, StoreError> {
         let now = Instant::now();
@@ -324,7 +325,7 @@ impl Shared {
         }
         misses.sort();
         misses.dedup();
-        let found = store::templates::latest(&self.deps.pg, &misses).await?;
+        let found = store::templates::latest(self.pg(lane), &misses).await?;
         let mut cache = self.templates.lock().unwrap_or_else(|p| p.into_inner());
         for name in misses {
             let t = found.iter().find(|t| t.name == name).cloned().map(Arc::new);
@@ -431,6 +432,7 @@ pub async fn start(
         draining: Arc::new(AtomicBool::new(false)),
         live: Default::default(),
         limiter: crate::ratelimit::Limiter::new(deps.redis.clone(), deps.keys.prefix())
+            .with_tx_pool(redis_tx.clone())
             .with_deadline(settings.permit_wait_max),
         pauses: Default::default(),
         pg_tx,

@@ -252,7 +252,7 @@ pub(super) async fn batch(shared: Arc<Shared>, entries: Vec<RawEntry>, out: Outb
                 first: Duration::from_millis(100),
                 give_up: GiveUp::WhenDraining,
             },
-            || shared.templates(&names),
+            || shared.templates(lane, &names),
         )
         .await;
         match found {

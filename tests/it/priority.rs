@@ -322,3 +322,92 @@ async fn a_tx_email_is_claimed_while_bulk_claims_hold_every_connection(pg: PgPoo
 async fn a_tx_outcome_is_recorded_while_a_bulk_record_statement_waits(pg: PgPool) {
     tx_goes_past_held_bulk_statements(pg, "NEW.status = 'sent'", 1).await;
 }
+
+/// The runtime: a task holds the worker's main runtime (this test's one thread) for 200 ms at
+/// a time, as hundreds of ready bulk tasks do on a saturated machine. The tx email is read,
+/// claimed, sent, recorded and acked on the tx lane's own runtime thread, over connections
+/// that thread drives, so it needs none of the main runtime's turns. When the tx lane shared
+/// the runtime, each of those steps waited for a turn: at least one per step. The provider
+/// and the app server that enqueues run on a thread of their own, as they would elsewhere.
+#[sqlx::test(migrations = "./migrations")]
+async fn a_tx_email_goes_through_while_the_main_runtime_is_held(pg: PgPool) {
+    type Stamp = chrono::DateTime<chrono::Utc>;
+    let redis = TestRedis::new();
+    let (url_tx, url_rx) = std::sync::mpsc::channel();
+    let (enqueue, mut to_enqueue) = tokio::sync::mpsc::unbounded_channel::<mailfleet::NewJob>();
+    let (done_tx, done) = std::sync::mpsc::channel::<(uuid::Uuid, Stamp)>();
+    let (redis_url, keys) = (redis.url.clone(), redis.keys.clone());
+    let elsewhere = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let mock = TestMock::start(MockConfig::default()).await;
+            url_tx.send(mock.url.clone()).expect("url");
+            let pool =
+                mailfleet::stream::pool(&redis_url, Duration::from_secs(5), 2).expect("pool");
+            let producer = mailfleet::Producer::from_pool(pool, keys);
+            while let Some(job) = to_enqueue.recv().await {
+                let id = producer.send(job).await.expect("enqueue").id.as_uuid();
+                let _ = done_tx.send((id, chrono::Utc::now()));
+            }
+        });
+    });
+    let mock_url = url_rx.recv().expect("the mock's url");
+    let w = TestWorker::start(&pg, &redis, &mock_url, settings()).await;
+    let enqueued = |to: &str| {
+        enqueue
+            .send(job(Lane::Tx, to))
+            .expect("the producer thread");
+        done.recv().expect("enqueued")
+    };
+    // Warm: tx's connections to the provider open before the measured email.
+    let (first, _) = enqueued("first@example.com");
+    eventually("the first tx email is sent", WAIT, || async {
+        (status_of(&pg, first).await.as_deref() == Some("sent")).then_some(())
+    })
+    .await;
+
+    let turns = Arc::new(Mutex::new(Vec::<Stamp>::new()));
+    let holding = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let hog = {
+        let (turns, holding) = (turns.clone(), holding.clone());
+        tokio::spawn(async move {
+            while holding.load(std::sync::atomic::Ordering::SeqCst) {
+                // Blocks the runtime's only thread, as a long poll would.
+                std::thread::sleep(Duration::from_millis(200));
+                turns.lock().unwrap().push(chrono::Utc::now());
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    tokio::task::yield_now().await;
+    let (tx, in_stream) = enqueued("reset@example.com");
+    eventually("the tx email is sent", WAIT, || async {
+        (status_of(&pg, tx).await.as_deref() == Some("sent")).then_some(())
+    })
+    .await;
+    holding.store(false, std::sync::atomic::Ordering::SeqCst);
+    hog.await.unwrap();
+    let recorded: Stamp = sqlx::query_scalar("SELECT recorded_at FROM emails WHERE id = $1")
+        .bind(tx)
+        .fetch_one(&pg)
+        .await
+        .unwrap();
+    let held = turns
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|&&t| t > in_stream && t < recorded)
+        .count();
+    // None when the tx thread runs promptly, one or two on a busy machine. Sharing the
+    // runtime took one per step (read, claim, suppressions, send, record): five or more.
+    assert!(
+        held <= 2,
+        "the tx email waited through {held} of the main runtime's 200 ms turns"
+    );
+    w.stop().await;
+    drop(enqueue);
+    elsewhere.join().unwrap();
+}
