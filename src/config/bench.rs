@@ -47,7 +47,8 @@ pub enum BenchCmd {
 pub enum Scenario {
     /// `--emails` over the lane mix, at `--rate` or as fast as possible.
     Throughput,
-    /// A bulk backlog of `--emails` draining while tx email arrives at `--tx-rate`.
+    /// A bulk backlog of `--emails` (enqueued before the workers start) draining while tx
+    /// email arrives at `--tx-rate`; rates are timed from the first claim.
     Priority,
     /// Tenant `big` enqueues `--emails` bulk; `--tenants-after-secs` later `--tenants` other
     /// tenants enqueue `--tenant-emails` each: how soon each small tenant finishes against its

@@ -22,6 +22,10 @@
 //! - one **reconciler** ([`reconcile`]): re-enqueues jobs whose Postgres row stays non-final
 //!   long past due (Redis lost their entry).
 //!
+//! The tx lane's readers, their batch tasks and tx's recorder run on [`TxRuntime`], a runtime
+//! thread of their own, over connections opened there; everything else runs on the
+//! process's runtime.
+//!
 //! Architecture Invariant: an entry is acked only after the outcome that justifies the ack is
 //! committed in Postgres; an outcome whose claim token lost (the job was reclaimed) is neither
 //! recorded nor acked. Drain on shutdown: readers stop, batch tasks finish their sends, the
