@@ -42,6 +42,7 @@ mod reader;
 mod reclaim;
 mod reconcile;
 mod recorder;
+mod runtime;
 mod send;
 
 use crate::metrics::METRICS;
@@ -61,6 +62,7 @@ use tokio_util::task::TaskTracker;
 pub use crate::config::AmbiguousPolicy;
 pub use fate::backoff;
 pub use recorder::Item;
+use runtime::{TX_REDIS_CONNECTIONS, TxRuntime};
 
 /// How long a template lookup is cached: a `template put` takes effect within this.
 /// How long a worker keeps a template it looked up (or its absence): a template stored now is
@@ -182,43 +184,6 @@ pub enum WorkerError {
     NoProvider,
     #[error("starting the tx lane's runtime: {0}")]
     Runtime(std::io::Error),
-}
-
-/// Redis connections of the tx lane per worker: one per partition's reader would be more than
-/// 200 tx emails/s need; the readers keep theirs, the recorder and the limiter share the rest.
-const TX_REDIS_CONNECTIONS: usize = 8;
-
-/// The tx lane's own runtime: one thread that runs the tx readers, their batch tasks and tx's
-/// recorder, and drives the sockets of tx's Redis and Postgres connections. On a busy machine
-/// the runtime's run queue is where a tx email would otherwise wait behind hundreds of ready
-/// bulk tasks, at every step of its way (read, claim, send, record, ack); with a thread of its
-/// own it waits only for the operating system to run that thread, which it does promptly for
-/// a thread that mostly sleeps.
-struct TxRuntime {
-    handle: tokio::runtime::Handle,
-    /// Dropped to stop the thread.
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-impl TxRuntime {
-    fn start() -> std::io::Result<Self> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let handle = rt.handle().clone();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        std::thread::Builder::new()
-            .name("mailfleet-tx".into())
-            .spawn(move || {
-                rt.block_on(async {
-                    let _ = stopped.await;
-                });
-            })?;
-        Ok(TxRuntime {
-            handle,
-            _stop: stop,
-        })
-    }
 }
 
 /// Template name → (when looked up, the latest version or None when it does not exist).
