@@ -89,7 +89,6 @@ pub async fn tenant_spans(pool: &PgPool) -> Result<Vec<TenantSpan>, StoreError> 
     let rows: Vec<(String, i64, f64, f64)> = sqlx::query_as(
         "SELECT tenant, count(*),
                 (extract(epoch FROM min(enqueued_at)) * 1000)::float8,
-                (extract(epoch FROM min(claimed_at)) * 1000)::float8,
                 (extract(epoch FROM max(recorded_at)) * 1000)::float8
            FROM emails WHERE status = $1 AND tenant IS NOT NULL GROUP BY tenant",
     )

@@ -62,7 +62,7 @@ use tokio_util::task::TaskTracker;
 pub use crate::config::AmbiguousPolicy;
 pub use fate::backoff;
 pub use recorder::Item;
-use runtime::{TX_REDIS_CONNECTIONS, TxRuntime};
+use runtime::{TX_REDIS_SPARE, TxRuntime};
 
 /// How long a template lookup is cached: a `template put` takes effect within this.
 /// How long a worker keeps a template it looked up (or its absence): a template stored now is
@@ -358,31 +358,35 @@ pub async fn start(
     let tx_rt = TxRuntime::start().map_err(WorkerError::Runtime)?;
     // Tx's connections open now, not at the first tx email (which would pay the handshake),
     // and on the tx runtime, whose thread then drives their sockets.
-    let (pg_tx, redis_tx) =
-        {
-            let (pg, url) = (deps.pg.clone(), deps.redis_url.clone());
-            let (size, timeout) = (settings.tx_pg_pool, settings.redis_timeout);
-            tx_rt
-                .handle
-                .spawn(async move {
-                    let pg_tx = store::companion(&pg, size);
-                    drop(pg_tx.acquire().await.map_err(|source| {
-                        WorkerError::Store(StoreError::Connect {
-                            target: store::redacted_target(&pg.connect_options()),
-                            source,
-                        })
-                    })?);
-                    let redis_tx = crate::stream::pool(&url, timeout, TX_REDIS_CONNECTIONS)
-                        .map_err(|source| WorkerError::Redis {
+    let (pg_tx, redis_tx) = {
+        let (pg, url) = (deps.pg.clone(), deps.redis_url.clone());
+        let (size, timeout) = (settings.tx_pg_pool, settings.redis_timeout);
+        // Every tx reader keeps a connection, so fewer than one per partition would starve
+        // the readers past the pool's size and the recorder's acks with them.
+        let redis_size = usize::from(deps.keys.partitions()) + TX_REDIS_SPARE;
+        tx_rt
+            .handle
+            .spawn(async move {
+                let pg_tx = store::companion(&pg, size);
+                drop(pg_tx.acquire().await.map_err(|source| {
+                    WorkerError::Store(StoreError::Connect {
+                        target: store::redacted_target(&pg.connect_options()),
+                        source,
+                    })
+                })?);
+                let redis_tx =
+                    crate::stream::pool(&url, timeout, redis_size).map_err(|source| {
+                        WorkerError::Redis {
                             doing: "configuring tx's connections",
                             source,
-                        })?;
-                    drop(redis_tx.get().await?);
-                    Ok::<_, WorkerError>((pg_tx, redis_tx))
-                })
-                .await
-                .map_err(|e| WorkerError::Runtime(std::io::Error::other(e.to_string())))??
-        };
+                        }
+                    })?;
+                drop(redis_tx.get().await?);
+                Ok::<_, WorkerError>((pg_tx, redis_tx))
+            })
+            .await
+            .map_err(|e| WorkerError::Runtime(std::io::Error::other(e.to_string())))??
+    };
     let shared = Arc::new(Shared {
         renderer: Renderer::new(settings.render),
         templates: Default::default(),

@@ -1,8 +1,8 @@
 //! The tx lane's own runtime thread (see [`TxRuntime`]).
 
-/// Redis connections of the tx lane per worker: one per partition's reader would be more than
-/// 200 tx emails/s need; the readers keep theirs, the recorder and the limiter share the rest.
-pub(super) const TX_REDIS_CONNECTIONS: usize = 8;
+/// Redis connections of the tx lane per worker beside the one each partition's tx reader
+/// keeps: the recorder's acks and the limiter's asks share these.
+pub(super) const TX_REDIS_SPARE: usize = 4;
 
 /// The tx lane's own runtime: one thread that runs the tx readers, their batch tasks and tx's
 /// recorder, and drives the sockets of tx's Redis and Postgres connections. On a busy machine

@@ -411,3 +411,38 @@ async fn a_tx_email_goes_through_while_the_main_runtime_is_held(pg: PgPool) {
     drop(enqueue);
     elsewhere.join().unwrap();
 }
+
+/// Tx's own Redis connections are enough for any partition count: every tx reader keeps one
+/// (12 here), and the recorder still gets one for the acks. With a fixed 8, the readers of
+/// the last partitions waited for a connection forever and every ack with them.
+#[sqlx::test(migrations = "./migrations")]
+async fn every_tx_entry_is_acked_when_the_partitions_outnumber_a_fixed_pool(pg: PgPool) {
+    let redis = TestRedis::partitioned(12);
+    let mock = TestMock::start(MockConfig::default()).await;
+    let w = TestWorker::start(&pg, &redis, &mock.url, settings()).await;
+    for i in 0..48 {
+        redis
+            .enqueue(job(Lane::Tx, &format!("t{i}@example.com")))
+            .await;
+    }
+    let used = eventually("every tx entry is read and acked", WAIT, || async {
+        let mut conn = redis.conn().await;
+        let (mut added, mut read, mut pending, mut streams) = (0i64, 0i64, 0i64, 0);
+        for p in 0..12 {
+            let len: i64 = redis::cmd("XLEN")
+                .arg(redis.keys.lane(p, Lane::Tx))
+                .query_async(&mut *conn)
+                .await
+                .unwrap();
+            if len > 0 {
+                streams += 1;
+                let (r, open) = redis.group_progress_of(p, Lane::Tx).await;
+                (added, read, pending) = (added + len, read + r, pending + open);
+            }
+        }
+        (read == added && pending == 0 && count_status(&pg, "sent").await == 48).then_some(streams)
+    })
+    .await;
+    assert!(used > 8, "the emails span {used} partitions");
+    w.stop().await;
+}

@@ -50,6 +50,19 @@ impl TestRedis {
             owner: true,
         }
     }
+    /// A test prefix with `partitions` partitions on the shared Redis; the pool has room for
+    /// an in-process worker's bulk readers, which keep a connection each.
+    pub fn partitioned(partitions: u16) -> Self {
+        let url = redis_url();
+        let size = usize::from(partitions) + 8;
+        let pool = mailfleet::stream::pool(&url, Duration::from_secs(5), size).expect("redis pool");
+        TestRedis {
+            url,
+            keys: Keys::new(unique_prefix(), partitions),
+            pool,
+            owner: true,
+        }
+    }
     /// A test prefix with `partitions` partitions on a Redis Cluster (`url`: its seed list).
     /// The cluster is torn down whole, so nothing is deleted on drop.
     pub fn on_cluster(url: &str, partitions: u16) -> Self {
@@ -109,11 +122,15 @@ impl TestRedis {
             _ => 0,
         }
     }
-    /// (entries read by the group, entries pending) on a lane, from XINFO GROUPS.
+    /// (entries read by the group, entries pending) on a lane of partition 0, from XINFO GROUPS.
     pub async fn group_progress(&self, lane: Lane) -> (i64, i64) {
+        self.group_progress_of(0, lane).await
+    }
+    /// (entries read by the group, entries pending) on a lane of partition `p`.
+    pub async fn group_progress_of(&self, p: u16, lane: Lane) -> (i64, i64) {
         let groups: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
             .arg("GROUPS")
-            .arg(self.keys.lane(0, lane))
+            .arg(self.keys.lane(p, lane))
             .query_async(&mut *self.conn().await)
             .await
             .expect("xinfo groups");
