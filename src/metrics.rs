@@ -29,6 +29,8 @@ pub struct Metrics {
     pub stream_trimmed: IntCounter,
     pub reenqueued: IntCounter,
     pub in_flight: IntGauge,
+    /// The size of each lane's in-flight room (bulk's adapts to the pipeline, `worker::room`).
+    pub in_flight_limit: IntGaugeVec,
     pub store_errors: IntCounterVec,
     pub redis_errors: IntCounterVec,
     pub build_info: IntGaugeVec,
@@ -233,6 +235,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
                 .expect("metric registered once");
             g
         },
+        in_flight_limit: gauge_vec(
+            &r,
+            "mailfleet_in_flight_limit",
+            "How many entries of the lane this worker may hold read and not yet finished (bulk's adapts).",
+            &["lane"],
+        ),
         store_errors: counter_vec(
             &r,
             "mailfleet_store_errors_total",

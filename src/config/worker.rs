@@ -31,9 +31,15 @@ pub struct WorkerArgs {
     /// Entries per XREADGROUP.
     #[arg(long, env = "MAILFLEET_BATCH_SIZE", default_value_t = 256)]
     pub batch_size: usize,
-    /// Most bulk entries read but not yet acked, per worker (back-pressure).
+    /// Most bulk entries read but not yet acked, per worker (back-pressure): the ceiling of
+    /// bulk's adaptive room.
     #[arg(long, env = "MAILFLEET_MAX_IN_FLIGHT", default_value_t = 2048)]
     pub max_in_flight: usize,
+    /// Hold bulk's in-flight room at `--max-in-flight` instead of adapting it. By default it
+    /// moves between a batch per partition and that ceiling: as deep as a slow provider needs,
+    /// no deeper than a saturated machine can use (queues there delay tx emails).
+    #[arg(long, env = "MAILFLEET_FIXED_IN_FLIGHT")]
+    pub fixed_in_flight: bool,
     /// Most tx entries read but not yet acked, per worker: the tx lane's own pool, which bulk
     /// never uses.
     #[arg(long, env = "MAILFLEET_TX_IN_FLIGHT", default_value_t = 512)]

@@ -42,10 +42,10 @@ mod reader;
 mod reclaim;
 mod reconcile;
 mod recorder;
+mod room;
 mod runtime;
 mod send;
 
-use crate::metrics::METRICS;
 use crate::provider::Providers;
 use crate::render::{Limits, Renderer};
 use crate::store::{self, StoreError, templates::Template};
@@ -55,7 +55,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -75,6 +74,8 @@ pub struct Settings {
     pub batch_size: usize,
     /// Most bulk entries read and not yet finished (back-pressure for the bulk lane).
     pub max_in_flight: usize,
+    /// Bulk's room adapts between a batch per partition and `max_in_flight` (`room::Depth`).
+    pub adaptive_in_flight: bool,
     /// Most tx entries read and not yet finished: the tx lane's own pool, so a bulk backlog
     /// never holds the room a transactional email needs to be read.
     pub tx_in_flight: usize,
@@ -127,6 +128,7 @@ impl Settings {
             consumer: consumer.into(),
             batch_size: 256,
             max_in_flight: 2048,
+            adaptive_in_flight: true,
             tx_in_flight: 512,
             send_concurrency: 512,
             tx_send_concurrency: 128,
@@ -197,7 +199,8 @@ pub(crate) struct Shared {
     templates: std::sync::Mutex<TemplateCache>,
     /// Room for entries read but not yet finished (acked, retried or abandoned), one pool per
     /// lane (`[tx, bulk]`): bulk can never hold the room a tx entry needs to be admitted.
-    in_flight: [Arc<Semaphore>; 2],
+    /// Bulk's adapts to the pipeline (`room::Depth`).
+    in_flight: [room::Room; 2],
     /// Send slots per lane (`[tx, bulk]`): bulk sends hold theirs while they wait for a
     /// permit, so tx has its own.
     sends: [crate::priority::PrioritySemaphore; 2],
@@ -254,16 +257,13 @@ impl Shared {
     }
 
     /// The in-flight pool entries of `lane` are admitted from.
-    pub fn room(&self, lane: crate::domain::Lane) -> &Arc<Semaphore> {
+    pub(crate) fn room(&self, lane: crate::domain::Lane) -> &room::Room {
         &self.in_flight[lane.index()]
     }
 
     /// Give back room for `n` finished entries of `lane`.
     pub fn release(&self, lane: crate::domain::Lane, n: usize) {
-        if n > 0 {
-            self.room(lane).add_permits(n);
-            METRICS.in_flight.sub(n as i64);
-        }
+        self.room(lane).finished(n);
     }
 
     /// The latest version of each named template, cached for [`TEMPLATE_TTL`]; missing names
@@ -390,14 +390,7 @@ pub async fn start(
     let shared = Arc::new(Shared {
         renderer: Renderer::new(settings.render),
         templates: Default::default(),
-        in_flight: [
-            Arc::new(Semaphore::new(
-                settings.tx_in_flight.max(settings.batch_size),
-            )),
-            Arc::new(Semaphore::new(
-                settings.max_in_flight.max(settings.batch_size),
-            )),
-        ],
+        in_flight: room::lanes(&settings, deps.keys.partitions()),
         sends: [
             crate::priority::PrioritySemaphore::new(settings.tx_send_concurrency.max(1)),
             crate::priority::PrioritySemaphore::new(settings.send_concurrency.max(1)),

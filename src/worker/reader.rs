@@ -40,28 +40,29 @@ pub(super) async fn run(
             }
         }
         // Room first: never read what we could not hold.
-        let permit = tokio::select! {
+        let room = tokio::select! {
             _ = token.cancelled() => return,
-            p = shared.room(lane).clone().acquire_many_owned(s.batch_size as u32) => match p {
-                Ok(p) => p,
-                Err(_) => return,
+            room = shared.room(lane).take_read(s.batch_size) => match room {
+                Some(n) => n,
+                None => return,
             },
         };
-        permit.forget();
-        METRICS.in_flight.add(s.batch_size as i64);
         if token.is_cancelled() {
-            shared.release(lane, s.batch_size);
+            shared.room(lane).unused(room);
             return;
         }
-        let read = read_once(&shared, partition, lane, &mut pooled, &mut blocking).await;
+        let read = read_once(&shared, partition, lane, room, &mut pooled, &mut blocking).await;
         let entries = match read {
             Ok(e) => {
                 failures = 0;
-                linger.observed(e.len(), s.batch_size, Instant::now());
+                linger.observed(e.len(), room, Instant::now());
+                if lane == Lane::Tx {
+                    shared.room(Lane::Bulk).tx_read(e.len(), room);
+                }
                 e
             }
             Err(e) => {
-                shared.release(lane, s.batch_size);
+                shared.room(lane).unused(room);
                 METRICS.redis_errors.with_label_values(&["read"]).inc();
                 blocking = None;
                 pooled = None;
@@ -80,10 +81,10 @@ pub(super) async fn run(
             }
         };
         debug_assert!(
-            entries.len() <= s.batch_size,
+            entries.len() <= room,
             "read more entries than permits taken"
         );
-        shared.release(lane, s.batch_size.saturating_sub(entries.len()));
+        shared.room(lane).unused(room.saturating_sub(entries.len()));
         if entries.is_empty() {
             continue;
         }
@@ -168,6 +169,7 @@ async fn read_once(
     shared: &Shared,
     partition: u16,
     lane: Lane,
+    count: usize,
     pooled: &mut Option<crate::stream::conn::Connection>,
     blocking: &mut Option<crate::stream::Blocking>,
 ) -> Result<Vec<crate::stream::RawEntry>, String> {
@@ -181,16 +183,9 @@ async fn read_once(
             *pooled = Some(shared.redis(lane).get().await.map_err(|e| e.to_string())?);
         }
         let conn = pooled.as_mut().ok_or("no pooled connection")?;
-        consumer::read_now(
-            &mut **conn,
-            &d.keys,
-            partition,
-            &s.consumer,
-            s.batch_size,
-            &closed,
-        )
-        .await
-        .map_err(|e| e.to_string())?
+        consumer::read_now(&mut **conn, &d.keys, partition, &s.consumer, count, &closed)
+            .await
+            .map_err(|e| e.to_string())?
     };
     if !now.is_empty() {
         return Ok(now);
@@ -216,7 +211,7 @@ async fn read_once(
             &d.keys,
             partition,
             &s.consumer,
-            s.batch_size,
+            count,
             s.block_ms,
             &closed,
         ),

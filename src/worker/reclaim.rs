@@ -147,15 +147,10 @@ async fn sweep(
     let (p, lane) = (source.partition, source.lane);
     let mut cursor = "0-0".to_owned();
     loop {
-        let permit = tokio::select! {
+        tokio::select! {
             _ = token.cancelled() => return false,
-            p = shared.room(lane).clone().acquire_many_owned(want as u32) => match p {
-                Ok(p) => p,
-                Err(_) => return false,
-            },
-        };
-        permit.forget();
-        METRICS.in_flight.add(want as i64);
+            room = shared.room(lane).take(want) => if room.is_none() { return false },
+        }
         let r = match shared.deps.redis.get().await {
             Ok(mut conn) => consumer::reclaim(
                 &mut *conn,
@@ -174,13 +169,15 @@ async fn sweep(
         let r = match r {
             Ok(r) => r,
             Err(e) => {
-                shared.release(lane, want);
+                shared.room(lane).unclaimed(want);
                 METRICS.redis_errors.with_label_values(&["reclaim"]).inc();
                 tracing::warn!(partition = p, lane = %lane, error.message = %e, "reclaim failed");
                 return true;
             }
         };
-        shared.release(lane, want.saturating_sub(r.entries.len()));
+        shared
+            .room(lane)
+            .unclaimed(want.saturating_sub(r.entries.len()));
         if r.dead_lettered > 0 {
             METRICS
                 .dead_letters
