@@ -35,9 +35,10 @@ pub struct WorkerArgs {
     /// bulk's adaptive room.
     #[arg(long, env = "MAILFLEET_MAX_IN_FLIGHT", default_value_t = 2048)]
     pub max_in_flight: usize,
-    /// Hold bulk's in-flight room at `--max-in-flight` instead of adapting it. By default it
-    /// moves between a batch per partition and that ceiling: as deep as a slow provider needs,
-    /// no deeper than a saturated machine can use (queues there delay tx emails).
+    /// Hold bulk's in-flight room at `--max-in-flight` instead of adapting it. By default it is
+    /// at that ceiling while no tx arrives and, while tx does, moves between a batch per
+    /// partition and the ceiling: as deep as a slow provider needs, no deeper than a saturated
+    /// machine can use (queues there delay tx emails).
     #[arg(long, env = "MAILFLEET_FIXED_IN_FLIGHT")]
     pub fixed_in_flight: bool,
     /// Most tx entries read but not yet acked, per worker: the tx lane's own pool, which bulk
