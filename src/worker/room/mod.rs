@@ -46,6 +46,8 @@ pub(crate) fn lanes(s: &super::Settings, partitions: u16) -> [Room; 2] {
 pub(crate) struct Room {
     sem: Arc<Semaphore>,
     lane: &'static str,
+    /// Whether a [`Depth`] sizes it (fixed for the room's life).
+    adaptive: bool,
     state: Mutex<State>,
     /// Until when tx counts as live, in ms since `epoch` (bulk's room only).
     tx_until_ms: AtomicU64,
@@ -85,6 +87,7 @@ impl Room {
         Room {
             sem: Arc::new(Semaphore::new(size)),
             lane,
+            adaptive: depth.is_some(),
             state: Mutex::new(State { depth, owed: 0 }),
             tx_until_ms: AtomicU64::new(TX_FIRST_WAIT.as_millis() as u64),
             epoch: Instant::now(),
@@ -97,8 +100,7 @@ impl Room {
 
     /// Wait for room for `n` entries. `None` once the pool is closed.
     pub(crate) async fn take(&self, n: usize) -> Option<()> {
-        let permit = self.sem.clone().acquire_many_owned(n as u32).await.ok()?;
-        permit.forget();
+        self.acquire(n).await?;
         self.took(n);
         Some(())
     }
@@ -109,15 +111,12 @@ impl Room {
     /// waiting for the whole batch to finish. How many were taken; `None` once closed.
     pub(crate) async fn take_read(&self, batch: usize) -> Option<usize> {
         let batch = batch.max(1);
-        let adaptive = self.state().depth.is_some();
-        let first = if adaptive { batch.div_ceil(2) } else { batch };
-        let permit = self
-            .sem
-            .clone()
-            .acquire_many_owned(first as u32)
-            .await
-            .ok()?;
-        permit.forget();
+        let first = if self.adaptive {
+            batch.div_ceil(2)
+        } else {
+            batch
+        };
+        self.acquire(first).await?;
         let mut n = first;
         let more = self.sem.available_permits().min(batch - first);
         if more > 0
@@ -128,6 +127,12 @@ impl Room {
         }
         self.took(n);
         Some(n)
+    }
+
+    async fn acquire(&self, n: usize) -> Option<()> {
+        let permit = self.sem.acquire_many(n as u32).await.ok()?;
+        permit.forget();
+        Some(())
     }
 
     fn took(&self, n: usize) {
