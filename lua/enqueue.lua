@@ -1,6 +1,7 @@
 -- enqueue.lua: idempotent enqueue of one email job (wire format v1).
 --
--- KEYS[1]: dedup marker   mf:{p}:dedup:<idem>   (touched only when ARGV[2] ~= '')
+-- KEYS[1]: dedup marker   mf:{p}:dedup:<idem>, or mf:{p}:tdedup:<tenant>:<idem> for a tenant's
+--          job (touched only when ARGV[2] ~= '')
 -- KEYS[2]: lane stream    mf:{p}:tx | mf:{p}:bulk | a tenant's bulk stream mf:{p}:bulk:t:<tenant>
 -- KEYS[3]: delayed zset   mf:{p}:delayed        (used when ARGV[6] is in the future)
 -- KEYS[4]: bulk ring      mf:{p}:bulk:ring      (only with a tenant stream as KEYS[2])

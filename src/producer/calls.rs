@@ -70,12 +70,16 @@ impl Producer {
         (stream, self.keys.delayed_of(partition, lane))
     }
 
-    /// A prepared job's dedup marker (a placeholder key for a job without one: enqueue.lua
-    /// and unenqueue.lua touch it only with a key).
+    /// A prepared job's dedup marker, in its tenant's namespace (a placeholder key for a job
+    /// without one: enqueue.lua and unenqueue.lua touch it only with a key).
     pub(super) fn dedup_key(&self, p: &Prepared) -> String {
-        let idem = p.idempotency_key.as_deref().unwrap_or("");
-        self.keys
-            .dedup(p.partition, if idem.is_empty() { "-" } else { idem })
+        match p.idempotency_key.as_deref() {
+            Some(idem) if !idem.is_empty() => {
+                self.keys
+                    .dedup_for(p.partition, p.email.tenant.as_deref(), idem)
+            }
+            _ => self.keys.dedup(p.partition, "-"),
+        }
     }
 
     /// One enqueue.lua call for the jobs `batch` names (indexes into `chunk`, one stream).

@@ -130,8 +130,18 @@ impl Keys {
     pub fn worker_info(&self) -> String {
         format!("{}:worker_info", self.prefix)
     }
+    /// The idempotency marker of a job with no tenant.
     pub fn dedup(&self, p: u16, idem: &str) -> String {
         format!("{}:{{{p}}}:dedup:{idem}", self.prefix)
+    }
+    /// A job's idempotency marker: a tenant's keys have a namespace of their own
+    /// (`tdedup:<tenant>:<key>`; a tenant name holds no `:`), so one tenant's key never makes
+    /// another tenant's job a duplicate.
+    pub fn dedup_for(&self, p: u16, tenant: Option<&str>, idem: &str) -> String {
+        match tenant {
+            Some(t) => format!("{}:{{{p}}}:tdedup:{t}:{idem}", self.prefix),
+            None => self.dedup(p, idem),
+        }
     }
     /// Which partition a job lives in: FNV-1a (32-bit) of its idempotency key, or of its id when
     /// it has none, modulo the partition count. Documented in docs/stream-format.md so producers in
@@ -200,6 +210,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn each_tenant_has_its_own_dedup_namespace_apart_from_jobs_without_one() {
+        let k = Keys::new("mf", 1);
+        let keys = [
+            k.dedup_for(0, None, "order-42"),
+            k.dedup_for(0, Some("acme"), "order-42"),
+            k.dedup_for(0, Some("globex"), "order-42"),
+            // A key with no tenant that spells out another tenant's marker stays apart.
+            k.dedup_for(0, None, "t:acme:order-42"),
+            k.dedup_for(0, None, "acme:order-42"),
+        ];
+        let distinct: std::collections::HashSet<&String> = keys.iter().collect();
+        assert_eq!(distinct.len(), keys.len(), "{keys:?}");
+        assert_eq!(k.dedup_for(0, None, "order-42"), k.dedup(0, "order-42"));
+    }
+
+    #[test]
     fn keys_of_one_partition_share_a_hash_tag() {
         let k = Keys::new("mf", 4);
         let p = k.partition_for("order-42");
@@ -210,6 +236,7 @@ mod tests {
             k.delayed_tx(p),
             k.dead(p),
             k.dedup(p, "order-42"),
+            k.dedup_for(p, Some("acme"), "order-42"),
         ] {
             assert!(key.starts_with(&format!("mf:{{{p}}}:")), "{key}");
         }

@@ -110,6 +110,62 @@ async fn a_duplicate_idempotency_key_is_enqueued_once(pg: PgPool) {
 }
 
 #[sqlx::test]
+async fn one_idempotency_key_used_by_two_tenants_sends_one_email_for_each(pg: PgPool) {
+    let redis = TestRedis::new();
+    let producer = redis.producer();
+    let keyed = |lane: Lane, tenant: &str, to: &str| {
+        let mut j = job(lane, to);
+        // One key per lane: a tenant's key is one job whatever its lane.
+        j.idempotency_key = Some(format!("order-42-{lane}"));
+        j.payload.tenant = Some(tenant.into());
+        j
+    };
+    let mut ids = Vec::new();
+    for lane in [Lane::Tx, Lane::Bulk] {
+        let a = producer
+            .send(keyed(lane, "acme", "ada@example.com"))
+            .await
+            .unwrap();
+        let b = producer
+            .send(keyed(lane, "globex", "bob@example.com"))
+            .await
+            .unwrap();
+        let again = producer
+            .send(keyed(lane, "globex", "bob@example.com"))
+            .await
+            .unwrap();
+        assert!(
+            a.added && b.added,
+            "{lane}: another tenant's key is not a duplicate"
+        );
+        assert!(
+            !again.added && again.id == b.id,
+            "{lane}: the same tenant's key is"
+        );
+        assert_ne!(a.id, b.id);
+        ids.extend([a.id.as_uuid(), b.id.as_uuid()]);
+    }
+    // Without a tenant the key is its own namespace too.
+    let mut plain = job(Lane::Tx, "cy@example.com");
+    plain.idempotency_key = Some("order-42-tx".into());
+    let plain = producer.send(plain).await.unwrap();
+    assert!(plain.added);
+    ids.push(plain.id.as_uuid());
+
+    let mock = TestMock::start(MockConfig::default()).await;
+    let worker = TestWorker::start(&pg, &redis, &mock.url, settings()).await;
+    eventually("every tenant's email sent", WAIT, || async {
+        (count_status(&pg, "sent").await == 5).then_some(())
+    })
+    .await;
+    for id in ids {
+        assert_eq!(status_of(&pg, id).await.as_deref(), Some("sent"));
+    }
+    assert_eq!(mock.state.stats().received, 5);
+    worker.stop().await;
+}
+
+#[sqlx::test]
 async fn the_tx_lane_is_served_before_a_bulk_backlog(pg: PgPool) {
     let redis = TestRedis::new();
     let producer = redis.producer();

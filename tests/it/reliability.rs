@@ -605,7 +605,7 @@ async fn a_lost_dedup_marker_still_sends_one_email_per_idempotency_key(pg: PgPoo
         .await
         .unwrap();
     let _: () = redis::cmd("DEL")
-        .arg(redis.keys.dedup(0, "order-7"))
+        .arg(redis.keys.dedup_for(0, Some("acme"), "order-7"))
         .query_async(&mut *redis.conn().await)
         .await
         .unwrap();
@@ -628,7 +628,7 @@ async fn a_lost_dedup_marker_still_sends_one_email_per_idempotency_key(pg: PgPoo
     }
     // Once more, after the first was sent (another batch: the key is found in Postgres).
     let _: () = redis::cmd("DEL")
-        .arg(redis.keys.dedup(0, "order-7"))
+        .arg(redis.keys.dedup_for(0, Some("acme"), "order-7"))
         .query_async(&mut *redis.conn().await)
         .await
         .unwrap();
