@@ -64,5 +64,6 @@ fn requeue_of(r: &Revived, keys: &Keys) -> Requeue {
         enqueued_at_ms: r.enqueued_at.timestamp_millis(),
         payload: r.payload.clone(),
         replays: r.replays.max(0) as u32,
+        tenant: r.tenant.clone(),
     }
 }

@@ -495,10 +495,16 @@ pub struct Requeue {
     pub payload: String,
     /// Dead-letter replays so far (see `wire::Job::replays`).
     pub replays: u32,
+    /// The job's tenant: a tenant's bulk goes back to the tenant's own stream.
+    pub tenant: Option<String>,
 }
 
-/// XADD each job to its lane, pipelined. No dedup check: the Postgres claim makes a second
-/// entry for a job harmless (it is acked without a send once the job is final).
+/// Put each job back on its stream, pipelined: tx and bulk without a tenant by XADD to the
+/// lane; a tenant's bulk into the bulk delayed set, due at once (scored by when it was first
+/// enqueued, so older jobs come first), from where `lua/promote.lua` moves it to the tenant's
+/// own stream and into the ring, as it does every retry, so a re-enqueued backlog keeps its
+/// fair share instead of crowding the shared stream. No dedup check: the Postgres claim makes
+/// a second entry for a job harmless (it is acked without a send once the job is final).
 pub async fn requeue<C: ConnectionLike + Send>(
     conn: &mut C,
     keys: &Keys,
@@ -509,6 +515,23 @@ pub async fn requeue<C: ConnectionLike + Send>(
     }
     let mut p = redis::pipe();
     for j in jobs {
+        if let (Lane::Bulk, Some(tenant)) = (j.lane, j.tenant.as_deref()) {
+            let member = wire::member_of(&wire::Member {
+                id: j.id,
+                idem: j.idem.as_deref(),
+                enqueued_at_ms: j.enqueued_at_ms,
+                payload: &j.payload,
+                lane: j.lane,
+                tenant: Some(tenant),
+                replays: j.replays,
+            });
+            p.cmd("ZADD")
+                .arg(keys.delayed_of(j.partition, Lane::Bulk))
+                .arg(j.enqueued_at_ms.max(0))
+                .arg(member)
+                .ignore();
+            continue;
+        }
         let fields = wire::encode_fields(
             j.id,
             j.idem.as_deref(),

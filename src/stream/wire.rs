@@ -244,24 +244,48 @@ pub fn encode_fields(
 
 /// A delayed-set member (see lua/promote.lua): the job's fields plus its lane, as JSON.
 pub fn delayed_member(job: &Job) -> String {
-    let mut m = serde_json::json!({
+    member_of(&Member {
+        id: job.id,
+        idem: job.idem.as_deref(),
+        enqueued_at_ms: job.enqueued_at_ms,
+        payload: &job.payload_json,
+        lane: job.lane,
+        tenant: job.email.tenant.as_deref(),
+        replays: job.replays,
+    })
+}
+
+/// What a delayed-set member carries.
+pub struct Member<'a> {
+    pub id: JobId,
+    pub idem: Option<&'a str>,
+    pub enqueued_at_ms: i64,
+    pub payload: &'a str,
+    pub lane: Lane,
+    pub tenant: Option<&'a str>,
+    pub replays: u32,
+}
+
+/// A delayed-set member (JSON, the form `lua/promote.lua` decodes).
+pub fn member_of(m: &Member<'_>) -> String {
+    let mut v = serde_json::json!({
         "v": VERSION,
-        "id": job.id.to_string(),
-        "idem": job.idem.as_deref().unwrap_or(""),
-        "enqueued_at": job.enqueued_at_ms.to_string(),
-        "payload": job.payload_json,
-        "lane": job.lane.as_str(),
+        "id": m.id.to_string(),
+        "idem": m.idem.unwrap_or(""),
+        "enqueued_at": m.enqueued_at_ms.to_string(),
+        "payload": m.payload,
+        "lane": m.lane.as_str(),
     });
     // Bulk comes back to its tenant's stream (lua/promote.lua), so a retry keeps its fair place.
-    if job.lane == Lane::Bulk
-        && let Some(t) = &job.email.tenant
+    if m.lane == Lane::Bulk
+        && let Some(t) = m.tenant
     {
-        m["tenant"] = t.as_str().into();
+        v["tenant"] = t.into();
     }
-    if job.replays > 0 {
-        m["replays"] = job.replays.to_string().into();
+    if m.replays > 0 {
+        v["replays"] = m.replays.to_string().into();
     }
-    m.to_string()
+    v.to_string()
 }
 
 #[cfg(test)]

@@ -93,6 +93,7 @@ pub async fn pass(shared: &Shared) -> Result<u64, String> {
                 enqueued_at_ms: r.enqueued_at.timestamp_millis(),
                 payload: r.payload,
                 replays: r.replays.max(0) as u32,
+                tenant: r.tenant,
             })
             .collect();
         // If this fails the rows stay stamped and come back after another threshold.

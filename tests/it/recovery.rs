@@ -236,6 +236,41 @@ async fn the_reconciler_reenqueues_jobs_redis_lost_and_leaves_future_ones(pg: Pg
 }
 
 #[sqlx::test]
+async fn a_tenants_lost_bulk_goes_back_to_the_tenants_own_stream_not_the_shared_one(pg: PgPool) {
+    let redis = TestRedis::new();
+    redis.ensure_groups().await;
+    // A tenant's accepted bulk whose entries Redis lost: re-enqueued, it must wait on the
+    // tenant's stream in the ring (its fair share), not crowd the shared bulk stream.
+    let lost: Vec<NewRow> = (0..5)
+        .map(|i| {
+            let mut row = queued_row(i, None);
+            let mut p = payload(&format!("lost{i}@example.com"));
+            p.tenant = Some("acme".into());
+            row.payload = serde_json::to_string(&p).unwrap();
+            row.tenant = Some("acme".into());
+            row
+        })
+        .collect();
+    emails::insert_queued(&pg, &lost).await.unwrap();
+    let mock = TestMock::start(MockConfig::default()).await;
+    let mut s = settings();
+    s.reconcile_after = Duration::from_millis(300);
+    s.reconcile_interval_ms = 50;
+    let worker = TestWorker::start(&pg, &redis, &mock.url, s).await;
+    eventually("every lost job sent", WAIT, || async {
+        (count_status(&pg, "sent").await == 5).then_some(())
+    })
+    .await;
+    assert!(mock.state.counts().values().all(|&n| n == 1));
+    assert_eq!(
+        redis.xlen(&redis.keys.lane(0, Lane::Bulk)).await,
+        0,
+        "nothing was re-enqueued on the shared bulk stream"
+    );
+    worker.stop().await;
+}
+
+#[sqlx::test]
 async fn a_reenqueued_job_whose_old_entry_survived_is_sent_once(pg: PgPool) {
     let redis = TestRedis::new();
     redis.ensure_groups().await;

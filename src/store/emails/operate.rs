@@ -111,6 +111,7 @@ pub struct Revived {
     pub payload: String,
     pub replays: i32,
     pub template: Option<String>,
+    pub tenant: Option<String>,
 }
 
 /// Put the [`RETRYABLE`] jobs among `ids` (of `tenant`, when given) back to `queued` with a
@@ -130,7 +131,7 @@ pub async fn revive(
                 last_error = NULL, recorded_at = NULL, updated_at = now()
           WHERE id = ANY($1) AND status = ANY($4) AND ($2::text IS NULL OR tenant = $2)
          RETURNING id, lane, partition, idempotency_key, enqueued_at, payload, replays,
-                   template",
+                   template, tenant",
     )
     .bind(ids)
     .bind(tenant)
