@@ -3,6 +3,10 @@
 -- KEYS[1]: dead-letter stream  mf:{p}:dead
 -- KEYS[2]: tx lane stream      mf:{p}:tx
 -- KEYS[3]: bulk lane stream    mf:{p}:bulk
+-- KEYS[4]: bulk delayed zset   mf:{p}:delayed (optional): a bulk job whose payload names a
+--          tenant goes there, due at once (scored by its first enqueue), so promote.lua puts it
+--          on its tenant's stream and in the ring, as it does a retry: a replayed backlog keeps
+--          each tenant's fair share instead of crowding the shared bulk stream
 -- ARGV[1]: max replays: an entry already replayed this often stays dead
 -- ARGV[2..]: dead-letter entry ids
 -- Returns: { replayed, refused, missing }
@@ -23,7 +27,7 @@ for i = 2, #ARGV do
     missing = missing + 1
   else
     local f = e[1][2]
-    local lane, replays, out = nil, 0, {}
+    local lane, replays, out, orig = nil, 0, {}, {}
     for j = 1, #f, 2 do
       local k, v = f[j], f[j + 1]
       if k == 'lane' then
@@ -33,6 +37,7 @@ for i = 2, #ARGV do
       elseif string.sub(k, 1, 5) == 'orig_' then
         out[#out + 1] = string.sub(k, 6)
         out[#out + 1] = v
+        orig[string.sub(k, 6)] = v
       end
     end
     local target = nil
@@ -40,9 +45,24 @@ for i = 2, #ARGV do
     if target == nil or #out == 0 or replays >= max_replays then
       refused = refused + 1
     else
-      out[#out + 1] = 'replays'
-      out[#out + 1] = tostring(replays + 1)
-      redis.call('XADD', target, '*', unpack(out))
+      local tenant = nil
+      if lane == 'bulk' and KEYS[4] and orig.id and orig.payload then
+        local ok, p = pcall(cjson.decode, orig.payload)
+        if ok and type(p) == 'table' and type(p.tenant) == 'string' and p.tenant ~= '' then
+          tenant = p.tenant
+        end
+      end
+      if tenant then
+        local member = cjson.encode({ v = orig.v or '1', id = orig.id, idem = orig.idem or '',
+                                      enqueued_at = orig.enqueued_at or '0', payload = orig.payload,
+                                      lane = 'bulk', tenant = tenant,
+                                      replays = tostring(replays + 1) })
+        redis.call('ZADD', KEYS[4], tonumber(orig.enqueued_at) or 0, member)
+      else
+        out[#out + 1] = 'replays'
+        out[#out + 1] = tostring(replays + 1)
+        redis.call('XADD', target, '*', unpack(out))
+      end
       redis.call('XDEL', KEYS[1], id)
       replayed = replayed + 1
     end

@@ -326,6 +326,7 @@ async fn replay_batch<C: ConnectionLike + Send>(
             &keys.dead(p),
             &keys.lane(p, Lane::Tx),
             &keys.lane(p, Lane::Bulk),
+            &keys.delayed_of(p, Lane::Bulk),
         ]);
         c.arg(max_replays).arg(mine);
         cmds.push(c);

@@ -621,6 +621,86 @@ async fn dlq_replay_restores_the_job_once_and_refuses_at_max_replays() {
 }
 
 #[tokio::test]
+async fn dlq_replay_sends_a_tenants_bulk_back_through_the_delayed_set_to_its_own_stream() {
+    let redis = TestRedis::new();
+    let k = &redis.keys;
+    let dead = k.dead(0);
+    let payload = r#"{"to":["a@example.com"],"from":"f@example.com","tenant":"acme","text":"x/y"}"#;
+    let id = "0190a1b2-0000-7000-8000-000000000002";
+    let entry = xadd(
+        &redis,
+        &dead,
+        &[
+            ("reason", "max_attempts"),
+            ("lane", "bulk"),
+            ("orig_v", "1"),
+            ("orig_id", id),
+            ("orig_idem", "acme/k"),
+            ("orig_enqueued_at", "1700000000000"),
+            ("orig_payload", payload),
+            ("orig_replays", "1"),
+        ],
+    )
+    .await;
+    let mut c = mailfleet::scripts::DLQ_REPLAY.call(&[
+        &dead,
+        &k.lane(0, Lane::Tx),
+        &k.lane(0, Lane::Bulk),
+        &k.delayed(0),
+    ]);
+    c.arg(3).arg(&[&entry]);
+    let mut conn = redis.conn().await;
+    let r: Vec<i64> =
+        redis::from_redis_value(scripts::run_one(&mut *conn, c).await.unwrap()).unwrap();
+    assert_eq!(r, vec![1, 0, 0]);
+    assert_eq!(
+        redis.xlen(&k.lane(0, Lane::Bulk)).await,
+        0,
+        "not on the shared bulk stream"
+    );
+    let members: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        .arg(k.delayed(0))
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(members.len(), 1);
+    assert_eq!(
+        members[0].1, 1_700_000_000_000.0,
+        "due at once, oldest first"
+    );
+    let m: serde_json::Value = serde_json::from_str(&members[0].0).unwrap();
+    assert_eq!(m["tenant"], "acme");
+    assert_eq!(m["id"], id);
+    assert_eq!(m["idem"], "acme/k");
+    assert_eq!(m["payload"], payload, "the payload as it was");
+    assert_eq!(m["replays"], "2");
+    assert_eq!(m["lane"], "bulk");
+    // promote.lua takes it to the tenant's own stream, which joins the ring.
+    let mut c = PROMOTE.call(&[
+        &k.delayed(0),
+        &k.lane(0, Lane::Tx),
+        &k.lane(0, Lane::Bulk),
+        &k.delayed_tx(0),
+        &k.bulk_ring(0),
+        &k.bulk_bell(0),
+    ]);
+    c.arg(100).arg(k.tenant_stream_prefix(0)).arg(GROUP);
+    assert_eq!(
+        scripts::run_one(&mut *conn, c).await.unwrap(),
+        Value::Int(1)
+    );
+    drop(conn);
+    let on = redis.entries(&k.tenant_stream(0, "acme")).await;
+    assert_eq!(on.len(), 1);
+    assert_eq!(on[0]["id"], id);
+    assert_eq!(on[0]["replays"], "2");
+    assert!(redis.dead_entries().await.is_empty());
+}
+
+#[tokio::test]
 async fn trim_removes_only_entries_every_group_has_acked() {
     let redis = TestRedis::new();
     redis.ensure_groups().await;
