@@ -173,6 +173,46 @@ mod tests {
         }
     }
 
+    /// Every on/off setting a `MAILFLEET_*` variable can set takes what people write in an
+    /// environment (`1`, `yes`, `on`, `true` and their opposites), not only `true`/`false`
+    /// (clap's default for a flag).
+    #[test]
+    fn every_on_off_variable_takes_1_and_0_as_well_as_true_and_false() {
+        fn walk(cmd: &clap::Command, found: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let flag = matches!(a.get_action(), clap::ArgAction::SetTrue);
+                let Some(env) = a.get_env().filter(|_| flag) else {
+                    continue;
+                };
+                let env = env.to_string_lossy().into_owned();
+                let takes: Vec<String> = a
+                    .get_possible_values()
+                    .iter()
+                    .map(|v| v.get_name().to_owned())
+                    .collect();
+                for word in ["1", "0", "yes", "no", "true", "false"] {
+                    assert!(
+                        takes.iter().any(|t| t == word),
+                        "{env} takes only {takes:?}: give it clap::builder::BoolishValueParser"
+                    );
+                }
+                found.push(env);
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, found);
+            }
+        }
+        let mut found = Vec::new();
+        walk(&Cli::full_command(), &mut found);
+        for env in [
+            "MAILFLEET_FIXED_IN_FLIGHT",
+            "MAILFLEET_REDIS_CLUSTER",
+            "MAILFLEET_ADMIN_INSECURE_COOKIE",
+        ] {
+            assert!(found.iter().any(|f| f == env), "{env} not found: {found:?}");
+        }
+    }
+
     #[test]
     fn worker_help_lists_the_day_one_settings_and_help_all_lists_every_one() {
         let worker = Cli::full_command();

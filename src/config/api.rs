@@ -60,7 +60,7 @@ pub struct ApiArgs {
     pub admin_token: Option<Secret>,
     /// Drop `Secure` (and the `__Host-` prefix) from the admin session cookie: for plain-HTTP
     /// development only. By default the cookie is `Secure`, so the page needs HTTPS.
-    #[arg(long, env = "MAILFLEET_ADMIN_INSECURE_COOKIE")]
+    #[arg(long, env = "MAILFLEET_ADMIN_INSECURE_COOKIE", value_parser = clap::builder::BoolishValueParser::new())]
     pub admin_insecure_cookie: bool,
     /// Where `/metrics` is served: its own listener, never the public port. Empty turns it
     /// off.

@@ -46,7 +46,12 @@ pub struct Global {
     pub redis_url: Secret,
     /// The Redis URL is a seed node of a Redis Cluster (a comma-separated list of URLs is a
     /// cluster anyway). Every key a script touches shares one hash tag, so nothing else changes.
-    #[arg(long, global = true, env = "MAILFLEET_REDIS_CLUSTER")]
+    #[arg(
+        long,
+        global = true,
+        env = "MAILFLEET_REDIS_CLUSTER",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub redis_cluster: bool,
     /// Postgres URL.
     #[arg(

@@ -39,7 +39,7 @@ pub struct WorkerArgs {
     /// at that ceiling while no tx arrives and, while tx does, moves between a batch per
     /// partition and the ceiling: as deep as a slow provider needs, no deeper than a saturated
     /// machine can use (queues there delay tx emails).
-    #[arg(long, env = "MAILFLEET_FIXED_IN_FLIGHT")]
+    #[arg(long, env = "MAILFLEET_FIXED_IN_FLIGHT", value_parser = clap::builder::BoolishValueParser::new())]
     pub fixed_in_flight: bool,
     /// Most tx entries read but not yet acked, per worker: the tx lane's own pool, which bulk
     /// never uses.
