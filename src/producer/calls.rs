@@ -73,13 +73,10 @@ impl Producer {
     /// A prepared job's dedup marker, in its tenant's namespace (a placeholder key for a job
     /// without one: enqueue.lua and unenqueue.lua touch it only with a key).
     pub(super) fn dedup_key(&self, p: &Prepared) -> String {
-        match p.idempotency_key.as_deref() {
-            Some(idem) if !idem.is_empty() => {
-                self.keys
-                    .dedup_for(p.partition, p.email.tenant.as_deref(), idem)
-            }
-            _ => self.keys.dedup(p.partition, "-"),
-        }
+        let idem = p.idempotency_key.as_deref().unwrap_or("");
+        let idem = if idem.is_empty() { "-" } else { idem };
+        self.keys
+            .dedup_for(p.partition, p.email.tenant.as_deref(), idem)
     }
 
     /// One enqueue.lua call for the jobs `batch` names (indexes into `chunk`, one stream).

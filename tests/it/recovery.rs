@@ -171,6 +171,21 @@ async fn a_timeout_after_the_request_left_is_logged_unknown_and_resent_then_held
     worker.stop().await;
 }
 
+/// A mock and a worker whose reconciler passes often and soon, running until `n` emails are
+/// `sent`.
+async fn reconcile_until_sent(pg: &PgPool, redis: &TestRedis, n: i64) -> (TestMock, TestWorker) {
+    let mock = TestMock::start(MockConfig::default()).await;
+    let mut s = settings();
+    s.reconcile_after = Duration::from_millis(300);
+    s.reconcile_interval_ms = 50;
+    let worker = TestWorker::start(pg, redis, &mock.url, s).await;
+    eventually("every lost job sent", WAIT, || async {
+        (count_status(pg, "sent").await == n).then_some(())
+    })
+    .await;
+    (mock, worker)
+}
+
 fn queued_row(i: usize, due_at: Option<chrono::DateTime<chrono::Utc>>) -> NewRow {
     let payload = serde_json::to_string(&payload(&format!("lost{i}@example.com"))).unwrap();
     NewRow {
@@ -211,15 +226,7 @@ async fn the_reconciler_reenqueues_jobs_redis_lost_and_leaves_future_ones(pg: Pg
     .await
     .unwrap();
 
-    let mock = TestMock::start(MockConfig::default()).await;
-    let mut s = settings();
-    s.reconcile_after = Duration::from_millis(300);
-    s.reconcile_interval_ms = 50;
-    let worker = TestWorker::start(&pg, &redis, &mock.url, s).await;
-    eventually("every lost job sent", WAIT, || async {
-        (count_status(&pg, "sent").await == 11).then_some(())
-    })
-    .await;
+    let (mock, worker) = reconcile_until_sent(&pg, &redis, 11).await;
     let counts = mock.state.counts();
     assert_eq!(counts.len(), 11);
     assert!(counts.values().all(|&n| n == 1));
@@ -252,15 +259,7 @@ async fn a_tenants_lost_bulk_goes_back_to_the_tenants_own_stream_not_the_shared_
         })
         .collect();
     emails::insert_queued(&pg, &lost).await.unwrap();
-    let mock = TestMock::start(MockConfig::default()).await;
-    let mut s = settings();
-    s.reconcile_after = Duration::from_millis(300);
-    s.reconcile_interval_ms = 50;
-    let worker = TestWorker::start(&pg, &redis, &mock.url, s).await;
-    eventually("every lost job sent", WAIT, || async {
-        (count_status(&pg, "sent").await == 5).then_some(())
-    })
-    .await;
+    let (mock, worker) = reconcile_until_sent(&pg, &redis, 5).await;
     assert!(mock.state.counts().values().all(|&n| n == 1));
     assert_eq!(
         redis.xlen(&redis.keys.lane(0, Lane::Bulk)).await,
