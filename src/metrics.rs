@@ -14,6 +14,10 @@ pub struct Metrics {
     pub enqueued: IntCounterVec,
     pub dead_letters: IntCounterVec,
     pub provider_duration: HistogramVec,
+    /// Messages per batch request, by provider (bulk sends coalesced, `provider::batch`).
+    pub provider_batch_size: HistogramVec,
+    /// Sends that went again because their batch was refused for another email's sake.
+    pub batch_resends: IntCounterVec,
     pub end_to_end: HistogramVec,
     /// Per-lane wait at each stage where a job can wait: `admission` (in its stream until a
     /// reader had room), `send_slot`, `provider_slot` (a provider's concurrency cap) and
@@ -152,6 +156,13 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Provider request duration.",
             &["provider"],
             LATENCY_BUCKETS.to_vec(),
+        ),
+        provider_batch_size: histogram_vec(
+            &r,
+            "mailfleet_provider_batch_size",
+            "Messages per batch request to a provider.",
+            &["provider"],
+            vec![1.0, 2.0, 8.0, 32.0, 128.0, 512.0, 1000.0],
         ),
         stage_wait: histogram_vec(
             &r,
@@ -381,6 +392,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
                 .expect("metric registered once");
             g
         },
+        batch_resends: counter_vec(
+            &r,
+            "mailfleet_provider_batch_resends_total",
+            "Sends that went again because their batch request was refused for another email.",
+            &["provider"],
+        ),
         failovers: counter_vec(
             &r,
             "mailfleet_provider_failovers_total",

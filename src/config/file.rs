@@ -60,6 +60,10 @@ struct FileProvider {
     limit_spread_ms: Option<u64>,
     #[serde(default)]
     limit_cold_margin_ms: Option<u64>,
+    #[serde(default)]
+    batch_max: Option<usize>,
+    #[serde(default)]
+    batch_linger_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -233,6 +237,12 @@ fn provider(p: FileProvider) -> Result<ProviderConfig, ConfigError> {
         concurrency: p.concurrency.filter(|&c| c > 0),
         rate_per_sec: p.rate_per_sec,
         limit,
+        batch_max: p
+            .batch_max
+            .unwrap_or(super::providers::default_batch_max(p.kind)),
+        batch_linger_ms: p
+            .batch_linger_ms
+            .unwrap_or(super::providers::DEFAULT_BATCH_LINGER_MS),
     })
 }
 
@@ -257,6 +267,7 @@ pub fn send_config(
         let mut p = ProviderConfig::new("sendgrid", ProviderKind::Sendgrid, &default.sendgrid_url);
         p.api_key = default.sendgrid_api_key.clone();
         p.timeout_ms = default.provider_timeout_ms;
+        p.batch_max = default.sendgrid_batch_max;
         vec![p]
     } else {
         parsed
@@ -354,6 +365,7 @@ mod tests {
             sendgrid_url: "u".into(),
             sendgrid_api_key: Secret::default(),
             provider_timeout_ms: 5,
+            sendgrid_batch_max: 500,
         };
         let ps = send_config(Some(&path), &d).unwrap().providers;
         assert_eq!(ps.len(), 1);
@@ -384,6 +396,7 @@ mod file_tests {
             sendgrid_url: "u".into(),
             sendgrid_api_key: Secret::default(),
             provider_timeout_ms: 5,
+            sendgrid_batch_max: 500,
         };
         let r = send_config(Some(&path), &d);
         let _ = std::fs::remove_dir_all(&dir);
@@ -469,6 +482,7 @@ mod file_tests {
             sendgrid_url: "https://api.sendgrid.com".into(),
             sendgrid_api_key: Secret::default(),
             provider_timeout_ms: 5,
+            sendgrid_batch_max: 500,
         };
         assert!(matches!(
             send_config(None, &unset),

@@ -27,6 +27,10 @@ pub struct DefaultProvider {
     /// Provider request timeout, in ms.
     #[arg(long, env = "MAILFLEET_PROVIDER_TIMEOUT_MS", default_value_t = 10_000)]
     pub provider_timeout_ms: u64,
+    /// Most bulk emails per SendGrid request (personalizations of one `mail/send`, at most
+    /// 1,000); 1: one request per email.
+    #[arg(long, env = "MAILFLEET_SENDGRID_BATCH_MAX", default_value_t = 500)]
+    pub sendgrid_batch_max: usize,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -131,6 +135,11 @@ pub struct ProviderConfig {
     pub rate_per_sec: Option<u32>,
     /// The cluster-wide limit (None: not limited by mailfleet).
     pub limit: Option<Limit>,
+    /// Most bulk emails per request where the vendor has a batch endpoint (SendGrid: up to
+    /// 1,000 personalizations); 1 or 0: one request per email.
+    pub batch_max: usize,
+    /// How long a batch waits for more emails after its first, in ms.
+    pub batch_linger_ms: u64,
 }
 
 impl ProviderConfig {
@@ -155,9 +164,24 @@ impl ProviderConfig {
             concurrency: None,
             rate_per_sec: None,
             limit: None,
+            batch_max: default_batch_max(kind),
+            batch_linger_ms: DEFAULT_BATCH_LINGER_MS,
         }
     }
 }
+
+/// Bulk emails per batch request by default: SendGrid's batches of personalizations; the
+/// other vendors send one request per email.
+pub fn default_batch_max(kind: ProviderKind) -> usize {
+    match kind {
+        ProviderKind::Sendgrid => 500,
+        _ => 1,
+    }
+}
+
+/// A batch's linger by default: the sends of one read batch reach the provider within a
+/// millisecond or two of each other.
+pub const DEFAULT_BATCH_LINGER_MS: u64 = 2;
 
 pub(super) fn default_timeout() -> u64 {
     10_000

@@ -47,14 +47,27 @@ async fn admit<D: Dialect>(
     edge: Option<&Edge>,
     job_id: &str,
 ) -> Result<String, Response> {
-    match m.arrive(D::NAME, edge.map(Edge::arrived)).await {
+    admit_all::<D>(m, edge, &[job_id]).await
+}
+
+/// [`admit`] for a request carrying the emails of `job_ids` (a batch): counted as that many
+/// arrivals, accepted or refused together.
+async fn admit_all<D: Dialect>(
+    m: &Mock,
+    edge: Option<&Edge>,
+    job_ids: &[&str],
+) -> Result<String, Response> {
+    match m
+        .arrive(D::NAME, edge.map(Edge::arrived), job_ids.len())
+        .await
+    {
         Verdict::RateLimited(retry) => Err(D::rate_limited(retry)),
         Verdict::Throttled => Err(D::rate_limited(Duration::from_secs(1))),
         Verdict::Unavailable => Err(D::error(
             StatusCode::SERVICE_UNAVAILABLE,
             "Service Unavailable",
         )),
-        Verdict::Accept => match m.accept(D::NAME, job_id) {
+        Verdict::Accept => match m.accept_all(D::NAME, job_ids) {
             (message_id, Answer::Success) => Ok(message_id),
             (message_id, Answer::Reset) => {
                 if let Some(e) = edge {
@@ -122,14 +135,18 @@ async fn sendgrid(
     let Ok(v) = serde_json::from_slice::<Value>(&body) else {
         return SendGrid::error(StatusCode::BAD_REQUEST, "Bad Request");
     };
-    if v["personalizations"][0]["to"]
-        .as_array()
-        .is_none_or(|a| a.is_empty())
-    {
+    let Some(people) = v["personalizations"].as_array().filter(|p| !p.is_empty()) else {
         return sendgrid_field(
             StatusCode::BAD_REQUEST,
-            "The to array is required for all personalization objects",
-            "personalizations.0.to",
+            "The personalizations field is required and must have at least one personalization.",
+            "personalizations",
+        );
+    };
+    if people.len() > 1000 {
+        return sendgrid_field(
+            StatusCode::BAD_REQUEST,
+            "The personalizations field may not have more than 1000 items.",
+            "personalizations",
         );
     }
     if v["from"]["email"].as_str().is_none() {
@@ -139,13 +156,6 @@ async fn sendgrid(
             "from",
         );
     }
-    if v["subject"].as_str().is_none_or(str::is_empty) {
-        return sendgrid_field(
-            StatusCode::BAD_REQUEST,
-            "The subject is required.",
-            "subject",
-        );
-    }
     if v["content"].as_array().is_none_or(|a| a.is_empty()) {
         return sendgrid_field(
             StatusCode::BAD_REQUEST,
@@ -153,8 +163,67 @@ async fn sendgrid(
             "content",
         );
     }
-    let id = v["custom_args"]["mailfleet_id"].as_str().unwrap_or("");
-    match admit::<SendGrid>(&m, edge.as_deref(), id).await {
+    // Validation is all-or-nothing, as SendGrid's: every fault is listed, and nothing is sent.
+    let shared_subject = v["subject"].as_str().is_some_and(|s| !s.is_empty());
+    let mut faults = Vec::new();
+    for (i, p) in people.iter().enumerate() {
+        let to = p["to"].as_array().filter(|a| !a.is_empty());
+        let Some(to) = to else {
+            faults.push((
+                "The to array is required for all personalization objects".to_owned(),
+                format!("personalizations.{i}.to"),
+            ));
+            continue;
+        };
+        for (j, r) in to.iter().enumerate() {
+            // The mock's one bad recipient: any address at refused.invalid.
+            if r["email"]
+                .as_str()
+                .is_none_or(|e| e.ends_with("@refused.invalid"))
+            {
+                faults.push((
+                    "Does not contain a valid address.".to_owned(),
+                    format!("personalizations.{i}.to.{j}.email"),
+                ));
+            }
+        }
+        if !shared_subject && p["subject"].as_str().is_none_or(str::is_empty) {
+            faults.push((
+                "The subject is required.".to_owned(),
+                format!("personalizations.{i}.subject"),
+            ));
+        }
+        let subs: usize = p["substitutions"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+            .sum();
+        if subs > 10_000 {
+            faults.push((
+                "The total size of substitutions may not exceed 10,000 bytes per personalization object.".to_owned(),
+                format!("personalizations.{i}.substitutions"),
+            ));
+        }
+    }
+    if !faults.is_empty() {
+        let errors: Vec<Value> = faults
+            .into_iter()
+            .map(|(message, field)| json!({ "message": message, "field": field }))
+            .collect();
+        return (StatusCode::BAD_REQUEST, Json(json!({ "errors": errors }))).into_response();
+    }
+    let top = v["custom_args"]["mailfleet_id"].as_str();
+    let ids: Vec<&str> = people
+        .iter()
+        .map(|p| {
+            p["custom_args"]["mailfleet_id"]
+                .as_str()
+                .or(top)
+                .unwrap_or("")
+        })
+        .collect();
+    match admit_all::<SendGrid>(&m, edge.as_deref(), &ids).await {
         Ok(message_id) => (StatusCode::ACCEPTED, [("x-message-id", message_id)]).into_response(),
         Err(r) => r,
     }

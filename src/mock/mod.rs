@@ -152,7 +152,7 @@ impl Window {
     /// can reach the count out of order). Returns the retry-after when the window ending at its
     /// arrival holds more than the limit. `max` covers every window the arrival falls in,
     /// including those ending at later arrivals already counted.
-    fn arrive(&mut self, at: Instant, rl: RateLimit) -> Option<Duration> {
+    fn arrive(&mut self, at: Instant, n: usize, rl: RateLimit) -> Option<Duration> {
         // Keep a second beyond the window for arrivals counted out of order.
         let keep = rl.window + Duration::from_secs(1);
         let newest = self.arrivals.back().copied().map_or(at, |b| b.max(at));
@@ -163,17 +163,22 @@ impl Window {
         {
             self.arrivals.pop_front();
         }
+        // A batch request's emails all arrive with it.
+        let n = n.max(1);
         let pos = self.arrivals.partition_point(|&t| t <= at);
-        self.arrivals.insert(pos, at);
+        for _ in 0..n {
+            self.arrivals.insert(pos, at);
+        }
+        let last = pos + n - 1;
         // Requests in the window ending at `end` (inclusive): those in (end - window, end].
         let in_window = |arrivals: &VecDeque<Instant>, end_idx: usize| -> u64 {
             let end = arrivals[end_idx];
             let first = arrivals.partition_point(|&t| end.duration_since(t) >= rl.window);
             (end_idx + 1 - first.min(end_idx + 1)) as u64
         };
-        let own = in_window(&self.arrivals, pos);
+        let own = in_window(&self.arrivals, last);
         let mut most = own;
-        for later in pos + 1..self.arrivals.len() {
+        for later in last + 1..self.arrivals.len() {
             if self.arrivals[later].duration_since(at) >= rl.window {
                 break;
             }
@@ -316,12 +321,18 @@ impl Mock {
 
     /// Count an arriving request in its dialect's window, wait out the configured latency,
     /// and decide its fate.
-    pub(crate) async fn arrive(&self, dialect: &'static str, at: Option<Instant>) -> Verdict {
+    /// `n` is how many emails the request carries (a batch counts each).
+    pub(crate) async fn arrive(
+        &self,
+        dialect: &'static str,
+        at: Option<Instant>,
+        n: usize,
+    ) -> Verdict {
         let cfg = &self.0.cfg;
         if let Some(rl) = cfg.rate_limit {
             let mut windows = self.0.windows.lock().unwrap_or_else(|p| p.into_inner());
             let w = windows.entry(dialect).or_default();
-            if let Some(retry) = w.arrive(at.unwrap_or_else(Instant::now), rl) {
+            if let Some(retry) = w.arrive(at.unwrap_or_else(Instant::now), n, rl) {
                 self.0.rate_limited.fetch_add(1, Ordering::SeqCst);
                 return Verdict::RateLimited(retry);
             }
@@ -374,19 +385,28 @@ impl Mock {
     /// Record an accepted job; returns the provider message id to answer with, and how to
     /// answer (success, a reset for accept-then-drop, a 5xx for accept-then-5xx).
     pub(crate) fn accept(&self, dialect: &'static str, job_id: &str) -> (String, Answer) {
+        self.accept_all(dialect, &[job_id])
+    }
+
+    /// Record the jobs of one accepted request (a batch carries several): one message id and
+    /// one answer for the request.
+    pub(crate) fn accept_all(&self, dialect: &'static str, job_ids: &[&str]) -> (String, Answer) {
         let message_id = uuid::Uuid::now_v7().simple().to_string();
         {
             let mut seen = self.0.seen.lock().unwrap_or_else(|p| p.into_inner());
-            *seen.entry(job_id.to_owned()).or_insert(0) += 1;
+            for id in job_ids {
+                *seen.entry((*id).to_owned()).or_insert(0) += 1;
+            }
         }
-        self.0.received.fetch_add(1, Ordering::SeqCst);
+        let n = job_ids.len() as u64;
+        self.0.received.fetch_add(n, Ordering::SeqCst);
         *self
             .0
             .by_dialect
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(dialect.to_owned())
-            .or_insert(0) += 1;
+            .or_insert(0) += n;
         let at_ms = chrono::Utc::now().timestamp_millis();
         {
             let mut fl = self.0.first_last.lock().unwrap_or_else(|p| p.into_inner());
@@ -397,24 +417,26 @@ impl Mock {
         }
         let cfg = &self.0.cfg;
         let answer = if cfg.drop_rate > 0.0 && rand::random::<f64>() < cfg.drop_rate {
-            self.0.dropped.fetch_add(1, Ordering::SeqCst);
+            self.0.dropped.fetch_add(n, Ordering::SeqCst);
             Answer::Reset
         } else if cfg.accepted_error_rate > 0.0 && rand::random::<f64>() < cfg.accepted_error_rate {
-            let n = self.0.accepted_errors.fetch_add(1, Ordering::SeqCst);
-            Answer::ServerError([500, 502, 504][(n % 3) as usize])
+            let k = self.0.accepted_errors.fetch_add(n, Ordering::SeqCst);
+            Answer::ServerError([500, 502, 504][(k % 3) as usize])
         } else {
             Answer::Success
         };
         let drop = answer == Answer::Reset;
         if let Some(log) = &self.0.log {
-            let line = json!({
-                "id": job_id,
-                "provider": dialect,
-                "message_id": message_id,
-                "at_ms": at_ms,
-                "dropped": drop,
-            });
-            let _ = log.send(line.to_string());
+            for id in job_ids {
+                let line = json!({
+                    "id": id,
+                    "provider": dialect,
+                    "message_id": message_id,
+                    "at_ms": at_ms,
+                    "dropped": drop,
+                });
+                let _ = log.send(line.to_string());
+            }
         }
         (message_id, answer)
     }
@@ -484,13 +506,13 @@ mod tests {
         let t0 = Instant::now();
         let mut w = Window::default();
         for n in [0, 100, 200] {
-            assert_eq!(w.arrive(t0 + ms(n), RL), None);
+            assert_eq!(w.arrive(t0 + ms(n), 1, RL), None);
         }
-        assert_eq!(w.arrive(t0 + ms(300), RL), Some(ms(700)));
+        assert_eq!(w.arrive(t0 + ms(300), 1, RL), Some(ms(700)));
         // The first arrival leaves the window at t0 + 1 s; the refused one still counts.
-        assert_eq!(w.arrive(t0 + ms(1000), RL), Some(ms(100)));
+        assert_eq!(w.arrive(t0 + ms(1000), 1, RL), Some(ms(100)));
         assert_eq!(w.max, 4);
-        assert_eq!(w.arrive(t0 + ms(1301), RL), None);
+        assert_eq!(w.arrive(t0 + ms(1301), 1, RL), None);
     }
 
     #[test]
@@ -498,15 +520,15 @@ mod tests {
         let t0 = Instant::now();
         let mut w = Window::default();
         for n in [0, 900, 1500] {
-            assert_eq!(w.arrive(t0 + ms(n), RL), None);
+            assert_eq!(w.arrive(t0 + ms(n), 1, RL), None);
         }
         assert_eq!(w.max, 2);
         // Arrived at 950 ms but counted after the one of 1,500 ms: the window ending at 950
         // holds 0, 900, 950, and the one ending at 1,500 holds 900, 950, 1500.
-        assert_eq!(w.arrive(t0 + ms(950), RL), None);
+        assert_eq!(w.arrive(t0 + ms(950), 1, RL), None);
         assert_eq!(w.max, 3);
         // Refused: 0, 900, 950 and itself; room again once the one of 0 ms is a window old.
-        assert_eq!(w.arrive(t0 + ms(960), RL), Some(ms(40)));
+        assert_eq!(w.arrive(t0 + ms(960), 1, RL), Some(ms(40)));
         assert_eq!(w.max, 4);
     }
 }

@@ -128,7 +128,7 @@ async fn session(stream: TcpStream, m: &Mock) -> std::io::Result<()> {
                 if size > MAX_MESSAGE {
                     b"552 5.3.4 Message size exceeds fixed limit\r\n"
                 } else {
-                    match m.arrive(NAME, None).await {
+                    match m.arrive(NAME, None, 1).await {
                         Verdict::RateLimited(_) | Verdict::Throttled => {
                             b"451 4.7.1 Rate limit exceeded, try again later\r\n"
                         }

@@ -17,6 +17,7 @@
 //! [`classify_status`] is the default reading of an HTTP status, shared by every HTTP adapter;
 //! each adapter reads the vendor's own error codes first.
 
+pub mod batch;
 pub mod breaker;
 pub mod mailgun;
 pub mod postmark;
@@ -273,6 +274,8 @@ pub struct Slot {
     smooth_turn: crate::priority::PrioritySemaphore,
     /// The provider's concurrency cap in this worker, handed out tx first.
     concurrency: Option<crate::priority::PrioritySemaphore>,
+    /// Bulk sends coalesced into the vendor's batch requests (None: one request per email).
+    batcher: Option<Arc<batch::Batcher>>,
 }
 
 impl Slot {
@@ -285,6 +288,16 @@ impl Slot {
             smoother: None,
             smooth_turn: crate::priority::PrioritySemaphore::new(1),
             concurrency: None,
+            batcher: None,
+        }
+    }
+
+    /// The batcher a `lane` send may go through: bulk only (tx is one request per email,
+    /// latency first).
+    pub fn batcher(&self, lane: Lane) -> Option<&Arc<batch::Batcher>> {
+        match lane {
+            Lane::Bulk => self.batcher.as_ref(),
+            Lane::Tx => None,
         }
     }
 
@@ -366,6 +379,19 @@ impl Providers {
             slot.limit = c.limit;
             slot.smoother = c.rate_per_sec.and_then(smoother);
             slot.concurrency = c.concurrency.map(crate::priority::PrioritySemaphore::new);
+            if c.batch_max > 1 && c.kind == ProviderKind::Sendgrid {
+                let dialect: Arc<dyn batch::BatchDialect> =
+                    Arc::new(sendgrid::SendGrid::new(c, client.clone()));
+                slot.batcher = Some(Arc::new(batch::Batcher::new(
+                    c.name.clone(),
+                    dialect,
+                    batch::BatchLimits {
+                        max: c.batch_max.min(sendgrid::MAX_BATCH),
+                        max_bytes: sendgrid::MAX_BATCH_BYTES,
+                        linger: Duration::from_millis(c.batch_linger_ms),
+                    },
+                )));
+            }
             slots.push(slot);
         }
         Ok(Self::with_slots(slots, cfg.routes.clone()))

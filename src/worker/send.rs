@@ -7,6 +7,7 @@ use super::fate::{self, Fate, backoff};
 use super::recorder::{After, EntryRef, Item};
 use crate::domain::Status;
 use crate::metrics::{METRICS, timed};
+use crate::provider::batch::PartResult;
 use crate::provider::breaker::Admit;
 use crate::provider::{ErrorClass, Message, SendError};
 use crate::store::emails::{Outcome, Tried};
@@ -181,56 +182,46 @@ pub(super) async fn one(
             tried.push(f.into_tried());
         }
         try_started = Utc::now();
-        if let Some(limit) = &slot.limit
-            && let Err(e) = timed(
-                "limiter",
-                lane,
-                shared.limiter.acquire(slot.name(), limit, tenant, job.lane),
-            )
-            .await
-        {
-            slot.breaker.abandon(admitted);
-            if let crate::ratelimit::LimitError::Blocked(wait) = e {
-                // Rate-limited for longer than a send may hold its slot: skipped like an open
-                // breaker, so the route's next provider is tried or the job is put back.
-                tracing::info!(job_id = %job.id, provider = slot.name(), wait_ms = wait.as_millis() as u64,
-                    "the provider's next permit is too far off; skipped");
-                reopens = Some(reopens.map_or(wait, |r| r.min(wait)));
-                down_for = Some(down_for.unwrap_or(Duration::ZERO));
-                continue;
+        // A bulk send to a provider with a batch endpoint shares a request with the other
+        // sends waiting for it (`provider::batch`); a batch refused for another email's sake
+        // sends this one again, with a permit of its own, alone when the provider did not say
+        // which email was at fault.
+        let msg = Message {
+            job_id: job.id,
+            email: &job.email,
+            rendered: &rendered,
+        };
+        let mut part = slot
+            .batcher(job.lane)
+            .and_then(|b| Some((b, b.dialect().part(&msg)?)));
+        let result = loop {
+            if let Some(limit) = &slot.limit
+                && let Err(e) = timed(
+                    "limiter",
+                    lane,
+                    shared.limiter.acquire(slot.name(), limit, tenant, job.lane),
+                )
+                .await
+            {
+                break Err(e);
             }
-            METRICS.redis_errors.with_label_values(&["ratelimit"]).inc();
-            tracing::warn!(job_id = %job.id, provider = slot.name(), error.message = %e, "no rate-limit permit; retrying later");
-            last = Some(Failed {
-                provider: slot.name(),
-                error: SendError {
-                    class: ErrorClass::Transient,
-                    message: e.to_string(),
-                    http_status: None,
-                    retry_after: None,
-                },
-                started_at: try_started,
-                finished_at: Utc::now(),
-            });
-            break;
-        }
-        tracing::Span::current().record("provider", slot.name());
-        if let Some(from) = failed_over_from.take() {
-            METRICS
-                .failovers
-                .with_label_values(&[from, slot.name()])
-                .inc();
-        }
-        let result = {
             let t0 = std::time::Instant::now();
-            let mut r = slot
-                .adapter(job.lane)
-                .send(Message {
-                    job_id: job.id,
-                    email: &job.email,
-                    rendered: &rendered,
-                })
-                .await;
+            let mut r = match &part {
+                Some((b, p)) => match b.send(p.clone()).await {
+                    PartResult::Done(r) => r,
+                    PartResult::Resend { alone } => {
+                        METRICS
+                            .batch_resends
+                            .with_label_values(&[slot.name()])
+                            .inc();
+                        if alone {
+                            part = None;
+                        }
+                        continue;
+                    }
+                },
+                None => slot.adapter(job.lane).send(msg).await,
+            };
             METRICS
                 .provider_duration
                 .with_label_values(&[slot.name()])
@@ -239,8 +230,44 @@ pub(super) async fn one(
             if let Err(e) = &mut r {
                 e.retry_after = e.retry_after.map(|d| d.min(s.max_retry_after));
             }
-            r
+            break Ok(r);
         };
+        let result = match result {
+            Ok(r) => r,
+            Err(e) => {
+                slot.breaker.abandon(admitted);
+                if let crate::ratelimit::LimitError::Blocked(wait) = e {
+                    // Rate-limited for longer than a send may hold its slot: skipped like an open
+                    // breaker, so the route's next provider is tried or the job is put back.
+                    tracing::info!(job_id = %job.id, provider = slot.name(), wait_ms = wait.as_millis() as u64,
+                        "the provider's next permit is too far off; skipped");
+                    reopens = Some(reopens.map_or(wait, |r| r.min(wait)));
+                    down_for = Some(down_for.unwrap_or(Duration::ZERO));
+                    continue;
+                }
+                METRICS.redis_errors.with_label_values(&["ratelimit"]).inc();
+                tracing::warn!(job_id = %job.id, provider = slot.name(), error.message = %e, "no rate-limit permit; retrying later");
+                last = Some(Failed {
+                    provider: slot.name(),
+                    error: SendError {
+                        class: ErrorClass::Transient,
+                        message: e.to_string(),
+                        http_status: None,
+                        retry_after: None,
+                    },
+                    started_at: try_started,
+                    finished_at: Utc::now(),
+                });
+                break;
+            }
+        };
+        tracing::Span::current().record("provider", slot.name());
+        if let Some(from) = failed_over_from.take() {
+            METRICS
+                .failovers
+                .with_label_values(&[from, slot.name()])
+                .inc();
+        }
         // A 429 is a healthy provider asking us to slow down (the back-off and Retry-After
         // handle it), not a failure that should open its breaker.
         slot.record(
