@@ -424,6 +424,56 @@ mod tests {
         assert_eq!(a.message_id.as_deref(), Some("abc.1"));
     }
 
+    fn email() -> crate::domain::Email {
+        let p: crate::domain::Payload = serde_json::from_value(serde_json::json!({
+            "to": ["ada@example.com"], "from": "shop@example.com", "subject": "s", "text": "t"
+        }))
+        .unwrap();
+        crate::domain::Email::try_from(p).unwrap()
+    }
+
+    fn part_of(text: &str) -> Part {
+        let e = email();
+        let r = crate::render::Rendered {
+            subject: "s".into(),
+            html: None,
+            text: Some(text.into()),
+        };
+        part(&Message {
+            job_id: crate::domain::JobId::new(),
+            email: &e,
+            rendered: &r,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn short_content_is_each_personalizations_own_and_long_content_is_shared_literally() {
+        // Short: the content is a tag; each email's text is its substitution, so emails of
+        // different content share a key (and a request).
+        let (a, b) = (part_of("one"), part_of("two"));
+        assert_eq!(a.key, b.key);
+        assert!(a.shared.contains(TEXT_TAG) && !a.shared.contains("one"));
+        assert!(a.body.contains("\"substitutions\"") && a.body.contains("one"));
+        // Past SendGrid's 10,000 bytes of substitutions: the content itself is shared, so only
+        // emails of the very same content share a request.
+        let long = "x".repeat(MAX_SUBSTITUTION_BYTES);
+        let (c, d, e) = (part_of(&long), part_of(&long), part_of(&format!("{long}y")));
+        assert_eq!(c.key, d.key);
+        assert_ne!(c.key, e.key);
+        assert_ne!(c.key, a.key);
+        assert!(c.shared.contains(&long) && !c.body.contains("substitutions"));
+        let body: serde_json::Value =
+            serde_json::from_str(&batch_body(&a.shared, &[a.body.clone(), b.body.clone()]))
+                .unwrap();
+        assert_eq!(body["personalizations"].as_array().unwrap().len(), 2);
+        assert_eq!(body["from"]["email"], "shop@example.com");
+        assert_eq!(
+            body["personalizations"][1]["substitutions"][TEXT_TAG],
+            "two"
+        );
+    }
+
     #[test]
     fn named_personalizations_reads_the_index_only() {
         assert_eq!(named_personalizations("not json"), Vec::<usize>::new());

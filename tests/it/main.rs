@@ -5,6 +5,7 @@ mod support;
 
 mod admin;
 mod api;
+mod batch;
 mod cli;
 mod cluster;
 mod deploy;

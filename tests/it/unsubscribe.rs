@@ -45,18 +45,19 @@ async fn bulk_email_carries_a_one_click_link_and_transactional_email_does_not(pg
             .expect("captured");
         serde_json::from_slice(&c.body).unwrap()
     };
+    // Bulk goes in SendGrid's batch request: its headers are its personalization's.
     let b = body_of(bulk);
-    let link = b["headers"]["List-Unsubscribe"].as_str().expect("a link");
+    let h = &b["personalizations"][0]["headers"];
+    let link = h["List-Unsubscribe"].as_str().expect("a link");
     assert!(link.starts_with("<https://mail.example.com/v1/unsubscribe/") && link.ends_with('>'));
-    assert_eq!(
-        b["headers"]["List-Unsubscribe-Post"],
-        "List-Unsubscribe=One-Click"
-    );
+    assert_eq!(h["List-Unsubscribe-Post"], "List-Unsubscribe=One-Click");
     let token = link.trim_matches(['<', '>']).rsplit('/').next().unwrap();
     let c = mailfleet::unsubscribe::verify(&links().secret, token, chrono::Utc::now().timestamp())
         .expect("the link verifies");
     assert_eq!(c.address, "reader@example.com");
-    assert!(body_of(tx)["headers"]["List-Unsubscribe"].is_null());
+    let t = body_of(tx);
+    assert!(t["headers"]["List-Unsubscribe"].is_null());
+    assert!(t["personalizations"][0]["headers"]["List-Unsubscribe"].is_null());
     w.stop().await;
 }
 

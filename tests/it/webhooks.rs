@@ -24,7 +24,7 @@ fn signing_key() -> p256::ecdsa::SigningKey {
 
 const TOPIC: &str = "arn:aws:sns:eu-west-1:123456789012:ses-events";
 
-async fn spawn(pg: &PgPool) -> String {
+pub(crate) async fn spawn(pg: &PgPool) -> String {
     spawn_with(pg, None).await
 }
 
@@ -91,7 +91,7 @@ fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-async fn post_sendgrid(url: &str, body: &str, ts: i64, forge: bool) -> (u16, Value) {
+pub(crate) async fn post_sendgrid(url: &str, body: &str, ts: i64, forge: bool) -> (u16, Value) {
     let ts = ts.to_string();
     let signed = if forge {
         format!("{body} ")
