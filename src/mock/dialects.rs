@@ -3,10 +3,16 @@
 //!
 //! | dialect  | path                          | auth                           | job id from             |
 //! |----------|-------------------------------|--------------------------------|-------------------------|
-//! | sendgrid | `POST /v3/mail/send`          | `Authorization: Bearer`        | `custom_args.mailfleet_id` |
+//! | sendgrid | `POST /v3/mail/send`          | `Authorization: Bearer`        | each personalization's `custom_args.mailfleet_id`, else the request's |
 //! | ses      | `POST /v2/email/outbound-emails` | SigV4 (checked with a secret) | `EmailTags[mailfleet_id]` |
 //! | mailgun  | `POST /v3/{domain}/messages`  | Basic `api:<key>`              | `v:mailfleet_id`        |
 //! | postmark | `POST /email`                 | `X-Postmark-Server-Token`      | `Metadata.mailfleet_id` |
+
+//!
+//! A SendGrid request may be a batch (up to 1,000 personalizations): it counts as that many
+//! emails in the rate window and the stats, and is refused whole, with every fault named, when
+//! any personalization fails validation (a recipient at `refused.invalid` is the mock's bad
+//! recipient).
 
 use super::{Answer, Edge, Mock, Verdict};
 use axum::Router;
