@@ -170,11 +170,11 @@ impl ProviderConfig {
     }
 }
 
-/// Bulk emails per batch request by default: SendGrid's batches of personalizations; the
-/// other vendors send one request per email.
+/// Bulk emails per batch request by default: SendGrid's batches of personalizations and
+/// Postmark's `/email/batch`; the other vendors send one request per email.
 pub fn default_batch_max(kind: ProviderKind) -> usize {
     match kind {
-        ProviderKind::Sendgrid => 500,
+        ProviderKind::Sendgrid | ProviderKind::Postmark => 500,
         _ => 1,
     }
 }

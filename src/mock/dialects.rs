@@ -6,13 +6,15 @@
 //! | sendgrid | `POST /v3/mail/send`          | `Authorization: Bearer`        | each personalization's `custom_args.mailfleet_id`, else the request's |
 //! | ses      | `POST /v2/email/outbound-emails` | SigV4 (checked with a secret) | `EmailTags[mailfleet_id]` |
 //! | mailgun  | `POST /v3/{domain}/messages`  | Basic `api:<key>`              | `v:mailfleet_id`        |
-//! | postmark | `POST /email`                 | `X-Postmark-Server-Token`      | `Metadata.mailfleet_id` |
+//! | postmark | `POST /email`, `POST /email/batch` | `X-Postmark-Server-Token` | `Metadata.mailfleet_id` |
 
 //!
 //! A SendGrid request may be a batch (up to 1,000 personalizations): it counts as that many
 //! emails in the rate window and the stats, and is refused whole, with every fault named, when
 //! any personalization fails validation (a recipient at `refused.invalid` is the mock's bad
-//! recipient).
+//! recipient). A Postmark batch (up to 500 messages) is answered 200 with a result per
+//! message: `ErrorCode` 406 (inactive recipient) for a recipient at `refused.invalid`, 429 for
+//! one at `throttled.invalid`, 0 with its own `MessageID` for the others.
 
 use super::{Answer, Edge, Mock, Verdict};
 use axum::Router;
@@ -30,6 +32,7 @@ pub fn routes() -> Router<Mock> {
         .route("/v2/email/outbound-emails", post(ses))
         .route("/v3/{domain}/messages", post(mailgun))
         .route("/email", post(postmark))
+        .route("/email/batch", post(postmark_batch))
 }
 
 /// The vendor-shaped answers to a fault verdict.
@@ -53,20 +56,18 @@ async fn admit<D: Dialect>(
     edge: Option<&Edge>,
     job_id: &str,
 ) -> Result<String, Response> {
-    admit_all::<D>(m, edge, &[job_id]).await
+    admit_all::<D>(m, edge, 1, &[job_id]).await
 }
 
-/// [`admit`] for a request carrying the emails of `job_ids` (a batch): counted as that many
-/// arrivals, accepted or refused together.
+/// [`admit`] for a request carrying `arrivals` emails (a batch), of which those of `job_ids`
+/// are taken if the request is: counted as that many arrivals, accepted or refused together.
 async fn admit_all<D: Dialect>(
     m: &Mock,
     edge: Option<&Edge>,
+    arrivals: usize,
     job_ids: &[&str],
 ) -> Result<String, Response> {
-    match m
-        .arrive(D::NAME, edge.map(Edge::arrived), job_ids.len())
-        .await
-    {
+    match m.arrive(D::NAME, edge.map(Edge::arrived), arrivals).await {
         Verdict::RateLimited(retry) => Err(D::rate_limited(retry)),
         Verdict::Throttled => Err(D::rate_limited(Duration::from_secs(1))),
         Verdict::Unavailable => Err(D::error(
@@ -229,7 +230,7 @@ async fn sendgrid(
                 .unwrap_or("")
         })
         .collect();
-    match admit_all::<SendGrid>(&m, edge.as_deref(), &ids).await {
+    match admit_all::<SendGrid>(&m, edge.as_deref(), ids.len(), &ids).await {
         Ok(message_id) => (StatusCode::ACCEPTED, [("x-message-id", message_id)]).into_response(),
         Err(r) => r,
     }
@@ -455,6 +456,85 @@ async fn postmark(
             "Message": "OK",
         }))
         .into_response(),
+        Err(r) => r,
+    }
+}
+
+/// Postmark's `POST /email/batch`: an array of messages, each answered on its own.
+async fn postmark_batch(
+    State(m): State<Mock>,
+    edge: Option<Extension<Edge>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    m.capture(Postmark::NAME, "/email/batch", &headers, &body);
+    let authed = headers
+        .get("x-postmark-server-token")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| !v.is_empty());
+    if !authed {
+        return Postmark::error(
+            StatusCode::UNAUTHORIZED,
+            "No Account or Server API tokens were supplied in the HTTP headers. Please add a header for either X-Postmark-Server-Token or X-Postmark-Account-Token.",
+        );
+    }
+    let Ok(Value::Array(messages)) = serde_json::from_slice::<Value>(&body) else {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "ErrorCode": 402, "Message": "Received invalid JSON input." })),
+        )
+            .into_response();
+    };
+    if messages.len() > 500 {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "ErrorCode": 410, "Message": "Too many batch messages (500 at most)." })),
+        )
+            .into_response();
+    }
+    // Each message's own verdict: None is taken (if the request is).
+    let verdicts: Vec<Option<(i64, &str)>> = messages
+        .iter()
+        .map(|v| {
+            let to = v["To"].as_str().unwrap_or("");
+            let has_body = v["HtmlBody"].is_string() || v["TextBody"].is_string();
+            if v["From"].as_str().is_none() || to.is_empty() || !has_body {
+                Some((300, "Invalid 'From', 'To' or body: a message needs a sender, a recipient and a body."))
+            } else if to.contains("@refused.invalid") {
+                Some((406, "You tried to send to recipient(s) that have been marked as inactive."))
+            } else if to.contains("@throttled.invalid") {
+                Some((429, "Rate limit exceeded for this recipient."))
+            } else {
+                None
+            }
+        })
+        .collect();
+    let ids: Vec<&str> = messages
+        .iter()
+        .zip(&verdicts)
+        .filter(|(_, v)| v.is_none())
+        .map(|(m, _)| m["Metadata"]["mailfleet_id"].as_str().unwrap_or(""))
+        .collect();
+    match admit_all::<Postmark>(&m, edge.as_deref(), messages.len(), &ids).await {
+        Ok(batch_id) => {
+            let now = chrono::Utc::now().to_rfc3339();
+            let mut taken = 0;
+            let results: Vec<Value> = messages
+                .iter()
+                .zip(&verdicts)
+                .map(|(msg, v)| match v {
+                    Some((code, text)) => json!({ "ErrorCode": code, "Message": text }),
+                    None => {
+                        taken += 1;
+                        json!({
+                            "To": msg["To"], "SubmittedAt": now, "ErrorCode": 0, "Message": "OK",
+                            "MessageID": format!("{batch_id}-{}", taken - 1),
+                        })
+                    }
+                })
+                .collect();
+            Json(Value::Array(results)).into_response()
+        }
         Err(r) => r,
     }
 }

@@ -339,6 +339,27 @@ impl Slot {
     }
 }
 
+/// The vendor's batch endpoint, with its most messages and bytes per request, for the vendors
+/// that have one mailfleet speaks.
+fn batch_dialect(
+    c: &crate::config::ProviderConfig,
+    client: &reqwest::Client,
+) -> Option<(Arc<dyn batch::BatchDialect>, usize, usize)> {
+    Some(match c.kind {
+        ProviderKind::Sendgrid => (
+            Arc::new(sendgrid::SendGrid::new(c, client.clone())),
+            sendgrid::MAX_BATCH,
+            sendgrid::MAX_BATCH_BYTES,
+        ),
+        ProviderKind::Postmark => (
+            Arc::new(postmark::Postmark::new(c, client.clone())),
+            postmark::MAX_BATCH,
+            postmark::MAX_BATCH_BYTES,
+        ),
+        _ => return None,
+    })
+}
+
 /// The configured providers and the routes through them.
 pub struct Providers {
     slots: Vec<Slot>,
@@ -379,15 +400,15 @@ impl Providers {
             slot.limit = c.limit;
             slot.smoother = c.rate_per_sec.and_then(smoother);
             slot.concurrency = c.concurrency.map(crate::priority::PrioritySemaphore::new);
-            if c.batch_max > 1 && c.kind == ProviderKind::Sendgrid {
-                let dialect: Arc<dyn batch::BatchDialect> =
-                    Arc::new(sendgrid::SendGrid::new(c, client.clone()));
+            if c.batch_max > 1
+                && let Some((dialect, max, max_bytes)) = batch_dialect(c, client)
+            {
                 slot.batcher = Some(Arc::new(batch::Batcher::new(
                     c.name.clone(),
                     dialect,
                     batch::BatchLimits {
-                        max: c.batch_max.min(sendgrid::MAX_BATCH),
-                        max_bytes: sendgrid::MAX_BATCH_BYTES,
+                        max: c.batch_max.min(max),
+                        max_bytes,
                         linger: Duration::from_millis(c.batch_linger_ms),
                     },
                 )));

@@ -2,7 +2,12 @@
 //! message stream (`outbound` unless configured). A 200 answer carries `MessageID` and
 //! `ErrorCode: 0`; errors come as 422 (or 401) with a numeric `ErrorCode`, which decides the
 //! class. The job id travels in `Metadata.mailfleet_id`, returned with every webhook.
+//!
+//! Bulk sends may share one `POST /email/batch` ([`super::batch`]): up to 500 messages, each
+//! complete in itself, answered 200 with one result per message, each with its own
+//! `ErrorCode` (0 sent, 406 inactive recipient, ...), so each email gets its own fate.
 
+use super::batch::{BatchDialect, Part, PartResult};
 use super::{
     Accepted, ErrorClass, Message, MessageIdFrom, NameValue, Provider, SendError, exchange,
 };
@@ -15,6 +20,7 @@ use std::time::Duration;
 pub struct Postmark {
     name: String,
     url: String,
+    batch_url: String,
     token: Secret,
     stream: String,
     timeout: Duration,
@@ -26,6 +32,7 @@ impl Postmark {
         Postmark {
             name: c.name.clone(),
             url: format!("{}/email", c.base_url.trim_end_matches('/')),
+            batch_url: format!("{}/email/batch", c.base_url.trim_end_matches('/')),
             token: c.api_key.clone(),
             stream: c
                 .message_stream
@@ -139,9 +146,177 @@ impl Provider for Postmark {
     }
 }
 
+/// Most messages Postmark takes in one batch request.
+pub const MAX_BATCH: usize = 500;
+/// Most bytes of messages in one batch request (Postmark takes 50 MB).
+pub const MAX_BATCH_BYTES: usize = 40 << 20;
+
+/// One message's result in a batch answer: its own error code decides, as a single send's
+/// would (a per-message 429 is that message's own throttling: retried alone).
+fn message_result(r: &serde_json::Value) -> PartResult {
+    let code = r["ErrorCode"].as_i64();
+    if code == Some(0) {
+        return PartResult::Done(Ok(Accepted {
+            message_id: r["MessageID"].as_str().map(str::to_owned),
+            http_status: 200,
+        }));
+    }
+    let status = if code == Some(429) { 429 } else { 422 };
+    let text = r["Message"].as_str().unwrap_or("");
+    PartResult::Done(Err(SendError {
+        class: classify(status, code.filter(|&c| c != 429)),
+        message: format!(
+            "postmark answered ErrorCode {} in a batch: {}",
+            code.unwrap_or(-1),
+            super::scrub(text)
+        ),
+        http_status: Some(status),
+        retry_after: None,
+    }))
+}
+
+/// Each part's fate from a batch request's answer: a 200's array of results, one per message
+/// in order, or a refusal of the whole request.
+pub(crate) fn batch_results(n: usize, answer: Result<&str, SendError>) -> Vec<PartResult> {
+    match answer {
+        Ok(body) => {
+            let results: Vec<serde_json::Value> = serde_json::from_str(body).unwrap_or_default();
+            (0..n)
+                .map(|i| match results.get(i) {
+                    Some(r) => message_result(r),
+                    // Taken (200) but unreadable: the email may be out.
+                    None => PartResult::Done(Err(SendError {
+                        class: ErrorClass::Ambiguous,
+                        message: "postmark's batch answer did not cover this message".into(),
+                        http_status: Some(200),
+                        retry_after: None,
+                    })),
+                })
+                .collect()
+        }
+        // Too many or too big together (ErrorCode 410, HTTP 413): each goes alone.
+        Err(e) if n > 1 && (e.http_status == Some(413) || e.message.contains("ErrorCode 410")) => {
+            vec![PartResult::Resend { alone: true }; n]
+        }
+        Err(e) => vec![PartResult::Done(Err(e)); n],
+    }
+}
+
+impl BatchDialect for Postmark {
+    fn part(&self, msg: &Message<'_>) -> Option<Part> {
+        // Every message of a Postmark batch is complete in itself: they all share a request.
+        Some(Part {
+            key: 0,
+            shared: "".into(),
+            body: serde_json::to_string(&request(msg, &self.stream)).ok()?,
+        })
+    }
+
+    fn send_parts<'a>(
+        &'a self,
+        _shared: &'a str,
+        parts: &'a [String],
+    ) -> BoxFuture<'a, Vec<PartResult>> {
+        Box::pin(async move {
+            let mut body =
+                String::with_capacity(parts.iter().map(|p| p.len() + 1).sum::<usize>() + 2);
+            body.push('[');
+            for (i, p) in parts.iter().enumerate() {
+                if i > 0 {
+                    body.push(',');
+                }
+                body.push_str(p);
+            }
+            body.push(']');
+            let resp = self
+                .client
+                .post(&self.batch_url)
+                .header("X-Postmark-Server-Token", self.token.expose())
+                .header("Accept", "application/json")
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .timeout(self.timeout)
+                .body(body)
+                .send()
+                .await;
+            let resp = match resp {
+                Ok(r) => r,
+                Err(e) => return batch_results(parts.len(), Err(super::classify_transport(&e))),
+            };
+            let status = resp.status().as_u16();
+            let ok = resp.status().is_success();
+            let retry = super::retry_after(resp.headers());
+            let text = resp.text().await.unwrap_or_default();
+            if ok {
+                return batch_results(parts.len(), Ok(&text));
+            }
+            let code = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("ErrorCode").and_then(|c| c.as_i64()));
+            let kind = code.map(|c| format!(" ErrorCode {c}")).unwrap_or_default();
+            let e = SendError {
+                class: classify(status, code),
+                message: format!("postmark answered {status}{kind}: {}", super::scrub(&text)),
+                http_status: Some(status),
+                retry_after: retry,
+            };
+            batch_results(parts.len(), Err(e))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_answer_gives_each_message_its_own_fate() {
+        let body = r#"[{"ErrorCode":0,"Message":"OK","MessageID":"m-0"},
+            {"ErrorCode":406,"Message":"You tried to send to recipient(s) that have been marked as inactive."},
+            {"ErrorCode":429,"Message":"Rate limit exceeded"}]"#;
+        let r = batch_results(4, Ok(body));
+        let PartResult::Done(Ok(a)) = &r[0] else {
+            panic!("{r:?}")
+        };
+        assert_eq!(a.message_id.as_deref(), Some("m-0"));
+        let PartResult::Done(Err(e)) = &r[1] else {
+            panic!("{r:?}")
+        };
+        assert_eq!((e.class, e.http_status), (ErrorClass::Permanent, Some(422)));
+        assert!(e.message.contains("ErrorCode 406"), "{}", e.message);
+        let PartResult::Done(Err(e)) = &r[2] else {
+            panic!("{r:?}")
+        };
+        assert_eq!((e.class, e.http_status), (ErrorClass::Transient, Some(429)));
+        // A message the answer left out may have been taken.
+        let PartResult::Done(Err(e)) = &r[3] else {
+            panic!("{r:?}")
+        };
+        assert_eq!(e.class, ErrorClass::Ambiguous);
+    }
+
+    #[test]
+    fn a_refused_batch_is_each_messages_refusal_and_too_many_go_alone() {
+        let e = SendError {
+            class: ErrorClass::QuotaAuth,
+            message: "postmark answered 401 ErrorCode 10: bad token".into(),
+            http_status: Some(401),
+            retry_after: None,
+        };
+        assert_eq!(
+            batch_results(2, Err(e.clone())),
+            vec![PartResult::Done(Err(e)); 2]
+        );
+        let too_many = SendError {
+            class: ErrorClass::Permanent,
+            message: "postmark answered 422 ErrorCode 410: too many".into(),
+            http_status: Some(422),
+            retry_after: None,
+        };
+        assert_eq!(
+            batch_results(3, Err(too_many)),
+            vec![PartResult::Resend { alone: true }; 3]
+        );
+    }
 
     #[test]
     fn classifies_the_documented_error_codes() {

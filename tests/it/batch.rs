@@ -21,6 +21,17 @@ async fn send_all(
     mock: &TestMock,
     to: &[String],
 ) -> Vec<uuid::Uuid> {
+    send_through(pg, redis, provider_config(&mock.url), to, to.len()).await
+}
+
+/// [`send_all`] through `provider`, waiting until `finals` of them are sent or failed.
+async fn send_through(
+    pg: &PgPool,
+    redis: &TestRedis,
+    provider: mailfleet::config::ProviderConfig,
+    to: &[String],
+    finals: usize,
+) -> Vec<uuid::Uuid> {
     let jobs = to.iter().map(|t| job(Lane::Bulk, t)).collect();
     let ids: Vec<uuid::Uuid> = redis
         .producer()
@@ -30,19 +41,14 @@ async fn send_all(
         .into_iter()
         .map(|e| e.id.as_uuid())
         .collect();
-    let worker = TestWorker::start(pg, redis, &mock.url, settings()).await;
-    eventually("every email final", WAIT, || async {
-        let open: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM emails WHERE status NOT IN ('sent', 'failed')",
-        )
-        .fetch_one(pg)
-        .await
-        .unwrap();
-        let all: i64 = sqlx::query_scalar("SELECT count(*) FROM emails")
-            .fetch_one(pg)
-            .await
-            .unwrap();
-        (open == 0 && all == to.len() as i64).then_some(())
+    let worker = TestWorker::start_with(pg, redis, provider, settings()).await;
+    eventually("the emails final", WAIT, || async {
+        let done: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM emails WHERE status IN ('sent', 'failed')")
+                .fetch_one(pg)
+                .await
+                .unwrap();
+        (done == finals as i64).then_some(())
     })
     .await;
     worker.stop().await;
@@ -162,4 +168,63 @@ async fn an_event_for_the_37th_recipient_of_a_batch_updates_that_job_alone(pg: P
         let want = if id == job { "bounced" } else { "sent" };
         assert_eq!(by_id[&id], want, "job {id}");
     }
+}
+
+#[sqlx::test]
+async fn a_postmark_batch_answers_each_message_on_its_own(pg: PgPool) {
+    let redis = TestRedis::new();
+    let mock = TestMock::start(MockConfig {
+        capture: 100,
+        ..MockConfig::default()
+    })
+    .await;
+    let mut to: Vec<String> = (0..30).map(|i| format!("r{i}@example.com")).collect();
+    to[5] = "gone@refused.invalid".into();
+    to[9] = "busy@throttled.invalid".into();
+    let mut provider = mailfleet::config::ProviderConfig::new(
+        "postmark",
+        mailfleet::config::ProviderKind::Postmark,
+        &mock.url,
+    );
+    provider.api_key = mailfleet::config::Secret::new("pm-token");
+    // The throttled one is retried, not final: the other 29 are.
+    let ids = send_through(&pg, &redis, provider, &to, 29).await;
+
+    assert_eq!(count_status(&pg, "sent").await, 28);
+    assert_eq!(status_of(&pg, ids[5]).await.as_deref(), Some("failed"));
+    let attempts: Vec<(uuid::Uuid, String, Option<i32>, Option<String>)> = sqlx::query_as(
+        "SELECT email_id, outcome, http_status, error FROM email_attempts WHERE email_id = ANY($1)",
+    )
+    .bind(vec![ids[5], ids[9]])
+    .fetch_all(&pg)
+    .await
+    .unwrap();
+    let of = |id: uuid::Uuid| attempts.iter().filter(move |a| a.0 == id);
+    assert!(
+        of(ids[5])
+            .all(|a| a.1 == "failed" && a.3.as_deref().unwrap_or("").contains("ErrorCode 406")),
+        "{attempts:?}"
+    );
+    // The throttled message is retried alone: its own attempt says 429, nobody else's does.
+    assert!(
+        of(ids[9]).next().is_some() && of(ids[9]).all(|a| a.2 == Some(429)),
+        "{attempts:?}"
+    );
+    assert_ne!(status_of(&pg, ids[9]).await.as_deref(), Some("sent"));
+    let counts = mock.state.counts();
+    for (i, id) in ids.iter().enumerate() {
+        let n = counts.get(&id.to_string()).copied().unwrap_or(0);
+        assert_eq!(
+            n,
+            u32::from(i != 5 && i != 9),
+            "email {i} accepted {n} times"
+        );
+    }
+    let batches = mock
+        .state
+        .captured()
+        .iter()
+        .filter(|c| c.path == "/email/batch")
+        .count();
+    assert!(batches > 0 && batches < 30, "{batches} batch requests");
 }
