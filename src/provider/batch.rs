@@ -64,7 +64,8 @@ pub struct BatchLimits {
     pub max: usize,
     /// Most bytes of parts per request (the vendor's request size limit, with room to spare).
     pub max_bytes: usize,
-    /// How long a group waits for more parts after its first.
+    /// How long a group waits for more parts after its first (zero: only until the task that
+    /// sends it runs).
     pub linger: Duration,
 }
 
@@ -139,7 +140,13 @@ impl Batcher {
             let me = self.clone();
             let key = part.key;
             tokio::spawn(async move {
-                tokio::time::sleep(me.limits.linger).await;
+                // No linger: the group takes the sends that reach it before this task runs
+                // (no timer, whose firing a busy runtime delays).
+                if me.limits.linger.is_zero() {
+                    tokio::task::yield_now().await;
+                } else {
+                    tokio::time::sleep(me.limits.linger).await;
+                }
                 let group = {
                     let mut g = me.groups.lock().unwrap_or_else(|p| p.into_inner());
                     match g.1.get(&key) {
@@ -271,6 +278,23 @@ mod tests {
                 }))
             );
         }
+    }
+
+    #[tokio::test]
+    async fn without_a_linger_a_group_holds_the_sends_that_reached_it_before_its_task_ran() {
+        let (b, echo) = batcher(100, 0);
+        let sends = (0..10).map(|i| {
+            let b = b.clone();
+            async move { b.send(part("s", &i.to_string())).await }
+        });
+        // All ten are handed in within one poll of the join, before the request task runs.
+        let results = futures::future::join_all(sends).await;
+        assert_eq!(echo.requests.load(Ordering::SeqCst), 1);
+        assert!(results.iter().all(|r| matches!(r, PartResult::Done(Ok(_)))));
+        // One send on its own is not held back waiting for company.
+        let r = b.send(part("s", "alone")).await;
+        assert!(matches!(r, PartResult::Done(Ok(_))));
+        assert_eq!(*echo.sizes.lock().unwrap(), vec![10, 1]);
     }
 
     #[tokio::test]

@@ -409,7 +409,13 @@ impl Providers {
                     batch::BatchLimits {
                         max: c.batch_max.min(max),
                         max_bytes,
-                        linger: Duration::from_millis(c.batch_linger_ms),
+                        // Under a cluster limit a permit must be used at once (its
+                        // margin): the batch goes as soon as its task runs, never on a timer.
+                        linger: if c.limit.is_some() {
+                            Duration::ZERO
+                        } else {
+                            Duration::from_millis(c.batch_linger_ms)
+                        },
                     },
                 )));
             }
