@@ -16,6 +16,9 @@ pub struct Figures {
     pub offered_per_sec: Option<u64>,
     pub payload_bytes: usize,
     pub mock_latency_ms: u64,
+    /// The mock's p99 when its latency is log-normal (`--mock-latency-p99-ms`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mock_latency_p99_ms: Option<u64>,
     pub seconds: f64,
     pub emails_per_sec: f64,
     /// Emails the producer enqueued per second (at the maximum rate, while the workers drain).

@@ -214,7 +214,8 @@ pub(super) async fn measure(
     let redis = crate::producer::redis_pool(&global)?;
     let http = reqwest::Client::new();
 
-    let (mut mock, mock_url) = start_mock(a.mock_latency_ms, a.limit).await?;
+    let (mut mock, mock_url) =
+        start_mock(a.mock_latency_ms, a.mock_latency_p99_ms, a.limit).await?;
     // With a limit, the workers limit the provider cluster-wide (lua/ratelimit.lua).
     let config = (a.limit > 0)
         .then(|| -> anyhow::Result<std::path::PathBuf> {
@@ -522,6 +523,7 @@ pub(super) async fn measure(
         offered_per_sec: (a.rate > 0 && a.scenario == Scenario::Throughput).then_some(a.rate),
         payload_bytes: a.payload_bytes,
         mock_latency_ms: a.mock_latency_ms,
+        mock_latency_p99_ms: (a.mock_latency_p99_ms > 0).then_some(a.mock_latency_p99_ms),
         seconds: round(seconds, 2),
         emails_per_sec: round(all.count as f64 / seconds, 0),
         enqueue_per_sec: enqueue_took

@@ -69,11 +69,21 @@ pub(super) fn free_port() -> anyhow::Result<u16> {
 
 /// The mock provider as its own process; returns it and its base URL.
 /// With `limit` > 0 the mock answers 429 past `limit` requests in any 1 s window.
-pub(super) async fn start_mock(latency_ms: u64, limit: u32) -> anyhow::Result<(Child, String)> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(["mock-provider", "--listen", "127.0.0.1:0"])
-        .args(["--latency-ms", &latency_ms.to_string()])
-        .args(["--jitter-ms", &latency_ms.to_string()])
+/// With `p99_ms` > 0 the latency is log-normal with median `latency_ms` and that p99.
+pub(super) async fn start_mock(
+    latency_ms: u64,
+    p99_ms: u64,
+    limit: u32,
+) -> anyhow::Result<(Child, String)> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["mock-provider", "--listen", "127.0.0.1:0"])
+        .args(["--latency-ms", &latency_ms.to_string()]);
+    if p99_ms > 0 {
+        cmd.args(["--latency-p99-ms", &p99_ms.to_string()]);
+    } else {
+        cmd.args(["--jitter-ms", &latency_ms.to_string()]);
+    }
+    let mut child = cmd
         .args(["--rate-limit", &limit.to_string()])
         .args(["--rate-window-ms", "1000"])
         // The provider has cores of its own: the workers' load must not move its clock.

@@ -59,7 +59,7 @@ async fn measure(g: &Global, scratch: &Scratch, s: &Skew) -> anyhow::Result<()> 
             token.clone(),
         ));
     } else {
-        let (m, url) = start_mock(5, 0).await?;
+        let (m, url) = start_mock(5, 0, 0).await?;
         mock = Some((m, url.clone()));
         let http = reqwest::Client::new();
         for i in 0..s.workers {

@@ -89,6 +89,10 @@ pub struct PipelineArgs {
     /// The mock provider's latency per request, in ms (plus up to as much again of jitter).
     #[arg(long, default_value_t = 0)]
     pub mock_latency_ms: u64,
+    /// With it, the mock's latency is log-normal: `--mock-latency-ms` is the median and this
+    /// the p99 (no jitter); 0: fixed latency plus jitter.
+    #[arg(long, default_value_t = 0)]
+    pub mock_latency_p99_ms: u64,
     #[arg(long, value_enum, default_value_t = Scenario::Throughput)]
     pub scenario: Scenario,
     /// Transactional emails per second during the priority scenario.
