@@ -164,7 +164,10 @@ pub(crate) fn batch_results(
         Err(e) if n > 1 && e.http_status == Some(400) => {
             // All-or-nothing validation: the messages it names fail, the rest go again; when
             // it names none, every message goes again alone, so the bad one finds itself.
-            let named = named_personalizations(refusal_body);
+            // Only indices of this batch count: an answer naming others names none of ours
+            // (and resending the same batch would meet the same answer).
+            let mut named = named_personalizations(refusal_body);
+            named.retain(|&i| i < n);
             (0..n)
                 .map(|i| {
                     if named.is_empty() {
@@ -267,6 +270,13 @@ mod tests {
             r#"{"errors":[{"message":"m","field":"from"}]}"#,
         );
         assert_eq!(r, vec![PartResult::Resend { alone: true }; 3]);
+        // Naming only personalizations the batch does not have is naming none.
+        let r = batch_results(
+            2,
+            Err(e.clone()),
+            r#"{"errors":[{"message":"m","field":"personalizations.7.to"}]}"#,
+        );
+        assert_eq!(r, vec![PartResult::Resend { alone: true }; 2]);
         assert_eq!(
             batch_results(1, Err(e.clone()), body),
             vec![PartResult::Done(Err(e))]
