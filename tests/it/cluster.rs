@@ -222,7 +222,20 @@ async fn a_master_killed_mid_run_loses_no_email_a_worker_had_seen(pg: PgPool) {
         })
     );
     assert_eq!(acked.len(), chunks * per, "every chunk was acknowledged");
-    assert_eq!(sent, seen.len() as i64, "every email a worker saw was sent");
+    if sent != seen.len() as i64 {
+        // What became of the rest, for the failure message.
+        let unsent: Vec<(String, String, Option<String>, i64)> = sqlx::query_as(
+            "SELECT status, lane, min(last_error), count(*) FROM emails WHERE status <> 'sent'
+             GROUP BY status, lane",
+        )
+        .fetch_all(&pg)
+        .await
+        .unwrap();
+        panic!(
+            "every email a worker saw was sent: {sent} of {}; the others: {unsent:?}",
+            seen.len()
+        );
+    }
     assert_eq!(stats.duplicates, 0, "no email was sent twice");
     assert_eq!(
         stats.unique as usize,
