@@ -126,16 +126,21 @@ fn too_big() -> minijinja::Error {
 
 fn bounded_join(v: &Value, sep: Option<&str>, cap: usize) -> Result<Value, minijinja::Error> {
     let sep = sep.unwrap_or("");
-    let mut out = String::new();
+    // The size first, one piece at a time: a join over the cap is refused before any of it
+    // is built, and one within it is allocated once, at its size (no doubling copies).
+    let mut size = 0usize;
     for (i, item) in v.try_iter()?.enumerate() {
-        let piece = item.to_string();
-        if out.len() + piece.len() + if i > 0 { sep.len() } else { 0 } > cap {
+        size += item.to_string().len() + if i > 0 { sep.len() } else { 0 };
+        if size > cap {
             return Err(too_big());
         }
+    }
+    let mut out = String::with_capacity(size);
+    for (i, item) in v.try_iter()?.enumerate() {
         if i > 0 {
             out.push_str(sep);
         }
-        out.push_str(&piece);
+        out.push_str(&item.to_string());
     }
     Ok(Value::from(out))
 }
@@ -168,6 +173,12 @@ impl std::io::Write for Capped {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
         if self.buf.len() + b.len() > self.cap {
             return Err(std::io::Error::other("output cap"));
+        }
+        // Grow by doubling, but never past the cap: the buffer's size is bounded by it.
+        let need = self.buf.len() + b.len();
+        if need > self.buf.capacity() {
+            let to = need.max(self.buf.capacity() * 2).min(self.cap);
+            self.buf.reserve_exact(to - self.buf.len());
         }
         self.buf.extend_from_slice(b);
         Ok(b.len())
