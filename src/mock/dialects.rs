@@ -411,6 +411,20 @@ impl Dialect for Postmark {
     }
 }
 
+/// Postmark's 401 for a request without a server token.
+fn postmark_unauthorized(headers: &HeaderMap) -> Option<Response> {
+    let authed = headers
+        .get("x-postmark-server-token")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| !v.is_empty());
+    (!authed).then(|| {
+        Postmark::error(
+            StatusCode::UNAUTHORIZED,
+            "No Account or Server API tokens were supplied in the HTTP headers. Please add a header for either X-Postmark-Server-Token or X-Postmark-Account-Token.",
+        )
+    })
+}
+
 async fn postmark(
     State(m): State<Mock>,
     edge: Option<Extension<Edge>>,
@@ -418,15 +432,8 @@ async fn postmark(
     body: axum::body::Bytes,
 ) -> Response {
     m.capture(Postmark::NAME, "/email", &headers, &body);
-    let authed = headers
-        .get("x-postmark-server-token")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| !v.is_empty());
-    if !authed {
-        return Postmark::error(
-            StatusCode::UNAUTHORIZED,
-            "No Account or Server API tokens were supplied in the HTTP headers. Please add a header for either X-Postmark-Server-Token or X-Postmark-Account-Token.",
-        );
+    if let Some(refused) = postmark_unauthorized(&headers) {
+        return refused;
     }
     let Ok(v) = serde_json::from_slice::<Value>(&body) else {
         return (
@@ -468,15 +475,8 @@ async fn postmark_batch(
     body: axum::body::Bytes,
 ) -> Response {
     m.capture(Postmark::NAME, "/email/batch", &headers, &body);
-    let authed = headers
-        .get("x-postmark-server-token")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| !v.is_empty());
-    if !authed {
-        return Postmark::error(
-            StatusCode::UNAUTHORIZED,
-            "No Account or Server API tokens were supplied in the HTTP headers. Please add a header for either X-Postmark-Server-Token or X-Postmark-Account-Token.",
-        );
+    if let Some(refused) = postmark_unauthorized(&headers) {
+        return refused;
     }
     let Ok(Value::Array(messages)) = serde_json::from_slice::<Value>(&body) else {
         return (

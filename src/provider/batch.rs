@@ -191,6 +191,23 @@ impl Batcher {
     }
 }
 
+/// `open`, the serialized `parts` separated by commas, then `close`: a batch request's body
+/// (each part is a JSON value).
+pub fn join_parts(open: &str, parts: &[String], close: &str) -> String {
+    let mut b = String::with_capacity(
+        open.len() + close.len() + parts.iter().map(|p| p.len() + 1).sum::<usize>(),
+    );
+    b.push_str(open);
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            b.push(',');
+        }
+        b.push_str(p);
+    }
+    b.push_str(close);
+    b
+}
+
 /// A hash of the shared fields: the group key.
 pub fn key_of(shared: &str) -> u64 {
     use std::hash::{Hash, Hasher};

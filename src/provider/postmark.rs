@@ -218,16 +218,7 @@ impl BatchDialect for Postmark {
         parts: &'a [String],
     ) -> BoxFuture<'a, Vec<PartResult>> {
         Box::pin(async move {
-            let mut body =
-                String::with_capacity(parts.iter().map(|p| p.len() + 1).sum::<usize>() + 2);
-            body.push('[');
-            for (i, p) in parts.iter().enumerate() {
-                if i > 0 {
-                    body.push(',');
-                }
-                body.push_str(p);
-            }
-            body.push(']');
+            let body = super::batch::join_parts("[", parts, "]");
             let resp = self
                 .client
                 .post(&self.batch_url)

@@ -100,19 +100,9 @@ pub(crate) fn part(m: &Message<'_>) -> Option<Part> {
 
 /// The request body of a batch: the personalizations, then the shared fields.
 pub(crate) fn batch_body(shared: &str, parts: &[String]) -> String {
-    let mut b =
-        String::with_capacity(shared.len() + parts.iter().map(|p| p.len() + 1).sum::<usize>() + 24);
-    b.push_str("{\"personalizations\":[");
-    for (i, p) in parts.iter().enumerate() {
-        if i > 0 {
-            b.push(',');
-        }
-        b.push_str(p);
-    }
-    b.push_str("],");
     // `shared` is a JSON object: its fields follow the personalizations.
-    b.push_str(shared.strip_prefix('{').unwrap_or(shared));
-    b
+    let fields = shared.strip_prefix('{').unwrap_or(shared);
+    crate::provider::batch::join_parts("{\"personalizations\":[", parts, &format!("],{fields}"))
 }
 
 /// The personalizations a 400's errors name (`personalizations.3.to.0.email` names 3).
